@@ -1,0 +1,1 @@
+"""Project-wide test setup (the pytester plugin is enabled in pyproject's addopts)."""

@@ -1,0 +1,344 @@
+"""A MAD tree as Model records: root models.json, scripts/<dir>/models.json and
+scripts/<dir>/get_models_json.py.
+
+Every problem becomes a one-line message naming the file and the entry; a broken file
+does not stop the others from loading.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import posixpath
+import runpy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from pytest_madengine.dockerfiles import DockerfileIndex
+from pytest_madengine.errors import MadError
+from pytest_madengine.madengine_compat import madengine_importable, model_to_dict
+
+MODELS_JSON = "models.json"
+DYNAMIC_MODELS = "get_models_json.py"
+RESERVED_NAME_CHARS = ("/", ":")
+REQUIRED_FIELDS = ("name", "dockerfile", "scripts")
+DEFAULT_TIMEOUT_S = 7200
+DEFAULT_N_GPUS = 1
+
+
+def display_path(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory when inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+@dataclass(frozen=True)
+class Model:
+    """One models.json entry, with paths made relative to the MAD root."""
+
+    name: str
+    dockerfile: str
+    scripts: str
+    source: Path
+    directory: str | None = None  # the <dir> of scripts/<dir>/, None for the root file
+    args: str = ""
+    n_gpus: int = DEFAULT_N_GPUS  # -1: every GPU of the host
+    tags: tuple[str, ...] = ()
+    timeout: int = DEFAULT_TIMEOUT_S  # 0: no limit
+    multiple_results: str | None = None
+    skip_gpu_arch: tuple[str, ...] = ()
+    data: str | None = None
+    url: str | None = None
+    cred: str | None = None
+    owner: str | None = None
+    training_precision: str | None = None
+    dockercontext: str = "docker"
+    # Our extension `parametrize`: each set of key=value pairs is one test, as a tag
+    # `name:key=value` would make it.
+    param_sets: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # The entry as written, unknown fields included, so they pass through untouched.
+    entry: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def short_name(self) -> str:
+        """The name without its `<dir>/` prefix."""
+        return self.name.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file that yields model entries."""
+
+    path: Path
+    directory: str | None  # None for the root models.json
+    problem: str | None = None  # a layout problem that stops this source from loading
+
+    @property
+    def dynamic(self) -> bool:
+        return self.path.name == DYNAMIC_MODELS
+
+
+@dataclass(frozen=True)
+class SourceModels:
+    """What one source file gave: its models, or the reasons it could not."""
+
+    source: Source
+    models: tuple[Model, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tree:
+    root: Path
+    sources: tuple[SourceModels, ...]
+
+    @property
+    def models(self) -> tuple[Model, ...]:
+        return tuple(model for loaded in self.sources for model in loaded.models)
+
+
+def find_sources(root: Path) -> list[Source]:
+    """The source files of a tree, those with a layout problem included."""
+    if not root.is_dir():
+        raise MadError(f"MAD root {display_path(root)}: no such directory")
+    top = root / MODELS_JSON
+    if not top.is_file():
+        raise MadError(f"MAD root {display_path(root)}: no {MODELS_JSON} in it")
+    sources = [Source(top, None)]
+    scripts = root / "scripts"
+    if scripts.is_dir():
+        for directory in sorted(entry for entry in scripts.iterdir() if entry.is_dir()):
+            static, dynamic = directory / MODELS_JSON, directory / DYNAMIC_MODELS
+            if static.is_file() and dynamic.is_file():
+                problem = (
+                    f"{display_path(directory)}: has both {MODELS_JSON} and {DYNAMIC_MODELS};"
+                    " keep one"
+                )
+                sources.append(Source(static, directory.name, problem))
+            elif static.is_file():
+                sources.append(Source(static, directory.name))
+            elif dynamic.is_file():
+                sources.append(Source(dynamic, directory.name))
+    return sources
+
+
+def _read_static(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MadError(f"{display_path(path)}: cannot read: {exc.strerror}") from None
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MadError(
+            f"{display_path(path)}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    if not isinstance(entries, list):
+        raise MadError(
+            f"{display_path(path)}: expected a JSON list of model entries,"
+            f" got {type(entries).__name__}"
+        )
+    return entries
+
+
+def _read_dynamic(path: Path) -> list[Any]:
+    where = display_path(path)
+    try:
+        with madengine_importable():
+            namespace = runpy.run_path(str(path), run_name="get_models_json")
+            list_models = namespace.get("list_models")
+            if not callable(list_models):
+                raise MadError(f"{where}: defines no list_models() function")
+            return [model_to_dict(model) for model in list_models()]
+    except MadError:
+        raise
+    except Exception as exc:  # user code: any failure is reported, none escapes
+        raise MadError(f"{where}: raised {type(exc).__name__}: {exc}") from None
+
+
+def _as_tuple(value: Any, field_name: str) -> tuple[str, ...]:
+    """A list field that MAD trees also write as a comma-separated string."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise ValueError(f"field '{field_name}' must be a list of strings, got {value!r}")
+
+
+def _as_int(value: Any, field_name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise ValueError(f"field '{field_name}' must be an integer, got {value!r}")
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"field '{field_name}' must be an integer, got {value!r}") from None
+
+
+def _param_sets(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(item, dict) and item and all(isinstance(key, str) for key in item)
+        for item in value
+    ):
+        raise ValueError(
+            "field 'parametrize' must be a list of non-empty objects such as"
+            f' [{{"batch_size": 256}}], got {value!r}'
+        )
+    return tuple(tuple((key, str(val)) for key, val in item.items()) for item in value)
+
+
+def _optional_str(entry: Mapping[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _rebase(directory: str | None, path: str) -> str:
+    """Entries of scripts/<dir>/ name paths relative to that directory."""
+    if directory is None:
+        return posixpath.normpath(path)
+    return posixpath.normpath(posixpath.join("scripts", directory, path))
+
+
+def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
+    """A Model from one entry dict; ValueError says what is wrong with it."""
+    for key in REQUIRED_FIELDS:
+        value = entry.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"missing field '{key}'"
+                if value in (None, "")
+                else f"field '{key}' must be a string"
+            )
+    name = entry["name"].strip()
+    for char in RESERVED_NAME_CHARS:
+        if char in name:
+            raise ValueError(f"name contains the reserved character {char!r}")
+    args = entry.get("args", "")
+    if isinstance(args, list):
+        args = " ".join(str(arg) for arg in args)
+    return Model(
+        name=name if source.directory is None else f"{source.directory}/{name}",
+        dockerfile=_rebase(source.directory, entry["dockerfile"]),
+        scripts=_rebase(source.directory, entry["scripts"]),
+        source=source.path,
+        directory=source.directory,
+        args=str(args or ""),
+        n_gpus=_as_int(entry.get("n_gpus"), "n_gpus", DEFAULT_N_GPUS),
+        tags=_as_tuple(entry.get("tags"), "tags"),
+        timeout=_as_int(entry.get("timeout"), "timeout", DEFAULT_TIMEOUT_S),
+        multiple_results=_optional_str(entry, "multiple_results"),
+        skip_gpu_arch=_as_tuple(entry.get("skip_gpu_arch"), "skip_gpu_arch"),
+        data=_optional_str(entry, "data"),
+        url=_optional_str(entry, "url"),
+        cred=_optional_str(entry, "cred"),
+        owner=_optional_str(entry, "owner"),
+        training_precision=_optional_str(entry, "training_precision"),
+        dockercontext=_rebase(source.directory, str(entry["dockercontext"]))
+        if entry.get("dockercontext")
+        else "docker",
+        param_sets=_param_sets(entry.get("parametrize")),
+        entry=MappingProxyType(dict(entry)),
+    )
+
+
+def _entry_label(entry: Any, index: int) -> str:
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]:
+        return f"model '{entry['name']}'"
+    return f"entry #{index + 1}"
+
+
+def load_source(
+    source: Source, root: Path, dockerfiles: DockerfileIndex, seen: dict[str, Path]
+) -> SourceModels:
+    """The models of one file. `seen` maps names loaded so far to their file, for duplicates."""
+    if source.problem:
+        return SourceModels(source, errors=(source.problem,))
+    where = display_path(source.path)
+    try:
+        entries = _read_dynamic(source.path) if source.dynamic else _read_static(source.path)
+    except MadError as exc:
+        return SourceModels(source, errors=(str(exc),))
+    models: list[Model] = []
+    errors: list[str] = []
+    for index, entry in enumerate(entries):
+        label = _entry_label(entry, index)
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: {label}: expected an object, got {type(entry).__name__}")
+            continue
+        try:
+            model = model_from_entry(entry, source)
+        except ValueError as exc:
+            errors.append(f"{where}: {label}: {exc}")
+            continue
+        if model.name in seen:
+            errors.append(
+                f"{where}: model '{model.name}': duplicate name, first defined in"
+                f" {display_path(seen[model.name])}"
+            )
+            continue
+        seen[model.name] = source.path
+        problem = _path_problem(model, root, dockerfiles)
+        if problem:
+            errors.append(f"{where}: model '{model.name}': {problem}")
+            continue
+        models.append(model)
+    return SourceModels(source, tuple(models), tuple(errors))
+
+
+@functools.lru_cache(maxsize=4096)
+def _exists(path: Path) -> bool:
+    """Many entries share one script; one stat each is enough within a load."""
+    return path.exists()
+
+
+def _path_problem(model: Model, root: Path, dockerfiles: DockerfileIndex) -> str | None:
+    candidates = dockerfiles.candidates(model.dockerfile)
+    if not candidates:
+        return f"dockerfile '{model.dockerfile}' matches no file ({model.dockerfile}.*Dockerfile)"
+    try:
+        for path in candidates:
+            dockerfiles.load(path)  # parses the CONTEXT header once, here, where we can report
+    except MadError as exc:
+        return str(exc)
+    # With a url the scripts come from the cloned repository, so they need not exist here.
+    if model.url is None and not _exists(root / model.scripts):
+        return f"scripts '{model.scripts}' not found"
+    return None
+
+
+def load_tree(root: Path, dockerfiles: DockerfileIndex | None = None) -> Tree:
+    """Every source of the tree, each with its models or its errors."""
+    root = root.resolve()
+    dockerfiles = dockerfiles or DockerfileIndex(root)
+    seen: dict[str, Path] = {}
+    try:
+        loaded = tuple(load_source(s, root, dockerfiles, seen) for s in find_sources(root))
+    finally:
+        _exists.cache_clear()  # a later load must see the files as they are then
+    return Tree(root, loaded)
+
+
+def names_and_tags(models: Iterable[Model]) -> list[str]:
+    """Everything a tag can name, for suggestions."""
+    words: dict[str, None] = {}
+    for model in models:
+        words[model.name] = None
+        for tag in model.tags:
+            words[tag] = None
+        if model.directory:
+            words[model.directory] = None
+    return list(words)

@@ -1,0 +1,119 @@
+"""pytest nodes for a MAD tree: the tree, one collector per source file, one item per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pytest_madengine.discovery import SourceModels, display_path
+from pytest_madengine.planning import PlannedTest
+from pytest_madengine.session import MadSession
+
+
+class MadCollectError(Exception):
+    """Problems found while collecting, one line each; shown without a traceback."""
+
+
+class MadTree(pytest.Directory):
+    """The MAD root: yields a collector per models.json / get_models_json.py."""
+
+    mad: MadSession
+
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        plan = self.mad.plan
+        self._register_tag_markers()
+        for loaded in self.mad.tree.sources:
+            tests = plan.for_source(loaded.source.path)
+            if tests or loaded.errors:
+                node = MadSourceFile.from_parent(self, path=loaded.source.path)
+                node.loaded, node.tests = loaded, tests
+                yield node
+        for problem in plan.tag_problems:
+            yield MadProblem.from_parent(self, name="--mad-tags", problem=problem)
+
+    def _register_tag_markers(self) -> None:
+        known = set(self.config.getini("markers"))
+        for model in self.mad.tree.models:
+            for tag in model.tags:
+                line = f"{tag}: MAD models tagged {tag}"
+                if line not in known:
+                    self.config.addinivalue_line("markers", line)
+                    known.add(line)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
+        return _one_line_failure(excinfo) or super().repr_failure(excinfo)  # type: ignore[return-value]
+
+
+class MadSourceFile(pytest.File):
+    """One models.json or get_models_json.py, with the tests selected from it."""
+
+    loaded: SourceModels
+    tests: list[PlannedTest]
+
+    def collect(self) -> Iterator[pytest.Item]:
+        if self.loaded.errors:
+            raise MadCollectError("\n".join(self.loaded.errors))
+        fixtureinfo = None
+        for test in self.tests:
+            item = MadItem.from_planned(self, test, fixtureinfo)
+            # Every item here has the same signature and place, so the same fixtures:
+            # resolving them once per file keeps collection of big trees fast.
+            fixtureinfo = item._fixtureinfo
+            yield item
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
+        return _one_line_failure(excinfo) or super().repr_failure(excinfo)  # type: ignore[return-value]
+
+
+class MadProblem(pytest.Collector):
+    """A problem of the whole selection (a tag that selects nothing), as a collection error."""
+
+    def __init__(self, *, problem: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.problem = problem
+
+    def collect(self) -> Iterator[pytest.Item]:
+        raise MadCollectError(self.problem)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
+        return _one_line_failure(excinfo) or super().repr_failure(excinfo)  # type: ignore[return-value]
+
+
+def _one_line_failure(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+    return str(excinfo.value) if isinstance(excinfo.value, MadCollectError) else None
+
+
+def _benchmark_body(test: PlannedTest) -> Callable[..., None]:
+    """The test function of one model; fixtures named in its signature are provided."""
+
+    def run_benchmark(mad_result: Any) -> None:
+        mad_result.check()
+
+    run_benchmark.__doc__ = test.describe()  # shown by `--collect-only -v`
+    run_benchmark.__name__ = test.model.name
+    return run_benchmark
+
+
+class MadItem(pytest.Function):
+    """One selected model (with its tag parameters) as a test."""
+
+    planned: PlannedTest
+
+    @classmethod
+    def from_planned(
+        cls, parent: pytest.Collector, test: PlannedTest, fixtureinfo: Any = None
+    ) -> MadItem:
+        item: MadItem = cls.from_parent(
+            parent, name=test.name, callobj=_benchmark_body(test), fixtureinfo=fixtureinfo
+        )
+        item.planned = test
+        for tag in test.model.tags:
+            item.add_marker(tag)
+        if test.skip_reason:
+            item.add_marker(pytest.mark.skip(reason=test.skip_reason))
+        return item
+
+    def reportinfo(self) -> tuple[str, int, str]:
+        return display_path(self.planned.model.source), 0, self.name

@@ -1,0 +1,102 @@
+"""From a loaded tree, the tags and the run context to the list of tests to run."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_madengine.discovery import Model, Tree
+from pytest_madengine.dockerfiles import Dockerfile, DockerfileIndex
+from pytest_madengine.tags import Selected, select
+
+MATCH_KEYS_SHOWN = ("gpu_vendor", "guest_os")
+
+
+def image_name(model: Model, dockerfile: Dockerfile) -> str:
+    """`ci-<model name, '/'->'_', lower case>_<Dockerfile name without .Dockerfile>`."""
+    return f"ci-{model.name.replace('/', '_').lower()}_{dockerfile.stem}"
+
+
+def arch_skip_reason(model: Model, architecture: str | None) -> str | None:
+    """Why the model does not run on this GPU architecture, if it does not.
+
+    A listed name counts when it occurs in the host's architecture string, so `A100`
+    matches `NVIDIA A100-SXM4-80GB` as madengine does.
+    """
+    if not architecture:
+        return None
+    for listed in model.skip_gpu_arch:
+        if listed.lower() in architecture.lower():
+            return f"skip_gpu_arch lists {listed} (this host: {architecture})"
+    return None
+
+
+@dataclass(frozen=True)
+class PlannedTest:
+    selected: Selected
+    dockerfile: Dockerfile | None
+    skip_reason: str | None = None
+
+    @property
+    def model(self) -> Model:
+        return self.selected.model
+
+    @property
+    def name(self) -> str:
+        return self.selected.test_name
+
+    @property
+    def image(self) -> str | None:
+        return image_name(self.model, self.dockerfile) if self.dockerfile else None
+
+    def describe(self) -> str:
+        if self.dockerfile is None:
+            return f"skipped: {self.skip_reason}"
+        return (
+            f"dockerfile {self.dockerfile.relpath}, image {self.image}, n_gpus {self.model.n_gpus}"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    tests: tuple[PlannedTest, ...]
+    tag_problems: tuple[str, ...]
+
+    @functools.cached_property
+    def _by_source(self) -> dict[Path, list[PlannedTest]]:
+        grouped: dict[Path, list[PlannedTest]] = {}
+        for test in self.tests:
+            grouped.setdefault(test.model.source, []).append(test)
+        return grouped
+
+    def for_source(self, source: Path) -> list[PlannedTest]:
+        return self._by_source.get(source, [])
+
+
+def _no_dockerfile_reason(model: Model, context: Mapping[str, Any], candidates: int) -> str:
+    shown = ", ".join(f"{key}={context[key]}" for key in MATCH_KEYS_SHOWN if key in context)
+    return f"none of the {candidates} Dockerfile(s) {model.dockerfile}.* fits {shown}"
+
+
+def plan_tests(
+    tree: Tree,
+    tags: Sequence[str],
+    context: Mapping[str, Any],
+    dockerfiles: DockerfileIndex,
+) -> Plan:
+    selected, tag_problems = select(tree.models, tags)
+    architecture = context.get("gpu_architecture")
+    tests = []
+    for item in selected:
+        model = item.model
+        fitting = dockerfiles.choose(model.dockerfile, context)
+        if not fitting:
+            candidates = len(dockerfiles.candidates(model.dockerfile))
+            reason = _no_dockerfile_reason(model, context, candidates)
+            tests.append(PlannedTest(item, None, reason))
+            continue
+        tests.append(PlannedTest(item, fitting[0], arch_skip_reason(model, architecture)))
+    return Plan(tuple(tests), tuple(tag_problems))

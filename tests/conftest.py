@@ -1,0 +1,53 @@
+"""Shared helpers: small MAD trees written into a test's directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+AMD_DOCKERFILE = """# CONTEXT {'gpu_vendor': 'AMD', 'guest_os': 'UBUNTU'}
+ARG BASE_DOCKER=mad-base/busybox:latest
+FROM $BASE_DOCKER
+"""
+NVIDIA_DOCKERFILE = AMD_DOCKERFILE.replace("AMD", "NVIDIA")
+RUN_SH = "#!/bin/sh\necho 'performance: 42.0 samples_per_second'\n"
+
+
+def entry(name: str, **fields: Any) -> dict[str, Any]:
+    """A models.json entry that points at the tree's shared Dockerfile and script."""
+    return {
+        "name": name,
+        "dockerfile": "docker/dummy",
+        "scripts": "scripts/dummy/run.sh",
+        "n_gpus": 1,
+        "tags": ["dummies"],
+        **fields,
+    }
+
+
+def write_tree(root: Path, models: list[Any] | str, files: dict[str, str] | None = None) -> Path:
+    """A MAD tree at root; `files` maps further relative paths to their contents."""
+    (root / "docker").mkdir(parents=True, exist_ok=True)
+    (root / "docker" / "dummy.ubuntu.amd.Dockerfile").write_text(AMD_DOCKERFILE)
+    (root / "docker" / "dummy.ubuntu.nvidia.Dockerfile").write_text(NVIDIA_DOCKERFILE)
+    (root / "scripts" / "dummy").mkdir(parents=True, exist_ok=True)
+    (root / "scripts" / "dummy" / "run.sh").write_text(RUN_SH)
+    text = models if isinstance(models, str) else json.dumps(models, indent=2)
+    (root / "models.json").write_text(text)
+    for relative, content in (files or {}).items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return root
+
+
+@pytest.fixture
+def mad_tree(tmp_path: Path) -> Callable[..., Path]:
+    def make(models: list[Any] | str, files: dict[str, str] | None = None) -> Path:
+        return write_tree(tmp_path / "mad", models, files)
+
+    return make
