@@ -21,6 +21,7 @@ from typing import Any
 from pytest_madengine.dockerfiles import DockerfileIndex
 from pytest_madengine.errors import MadError
 from pytest_madengine.madengine_compat import madengine_importable, model_to_dict
+from pytest_madengine.results import Expectation, parse_expectation
 
 MODELS_JSON = "models.json"
 DYNAMIC_MODELS = "get_models_json.py"
@@ -63,6 +64,8 @@ class Model:
     # Our extension `parametrize`: each set of key=value pairs is one test, as a tag
     # `name:key=value` would make it.
     param_sets: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # Our extension `expect`: bounds the performance must meet (see results.py).
+    expectation: Expectation | None = None
     # The entry as written, unknown fields included, so they pass through untouched.
     entry: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -251,6 +254,7 @@ def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
         if entry.get("dockercontext")
         else "docker",
         param_sets=_param_sets(entry.get("parametrize")),
+        expectation=parse_expectation(entry.get("expect")),
         entry=MappingProxyType(dict(entry)),
     )
 

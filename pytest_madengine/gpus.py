@@ -182,3 +182,37 @@ def inventory(
         return GpuInventory(tuple(by_id[index] for index in ids), found.source)
     virtual = tuple(Gpu(index, vendor or "AMD", architecture) for index in ids)
     return GpuInventory(virtual, "declared", virtual=True)
+
+
+class GpuPool:
+    """Hands out GPUs of one inventory so that no two running tests share one.
+
+    Within one process tests run one at a time, so a lease is granted at once when the
+    GPUs exist; sharing across xdist workers needs the inter-process pool.
+    """
+
+    def __init__(self, inventory: GpuInventory) -> None:
+        self.inventory = inventory
+        self._free = list(inventory.gpus)
+
+    def unfit_reason(self, n_gpus: int) -> str | None:
+        """Why a model can never run here (it is skipped rather than left waiting)."""
+        total = self.inventory.count
+        if total and n_gpus > total:
+            return f"needs {n_gpus} GPUs, this host has {total}"
+        return None
+
+    def acquire(self, n_gpus: int) -> tuple[Gpu, ...]:
+        """n_gpus of the free GPUs (-1: all). With no GPU at all, runs get none."""
+        if not self.inventory.gpus:
+            return ()
+        wanted = self.inventory.count if n_gpus < 0 else n_gpus
+        if wanted > len(self._free):
+            raise MadError(
+                f"needs {wanted} GPUs, {len(self._free)} of {self.inventory.count} are free"
+            )
+        lease, self._free = tuple(self._free[:wanted]), self._free[wanted:]
+        return lease
+
+    def release(self, lease: tuple[Gpu, ...]) -> None:
+        self._free = sorted({*self._free, *lease}, key=lambda gpu: gpu.index)

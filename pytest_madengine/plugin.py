@@ -1,24 +1,37 @@
-"""pytest hooks of pytest-madengine: options, collection of the MAD tree, report header."""
+"""pytest hooks of pytest-madengine: options, collection, run bookkeeping, reports."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pytest_madengine import fixtures
+from pytest_madengine.backends.docker import DockerBackend, EngineError, connect
 from pytest_madengine.context import build_context
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import inventory
-from pytest_madengine.items import MadTree
+from pytest_madengine.items import MadItem, MadTree
+from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
+from pytest_madengine.reporting.summary import results_table, summary_document
 from pytest_madengine.session import MadSession, Settings
+from pytest_madengine.state import MAD_STATE, MadState
 from pytest_madengine.tags import split_tags
 
-MAD_SESSION = pytest.StashKey[MadSession]()
 NO_GPU_HINT = (
     "no GPU detected and none declared; declare them with --mad-gpus"
     " (a count like 4, or ids like 0,2-3) and set gpu_vendor in --mad-context"
 )
+SESSION_ID_KEY = "mad_session_id"
+_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mad-context",
         metavar="JSON",
         help="run context as JSON, over --mad-context-file (gpu_vendor, guest_os,"
-        " docker_build_arg, docker_env_vars, ...)",
+        " docker_build_arg, docker_env_vars, docker_mounts, timeout_multiplier, ...)",
     )
     group.addoption(
         "--mad-context-file",
@@ -53,10 +66,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="GPUs to use: a count (4) or ids (0,2-3); virtual when none is detected"
         " (ini: mad_gpus)",
     )
+    group.addoption(
+        "--mad-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="timeout of every model, over its own (0: none); times the context's"
+        " timeout_multiplier",
+    )
+    group.addoption(
+        "--mad-clean-cache", action="store_true", help="build images without Docker's layer cache"
+    )
+    group.addoption(
+        "--mad-live-output",
+        action="store_true",
+        help="stream model output to the terminal as it runs (not under xdist)",
+    )
+    group.addoption(
+        "--mad-baseline", metavar="CSV", help="perf.csv of an earlier run to compare against"
+    )
+    group.addoption(
+        "--mad-tolerance",
+        default="5%",
+        metavar="PCT",
+        help="allowed regression against --mad-baseline (default 5%%)",
+    )
+    group.addoption(
+        "--mad-output",
+        metavar="DIR",
+        help="where logs and build logs go (ini: mad_output; default: mad_output)",
+    )
+    group.addoption(
+        "--mad-perf-csv",
+        metavar="CSV",
+        help="madengine-compatible results, appended (ini: mad_perf_csv; default: perf.csv)",
+    )
+    group.addoption("--mad-summary", metavar="JSON", help="write a JSON summary of the session")
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
     parser.addini("mad_context_file", "run context JSON file", default=None)
     parser.addini("mad_gpus", "GPUs to use, as for --mad-gpus", default=None)
+    parser.addini("mad_output", "directory for logs", default=None)
+    parser.addini("mad_perf_csv", "perf.csv to append to", default=None)
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -65,20 +115,48 @@ def _option(config: pytest.Config, name: str) -> str | None:
     return value if value is not None else (config.getini(f"mad_{name}") or None)
 
 
+def _path(config: pytest.Config, text: str) -> Path:
+    path = Path(text)
+    return path if path.is_absolute() else config.invocation_params.dir / path
+
+
 def _settings(config: pytest.Config, tags: list[str]) -> Settings:
     root_text = _option(config, "root") or os.environ.get("MODEL_DIR")
-    root = Path(root_text) if root_text else config.invocation_params.dir
-    if not root.is_absolute():
-        root = config.invocation_params.dir / root
+    root = _path(config, root_text) if root_text else config.invocation_params.dir
     context_file = _option(config, "context_file")
     context = build_context(
-        config.getoption("mad_context"), Path(context_file) if context_file else None
+        config.getoption("mad_context"), _path(config, context_file) if context_file else None
     )
     gpus = inventory(_option(config, "gpus"), context.gpu_vendor, context.gpu_architecture)
     return Settings(root=root, tags=tuple(tags), context=context, gpus=gpus)
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _live_sink(config: pytest.Config) -> Any:
+    """Writes model output straight to the terminal, around pytest's capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return None
+
+    def write(chunk: bytes) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.write(chunk.decode("utf-8", errors="replace"))
+            reporter.flush()
+
+    return write
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM takes the same road as Ctrl-C, so `finally` blocks remove our containers.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mad_gpus(n): GPUs a test using the mad_gpus fixture holds")
     tags = split_tags(config.getoption("mad_tags") or config.getini("mad_tags"))
     if not tags:
         return  # dormant: a plain pytest run is left alone
@@ -88,44 +166,150 @@ def pytest_configure(config: pytest.Config) -> None:
         mad.tree  # noqa: B018 - a missing root or models.json is a usage error, found now
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[MAD_SESSION] = mad
+    worker = _is_worker(config)
+    session_id = config.workerinput[SESSION_ID_KEY] if worker else uuid.uuid4().hex[:12]
+    output_dir = _path(config, _option(config, "output") or "mad_output")
+    perf_csv = _path(config, _option(config, "perf_csv") or "perf.csv")
+    state = MadState(
+        mad=mad,
+        git_commit=_git_commit(settings.root),
+        session_id=session_id,
+        output_dir=output_dir,
+        perf_csv=None if worker else PerfCsv(perf_csv),
+        summary_path=_path(config, config.getoption("mad_summary"))
+        if config.getoption("mad_summary")
+        else None,
+    )
+    if config.getoption("mad_live_output") and not worker:
+        state.live_output = _live_sink(config)
+    config.stash[MAD_STATE] = state
+    config.pluginmanager.register(fixtures, "madengine-fixtures")
+    if not worker:
+        config.pluginmanager.register(MadReporter(state), "madengine-reporter")
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # No paths given: collect the MAD tree, not testpaths or the current directory.
         config.args = [str(settings.root.resolve())]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker labels its containers with the controller's session id."""
+    state = node.config.stash.get(MAD_STATE, None)
+    if state is not None:
+        node.workerinput[SESSION_ID_KEY] = state.session_id
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    mad = parent.config.stash.get(MAD_SESSION, None)
-    if mad is None or path != mad.settings.root.resolve():
+    state = parent.config.stash.get(MAD_STATE, None)
+    if state is None or path != state.mad.settings.root.resolve():
         return None
     tree = MadTree.from_parent(parent, path=path)
-    tree.mad = mad
+    tree.mad = state.mad
     return tree
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    mad = session.config.stash.get(MAD_SESSION, None)
+    state = session.config.stash.get(MAD_STATE, None)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    # Said once, by the controller (xdist workers have `workerinput`), even under -q.
-    if (
-        mad
-        and not mad.settings.gpus.gpus
-        and reporter
-        and not hasattr(session.config, "workerinput")
-    ):
+    # Said once, by the controller, even under -q.
+    if state and not state.mad.settings.gpus.gpus and reporter and not _is_worker(session.config):
         reporter.write_line(f"madengine: {NO_GPU_HINT}", yellow=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    mad = config.stash.get(MAD_SESSION, None)
-    if mad is None:
+    state = config.stash.get(MAD_STATE, None)
+    if state is None:
         return None
-    settings = mad.settings
+    settings = state.mad.settings
     context = settings.effective_context
-    lines = [
+    return [
         f"madengine: root {settings.root}, tags {','.join(settings.tags)},"
         f" gpu_vendor {context.gpu_vendor}, guest_os {context.get('guest_os')}",
         f"madengine: GPUs: {settings.gpus.describe()}",
     ]
-    return lines
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not isinstance(item, MadItem):
+        return
+    result = getattr(item, "mad_result", None)
+    finished = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+    if not finished:
+        return
+    state = item.config.stash[MAD_STATE]
+    rows = perf_rows(
+        item.planned,
+        state.mad.settings,
+        result if report.when == "call" else None,
+        machine=os.uname().nodename,
+        git_commit=state.git_commit,
+        build_number=os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", ""),
+    )
+    if report.when == "setup" and report.outcome == "failed":
+        rows = [{**row, "status": "FAILURE"} for row in rows]
+    elif report.when == "call" and result is None:
+        rows = [{**row, "status": "FAILURE" if report.failed else "SKIPPED"} for row in rows]
+    # A plain attribute survives xdist's report serialisation to the controller.
+    report.mad_rows = rows  # type: ignore[attr-defined]
+
+
+class MadReporter:
+    """The controller's reports: perf.csv rows as they come, the table and the summary."""
+
+    def __init__(self, state: MadState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        rows = getattr(report, "mad_rows", None)
+        if not rows or self.state.perf_csv is None:
+            return
+        self.state.perf_csv.append(rows)  # now, so Ctrl-C later loses no finished row
+        self.state.results.append(
+            {"nodeid": report.nodeid, "outcome": report.outcome, "duration": report.duration,
+             "properties": dict(report.user_properties), "rows": rows}
+        )  # fmt: skip
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.state.results:
+            terminalreporter.section("madengine results")
+            for line in results_table(self.state.results):
+                terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self) -> None:
+        state = self.state
+        if state.summary_path is not None:
+            state.summary_path.parent.mkdir(parents=True, exist_ok=True)
+            document = summary_document(state.results, state.session_id)
+            state.summary_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        if state.results:
+            _sweep(state.session_id)
+
+
+def _sweep(session_id: str) -> None:
+    """Removes any container of the session that a killed worker could not remove."""
+    with contextlib.suppress(EngineError):  # no engine: nothing of ours runs there
+        DockerBackend(connect()).remove_session(session_id)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(_PREVIOUS_SIGTERM, None)
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,31 @@ def mad_tree(tmp_path: Path) -> Callable[..., Path]:
         return write_tree(tmp_path / "mad", models, files)
 
     return make
+
+
+BUSYBOX_BASE = "mad-base/busybox:latest"
+DEBIAN_BASE = "mad-base/debian:bookworm"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The local Docker Engine with our base images; skipped without one, failed under CI."""
+    import docker  # imported here: the unit tests need no engine
+
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+        client.images.get(BUSYBOX_BASE)
+    except docker.errors.DockerException as exc:
+        message = f"Docker Engine with {BUSYBOX_BASE} needed (run scripts/bootstrap): {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    label = "org.pytest-madengine.content-hash"
+    before = {image.id for image in client.images.list(filters={"label": label})}
+    yield client
+    # The images our tests built are unique to them: leave the engine as it was.
+    for image in client.images.list(filters={"label": label}):
+        if image.id not in before:
+            client.images.remove(image.id, force=True)
+    client.close()

@@ -1,0 +1,190 @@
+"""Runs benchmark containers on a Docker Engine through the Docker SDK."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from pytest_madengine.backends import SESSION_LABEL, OutputSink, RunOutcome, RunSpec
+from pytest_madengine.errors import MadError
+
+# Result files (multiple_results CSVs) are small; a bound keeps a runaway one out of memory.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+LOG_JOIN_TIMEOUT_S = 10
+
+
+class EngineError(MadError):
+    """The Docker Engine failed us (unreachable, gone mid-run, refused the container)."""
+
+
+def create_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """The arguments of `containers.create` for a spec (kept pure so tests can read them)."""
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command),
+        "working_dir": spec.workdir,
+        "environment": dict(spec.env),
+        "labels": dict(spec.labels),
+        "detach": True,
+        "privileged": spec.privileged,
+    }
+    if spec.devices:
+        kwargs["devices"] = [f"{d.host_path}:{d.container_path}:rwm" for d in spec.devices]
+    if spec.group_add:
+        kwargs["group_add"] = list(spec.group_add)
+    if spec.binds:
+        kwargs["volumes"] = [
+            f"{b.host_path}:{b.container_path}:{'ro' if b.read_only else 'rw'}" for b in spec.binds
+        ]
+    if spec.nvidia_gpu_ids is not None:
+        kwargs["device_requests"] = [
+            docker.types.DeviceRequest(
+                driver="nvidia",
+                device_ids=[str(index) for index in spec.nvidia_gpu_ids],
+                capabilities=[["gpu"]],
+            )
+        ]
+    if spec.cap_add:
+        kwargs["cap_add"] = list(spec.cap_add)
+    if spec.cpuset_cpus:
+        kwargs["cpuset_cpus"] = spec.cpuset_cpus
+    return kwargs
+
+
+def tar_directories(copies: tuple[tuple[Path, str], ...]) -> bytes:
+    """A tar of host directories placed at container paths (extracted at `/`)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for host_dir, container_dir in copies:
+            archive.add(str(host_dir), arcname=container_dir.lstrip("/"))
+    return buffer.getvalue()
+
+
+class _LogPump(threading.Thread):
+    """Copies the container's output to the log file as it comes: memory stays flat."""
+
+    def __init__(self, container: Any, log_path: Path, on_output: OutputSink | None) -> None:
+        super().__init__(daemon=True, name=f"mad-log-{log_path.stem}")
+        self.container = container
+        self.log_path = log_path
+        self.on_output = on_output
+
+    def run(self) -> None:
+        try:
+            with self.log_path.open("ab") as log:
+                for chunk in self.container.logs(stream=True, follow=True):
+                    log.write(chunk)
+                    log.flush()
+                    if self.on_output is not None:
+                        self.on_output(chunk)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            pass  # the container went away; the run itself reports why
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient, host: str = "localhost") -> None:
+        self.client = client
+        self.host = host
+
+    def run(self, spec: RunSpec, on_output: OutputSink | None = None) -> RunOutcome:
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec.log_path.write_bytes(b"")
+        container = None
+        try:
+            container = self.client.containers.create(**create_kwargs(spec))
+            if spec.copies:
+                container.put_archive("/", tar_directories(spec.copies))
+            started = time.time()
+            container.start()
+            pump = _LogPump(container, spec.log_path, on_output)
+            pump.start()
+            exit_code, timed_out = self._wait(container, spec.timeout_s, started)
+            ended = time.time()
+            pump.join(LOG_JOIN_TIMEOUT_S)
+            results = {path: self._read_file(container, path) for path in spec.result_files}
+            return RunOutcome(
+                exit_code, timed_out, spec.log_path, started, ended, self.host, results
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise EngineError(f"image {spec.image} not found on {self.host}: {exc}") from None
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            raise EngineError(f"Docker Engine on {self.host} failed: {_short(exc)}") from None
+        finally:
+            if container is not None:
+                self._remove(container)
+
+    def _wait(
+        self, container: Any, timeout_s: float | None, started: float
+    ) -> tuple[int | None, bool]:
+        try:
+            status = container.wait(timeout=timeout_s)
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            if timeout_s is None or time.time() - started < timeout_s:
+                raise  # not our timeout: the engine went away
+            with contextlib.suppress(docker.errors.APIError):  # it may have ended meanwhile
+                container.kill()
+            return None, True
+        return int(status.get("StatusCode", -1)), False
+
+    def _read_file(self, container: Any, path: str) -> str | None:
+        """Text of a file in the (stopped) container, or None when it is not there."""
+        try:
+            stream, stat = container.get_archive(path)
+        except docker.errors.NotFound:
+            return None
+        if stat.get("size", 0) > MAX_RESULT_BYTES:
+            return None
+        data = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.next()
+            extracted = archive.extractfile(member) if member else None
+            return extracted.read().decode("utf-8", errors="replace") if extracted else None
+
+    def _remove(self, container: Any) -> None:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.APIError, requests.exceptions.ConnectionError):
+            pass  # the engine is gone; remove_session at the end tries again
+
+    def remove_session(self, session_id: str) -> int:
+        filters = {"label": f"{SESSION_LABEL}={session_id}"}
+        containers = self.client.containers.list(all=True, filters=filters)
+        for container in containers:
+            self._remove(container)
+        return len(containers)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def connect(base_url: str | None = None) -> docker.DockerClient:
+    """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
+    try:
+        client = (
+            docker.DockerClient(base_url=base_url, timeout=120)
+            if base_url
+            else docker.from_env(timeout=120)
+        )
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineError(
+            f"no Docker Engine answers at {where}: {_short(exc)} (start one: scripts/bootstrap)"
+        ) from None
+    return client

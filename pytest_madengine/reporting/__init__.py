@@ -1,0 +1,1 @@
+"""Reports written by the one process that sees every result (the xdist controller)."""

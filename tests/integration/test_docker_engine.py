@@ -1,0 +1,154 @@
+"""Images and containers on the real Docker Engine (started by scripts/bootstrap)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pytest_madengine.backends import SESSION_LABEL, Device, RunSpec
+from pytest_madengine.backends.docker import DockerBackend
+from pytest_madengine.images import CONTENT_HASH_LABEL, BuildError, ImageBuilder, ImageSpec
+from tests.conftest import BUSYBOX_BASE
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def image_name(docker_client):
+    name = f"ci-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    with contextlib.suppress(Exception):
+        docker_client.images.remove(name, force=True)
+
+
+@pytest.fixture
+def context_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "docker"
+    directory.mkdir()
+    # Unique content: an image built from the same content earlier would be reused.
+    (directory / "t.Dockerfile").write_text(
+        f"ARG BASE_DOCKER={BUSYBOX_BASE}\nFROM $BASE_DOCKER\nRUN echo built > /built.txt\n"
+        f"# {uuid.uuid4().hex}\n"
+    )
+    return directory
+
+
+def builder(client, tmp_path: Path, lock: str = "locks") -> ImageBuilder:
+    return ImageBuilder(client, log_dir=tmp_path / "builds", lock_dir=tmp_path / lock)
+
+
+def test_build_once_then_reuse_by_content(docker_client, tmp_path, context_dir, image_name):
+    spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
+    first = builder(docker_client, tmp_path).ensure(spec)
+    assert first.built and first.log_path and "built" in first.log_path.read_text()
+    assert docker_client.images.get(image_name).labels[CONTENT_HASH_LABEL] == first.content_hash
+    # A later session (a new builder, new lock dir) finds the same content and builds nothing.
+    again = builder(docker_client, tmp_path, "locks2").ensure(spec)
+    assert not again.built and again.docker_sha == first.docker_sha
+    assert first.base_docker == BUSYBOX_BASE
+
+
+def test_changed_context_or_build_args_rebuild(docker_client, tmp_path, context_dir, image_name):
+    spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
+    first = builder(docker_client, tmp_path).ensure(spec)
+    (context_dir / "extra.txt").write_text("new file in the build context")
+    second = builder(docker_client, tmp_path, "l2").ensure(spec)
+    assert second.built and second.content_hash != first.content_hash
+    with_args = ImageSpec(spec.name, spec.dockerfile, context_dir, {"BASE_DOCKER": BUSYBOX_BASE})
+    assert builder(docker_client, tmp_path, "l3").ensure(with_args).built
+
+
+def test_failed_build_reports_tail_and_is_not_retried(docker_client, tmp_path, image_name):
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    (directory / "b.Dockerfile").write_text(
+        f"FROM {BUSYBOX_BASE}\nRUN echo step-output && exit 3\n"
+    )
+    spec = ImageSpec(image_name, directory / "b.Dockerfile", directory)
+    with pytest.raises(BuildError) as caught:
+        builder(docker_client, tmp_path).ensure(spec)
+    reason, _, tail = str(caught.value).partition("\n")
+    assert reason.startswith(f"image {image_name} failed to build: The command")
+    assert "returned a non-zero code: 3" in reason and "step-output" in tail
+    # Another worker of the same session fails at once from the note, without building.
+    with pytest.raises(BuildError, match="failed to build"):
+        builder(docker_client, tmp_path).ensure(spec)
+
+
+def _spec(tmp_path: Path, command: tuple[str, ...], **kw) -> RunSpec:
+    session = kw.pop("session", uuid.uuid4().hex[:8])
+    return RunSpec(
+        image=BUSYBOX_BASE,
+        command=command,
+        workdir="/myworkspace/job",
+        log_path=tmp_path / "logs" / "t.log",
+        labels={SESSION_LABEL: session},
+        **kw,
+    )
+
+
+def _ours(client, session: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={session}"})
+
+
+def test_run_streams_log_copies_scripts_and_reads_results(docker_client, tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "run.sh").write_text("echo from-script $MAD_X; echo 'a,b' > out.csv\n")
+    spec = _spec(
+        tmp_path, ("sh", "run.sh"), session="s-run", env={"MAD_X": "42"},
+        copies=((job, "/myworkspace/job"),), result_files=("/myworkspace/job/out.csv",),
+    )  # fmt: skip
+    outcome = DockerBackend(docker_client, "here").run(spec)
+    assert (outcome.exit_code, outcome.timed_out, outcome.host) == (0, False, "here")
+    assert outcome.log_path.read_text() == "from-script 42\n"
+    assert outcome.results == {"/myworkspace/job/out.csv": "a,b\n"}
+    assert not list(job.glob("out.csv"))  # nothing written into the user's tree
+    assert _ours(docker_client, "s-run") == []
+
+
+def test_crash_gives_exit_code_and_missing_result_is_none(docker_client, tmp_path):
+    spec = _spec(tmp_path, ("sh", "-c", "echo boom >&2; exit 7"), result_files=("/nope.csv",))
+    outcome = DockerBackend(docker_client).run(spec)
+    assert outcome.exit_code == 7 and outcome.results == {"/nope.csv": None}
+    assert "boom" in outcome.log_path.read_text()
+
+
+def test_timeout_kills_and_removes_the_container(docker_client, tmp_path):
+    spec = _spec(tmp_path, ("sh", "-c", "echo started; sleep 60"), session="s-to", timeout_s=1.5)
+    start = time.monotonic()
+    outcome = DockerBackend(docker_client).run(spec)
+    assert outcome.timed_out and outcome.exit_code is None
+    assert time.monotonic() - start < 20
+    assert "started" in outcome.log_path.read_text()
+    assert _ours(docker_client, "s-to") == []
+
+
+def test_fake_amd_device_nodes_reach_the_container(docker_client, tmp_path):
+    devices = tmp_path / "dev"
+    (devices / "dri").mkdir(parents=True)
+    for name in ("kfd", "dri/renderD128"):
+        os.mknod(devices / name, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    spec = _spec(
+        tmp_path, ("sh", "-c", "ls /dev/kfd /dev/dri/renderD128 && id -G"),
+        devices=(Device(str(devices / "kfd"), "/dev/kfd"),
+                 Device(str(devices / "dri/renderD128"), "/dev/dri/renderD128")),
+        group_add=("video",),
+    )  # fmt: skip
+    outcome = DockerBackend(docker_client).run(spec)
+    log = outcome.log_path.read_text()
+    assert outcome.exit_code == 0, log
+    assert "/dev/kfd" in log and "/dev/dri/renderD128" in log and "44" in log.split()
+
+
+def test_remove_session_removes_leftovers(docker_client):
+    session = f"s-{uuid.uuid4().hex[:8]}"
+    docker_client.containers.create(BUSYBOX_BASE, ["sleep", "30"], labels={SESSION_LABEL: session})
+    assert DockerBackend(docker_client).remove_session(session) == 1
+    assert _ours(docker_client, session) == []

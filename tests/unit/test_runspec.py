@@ -1,0 +1,163 @@
+"""From a planned test to the container: command, env, devices, SDK arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker.types
+import pytest
+
+from pytest_madengine.backends import SESSION_LABEL, Bind, Device
+from pytest_madengine.backends.docker import create_kwargs
+from pytest_madengine.context import build_context
+from pytest_madengine.errors import MadError
+from pytest_madengine.gpus import Gpu, GpuInventory, GpuPool
+from pytest_madengine.runspec import (
+    build_run_spec,
+    data_binds,
+    effective_timeout,
+    script_command,
+    visibility_env,
+)
+from pytest_madengine.session import MadSession, Settings
+from tests.conftest import entry, write_tree
+
+
+def spec_for(tmp_path: Path, context: str, gpus: GpuInventory, lease: int = 1, **fields):
+    root = write_tree(tmp_path, [entry("alpha", **fields)])
+    settings = Settings(root, ("alpha",), build_context(context), gpus)
+    test = MadSession(settings).plan.tests[0]
+    return build_run_spec(
+        test, settings, image="img", gpus=gpus.gpus[:lease], session_id="s1",
+        test_id="models.json::alpha", log_path=tmp_path / "alpha.log",
+    )  # fmt: skip
+
+
+def amd(count: int, virtual: bool = True) -> GpuInventory:
+    return GpuInventory(tuple(Gpu(i, "AMD", "gfx942") for i in range(count)), "declared", virtual)
+
+
+def nvidia(count: int, virtual: bool = False) -> GpuInventory:
+    gpus = tuple(Gpu(i, "NVIDIA", "NVIDIA H100") for i in range(count))
+    return GpuInventory(gpus, "nvidia-smi", virtual)
+
+
+def test_timeouts() -> None:
+    assert effective_timeout(60, None, 1.0) == 60
+    assert effective_timeout(60, 10, 2.0) == 20
+    assert effective_timeout(0, None, 3.0) is None
+    assert effective_timeout(60, 0, 1.0) is None
+
+
+def test_script_kinds() -> None:
+    assert script_command("scripts/a/run.sh", ["--x", "1"], False) == (
+        "scripts/a",
+        ("bash", "run.sh", "--x", "1"),
+    )
+    assert script_command("scripts/a/m.py", [], False) == ("scripts/a", ("python3", "m.py"))
+    assert script_command("scripts/a", [], True) == ("scripts/a", ("bash", "run.sh"))
+    with pytest.raises(MadError, match=r"scripts 'scripts/a/x.rb': expected a .sh or .py"):
+        script_command("scripts/a/x.rb", [], False)
+
+
+def test_visibility_counts_from_zero_when_devices_are_mapped() -> None:
+    gpus = [Gpu(2, "AMD"), Gpu(3, "AMD")]
+    assert visibility_env("AMD", gpus, mapped=True) == {
+        "MAD_HOST_GPU_IDS": "2,3",
+        "HIP_VISIBLE_DEVICES": "0,1",
+        "ROCR_VISIBLE_DEVICES": "0,1",
+    }
+    assert visibility_env("NVIDIA", gpus, mapped=False) == {
+        "MAD_HOST_GPU_IDS": "2,3",
+        "CUDA_VISIBLE_DEVICES": "2,3",
+        "NVIDIA_VISIBLE_DEVICES": "2,3",
+    }
+
+
+def test_spec_env_labels_command_and_copies(tmp_path: Path) -> None:
+    spec = spec_for(
+        tmp_path, '{"docker_env_vars": {"EXTRA": "1"}, "timeout_multiplier": 2}', amd(2),
+        args="--batch_size 8", timeout=30,
+    )  # fmt: skip
+    assert spec.command == ("bash", "run.sh", "--batch_size", "8")
+    assert spec.workdir == "/myworkspace/dummy"
+    assert spec.copies == ((tmp_path / "scripts/dummy", "/myworkspace/dummy"),)
+    assert spec.timeout_s == 60
+    assert spec.labels[SESSION_LABEL] == "s1"
+    assert {k: spec.env[k] for k in ("MAD_MODEL_NAME", "MAD_GPU_VENDOR", "MAD_SYSTEM_NGPUS",
+                                      "MAD_RUNTIME_NGPUS", "MAD_GUEST_OS", "EXTRA")} == {
+        "MAD_MODEL_NAME": "alpha", "MAD_GPU_VENDOR": "AMD", "MAD_SYSTEM_NGPUS": "2",
+        "MAD_RUNTIME_NGPUS": "1", "MAD_GUEST_OS": "UBUNTU", "EXTRA": "1",
+    }  # fmt: skip
+    # Virtual AMD GPUs without a device root: nothing mapped, host ids visible.
+    assert spec.devices == () and spec.env["HIP_VISIBLE_DEVICES"] == "0"
+    assert not spec.privileged and spec.cap_add == ()
+
+
+def test_model_args_from_context_replace_the_entry_args(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, '{"model_args": "--epochs 1"}', amd(1), args="--batch_size 8")
+    assert spec.command == ("bash", "run.sh", "--epochs", "1")
+
+
+def test_amd_devices_from_a_device_root(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, '{"gpu_device_root": "/fake/dev"}', amd(4), lease=2)
+    assert spec.devices == (
+        Device("/fake/dev/kfd", "/dev/kfd"),
+        Device("/fake/dev/dri/renderD128", "/dev/dri/renderD128"),
+        Device("/fake/dev/dri/renderD129", "/dev/dri/renderD129"),
+    )
+    assert spec.group_add == ("video",)
+    kwargs = create_kwargs(spec)
+    assert kwargs["devices"][0] == "/fake/dev/kfd:/dev/kfd:rwm"
+    assert kwargs["group_add"] == ["video"] and "device_requests" not in kwargs
+
+
+def test_nvidia_gets_a_device_request_for_its_gpus(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, '{"gpu_vendor": "NVIDIA"}', nvidia(4), lease=2)
+    kwargs = create_kwargs(spec)
+    assert kwargs["device_requests"] == [
+        docker.types.DeviceRequest(driver="nvidia", device_ids=["0", "1"], capabilities=[["gpu"]])
+    ]
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "0,1" and spec.env["NVIDIA_VISIBLE_DEVICES"] == "0,1"
+    assert "devices" not in kwargs and "group_add" not in kwargs and kwargs["privileged"] is False
+
+
+def test_virtual_nvidia_gpus_get_no_device_request(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, '{"gpu_vendor": "NVIDIA"}', nvidia(2, virtual=True))
+    assert "device_requests" not in create_kwargs(spec)
+
+
+def test_privileges_and_mounts_only_when_the_context_asks(tmp_path: Path) -> None:
+    spec = spec_for(
+        tmp_path,
+        '{"docker_privileged": true, "docker_cap_add": ["SYS_PTRACE"],'
+        ' "docker_mounts": {"/ctr": "/host"}}',
+        amd(1),
+    )
+    kwargs = create_kwargs(spec)
+    assert kwargs["privileged"] is True and kwargs["cap_add"] == ["SYS_PTRACE"]
+    assert kwargs["volumes"] == ["/host:/ctr:rw"]
+
+
+def test_local_data_is_mounted_at_datahome() -> None:
+    binds, env = data_binds("imagenet", {"imagenet": {"local": {"path": "/srv/imagenet"}}})
+    assert binds == (Bind("/srv/imagenet", "/data", read_only=True),)
+    assert env == {"MAD_DATAHOME": "/data", "MAD_DATANAME": "imagenet"}
+    with pytest.raises(MadError, match=r"data 'x': only the 'local' provider .* \(has: nas\)"):
+        data_binds("x", {"x": {"nas": {}}})
+    with pytest.raises(MadError, match=r"data 'y': no such entry in data.json"):
+        data_binds("y", {})
+
+
+def test_gpu_pool_leases_and_refuses_what_cannot_fit() -> None:
+    pool = GpuPool(amd(4))
+    first = pool.acquire(2)
+    assert [g.index for g in first] == [0, 1]
+    assert [g.index for g in pool.acquire(2)] == [2, 3]
+    with pytest.raises(MadError, match=r"needs 1 GPUs, 0 of 4 are free"):
+        pool.acquire(1)
+    pool.release(first)
+    assert [g.index for g in pool.acquire(2)] == [0, 1]
+    assert pool.unfit_reason(8) == "needs 8 GPUs, this host has 4"
+    assert GpuPool(amd(0)).acquire(1) == ()
+    assert len(GpuPool(amd(3)).acquire(-1)) == 3
