@@ -18,8 +18,8 @@ from pytest_madengine.errors import MadError
 
 DEFAULT_TOLERANCE = 0.05
 _MARKER = re.compile(r"performance:\s*(.*)$")
-# <number>[/unit][,] <metric>
-_VALUE = re.compile(r"^(?P<value>[^\s,/]+)(?:/\S*?)?,?(?:\s+(?P<metric>\S+))?")
+# <number>[/unit][,] <metric>; the unit is split off below so that `N/A` stays whole.
+_VALUE = re.compile(r"^(?P<value>[^\s,]+),?(?:\s+(?P<metric>\S+))?")
 _LINE_SHOWN = 200
 
 
@@ -56,7 +56,11 @@ def parse_performance_line(line: str) -> tuple[str, str] | None:
     rest = _VALUE.match(found.group(1).strip())
     if rest is None:
         return "", ""
-    return rest.group("value"), rest.group("metric") or ""
+    value = rest.group("value")
+    number, slash, _unit = value.partition("/")
+    if slash and _to_number(number) is not None:
+        value = number
+    return value, rest.group("metric") or ""
 
 
 def _to_number(text: str) -> float | None:
