@@ -137,12 +137,13 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def _live_sink(config: pytest.Config) -> Any:
     """Writes model output straight to the terminal, around pytest's capture."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return None
 
     def write(chunk: bytes) -> None:
+        # Looked up here: the terminal reporter registers after our pytest_configure.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
+            return
         with capture.global_and_fixture_disabled():
             reporter.write(chunk.decode("utf-8", errors="replace"))
             reporter.flush()

@@ -173,8 +173,9 @@ def test_eight_models_one_dockerfile_build_once_under_xdist(pytester: pytest.Pyt
     assert len(read_perf(pytester.path / "perf.csv")) == 16
 
 
-def test_sigterm_removes_containers_and_keeps_finished_rows(
-    pytester: pytest.Pytester, docker_client
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_interrupt_removes_containers_and_keeps_finished_rows(
+    pytester: pytest.Pytester, docker_client, signum: int
 ) -> None:
     models = [entry("quick", scripts="scripts/dummy/value.sh"),
               entry("long", scripts="scripts/dummy/sleeper.sh", args="120")]  # fmt: skip
@@ -194,7 +195,7 @@ def test_sigterm_removes_containers_and_keeps_finished_rows(
         session.kill()
         pytest.fail("the long model never started")
     session_id = running[0].labels[SESSION_LABEL]
-    session.send_signal(signal.SIGTERM)
+    session.send_signal(signum)
     output, _ = session.communicate(timeout=60)
     assert session.returncode != 0, output
     left = docker_client.containers.list(
@@ -203,6 +204,16 @@ def test_sigterm_removes_containers_and_keeps_finished_rows(
     assert left == [], output
     rows = read_perf(pytester.path / "perf.csv")
     assert next((row["model"], row["status"]) for row in rows) == ("quick", "SUCCESS"), output
+
+
+def test_live_output_streams_model_output_to_the_terminal(pytester: pytest.Pytester) -> None:
+    talk = "#!/bin/sh\necho 'live-line-from-the-model'\necho 'performance: 5 fps'\n"
+    unique_tree(pytester, [entry("talk", scripts="scripts/dummy/talk.sh")], scripts(talk=talk))
+    quiet = run(pytester, "--mad-tags", "talk")
+    assert "live-line-from-the-model" not in quiet.stdout.str()
+    live = run(pytester, "--mad-tags", "talk", "--mad-live-output")
+    live.assert_outcomes(passed=1)
+    live.stdout.fnmatch_lines(["*live-line-from-the-model*"])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
