@@ -85,8 +85,9 @@ def mad_backend(mad_docker: docker.DockerClient) -> Backend:
 
 
 @pytest.fixture(scope="session")
-def mad_gpu_pool(mad_settings: Settings) -> GpuPool:
-    return GpuPool(mad_settings.gpus)
+def mad_gpu_pool(mad_settings: Settings, mad_session_dir: Path) -> GpuPool:
+    """The GPUs of this host, shared by every xdist worker of the session."""
+    return GpuPool(mad_settings.gpus, mad_session_dir / "gpus")
 
 
 @pytest.fixture
@@ -102,10 +103,7 @@ def mad_gpus(request: pytest.FixtureRequest, mad_gpu_pool: GpuPool) -> Iterator[
     reason = mad_gpu_pool.unfit_reason(wanted)
     if reason:
         pytest.skip(reason)
-    try:
-        lease = mad_gpu_pool.acquire(wanted)
-    except MadError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    lease = mad_gpu_pool.acquire(wanted, request.node.nodeid)
     yield lease
     mad_gpu_pool.release(lease)
 

@@ -202,6 +202,19 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput[SESSION_ID_KEY] = state.session_id
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto`: one worker per GPU, since every test holds at least one."""
+    tags = split_tags(config.getoption("mad_tags") or config.getini("mad_tags"))
+    if not tags:
+        return None
+    try:
+        count = _settings(config, tags).gpus.count
+    except MadError:
+        return None  # pytest_configure reports it
+    return count or None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     state = parent.config.stash.get(MAD_STATE, None)

@@ -1,7 +1,15 @@
-"""Benchmark results: the performance line, multiple_results CSVs, expectations, verdicts.
+"""Benchmark results: the performance line, multiple_results CSVs, expectations and verdicts.
 
-When a log holds several `performance:` lines, the LAST one counts: benchmarks print
+A model's log reports its result as `performance: <number> <metric>`, for example
+`performance: 1234.5 samples_per_second`, possibly after a log prefix. The number may carry
+a `/unit` or a comma before the metric (`performance: 12.5/s tokens_per_second`,
+`performance: 99.1, images_per_second`).
+
+When a log holds several `performance:` lines, THE LAST ONE COUNTS: benchmarks print
 warm-up or per-epoch figures first and the final figure last. (madengine took the first.)
+The log is streamed line by line and only the latest candidate is kept.
+
+Pure logic: no pytest here, so the plugin and other front ends share one set of rules.
 """
 
 from __future__ import annotations
@@ -10,21 +18,36 @@ import csv
 import io
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_madengine.errors import MadError
 
-DEFAULT_TOLERANCE = 0.05
-_MARKER = re.compile(r"performance:\s*(.*)$")
-# <number>[/unit][,] <metric>; the unit is split off below so that `N/A` stays whole.
-_VALUE = re.compile(r"^(?P<value>[^\s,]+),?(?:\s+(?P<metric>\S+))?")
-_LINE_SHOWN = 200
+MARKER = "performance:"
+DEFAULT_TOLERANCE = 0.05  # for `expect.reference` when the entry gives no tolerance
+CSV_COLUMNS = ("model", "performance", "metric")
+BASELINE_COLUMNS = ("model", "performance", "status")
+EXPECT_KEYS = ("direction", "max", "min", "reference", "tolerance")
+_SHOWN = 200  # longest log line or value quoted in a failure reason
+
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# A number, an optional `/unit`, then a separator. `,(?!\d)` keeps `1,234.5` whole, so a
+# thousands separator ends as a non-numeric value rather than as value 1, metric 234.5.
+_NUMERIC_VALUE = re.compile(
+    rf"(?P<value>{_NUMBER})(?:/[^\s,]*)?(?:,(?!\d)\s*|\s+|$)(?P<metric>[^\s,;]*)"
+)
+# Anything else (`N/A`, `fast`, `nan`): the first word, without a trailing comma.
+_OTHER_VALUE = re.compile(r"(?P<value>\S*?),?(?:\s+(?P<metric>[^\s,;]*)|$)")
+_NUMBER_ONLY = re.compile(_NUMBER)
 
 
 class ResultError(MadError):
-    """A benchmark result problem; its text is the one-line failure reason."""
+    """A benchmark result problem; its text is the test's one-line failure reason."""
+
+    def __init__(self, message: str) -> None:
+        # Quoted log lines and CSV cells may hold line breaks; the reason must stay one line.
+        super().__init__(" ".join(message.splitlines()))
 
 
 @dataclass(frozen=True)
@@ -35,12 +58,28 @@ class Measurement:
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
+@dataclass(frozen=True)
+class Expectation:
+    minimum: float | None = None
+    maximum: float | None = None
+    reference: float | None = None
+    tolerance: float | None = None  # for `reference` only; baselines use --mad-tolerance
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str | None = None
+    relative_change: float | None = None  # (value - baseline) / baseline, as a fraction
+
+
 def format_number(value: float) -> str:
-    """Compact: 900.0 -> 900, 812.4 -> 812.4, 0.000012 -> 1.2e-05."""
+    """Compact, up to 6 significant digits: 900.0 -> 900, 0.000012 -> 1.2e-05."""
     return f"{value:g}"
 
 
-def _percent(fraction: float) -> str:
+def _signed_percent(fraction: float) -> str:
     return f"{fraction * 100:+.1f}%"
 
 
@@ -48,78 +87,95 @@ def _tolerance_text(tolerance: float) -> str:
     return f"{tolerance * 100:g}%"
 
 
+def _number(text: str) -> float | None:
+    """The finite float a text spells in plain decimal or e-notation, else None."""
+    text = text.strip()
+    if not _NUMBER_ONLY.fullmatch(text):
+        return None  # also refuses `nan`, `inf`, `1_000` that float() would take
+    value = float(text)
+    return value if math.isfinite(value) else None  # `1e999` overflows to inf
+
+
+def _cut(text: str) -> str:
+    return text.strip()[:_SHOWN]
+
+
+# The performance line
+
+
 def parse_performance_line(line: str) -> tuple[str, str] | None:
-    """(value text, metric text) of a `performance:` line, or None for other lines."""
-    found = _MARKER.search(line)
-    if found is None:
-        return None
-    rest = _VALUE.match(found.group(1).strip())
-    if rest is None:
-        return "", ""
-    value = rest.group("value")
-    number, slash, _unit = value.partition("/")
-    if slash and _to_number(number) is not None:
-        value = number
-    return value, rest.group("metric") or ""
+    """(value text, metric text) of a `performance:` line; None for any other line.
 
-
-def _to_number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
+    The metric text is "" when the line names none; the value text is returned as written
+    (without a `/unit`) and may be non-numeric, such as `N/A`.
+    """
+    # The last marker on the line: progress output joined by `\r` ends with the newest one.
+    at = line.rfind(MARKER)
+    if at < 0:
         return None
-    return value if math.isfinite(value) else None
+    rest = line[at + len(MARKER) :].strip()
+    found = _NUMERIC_VALUE.match(rest) or _OTHER_VALUE.match(rest)
+    if found is None:  # unreachable: the second pattern matches any text
+        return rest, ""
+    return found.group("value"), found.group("metric") or ""
 
 
 def find_performance(lines: Iterable[str]) -> tuple[float, str]:
-    """(value, metric) of the last performance line; streams, keeping only that line."""
-    last: tuple[str, str, str] | None = None
+    """(value, metric) of the last performance line of a log, read as a stream."""
+    last: tuple[str, str, str] | None = None  # value text, metric text, line as shown
     for line in lines:
         parsed = parse_performance_line(line)
         if parsed is not None:
-            last = (parsed[0], parsed[1], line)
+            last = (parsed[0], parsed[1], _cut(line))
     if last is None:
         raise ResultError("no performance line in the log")
-    value_text, metric, line = last
-    shown = line.strip()[:_LINE_SHOWN]
-    value = _to_number(value_text)
+    value_text, metric, shown = last
+    if not value_text:
+        raise ResultError(f"performance line has no value (line: {shown})")
+    value = _number(value_text)
     if value is None:
-        raise ResultError(f"non-numeric performance '{value_text}' (line: {shown})")
+        raise ResultError(f"non-numeric performance '{value_text[:_SHOWN]}' (line: {shown})")
     if not metric:
         raise ResultError(f"performance line has no metric (line: {shown})")
     return value, metric
 
 
-REQUIRED_CSV_COLUMNS = ("model", "performance", "metric")
+# multiple_results CSV
+
+
+def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank records with their row number, the first record being row 1."""
+    for number, cells in enumerate(reader, start=1):
+        if any(cell.strip() for cell in cells):
+            yield number, cells
 
 
 def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Measurement]:
-    """One Measurement per row of a multiple_results CSV, named `<model>_<row model>`."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header or not any(cell.strip() for cell in header):
+    """One Measurement per row of a multiple_results CSV, named `<model_name>_<row model>`."""
+    # utf-8-sig files read as text keep their BOM, which would spoil the first column name.
+    records = _records(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
+    first = next(records, None)
+    if first is None:
         raise ResultError(f"{csv_name}: empty multiple_results CSV")
-    header = [cell.strip() for cell in header]
-    missing = sorted(set(REQUIRED_CSV_COLUMNS) - set(header))
+    header = [cell.strip() for cell in first[1]]
+    missing = sorted(set(CSV_COLUMNS) - set(header))
     if missing:
         raise ResultError(
             f"{csv_name}: missing column(s) {', '.join(missing)} (have: {', '.join(header)})"
         )
     measurements = []
-    for number, cells in enumerate(reader, start=2):
-        if not cells:
-            continue
+    for number, cells in records:
         if len(cells) != len(header):
             raise ResultError(
                 f"{csv_name}: row {number}: expected {len(header)} fields, got {len(cells)}"
             )
         row = dict(zip(header, (cell.strip() for cell in cells), strict=True))
-        value = _to_number(row["performance"])
+        value = _number(row["performance"])
         if value is None:
-            raise ResultError(
-                f"{csv_name}: row {number}: non-numeric performance '{row['performance']}'"
-            )
-        extra = {k: v for k, v in row.items() if k not in REQUIRED_CSV_COLUMNS}
+            shown = row["performance"][:_SHOWN]
+            raise ResultError(f"{csv_name}: row {number}: non-numeric performance '{shown}'")
+        # Unnamed columns (a trailing comma in the header) carry nothing worth keeping.
+        extra = {key: cell for key, cell in row.items() if key and key not in CSV_COLUMNS}
         measurements.append(
             Measurement(f"{model_name}_{row['model']}", value, row["metric"], extra)
         )
@@ -128,36 +184,38 @@ def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Me
     return measurements
 
 
-@dataclass(frozen=True)
-class Expectation:
-    minimum: float | None = None
-    maximum: float | None = None
-    reference: float | None = None
-    tolerance: float | None = None
-    higher_is_better: bool = True
-
-
-_EXPECT_KEYS = ("direction", "max", "min", "reference", "tolerance")
+# Expectations (our models.json extension `expect`)
 
 
 def parse_tolerance(text: str | float | int) -> float:
-    """`5%` -> 0.05, `0.05` -> 0.05."""
-    raw = str(text).strip()
-    percent = raw.endswith("%")
-    number = _to_number(raw.rstrip("%").strip())
-    if number is None or number < 0 or isinstance(text, bool):
-        raise ValueError(f"tolerance must be a fraction or a percentage like 5%, got {text!r}")
-    return number / 100 if percent else number
+    """A fraction or a percentage: `5%` -> 0.05, `0.05` -> 0.05, `10 %` -> 0.1."""
+    problem = ValueError(f"tolerance must be a fraction or a percentage like 5%, got {text!r}")
+    percent = False
+    if isinstance(text, str):
+        raw = text.strip()
+        percent = raw.endswith("%")
+        value = _number(raw.removesuffix("%"))
+    elif isinstance(text, int | float) and not isinstance(text, bool):  # JSON true is no 100%
+        value = float(text)
+    else:
+        raise problem  # models.json may put anything here
+    if value is None or not math.isfinite(value) or value < 0:
+        raise problem
+    return value / 100 if percent else value
 
 
-def _number_field(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def _expect_number(entry: Mapping[str, object], key: str) -> float | None:
+    if key not in entry:
+        return None
+    value = entry[key]
+    # bool is an int subclass: `"min": true` is a typo, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"field 'expect': '{key}' must be a number, got {value!r}")
     return float(value)
 
 
 def parse_expectation(value: object) -> Expectation | None:
-    """Our models.json extension `expect`: min, max, reference (+tolerance), direction."""
+    """The `expect` object of a models.json entry: min, max, reference, tolerance, direction."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -167,58 +225,70 @@ def parse_expectation(value: object) -> Expectation | None:
     if not value:
         raise ValueError("field 'expect': empty")
     for key in value:
-        if key not in _EXPECT_KEYS:
-            raise ValueError(
-                f"field 'expect': unknown key '{key}' (known: {', '.join(_EXPECT_KEYS)})"
-            )
+        if key not in EXPECT_KEYS:
+            known = ", ".join(EXPECT_KEYS)
+            raise ValueError(f"field 'expect': unknown key '{key}' (known: {known})")
+    minimum = _expect_number(value, "min")
+    maximum = _expect_number(value, "max")
+    reference = _expect_number(value, "reference")
     direction = value.get("direction", "higher")
     if direction not in ("higher", "lower"):
         raise ValueError(
             f"field 'expect': 'direction' must be 'higher' or 'lower', got {direction!r}"
         )
-    if "tolerance" in value and "reference" not in value:
-        raise ValueError("field 'expect': 'tolerance' needs 'reference'")
     tolerance = None
     if "tolerance" in value:
+        if reference is None:
+            raise ValueError("field 'expect': 'tolerance' needs 'reference'")
         try:
             tolerance = parse_tolerance(value["tolerance"])
         except ValueError as exc:
-            raise ValueError(f"field 'expect': {exc}") from None
-    return Expectation(
-        minimum=_number_field(value["min"], "min") if "min" in value else None,
-        maximum=_number_field(value["max"], "max") if "max" in value else None,
-        reference=_number_field(value["reference"], "reference") if "reference" in value else None,
-        tolerance=tolerance,
-        higher_is_better=direction == "higher",
-    )
+            raise ValueError(f"field 'expect': 'tolerance': {exc}") from None
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise ValueError(
+            f"field 'expect': 'min' {format_number(minimum)} is above"
+            f" 'max' {format_number(maximum)}"
+        )
+    return Expectation(minimum, maximum, reference, tolerance, direction == "higher")
+
+
+# Baselines
 
 
 def load_baseline(path: Path) -> dict[str, float]:
-    """model -> performance of its last SUCCESS row in an earlier perf.csv."""
+    """model -> performance of its last SUCCESS row with a number, from an earlier perf.csv."""
     if not path.exists():
         raise ResultError(f"--mad-baseline {path}: no such file")
-    with path.open(newline="", encoding="utf-8") as handle:
+    if not path.is_file():
+        raise ResultError(f"--mad-baseline {path}: not a file")
+    baseline: dict[str, float] = {}
+    # Streamed: a perf.csv grows by a row per test and run, over months of CI.
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.DictReader(handle)
-        missing = sorted({"model", "performance", "status"} - set(reader.fieldnames or ()))
+        columns = {name.strip() for name in reader.fieldnames or ()}
+        missing = sorted(set(BASELINE_COLUMNS) - columns)
         if missing:
             raise ResultError(f"--mad-baseline {path}: missing column(s) {', '.join(missing)}")
-        baseline: dict[str, float] = {}
-        for row in reader:
-            value = _to_number(row.get("performance") or "")
-            if row.get("status") == "SUCCESS" and value is not None:
+        for raw in reader:
+            # Short rows read as None cells; surplus cells land under the key None.
+            row = {key.strip(): (cell or "").strip() for key, cell in raw.items() if key}
+            value = _number(row["performance"])
+            if row["status"] == "SUCCESS" and value is not None:
                 baseline[row["model"]] = value
     return baseline
 
 
-@dataclass(frozen=True)
-class Verdict:
-    passed: bool
-    reason: str | None = None
-    relative_change: float | None = None
+# The verdict
 
 
-def _relative(value: float, base: float) -> float | None:
-    return None if base == 0 else (value - base) / base
+def _change(value: float, base: float) -> float | None:
+    """(value - base) / |base|; |base| keeps the sign meaning `went up` for negative bases."""
+    return None if base == 0 else (value - base) / abs(base)
+
+
+def _differs_by(value: float, bound: float) -> str:
+    change = _change(value, bound)
+    return "" if change is None else f" ({_signed_percent(change)})"
 
 
 def judge(
@@ -228,38 +298,42 @@ def judge(
     baseline: float | None,
     tolerance: float,
 ) -> Verdict:
-    """The first failed check wins; each reason names value, bound and difference."""
-    shown = f"{format_number(value)} {metric}"
-    change = _relative(value, baseline) if baseline is not None else None
+    """Checks min, max, reference, then the baseline; the first miss is the reason.
+
+    `tolerance` (--mad-tolerance) applies to the baseline; the reference check uses the
+    expectation's own tolerance, else DEFAULT_TOLERANCE.
+    """
     expect = expectation or Expectation()
+    change = None if baseline is None else _change(value, baseline)
+    shown = f"{format_number(value)} {metric}"
+
+    def miss(reason: str) -> Verdict:
+        return Verdict(False, reason, change)
+
     if expect.minimum is not None and value < expect.minimum:
-        diff = _relative(value, expect.minimum)
-        suffix = f" ({_percent(diff)})" if diff is not None else ""
-        reason = f"performance {shown} below min {format_number(expect.minimum)}{suffix}"
-        return Verdict(False, reason, change)
+        bound = format_number(expect.minimum)
+        return miss(f"performance {shown} below min {bound}{_differs_by(value, expect.minimum)}")
     if expect.maximum is not None and value > expect.maximum:
-        diff = _relative(value, expect.maximum)
-        suffix = f" ({_percent(diff)})" if diff is not None else ""
-        reason = f"performance {shown} above max {format_number(expect.maximum)}{suffix}"
-        return Verdict(False, reason, change)
+        bound = format_number(expect.maximum)
+        return miss(f"performance {shown} above max {bound}{_differs_by(value, expect.maximum)}")
     if expect.reference is not None:
-        tol = DEFAULT_TOLERANCE if expect.tolerance is None else expect.tolerance
-        diff = _relative(value, expect.reference)
-        if diff is not None:
-            worse = -diff if expect.higher_is_better else diff
-            if worse > tol:
-                side = "below" if expect.higher_is_better else "above"
-                reason = (
-                    f"performance {shown} is {abs(diff) * 100:.1f}% {side} reference"
-                    f" {format_number(expect.reference)} (tolerance {_tolerance_text(tol)})"
-                )
-                return Verdict(False, reason, change)
-    if change is not None:
+        reference = expect.reference
+        allowed = DEFAULT_TOLERANCE if expect.tolerance is None else expect.tolerance
+        # How far the value falls short on the worse side; negative when it does better.
+        shortfall = reference - value if expect.higher_is_better else value - reference
+        if shortfall > abs(reference) * allowed:
+            side = "below" if expect.higher_is_better else "above"
+            gap = _change(value, reference)
+            by = "" if gap is None else f" {abs(gap) * 100:.1f}%"
+            return miss(
+                f"performance {shown} is{by} {side} reference {format_number(reference)}"
+                f" (tolerance {_tolerance_text(allowed)})"
+            )
+    if baseline is not None and change is not None:
         worse = -change if expect.higher_is_better else change
         if worse > tolerance:
-            reason = (
-                f"regression: {shown} vs baseline {format_number(baseline or 0)}"
-                f" ({_percent(change)}, tolerance {_tolerance_text(tolerance)})"
+            return miss(
+                f"regression: {shown} vs baseline {format_number(baseline)}"
+                f" ({_signed_percent(change)}, tolerance {_tolerance_text(tolerance)})"
             )
-            return Verdict(False, reason, change)
     return Verdict(True, None, change)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -232,3 +233,35 @@ def test_amd_run_sees_its_fake_devices_and_visibility(pytester: pytest.Pytester)
     result = run(pytester, "--mad-tags", "amd", "--mad-gpus", "1,", "--mad-context", context)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["amd*SUCCESS*1*gpus*"])
+
+
+def _intervals(properties: dict[str, dict[str, str]]) -> dict[int, list[tuple[float, float]]]:
+    """GPU id -> the (start, end) of every run that held it."""
+    held: dict[int, list[tuple[float, float]]] = {}
+    for props in properties.values():
+        span = (float(props["started_at"]), float(props["ended_at"]))
+        for gpu in props["gpus"].split(","):
+            held.setdefault(int(gpu), []).append(span)
+    return held
+
+
+def test_xdist_workers_never_share_a_gpu(pytester: pytest.Pytester) -> None:
+    models = [entry(f"m{i}", n_gpus=2, scripts="scripts/dummy/sleeper.sh", args="0.5")
+              for i in range(8)]  # fmt: skip
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    result = run(pytester, "--mad-tags", "dummies", "--mad-gpus", "4", "-n", "4",
+                 "--junitxml", "r.xml")  # fmt: skip
+    result.assert_outcomes(passed=8)
+    properties = junit_properties(pytester.path / "r.xml")
+    assert all(len(props["gpus"].split(",")) == 2 for props in properties.values())
+    for gpu, spans in _intervals(properties).items():
+        spans.sort()
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end <= start, f"GPU {gpu} held by two tests at once: {spans}"
+
+
+def test_n_auto_starts_one_worker_per_gpu(pytester: pytest.Pytester) -> None:
+    unique_tree(pytester, [entry("one")])
+    result = run(pytester, "--mad-tags", "one", "--mad-gpus", "3", "-n", "auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*3 workers*"])

@@ -11,7 +11,7 @@ from pytest_madengine.backends import SESSION_LABEL, Bind, Device
 from pytest_madengine.backends.docker import create_kwargs
 from pytest_madengine.context import build_context
 from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu, GpuInventory, GpuPool
+from pytest_madengine.gpus import Gpu, GpuInventory
 from pytest_madengine.runspec import (
     build_run_spec,
     data_binds,
@@ -147,17 +147,3 @@ def test_local_data_is_mounted_at_datahome() -> None:
         data_binds("x", {"x": {"nas": {}}})
     with pytest.raises(MadError, match=r"data 'y': no such entry in data.json"):
         data_binds("y", {})
-
-
-def test_gpu_pool_leases_and_refuses_what_cannot_fit() -> None:
-    pool = GpuPool(amd(4))
-    first = pool.acquire(2)
-    assert [g.index for g in first] == [0, 1]
-    assert [g.index for g in pool.acquire(2)] == [2, 3]
-    with pytest.raises(MadError, match=r"needs 1 GPUs, 0 of 4 are free"):
-        pool.acquire(1)
-    pool.release(first)
-    assert [g.index for g in pool.acquire(2)] == [0, 1]
-    assert pool.unfit_reason(8) == "needs 8 GPUs, this host has 4"
-    assert GpuPool(amd(0)).acquire(1) == ()
-    assert len(GpuPool(amd(3)).acquire(-1)) == 3
