@@ -7,15 +7,21 @@ test failure and the perf.csv row is still written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_madengine.backends import Backend, OutputSink, RunOutcome
+from pytest_madengine.backends import OutputSink, RunOutcome
+from pytest_madengine.backends.docker import EngineError
+from pytest_madengine.context import RunContext
+from pytest_madengine.engines import Engines, HostLost
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import Gpu
+from pytest_madengine.hosts import Host
 from pytest_madengine.images import BuildError, BuiltImage, ImageBuilder, ImageSpec
+from pytest_madengine.placement import Placement
 from pytest_madengine.planning import PlannedTest
 from pytest_madengine.results import (
     Measurement,
@@ -101,14 +107,26 @@ def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
     return None
 
 
+def settings_on(settings: Settings, host: Host) -> Settings:
+    """The settings as a run on the host sees them: its GPUs, its device root."""
+    if host.docker is None and host.gpus == settings.gpus:
+        return settings
+    context = dict(settings.context.values)
+    if host.device_root:
+        context["gpu_device_root"] = host.device_root
+    if host.architecture:
+        context["gpu_architecture"] = host.architecture
+    return dataclasses.replace(settings, gpus=host.gpus, context=RunContext(context))
+
+
 class BenchmarkRunner:
-    """Runs planned tests with one builder and one backend."""
+    """Runs planned tests: images from one builder, containers on the placed host."""
 
     def __init__(
         self,
         settings: Settings,
         builder: ImageBuilder,
-        backend: Backend,
+        engines: Engines,
         *,
         session_id: str,
         log_dir: Path,
@@ -119,7 +137,7 @@ class BenchmarkRunner:
     ) -> None:
         self.settings = settings
         self.builder = builder
-        self.backend = backend
+        self.engines = engines
         self.session_id = session_id
         self.log_dir = log_dir
         self.baseline = baseline or {}
@@ -135,10 +153,12 @@ class BenchmarkRunner:
         self,
         test: PlannedTest,
         test_id: str,
-        gpus: Sequence[Gpu],
+        placement: Placement,
         on_output: OutputSink | None = None,
     ) -> BenchmarkResult:
+        """Builds, ships, runs and judges; HostLost when the placed host went away."""
         name = test.name
+        gpus, host = placement.gpus, placement.host
         try:
             image = self.builder.ensure(image_spec(test, self.settings))
         except BuildError as exc:
@@ -147,9 +167,10 @@ class BenchmarkRunner:
         except MadError as exc:
             return self._failed(test, str(exc), "", gpus)
         try:
+            self.engines.ship(image, host)
             spec = build_run_spec(
                 test,
-                self.settings,
+                settings_on(self.settings, host),
                 image=image.name,
                 gpus=gpus,
                 session_id=self.session_id,
@@ -158,7 +179,13 @@ class BenchmarkRunner:
                 timeout_override=self.timeout_override,
                 data_sources=self.data_sources,
             )
-            outcome = self.backend.run(spec, on_output)
+            outcome = self.engines.backend(host).run(spec, on_output)
+        except HostLost:
+            raise
+        except EngineError as exc:
+            if not self.engines.answers(host):
+                raise HostLost(host, str(exc)) from None
+            return self._failed(test, str(exc), "", gpus, image)
         except MadError as exc:
             return self._failed(test, str(exc), "", gpus, image)
         tail = log_tail(outcome.log_path)

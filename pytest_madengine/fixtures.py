@@ -1,12 +1,11 @@
 """Fixtures of pytest-madengine. Each can be overridden in a conftest.py.
 
 The MAD items use `mad_benchmark`; user-written tests can use the same pieces
-(`mad_settings`, `mad_docker`, `mad_builder`, `mad_gpus`, `mad_runner`).
+(`mad_settings`, `mad_docker`, `mad_builder`, `mad_host`, `mad_gpus`, `mad_runner`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,15 @@ from typing import Any
 import docker
 import pytest
 
-from pytest_madengine.backends import Backend
-from pytest_madengine.backends.docker import DockerBackend, EngineError, connect
+from pytest_madengine.backends.docker import EngineError, connect
 from pytest_madengine.benchmark import BenchmarkResult, BenchmarkRunner
+from pytest_madengine.engines import Engines, HostLost
 from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu, GpuPool
+from pytest_madengine.gpus import Gpu
+from pytest_madengine.hosts import Host
 from pytest_madengine.images import ImageBuilder
+from pytest_madengine.placement import HostPool, NoHost, Placement
+from pytest_madengine.planning import host_unfit_reason
 from pytest_madengine.results import load_baseline, parse_tolerance
 from pytest_madengine.runspec import load_data_sources
 from pytest_madengine.session import MadSession, Settings
@@ -79,33 +81,44 @@ def mad_builder(
 
 
 @pytest.fixture(scope="session")
-def mad_backend(mad_docker: docker.DockerClient) -> Backend:
-    """Where containers run: the local Docker Engine."""
-    return DockerBackend(mad_docker, host=os.uname().nodename)
+def mad_engines(mad_docker: docker.DockerClient, mad_session_dir: Path) -> Iterator[Engines]:
+    """Clients of every host; images are shipped to each host once per session."""
+    engines = Engines(mad_docker, mad_session_dir / "images")
+    yield engines
+    engines.close()
 
 
 @pytest.fixture(scope="session")
-def mad_gpu_pool(mad_settings: Settings, mad_session_dir: Path) -> GpuPool:
-    """The GPUs of this host, shared by every xdist worker of the session."""
-    return GpuPool(mad_settings.gpus, mad_session_dir / "gpus")
+def mad_host_pool(pytestconfig: pytest.Config, mad_session_dir: Path) -> HostPool:
+    """The hosts (from --mad-hosts, else this machine) and their GPUs, shared by every
+    xdist worker of the session."""
+    state = _state(pytestconfig)
+    return HostPool(state.hosts, mad_session_dir / "placement", down=state.hosts_down)
+
+
+def _wanted_gpus(request: pytest.FixtureRequest) -> int:
+    planned = getattr(request.node, "planned", None)
+    marker = request.node.get_closest_marker("mad_gpus")
+    return planned.model.n_gpus if planned else (marker.args[0] if marker else 1)
 
 
 @pytest.fixture
-def mad_gpus(request: pytest.FixtureRequest, mad_gpu_pool: GpuPool) -> Iterator[tuple[Gpu, ...]]:
-    """GPUs held by this test alone, given back on every outcome.
-
-    A MAD item holds its model's n_gpus; other tests hold one, or as many as their
-    `mad_gpus(n)` marker says.
-    """
-    planned = getattr(request.node, "planned", None)
-    marker = request.node.get_closest_marker("mad_gpus")
-    wanted = planned.model.n_gpus if planned else (marker.args[0] if marker else 1)
-    reason = mad_gpu_pool.unfit_reason(wanted)
+def mad_host(request: pytest.FixtureRequest, mad_host_pool: HostPool) -> Iterator[Placement]:
+    """A host and GPUs held by this test alone (the least loaded host that fits),
+    given back on every outcome. A test holds one GPU unless `mad_gpus(n)` says more."""
+    wanted = _wanted_gpus(request)
+    reason = mad_host_pool.unfit_reason(wanted)
     if reason:
         pytest.skip(reason)
-    lease = mad_gpu_pool.acquire(wanted, request.node.nodeid)
-    yield lease
-    mad_gpu_pool.release(lease)
+    placement = mad_host_pool.acquire(wanted, request.node.nodeid)
+    yield placement
+    mad_host_pool.release(placement)
+
+
+@pytest.fixture
+def mad_gpus(mad_host: Placement) -> tuple[Gpu, ...]:
+    """The GPUs this test holds (see mad_host)."""
+    return mad_host.gpus
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +126,7 @@ def mad_runner(
     pytestconfig: pytest.Config,
     mad_settings: Settings,
     mad_builder: ImageBuilder,
-    mad_backend: Backend,
+    mad_engines: Engines,
 ) -> BenchmarkRunner:
     state = _state(pytestconfig)
     baseline_path = pytestconfig.getoption("mad_baseline")
@@ -126,7 +139,7 @@ def mad_runner(
     return BenchmarkRunner(
         mad_settings,
         mad_builder,
-        mad_backend,
+        mad_engines,
         session_id=state.session_id,
         log_dir=state.output_dir / "logs",
         baseline=baseline,
@@ -140,7 +153,7 @@ def _performance_text(row: Any) -> str:
     return "" if row is None or row.performance is None else f"{row.performance:g}"
 
 
-def _record(item: pytest.Item, result: BenchmarkResult) -> None:
+def _record(item: pytest.Item, result: BenchmarkResult, lost: list[str]) -> None:
     """JUnit properties of the test (they reach the controller's XML under xdist)."""
     outcome, image = result.outcome, result.image
     main = result.rows[0] if result.rows else None
@@ -167,6 +180,8 @@ def _record(item: pytest.Item, result: BenchmarkResult) -> None:
         ]
     if result.reason:
         properties.append(("failure_reason", result.reason))
+    if lost:
+        properties.append(("retried_after", "; ".join(lost)))
     item.user_properties.extend(properties)
 
 
@@ -175,16 +190,46 @@ def mad_benchmark(
     request: pytest.FixtureRequest,
     pytestconfig: pytest.Config,
     mad_runner: BenchmarkRunner,
-    mad_gpus: tuple[Gpu, ...],
+    mad_host_pool: HostPool,
 ) -> Callable[[], BenchmarkResult]:
-    """Runs this item's benchmark; a miss fails the test with its one-line reason."""
+    """Runs this item's benchmark on a placed host; a miss fails the test in one line.
+
+    A host lost during the run is left out for the rest of the session and the test is
+    placed again, up to --mad-retries times.
+    """
     item = request.node
     state = _state(pytestconfig)
+    planned = item.planned
+    settings = mad_runner.settings
+
+    def fits(host: Host) -> str | None:
+        return host_unfit_reason(
+            planned.model, settings.gpu_vendor, host.vendor, host.architecture, host.labels
+        )
 
     def run() -> BenchmarkResult:
-        result = mad_runner.run(item.planned, item.nodeid, mad_gpus, state.live_output)
+        lost: list[str] = []
+        for _ in range(1 + state.retries):
+            try:
+                placement = mad_host_pool.acquire(planned.model.n_gpus, item.nodeid, fits)
+            except NoHost as exc:
+                if lost:
+                    pytest.fail("; ".join([*lost, str(exc)]), pytrace=False)
+                pytest.skip(str(exc))
+            try:
+                result = mad_runner.run(planned, item.nodeid, placement, state.live_output)
+            except HostLost as exc:
+                mad_host_pool.mark_down(exc.host, exc.reason)
+                lost.append(str(exc))
+                continue
+            finally:
+                mad_host_pool.release(placement)
+            break
+        else:
+            pytest.fail(f"{'; '.join(lost)}; no retry left (--mad-retries {state.retries})",
+                        pytrace=False)  # fmt: skip
         item.mad_result = result
-        _record(item, result)
+        _record(item, result, lost)
         if result.reason:
             pytest.fail(result.failure_text, pytrace=False)
         return result

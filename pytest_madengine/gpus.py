@@ -7,24 +7,16 @@ ids in the visibility variables, but no device node is mapped unless configured.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
 
 from pytest_madengine.errors import MadError
 
 # A probe runs a vendor tool (argv) and returns its stdout, or None when it cannot.
 Probe = Callable[[Sequence[str]], str | None]
 PROBE_TIMEOUT_S = 20
-LEASE_POLL_S = 0.05
-LEASE_POLL_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -190,83 +182,3 @@ def inventory(
         return GpuInventory(tuple(by_id[index] for index in ids), found.source)
     virtual = tuple(Gpu(index, vendor or "AMD", architecture) for index in ids)
     return GpuInventory(virtual, "declared", virtual=True)
-
-
-class GpuPool:
-    """Hands out the GPUs of one inventory so that no two running tests share one.
-
-    The leases live in a JSON file under a lock in a directory that every xdist worker
-    of the session shares, so the pool works across processes. A lease records the
-    holder's pid: the GPUs of a worker that died are taken back by the next caller.
-    """
-
-    def __init__(self, inventory: GpuInventory, state_dir: Path) -> None:
-        self.inventory = inventory
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._path = state_dir / "gpu-leases.json"
-        self._lock = FileLock(str(state_dir / "gpu-leases.lock"))
-
-    def unfit_reason(self, n_gpus: int) -> str | None:
-        """Why a model can never run here (it is skipped rather than left waiting)."""
-        total = self.inventory.count
-        if total and n_gpus > total:
-            return f"needs {n_gpus} GPUs, this host has {total}"
-        return None
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            leases = json.loads(self._path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        # A holder that is gone (a crashed worker) holds nothing any more.
-        return {gpu: lease for gpu, lease in leases.items() if _alive(int(lease.get("pid", 0)))}
-
-    def _write(self, leases: dict[str, dict[str, Any]]) -> None:
-        self._path.write_text(json.dumps(leases), encoding="utf-8")
-
-    def try_acquire(self, n_gpus: int, holder: str) -> tuple[Gpu, ...] | None:
-        """n_gpus free GPUs (-1: all), or None when not enough are free now."""
-        wanted = self.inventory.count if n_gpus < 0 else n_gpus
-        if not self.inventory.gpus or wanted == 0:
-            return ()
-        with self._lock:
-            leases = self._read()
-            free = [gpu for gpu in self.inventory.gpus if str(gpu.index) not in leases]
-            if len(free) < wanted:
-                return None
-            lease = tuple(free[:wanted])
-            for gpu in lease:
-                leases[str(gpu.index)] = {"holder": holder, "pid": os.getpid()}
-            self._write(leases)
-        return lease
-
-    def acquire(self, n_gpus: int, holder: str, timeout_s: float | None = None) -> tuple[Gpu, ...]:
-        """Waits until n_gpus are free; MadError after timeout_s (None: no limit)."""
-        delay, start = LEASE_POLL_S, time.monotonic()
-        while (lease := self.try_acquire(n_gpus, holder)) is None:
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                raise MadError(f"{holder}: no {n_gpus} free GPUs within {timeout_s:g} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, LEASE_POLL_MAX_S)
-        return lease
-
-    def release(self, lease: tuple[Gpu, ...]) -> None:
-        if not lease:
-            return
-        with self._lock:
-            leases = self._read()
-            for gpu in lease:
-                leases.pop(str(gpu.index), None)
-            self._write(leases)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True

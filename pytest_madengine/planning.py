@@ -34,6 +34,21 @@ def arch_skip_reason(model: Model, architecture: str | None) -> str | None:
     return None
 
 
+def host_unfit_reason(
+    model: Model, vendor: str, host_vendor: str | None, host_arch: str | None,
+    host_labels: Sequence[str],
+) -> str | None:  # fmt: skip
+    """Why a host cannot run the model (vendor, skip_gpu_arch, our `host_labels`), or None."""
+    if host_vendor and host_vendor != vendor:
+        return f"{host_vendor} GPUs, the run needs {vendor}"
+    reason = arch_skip_reason(model, host_arch)
+    if reason:
+        return reason
+    wanted = model.entry.get("host_labels") or []
+    missing = sorted(set(wanted) - set(host_labels))
+    return f"lacks label(s) {', '.join(missing)}" if missing else None
+
+
 @dataclass(frozen=True)
 class PlannedTest:
     selected: Selected

@@ -19,6 +19,7 @@ from pytest_madengine.backends.docker import DockerBackend, EngineError, connect
 from pytest_madengine.context import build_context
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import inventory
+from pytest_madengine.hosts import check_hosts, load_hosts, local_host
 from pytest_madengine.items import MadItem, MadTree
 from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import results_table, summary_document
@@ -31,6 +32,7 @@ NO_GPU_HINT = (
     " (a count like 4, or ids like 0,2-3) and set gpu_vendor in --mad-context"
 )
 SESSION_ID_KEY = "mad_session_id"
+HOSTS_DOWN_KEY = "mad_hosts_down"
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
@@ -101,12 +103,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="madengine-compatible results, appended (ini: mad_perf_csv; default: perf.csv)",
     )
     group.addoption("--mad-summary", metavar="JSON", help="write a JSON summary of the session")
+    group.addoption(
+        "--mad-hosts",
+        metavar="YAML",
+        help="Docker hosts to run on (ini: mad_hosts; default: this machine's engine)",
+    )
+    group.addoption(
+        "--mad-retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="times a test is placed again after its host was lost (default 1)",
+    )
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
     parser.addini("mad_context_file", "run context JSON file", default=None)
     parser.addini("mad_gpus", "GPUs to use, as for --mad-gpus", default=None)
     parser.addini("mad_output", "directory for logs", default=None)
     parser.addini("mad_perf_csv", "perf.csv to append to", default=None)
+    parser.addini("mad_hosts", "Docker hosts inventory (YAML)", default=None)
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -169,6 +184,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     worker = _is_worker(config)
     session_id = config.workerinput[SESSION_ID_KEY] if worker else uuid.uuid4().hex[:12]
+    hosts, down = _hosts(config, settings, worker)
     output_dir = _path(config, _option(config, "output") or "mad_output")
     perf_csv = _path(config, _option(config, "perf_csv") or "perf.csv")
     state = MadState(
@@ -181,6 +197,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("mad_summary")
         else None,
     )
+    state.hosts, state.hosts_down = hosts, down
+    state.retries = max(0, config.getoption("mad_retries"))
     if config.getoption("mad_live_output") and not worker:
         state.live_output = _live_sink(config)
     config.stash[MAD_STATE] = state
@@ -194,24 +212,47 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [str(settings.root.resolve())]
 
 
+def _hosts(config: pytest.Config, settings: Settings, worker: bool) -> tuple[list, dict]:
+    """The hosts to run on, and those found down at the start (checked by the controller)."""
+    path = _option(config, "hosts")
+    if not path:
+        return [local_host(settings.gpus)], {}
+    try:
+        hosts = load_hosts(_path(config, path), settings.gpu_vendor)
+    except MadError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if worker:
+        return hosts, dict(config.workerinput[HOSTS_DOWN_KEY])
+    down = check_hosts(hosts)
+    if len(down) == len(hosts):
+        reasons = "; ".join(f"{name}: {why}" for name, why in down.items())
+        raise pytest.UsageError(f"--mad-hosts {path}: no host answers ({reasons})")
+    return hosts, down
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist: every worker labels its containers with the controller's session id."""
+    """xdist: workers label containers with the controller's session id and skip the
+    hosts the controller found down."""
     state = node.config.stash.get(MAD_STATE, None)
     if state is not None:
         node.workerinput[SESSION_ID_KEY] = state.session_id
+        node.workerinput[HOSTS_DOWN_KEY] = state.hosts_down
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto`: one worker per GPU, since every test holds at least one."""
+    """`-n auto`: one worker per GPU of all hosts, since every test holds at least one."""
     tags = split_tags(config.getoption("mad_tags") or config.getini("mad_tags"))
     if not tags:
         return None
     try:
-        count = _settings(config, tags).gpus.count
+        settings = _settings(config, tags)
+        path = _option(config, "hosts")
+        hosts = load_hosts(_path(config, path), settings.gpu_vendor) if path else None
     except MadError:
         return None  # pytest_configure reports it
+    count = sum(host.gpus.count for host in hosts) if hosts else settings.gpus.count
     return count or None
 
 
@@ -228,9 +269,15 @@ def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_sessionstart(session: pytest.Session) -> None:
     state = session.config.stash.get(MAD_STATE, None)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if state is None or reporter is None or _is_worker(session.config):
+        return
     # Said once, by the controller, even under -q.
-    if state and not state.mad.settings.gpus.gpus and reporter and not _is_worker(session.config):
+    if not any(host.gpus.gpus for host in state.hosts):
         reporter.write_line(f"madengine: {NO_GPU_HINT}", yellow=True)
+    for name, reason in state.hosts_down.items():
+        reporter.write_line(
+            f"madengine: host {name} does not answer, left out: {reason}", yellow=True
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

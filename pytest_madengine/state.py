@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends import OutputSink
+from pytest_madengine.hosts import Host
 from pytest_madengine.reporting.perf_csv import PerfCsv
 from pytest_madengine.session import MadSession
 
@@ -19,6 +20,9 @@ class MadState:
     git_commit: str  # of the MAD tree, for perf.csv
     output_dir: Path
     perf_csv: PerfCsv | None  # None on xdist workers: only the controller writes reports
+    hosts: list[Host] = field(default_factory=list)
+    hosts_down: dict[str, str] = field(default_factory=dict)  # name -> why, found at start
+    retries: int = 1  # placements more after a host is lost mid-run
     summary_path: Path | None = None
     live_output: OutputSink | None = None
     # Filled on the controller as reports arrive: (test name, status, properties, rows).

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu, GpuInventory, GpuPool, detect, inventory, parse_gpu_ids
+from pytest_madengine.gpus import Gpu, detect, inventory, parse_gpu_ids
 
 
 def probe_with(outputs: dict[str, str]):
@@ -85,50 +82,3 @@ def test_declared_on_real_gpus_narrows_them() -> None:
 def test_declared_ids_must_exist_on_real_gpus() -> None:
     with pytest.raises(MadError, match=r"--mad-gpus '0,5': no GPU 5 on this host"):
         inventory("0,5", None, None, probe_with({"nvidia-smi": NVIDIA_SMI}))
-
-
-def pool_of(count: int, tmp_path: Path) -> GpuPool:
-    gpus = tuple(Gpu(index, "AMD") for index in range(count))
-    return GpuPool(GpuInventory(gpus, "declared", virtual=True), tmp_path)
-
-
-def ids(lease: tuple[Gpu, ...] | None) -> list[int] | None:
-    return None if lease is None else [gpu.index for gpu in lease]
-
-
-def test_leases_never_overlap_and_come_back(tmp_path: Path) -> None:
-    pool = pool_of(4, tmp_path)
-    first = pool.acquire(2, "t1")
-    assert ids(first) == [0, 1] and ids(pool.acquire(2, "t2")) == [2, 3]
-    assert pool.try_acquire(1, "t3") is None
-    pool.release(first)
-    assert ids(pool.try_acquire(2, "t4")) == [0, 1]
-
-
-def test_a_second_process_view_of_the_pool_sees_the_same_leases(tmp_path: Path) -> None:
-    pool_of(2, tmp_path).acquire(1, "worker-a")
-    assert ids(pool_of(2, tmp_path).try_acquire(2, "worker-b")) is None
-    assert ids(pool_of(2, tmp_path).try_acquire(1, "worker-b")) == [1]
-
-
-def test_minus_one_means_all_and_no_gpus_means_none(tmp_path: Path) -> None:
-    assert ids(pool_of(3, tmp_path / "a").acquire(-1, "t")) == [0, 1, 2]
-    assert pool_of(0, tmp_path / "b").acquire(1, "t") == ()
-    assert pool_of(4, tmp_path / "c").unfit_reason(8) == "needs 8 GPUs, this host has 4"
-
-
-def test_gpus_of_a_dead_holder_are_taken_back(tmp_path: Path) -> None:
-    finished = subprocess.Popen(["true"])
-    finished.wait()  # its pid now names no process: a worker that crashed
-    leases = {"0": {"holder": "crashed", "pid": finished.pid}}
-    (tmp_path / "gpu-leases.json").write_text(json.dumps(leases))
-    assert ids(pool_of(1, tmp_path).try_acquire(1, "t")) == [0]
-
-
-def test_acquire_waits_for_a_release(tmp_path: Path) -> None:
-    pool = pool_of(1, tmp_path)
-    held = pool.acquire(1, "first")
-    threading.Timer(0.3, pool.release, args=(held,)).start()
-    assert ids(pool.acquire(1, "second", timeout_s=10)) == [0]
-    with pytest.raises(MadError, match=r"third: no 1 free GPUs within 0.2 s"):
-        pool.acquire(1, "third", timeout_s=0.2)

@@ -1,0 +1,106 @@
+"""The Docker Engines of a session: one client per host, images shipped to each once."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests.exceptions
+from filelock import FileLock
+
+from pytest_madengine.backends.docker import DockerBackend, EngineError
+from pytest_madengine.hosts import Host, client_for
+from pytest_madengine.images import BuiltImage
+
+SHIP_CHUNK = 4 * 1024 * 1024
+ENGINE_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class HostLost(EngineError):
+    """A host's engine stopped answering; its tests may be retried elsewhere."""
+
+    def __init__(self, host: Host, reason: str) -> None:
+        super().__init__(f"host {host.name} lost: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class Engines:
+    """Clients of this process for the build engine and every host."""
+
+    def __init__(self, build_client: docker.DockerClient, lock_dir: Path) -> None:
+        self.build_client = build_client
+        self.lock_dir = lock_dir
+        self._clients: dict[str, docker.DockerClient] = {}
+        self._ids: dict[str, str] = {}
+
+    def client(self, host: Host) -> docker.DockerClient:
+        if host.docker is None:
+            return self.build_client
+        if host.name not in self._clients:
+            try:
+                client = client_for(host)
+                client.ping()
+            except ENGINE_FAILURES as exc:
+                raise HostLost(host, _first_line(exc)) from None
+            self._clients[host.name] = client
+        return self._clients[host.name]
+
+    def backend(self, host: Host) -> DockerBackend:
+        return DockerBackend(self.client(host), host.name)
+
+    def answers(self, host: Host) -> bool:
+        try:
+            self.client(host).ping()
+        except (HostLost, *ENGINE_FAILURES):
+            self._clients.pop(host.name, None)
+            return False
+        return True
+
+    def _engine_id(self, name: str, client: docker.DockerClient) -> str:
+        if name not in self._ids:
+            self._ids[name] = client.info()["ID"]
+        return self._ids[name]
+
+    def ship(self, image: BuiltImage, host: Host) -> bool:
+        """Puts the image on the host unless it is there; True when it was streamed.
+
+        Streams `docker save` of the build engine into `docker load` on the host, once
+        per host and image across the session's workers (a file lock), no registry needed.
+        """
+        target = self.client(host)
+        if self._engine_id("", self.build_client) == self._engine_id(host.name, target):
+            return False
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_dir / f"ship-{host.name}-{image.docker_sha.split(':')[-1][:16]}.lock"
+        try:
+            with FileLock(str(lock)):
+                shipped = False
+                try:
+                    present = target.images.get(image.docker_sha)
+                except docker.errors.ImageNotFound:
+                    source = self.build_client.images.get(image.name)
+                    target.images.load(source.save(chunk_size=SHIP_CHUNK, named=True))
+                    present, shipped = target.images.get(image.docker_sha), True
+                # `save` names the image by its first tag only: give it this test's name.
+                if f"{image.name}:latest" not in present.tags:
+                    present.tag(image.name, "latest")
+                return shipped
+        except ENGINE_FAILURES as exc:
+            if not self.answers(host):
+                raise HostLost(host, _first_line(exc)) from None
+            reason = _first_line(exc)
+            raise EngineError(f"shipping {image.name} to {host.name} failed: {reason}") from None
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            with contextlib.suppress(*ENGINE_FAILURES):
+                client.close()
+        self._clients.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,165 @@
+"""Placing tests on hosts and GPUs so that no two running tests share a GPU.
+
+The pool's state (GPU leases, running tests per host, hosts found down) lives in a
+JSON file under a file lock in a directory that every xdist worker of the session
+shares, so placement holds across processes. Each lease records the holder's pid:
+the leases of a worker that died are taken back by the next caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from pytest_madengine.errors import MadError
+from pytest_madengine.gpus import Gpu
+from pytest_madengine.hosts import Host
+
+POLL_S = 0.05
+POLL_MAX_S = 1.0
+HostFilter = Callable[[Host], str | None]  # why a host cannot run the test, or None
+
+
+@dataclass(frozen=True)
+class Placement:
+    host: Host
+    gpus: tuple[Gpu, ...]
+    holder: str
+
+
+class NoHost(MadError):
+    """No host can ever run the test (too many GPUs, wrong vendor...): it is skipped."""
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+class HostPool:
+    def __init__(self, hosts: Sequence[Host], state_dir: Path, down: dict[str, str] | None = None):
+        self.hosts = list(hosts)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._path = state_dir / "placement.json"
+        self._lock = FileLock(str(state_dir / "placement.lock"))
+        if down:
+            with self._lock:
+                state = self._read()
+                state["down"].update(down)
+                self._write(state)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self._path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        running = {
+            holder: entry
+            for holder, entry in state.get("running", {}).items()
+            if _alive(int(entry.get("pid", 0)))
+        }
+        return {"running": running, "down": state.get("down", {})}
+
+    def _write(self, state: dict[str, Any]) -> None:
+        self._path.write_text(json.dumps(state), encoding="utf-8")
+
+    def down(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._read()["down"])
+
+    def mark_down(self, host: Host, reason: str) -> None:
+        """No further test is placed on the host; its leases end with their tests."""
+        with self._lock:
+            state = self._read()
+            state["down"][host.name] = reason
+            self._write(state)
+
+    def _wanted(self, host: Host, n_gpus: int) -> int:
+        return host.gpus.count if n_gpus < 0 else n_gpus
+
+    def _candidates(self, n_gpus: int, fits: HostFilter | None, down: dict[str, str]) -> list[Host]:
+        reasons = []
+        found = []
+        for host in self.hosts:
+            if host.name in down:
+                reasons.append(f"{host.name}: down ({down[host.name]})")
+                continue
+            why = fits(host) if fits else None
+            if why is None and self._wanted(host, n_gpus) > host.gpus.count and host.gpus.count:
+                why = f"needs {n_gpus} GPUs, has {host.gpus.count}"
+            if why is None:
+                found.append(host)
+            else:
+                reasons.append(f"{host.name}: {why}")
+        if not found:
+            raise NoHost("no host can run it: " + "; ".join(reasons))
+        return found
+
+    def unfit_reason(self, n_gpus: int, fits: HostFilter | None = None) -> str | None:
+        try:
+            self._candidates(n_gpus, fits, self.down())
+        except NoHost as exc:
+            return str(exc)
+        return None
+
+    def try_acquire(self, n_gpus: int, holder: str, fits: HostFilter | None = None):
+        """A placement on the least loaded fitting host with enough free GPUs, or None."""
+        with self._lock:
+            state = self._read()
+            candidates = self._candidates(n_gpus, fits, state["down"])
+            running = state["running"]
+            held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
+            load = {host.name: 0 for host in self.hosts}
+            for entry in running.values():
+                load[entry["host"]] = load.get(entry["host"], 0) + 1
+            options = []
+            for host in candidates:
+                free = [gpu for gpu in host.gpus.gpus if (host.name, gpu.index) not in held]
+                wanted = min(self._wanted(host, n_gpus), host.gpus.count)
+                if len(free) >= wanted:
+                    busy = load[host.name] / max(host.gpus.count, 1)
+                    options.append((busy, host.name, host, tuple(free[:wanted])))
+            if not options:
+                return None
+            _, _, host, gpus = min(options, key=lambda option: option[:2])
+            running[holder] = {
+                "host": host.name, "gpus": [gpu.index for gpu in gpus], "pid": os.getpid()
+            }  # fmt: skip
+            self._write(state)
+        return Placement(host, gpus, holder)
+
+    def acquire(
+        self,
+        n_gpus: int,
+        holder: str,
+        fits: HostFilter | None = None,
+        timeout_s: float | None = None,
+    ) -> Placement:
+        """Waits (with backoff) for a placement; NoHost when none can ever come."""
+        delay, start = POLL_S, time.monotonic()
+        while (placement := self.try_acquire(n_gpus, holder, fits)) is None:
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise MadError(f"{holder}: no host with {n_gpus} free GPUs within {timeout_s:g} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, POLL_MAX_S)
+        return placement
+
+    def release(self, placement: Placement) -> None:
+        with self._lock:
+            state = self._read()
+            state["running"].pop(placement.holder, None)
+            self._write(state)

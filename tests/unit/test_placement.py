@@ -1,0 +1,91 @@
+"""Placing tests on hosts and GPUs: no shared GPU, least loaded first, lost hosts left out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from pytest_madengine.errors import MadError
+from pytest_madengine.gpus import Gpu, GpuInventory
+from pytest_madengine.hosts import Host
+from pytest_madengine.placement import HostPool, NoHost, Placement
+
+
+def host(name: str, count: int, vendor: str = "AMD", labels: tuple[str, ...] = ()) -> Host:
+    gpus = tuple(Gpu(index, vendor, "gfx942") for index in range(count))
+    return Host(name, f"ssh://root@{name}", GpuInventory(gpus, "declared", True), labels)
+
+
+def where(placement: Placement | None) -> tuple[str, list[int]] | None:
+    if placement is None:
+        return None
+    return placement.host.name, [gpu.index for gpu in placement.gpus]
+
+
+def test_leases_never_overlap_and_come_back(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 4)], tmp_path)
+    first = pool.acquire(2, "t1")
+    assert where(first) == ("a", [0, 1]) and where(pool.acquire(2, "t2")) == ("a", [2, 3])
+    assert pool.try_acquire(1, "t3") is None
+    pool.release(first)
+    assert where(pool.try_acquire(2, "t4")) == ("a", [0, 1])
+
+
+def test_another_process_view_sees_the_same_leases(tmp_path: Path) -> None:
+    HostPool([host("a", 2)], tmp_path).acquire(1, "worker-a")
+    assert HostPool([host("a", 2)], tmp_path).try_acquire(2, "worker-b") is None
+    assert where(HostPool([host("a", 2)], tmp_path).try_acquire(1, "worker-b")) == ("a", [1])
+
+
+def test_the_least_loaded_host_comes_first(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 4), host("b", 4)], tmp_path)
+    assert [where(pool.acquire(1, f"t{i}"))[0] for i in range(4)] == ["a", "b", "a", "b"]
+
+
+def test_minus_one_takes_a_whole_host_and_no_gpus_means_none(tmp_path: Path) -> None:
+    assert where(HostPool([host("a", 3)], tmp_path / "x").acquire(-1, "t")) == ("a", [0, 1, 2])
+    assert where(HostPool([host("a", 0)], tmp_path / "y").acquire(1, "t")) == ("a", [])
+
+
+def test_what_no_host_can_run_is_refused_with_reasons(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 2), host("b", 4, vendor="NVIDIA")], tmp_path)
+
+    def amd_only(candidate: Host) -> str | None:
+        return None if candidate.vendor == "AMD" else "NVIDIA GPUs, the run needs AMD"
+
+    assert pool.unfit_reason(4, amd_only) == (
+        "no host can run it: a: needs 4 GPUs, has 2; b: NVIDIA GPUs, the run needs AMD"
+    )
+    with pytest.raises(NoHost):
+        pool.acquire(4, "t", amd_only)
+
+
+def test_a_host_marked_down_gets_no_more_tests(tmp_path: Path) -> None:
+    a, b = host("a", 2), host("b", 2)
+    pool = HostPool([a, b], tmp_path, down={"b": "connection refused"})
+    assert where(pool.acquire(1, "t1")) == ("a", [0])
+    pool.mark_down(a, "engine gone")
+    assert pool.unfit_reason(1) == (
+        "no host can run it: a: down (engine gone); b: down (connection refused)"
+    )
+
+
+def test_leases_of_a_dead_holder_are_taken_back(tmp_path: Path) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid now names no process: a worker that crashed
+    state = {"running": {"crashed": {"host": "a", "gpus": [0], "pid": finished.pid}}, "down": {}}
+    (tmp_path / "placement.json").write_text(json.dumps(state))
+    assert where(HostPool([host("a", 1)], tmp_path).try_acquire(1, "t")) == ("a", [0])
+
+
+def test_acquire_waits_for_a_release(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 1)], tmp_path)
+    held = pool.acquire(1, "first")
+    threading.Timer(0.3, pool.release, args=(held,)).start()
+    assert where(pool.acquire(1, "second", timeout_s=10)) == ("a", [0])
+    with pytest.raises(MadError, match=r"third: no host with 1 free GPUs within 0.2 s"):
+        pool.acquire(1, "third", timeout_s=0.2)
