@@ -33,6 +33,7 @@ NO_GPU_HINT = (
 )
 SESSION_ID_KEY = "mad_session_id"
 HOSTS_DOWN_KEY = "mad_hosts_down"
+ROOT_KEY = "mad_root"
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
@@ -138,6 +139,10 @@ def _path(config: pytest.Config, text: str) -> Path:
 def _settings(config: pytest.Config, tags: list[str]) -> Settings:
     root_text = _option(config, "root") or os.environ.get("MODEL_DIR")
     root = _path(config, root_text) if root_text else config.invocation_params.dir
+    if _is_worker(config) and ROOT_KEY in config.workerinput:
+        # The controller's: a worker's invocation dir follows the rootdir, which pytest
+        # may have guessed from an option value that looked like a path.
+        root = Path(config.workerinput[ROOT_KEY])
     context_file = _option(config, "context_file")
     context = build_context(
         config.getoption("mad_context"), _path(config, context_file) if context_file else None
@@ -238,6 +243,7 @@ def pytest_configure_node(node: Any) -> None:
     if state is not None:
         node.workerinput[SESSION_ID_KEY] = state.session_id
         node.workerinput[HOSTS_DOWN_KEY] = state.hosts_down
+        node.workerinput[ROOT_KEY] = str(state.mad.settings.root.resolve())
 
 
 @pytest.hookimpl(optionalhook=True)

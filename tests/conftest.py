@@ -80,3 +80,25 @@ def docker_client():
         if image.id not in before:
             client.images.remove(image.id, force=True)
     client.close()
+
+
+TEST_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts.yml")
+
+
+@pytest.fixture(scope="session")
+def test_hosts(docker_client) -> Path:
+    """The SSH-reachable Docker hosts of `scripts/bootstrap hosts 2`."""
+    from pytest_madengine.hosts import check_hosts, load_hosts
+
+    problem = None
+    if not TEST_HOSTS_FILE.exists():
+        problem = f"{TEST_HOSTS_FILE} missing"
+    else:
+        down = check_hosts(load_hosts(TEST_HOSTS_FILE))
+        problem = "; ".join(f"{name}: {why}" for name, why in down.items()) or None
+    if problem:
+        message = f"test hosts needed (run scripts/bootstrap hosts 2): {problem}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return TEST_HOSTS_FILE

@@ -120,7 +120,7 @@ class DockerBackend:
             )
         except docker.errors.ImageNotFound as exc:
             raise EngineError(f"image {spec.image} not found on {self.host}: {exc}") from None
-        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError(f"Docker Engine on {self.host} failed: {_short(exc)}") from None
         finally:
             if container is not None:
@@ -131,7 +131,7 @@ class DockerBackend:
     ) -> tuple[int | None, bool]:
         try:
             status = container.wait(timeout=timeout_s)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        except requests.exceptions.RequestException:
             if timeout_s is None or time.time() - started < timeout_s:
                 raise  # not our timeout: the engine went away
             with contextlib.suppress(docker.errors.APIError):  # it may have ended meanwhile

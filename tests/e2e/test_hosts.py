@@ -1,0 +1,97 @@
+"""Sessions over several Docker hosts reached by SSH (scripts/bootstrap hosts 2)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
+from pytest_madengine.hosts import client_for, load_hosts
+from tests.conftest import entry
+from tests.e2e.test_run import SLEEPER, junit_properties, run, scripts, unique_tree
+
+pytestmark = [pytest.mark.docker]
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap"
+
+
+def clients(hosts_file: Path) -> dict[str, docker.DockerClient]:
+    return {host.name: client_for(host) for host in load_hosts(hosts_file)}
+
+
+def ours(client: docker.DockerClient, session: str | None = None) -> list:
+    label = f"{SESSION_LABEL}={session}" if session else SESSION_LABEL
+    return client.containers.list(all=True, filters={"label": label})
+
+
+def test_tests_spread_over_the_hosts(pytester: pytest.Pytester, test_hosts: Path) -> None:
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="1") for i in range(4)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    result = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}", "-n", "2",
+                 "--junitxml", "r.xml")  # fmt: skip
+    result.assert_outcomes(passed=4)
+    hosts = {props["host"] for props in junit_properties(pytester.path / "r.xml").values()}
+    assert hosts == {"mad-host1", "mad-host2"}
+
+
+def test_a_host_that_does_not_answer_is_left_out(pytester: pytest.Pytester, test_hosts: Path):
+    unique_tree(pytester, [entry("one")])
+    inventory = test_hosts.read_text() + (
+        "  - name: ghost\n    docker: ssh://root@127.0.0.1:2299\n    gpus: 4\n"
+    )
+    (pytester.path / "hosts.yml").write_text(inventory)
+    result = run(pytester, "--mad-tags", "one", "--mad-hosts=hosts.yml")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["madengine: host ghost does not answer, left out: *"])
+
+
+def test_bad_hosts_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    unique_tree(pytester, [entry("one")])
+    (pytester.path / "hosts.yml").write_text("hosts:\n  - name: a\n    docker: http://x\n")
+    result = run(pytester, "--mad-tags", "one", "--mad-hosts=hosts.yml")
+    result.stderr.fnmatch_lines(
+        ["ERROR: */hosts.yml: host 'a': 'docker' must be a unix://, ssh:// or tcp:// URL,"
+         " got 'http://x'"]
+    )  # fmt: skip
+
+
+def _kill_daemon(index: int) -> None:
+    """SIGKILL a test host's dockerd, as a machine that dies would take it away."""
+    pid = int(Path(f"/var/lib/pytest-madengine/host{index}/docker.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_a_host_lost_mid_run_is_retried_elsewhere(pytester: pytest.Pytester, test_hosts: Path):
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="4") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    host1 = clients(test_hosts)["mad-host1"]
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-n", "2",
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}", "--junitxml=r.xml"]  # fmt: skip
+    session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not host1.containers.list(filters={"label": TEST_LABEL}):
+            assert time.monotonic() < deadline, "no test ever started on mad-host1"
+            assert session.poll() is None, session.communicate()[0]
+            time.sleep(0.2)
+        session_id = host1.containers.list(filters={"label": TEST_LABEL})[0].labels[SESSION_LABEL]
+        _kill_daemon(1)
+        output, _ = session.communicate(timeout=180)
+    finally:
+        if session.poll() is None:
+            session.kill()
+        subprocess.run(["bash", str(BOOTSTRAP), "hosts", "2"], check=True, capture_output=True)
+    assert session.returncode == 0, output
+    properties = junit_properties(pytester.path / "r.xml")
+    assert {props["host"] for props in properties.values()} == {"mad-host2"}, output
+    retried = [props for props in properties.values() if "retried_after" in props]
+    assert len(retried) == 1 and retried[0]["retried_after"].startswith("host mad-host1 lost: ")
+    for name, client in clients(test_hosts).items():
+        assert ours(client, session_id) == [], f"containers of the session left on {name}"
