@@ -7,15 +7,13 @@ from pathlib import Path
 
 import docker
 import docker.errors
-import requests.exceptions
 from filelock import FileLock
 
-from pytest_madengine.backends.docker import DockerBackend, EngineError
+from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError
 from pytest_madengine.hosts import Host, client_for
 from pytest_madengine.images import BuiltImage
 
 SHIP_CHUNK = 4 * 1024 * 1024
-ENGINE_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
 class HostLost(EngineError):

@@ -119,12 +119,16 @@ def load_hosts(path: Path, default_vendor: str = "AMD") -> list[Host]:
 
 
 def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
-    """A Docker SDK client for the host (ssh:// through the OpenSSH client: its
-    known_hosts is checked and its config applies)."""
+    """A Docker SDK client for the host.
+
+    ssh:// goes through paramiko, which keeps one SSH connection open (the OpenSSH
+    client would start a process per request); it loads ~/.ssh/known_hosts and refuses
+    unknown host keys, and reads ~/.ssh/config for the user, port and key.
+    """
     if host.docker is None:
         return docker.from_env(timeout=timeout)
     if host.docker.startswith("ssh://"):
-        return docker.DockerClient(base_url=host.docker, use_ssh_client=True, timeout=timeout)
+        return docker.DockerClient(base_url=host.docker, use_ssh_client=False, timeout=timeout)
     tls: docker.tls.TLSConfig | bool = False
     if host.tls:
         tls = docker.tls.TLSConfig(
@@ -143,7 +147,7 @@ def _ping(host: Host) -> str | None:
             client.ping()
         finally:
             client.close()
-    except (docker.errors.DockerException, OSError) as exc:
+    except Exception as exc:  # any failure to reach it (SDK, SSH, TLS, OS) means down
         text = str(exc).strip().splitlines()
         return text[0] if text else type(exc).__name__
     return None

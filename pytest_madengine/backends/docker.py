@@ -19,6 +19,20 @@ import requests.exceptions
 from pytest_madengine.backends import SESSION_LABEL, OutputSink, RunOutcome, RunSpec
 from pytest_madengine.errors import MadError
 
+try:  # ssh:// hosts fail with paramiko's own exceptions
+    from paramiko.ssh_exception import SSHException
+except ImportError:  # pragma: no cover - paramiko comes with the ssh extra
+
+    class SSHException(Exception):  # type: ignore[no-redef]
+        """Stands in when paramiko is not installed: nothing raises it."""
+
+
+ENGINE_FAILURES: tuple[type[BaseException], ...] = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    SSHException,
+    OSError,
+)
 # Result files (multiple_results CSVs) are small; a bound keeps a runaway one out of memory.
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 LOG_JOIN_TIMEOUT_S = 10
@@ -79,6 +93,7 @@ class _LogPump(threading.Thread):
         self.container = container
         self.log_path = log_path
         self.on_output = on_output
+        self.broken = False
 
     def run(self) -> None:
         try:
@@ -88,8 +103,14 @@ class _LogPump(threading.Thread):
                     log.flush()
                     if self.on_output is not None:
                         self.on_output(chunk)
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
-            pass  # the container went away; the run itself reports why
+        except ENGINE_FAILURES:
+            self.broken = True  # the run reads the log again once the container ended
+
+    def reread(self) -> None:
+        """The whole log of the ended container, streamed into the file anew."""
+        with self.log_path.open("wb") as log:
+            for chunk in self.container.logs(stream=True, follow=False):
+                log.write(chunk)
 
 
 class DockerBackend:
@@ -114,13 +135,15 @@ class DockerBackend:
             exit_code, timed_out = self._wait(container, spec.timeout_s, started)
             ended = time.time()
             pump.join(LOG_JOIN_TIMEOUT_S)
+            if pump.broken:
+                pump.reread()
             results = {path: self._read_file(container, path) for path in spec.result_files}
             return RunOutcome(
                 exit_code, timed_out, spec.log_path, started, ended, self.host, results
             )
         except docker.errors.ImageNotFound as exc:
             raise EngineError(f"image {spec.image} not found on {self.host}: {exc}") from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_FAILURES as exc:
             raise EngineError(f"Docker Engine on {self.host} failed: {_short(exc)}") from None
         finally:
             if container is not None:
@@ -131,7 +154,7 @@ class DockerBackend:
     ) -> tuple[int | None, bool]:
         try:
             status = container.wait(timeout=timeout_s)
-        except requests.exceptions.RequestException:
+        except ENGINE_FAILURES:
             if timeout_s is None or time.time() - started < timeout_s:
                 raise  # not our timeout: the engine went away
             with contextlib.suppress(docker.errors.APIError):  # it may have ended meanwhile
@@ -158,7 +181,7 @@ class DockerBackend:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        except (docker.errors.APIError, requests.exceptions.ConnectionError):
+        except ENGINE_FAILURES:
             pass  # the engine is gone; remove_session at the end tries again
 
     def remove_session(self, session_id: str) -> int:

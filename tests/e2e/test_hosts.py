@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -17,8 +18,14 @@ from pytest_madengine.hosts import client_for, load_hosts
 from tests.conftest import entry
 from tests.e2e.test_run import SLEEPER, junit_properties, run, scripts, unique_tree
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("real_home")]
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap"
+
+
+@pytest.fixture
+def real_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at a scratch dir; SSH needs the real ~/.ssh (keys, known_hosts)."""
+    monkeypatch.setenv("HOME", pwd.getpwuid(os.getuid()).pw_dir)
 
 
 def clients(hosts_file: Path) -> dict[str, docker.DockerClient]:

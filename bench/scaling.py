@@ -1,0 +1,82 @@
+"""How well `-n auto` keeps GPUs on several hosts busy.
+
+16 models of 2 s each on 8 declared GPUs over two hosts (scripts/bootstrap hosts 2:
+4 virtual GPUs each), run with `-n auto`, against the ideal (16 x 2 s / 8 GPUs) and
+against a serial run of the same session, both measured here. The makespan is from the
+first container start to the last container end (JUnit properties), so pytest's own
+start-up is left out; the wall time of each session is printed too.
+Goal: makespan / ideal at most 1.25.
+
+    python bench/scaling.py [--hosts /var/lib/pytest-madengine/hosts.yml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+MODELS, SECONDS, GPUS = 16, 2.0, 8
+DOCKERFILE = (
+    "# CONTEXT {'gpu_vendor': 'AMD', 'guest_os': 'UBUNTU'}\n"
+    "ARG BASE_DOCKER=mad-base/busybox:latest\nFROM $BASE_DOCKER\n"
+)
+SCRIPT = f"#!/bin/sh\nsleep {SECONDS}\necho 'performance: 1 samples_per_second'\n"
+
+
+def make_tree(root: Path) -> None:
+    (root / "docker").mkdir(parents=True)
+    (root / "docker" / "bench.ubuntu.amd.Dockerfile").write_text(DOCKERFILE)
+    (root / "scripts" / "bench").mkdir(parents=True)
+    (root / "scripts" / "bench" / "run.sh").write_text(SCRIPT)
+    models = [
+        {"name": f"m{i:02d}", "dockerfile": "docker/bench", "scripts": "scripts/bench/run.sh",
+         "n_gpus": 1, "tags": ["bench"]}
+        for i in range(MODELS)
+    ]  # fmt: skip
+    (root / "models.json").write_text(json.dumps(models))
+    (root / "pytest.ini").write_text("[pytest]\n")
+
+
+def session(root: Path, hosts: Path, junit: str, *extra: str) -> tuple[float, float]:
+    """(makespan from the containers' times, wall time of the session)."""
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--mad-tags=bench",
+            f"--mad-hosts={hosts}", f"--junitxml={junit}", *extra]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"bench: session {' '.join(extra)} failed:\n{done.stdout[-3000:]}")
+    spans = []
+    for case in ElementTree.parse(root / junit).iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        spans.append((float(props["started_at"]), float(props["ended_at"])))
+    return max(end for _, end in spans) - min(start for start, _ in spans), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=Path, default=Path("/var/lib/pytest-madengine/hosts.yml"))
+    options = parser.parse_args()
+    ideal = MODELS * SECONDS / GPUS
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        make_tree(root)
+        session(root, options.hosts, "warmup.xml", "-n", "2")  # builds and ships the image
+        parallel, parallel_wall = session(root, options.hosts, "auto.xml", "-n", "auto")
+        serial, serial_wall = session(root, options.hosts, "serial.xml")
+    print(f"models: {MODELS} x {SECONDS:g} s on {GPUS} GPUs over 2 hosts")
+    print(f"ideal makespan: {ideal:.1f} s")
+    print(f"-n auto: makespan {parallel:.1f} s (session {parallel_wall:.1f} s)")
+    print(f"serial:  makespan {serial:.1f} s (session {serial_wall:.1f} s)")
+    print(f"makespan / ideal: {parallel / ideal:.2f} (goal: at most 1.25)")
+    print(f"speed-up over serial: {serial / parallel:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
