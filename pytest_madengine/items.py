@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +17,12 @@ class MadCollectError(Exception):
     """Problems found while collecting, one line each; shown without a traceback."""
 
 
-class MadTree(pytest.Directory):
-    """The MAD root: yields a collector per models.json / get_models_json.py."""
+class MadTree(pytest.Dir):
+    """The MAD root: yields a collector per models.json / get_models_json.py.
+
+    Test files inside the tree are collected only when named on the command line:
+    model scripts often carry test_*.py files of their own that are no pytest tests.
+    """
 
     mad: MadSession
 
@@ -32,6 +37,20 @@ class MadTree(pytest.Directory):
                 yield node
         for problem in plan.tag_problems:
             yield MadProblem.from_parent(self, name="--mad-tags", problem=problem)
+        named = self._named_inside()
+        if named:
+            for node in super().collect():
+                if any(node.path == path or node.path in path.parents for path in named):
+                    yield node
+
+    def _named_inside(self) -> list[Path]:
+        """Paths below the root that the command line names."""
+        inside = []
+        for arg in self.config.args:
+            path = Path(self.config.invocation_params.dir, arg.split("::")[0]).resolve()
+            if path != self.path and self.path in path.parents:
+                inside.append(path)
+        return inside
 
     def _register_tag_markers(self) -> None:
         known = set(self.config.getini("markers"))

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from pytest_madengine import fixtures
-from pytest_madengine.backends.docker import DockerBackend, EngineError, connect
+from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError, connect
 from pytest_madengine.context import build_context
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import inventory
-from pytest_madengine.hosts import check_hosts, load_hosts, local_host
+from pytest_madengine.hosts import Host, check_hosts, client_for, load_hosts, local_host
 from pytest_madengine.items import MadItem, MadTree
 from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import results_table, summary_document
@@ -359,20 +359,28 @@ class MadReporter:
             for line in results_table(self.state.results):
                 terminalreporter.write_line(line)
 
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         state = self.state
         if state.summary_path is not None:
             state.summary_path.parent.mkdir(parents=True, exist_ok=True)
             document = summary_document(state.results, state.session_id)
             state.summary_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        if state.results:
-            _sweep(state.session_id)
+        # Also after Ctrl-C, when no test has finished yet but containers may run.
+        if session.testscollected:
+            _sweep(state.session_id, state.hosts)
 
 
-def _sweep(session_id: str) -> None:
-    """Removes any container of the session that a killed worker could not remove."""
-    with contextlib.suppress(EngineError):  # no engine: nothing of ours runs there
-        DockerBackend(connect()).remove_session(session_id)
+def _sweep(session_id: str, hosts: list[Host]) -> None:
+    """Removes, on every host, any container of the session that a killed or
+    interrupted worker could not remove."""
+    for host in hosts:
+        # A host that is gone runs nothing of ours any more; the others are cleaned.
+        with contextlib.suppress(EngineError, *ENGINE_FAILURES):
+            client = client_for(host) if host.docker else connect()
+            try:
+                DockerBackend(client, host.name).remove_session(session_id)
+            finally:
+                client.close()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

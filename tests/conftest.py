@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,11 @@ def mad_tree(tmp_path: Path) -> Callable[..., Path]:
 
 
 BUSYBOX_BASE = "mad-base/busybox:latest"
+# Images our tests build carry this session's label, so that the session removes its own
+# images and no other's (another session may run beside it).
+TEST_IMAGE_LABEL = "org.pytest-madengine.test-session"
+TEST_SESSION = uuid.uuid4().hex[:12]
+TEST_IMAGE_LABEL_LINE = f"LABEL {TEST_IMAGE_LABEL}={TEST_SESSION}"
 DEBIAN_BASE = "mad-base/debian:bookworm"
 
 
@@ -72,23 +79,25 @@ def docker_client():
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    label = "org.pytest-madengine.content-hash"
-    before = {image.id for image in client.images.list(filters={"label": label})}
     yield client
-    # The images our tests built are unique to them: leave the engine as it was.
-    for image in client.images.list(filters={"label": label}):
-        if image.id not in before:
-            client.images.remove(image.id, force=True)
+    remove_test_images(client)
     client.close()
+
+
+def remove_test_images(client) -> None:
+    """Leaves an engine without the images this test session made."""
+    for image in client.images.list(filters={"label": f"{TEST_IMAGE_LABEL}={TEST_SESSION}"}):
+        with contextlib.suppress(Exception):  # gone already, or still used by a container
+            client.images.remove(image.id, force=True)
 
 
 TEST_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts.yml")
 
 
 @pytest.fixture(scope="session")
-def test_hosts(docker_client) -> Path:
+def test_hosts(docker_client) -> Iterator[Path]:
     """The SSH-reachable Docker hosts of `scripts/bootstrap hosts 2`."""
-    from pytest_madengine.hosts import check_hosts, load_hosts
+    from pytest_madengine.hosts import check_hosts, client_for, load_hosts
 
     problem = None
     if not TEST_HOSTS_FILE.exists():
@@ -101,4 +110,9 @@ def test_hosts(docker_client) -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    return TEST_HOSTS_FILE
+    yield TEST_HOSTS_FILE
+    for host in load_hosts(TEST_HOSTS_FILE):
+        with contextlib.suppress(Exception):  # a host a test killed may still be coming back
+            client = client_for(host)
+            remove_test_images(client)
+            client.close()

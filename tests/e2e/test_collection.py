@@ -326,3 +326,13 @@ def test_bad_context_is_a_usage_error(pytester: pytest.Pytester) -> None:
         ["ERROR: --mad-context: 'gpu_vendor' must be one of AMD, NVIDIA, got 'INTEL'"]
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_test_files_in_the_tree_are_left_alone_unless_named(pytester: pytest.Pytester) -> None:
+    broken = "import no_such_module\n\ndef test_x():\n    pass\n"
+    write_tree(pytester.path, [entry("alpha")], {"scripts/dummy/test_model_code.py": broken})
+    pytester.makepyfile(test_mine="def test_mine():\n    pass\n")
+    only_models = collect(pytester, "--mad-tags", "all")
+    only_models.stdout.fnmatch_lines(["models.json::alpha", "1 test collected*"])
+    named = collect(pytester, "--mad-tags", "all", "test_mine.py")
+    named.stdout.fnmatch_lines(["test_mine.py::test_mine", "1 test collected*"])

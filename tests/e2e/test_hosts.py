@@ -102,3 +102,46 @@ def test_a_host_lost_mid_run_is_retried_elsewhere(pytester: pytest.Pytester, tes
     assert len(retried) == 1 and retried[0]["retried_after"].startswith("host mad-host1 lost: ")
     for name, client in clients(test_hosts).items():
         assert ours(client, session_id) == [], f"containers of the session left on {name}"
+
+
+def test_ctrl_c_removes_our_containers_on_every_host(pytester: pytest.Pytester, test_hosts: Path):
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    hosts = clients(test_hosts)
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2",
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not all(
+            client.containers.list(filters={"label": TEST_LABEL}) for client in hosts.values()
+        ):
+            assert time.monotonic() < deadline, "the models never ran on both hosts"
+            assert session.poll() is None, session.communicate()[0]
+            time.sleep(0.2)
+        session.send_signal(signal.SIGINT)
+        output, _ = session.communicate(timeout=120)
+    finally:
+        if session.poll() is None:
+            session.kill()
+    for name, client in hosts.items():
+        assert ours(client) == [], f"containers left on {name}:\n{output}"
+
+
+def test_user_tests_get_a_host_and_gpus(pytester: pytest.Pytester) -> None:
+    unique_tree(pytester, [entry("one")])
+    pytester.makepyfile(
+        test_user="""
+        import pytest
+
+        @pytest.mark.mad_gpus(2)
+        def test_two(mad_host, mad_gpus):
+            assert len(mad_gpus) == 2 and mad_host.gpus == mad_gpus
+
+        def test_one(mad_gpus):
+            assert len(mad_gpus) == 1
+        """
+    )
+    result = run(pytester, "--mad-tags", "one", "--mad-gpus", "4", "test_user.py")
+    result.assert_outcomes(passed=2)

@@ -18,7 +18,7 @@ import pytest
 
 from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
 from pytest_madengine.reporting.perf_csv import PERF_COLUMNS
-from tests.conftest import entry, write_tree
+from tests.conftest import TEST_IMAGE_LABEL_LINE, entry, write_tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
@@ -35,7 +35,7 @@ def scripts(**bodies: str) -> dict[str, str]:
 def unique_tree(pytester: pytest.Pytester, models: list, files: dict[str, str] | None = None):
     """A tree whose Dockerfile content is unique to the test, so images do not collide."""
     root = write_tree(pytester.path, models, files)
-    marker = f"# test {uuid.uuid4().hex}\n"
+    marker = f"{TEST_IMAGE_LABEL_LINE}\n# test {uuid.uuid4().hex}\n"
     for dockerfile in (root / "docker").glob("*.Dockerfile"):
         dockerfile.write_text(dockerfile.read_text() + marker)
     return root

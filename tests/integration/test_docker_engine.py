@@ -14,7 +14,7 @@ import pytest
 from pytest_madengine.backends import SESSION_LABEL, Device, RunSpec
 from pytest_madengine.backends.docker import DockerBackend
 from pytest_madengine.images import CONTENT_HASH_LABEL, BuildError, ImageBuilder, ImageSpec
-from tests.conftest import BUSYBOX_BASE
+from tests.conftest import BUSYBOX_BASE, TEST_IMAGE_LABEL_LINE
 
 pytestmark = pytest.mark.docker
 
@@ -34,7 +34,7 @@ def context_dir(tmp_path: Path) -> Path:
     # Unique content: an image built from the same content earlier would be reused.
     (directory / "t.Dockerfile").write_text(
         f"ARG BASE_DOCKER={BUSYBOX_BASE}\nFROM $BASE_DOCKER\nRUN echo built > /built.txt\n"
-        f"# {uuid.uuid4().hex}\n"
+        f"{TEST_IMAGE_LABEL_LINE}\n# {uuid.uuid4().hex}\n"
     )
     return directory
 
