@@ -10,7 +10,8 @@ import docker.errors
 from filelock import FileLock
 
 from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError
-from pytest_madengine.hosts import Host, client_for
+from pytest_madengine.errors import MadError
+from pytest_madengine.hosts import Host, SshTunnel, client_for
 from pytest_madengine.images import BuiltImage
 
 SHIP_CHUNK = 4 * 1024 * 1024
@@ -32,6 +33,7 @@ class Engines:
         self.build_client = build_client
         self.lock_dir = lock_dir
         self._clients: dict[str, docker.DockerClient] = {}
+        self._tunnels: dict[str, SshTunnel] = {}
         self._ids: dict[str, str] = {}
 
     def client(self, host: Host) -> docker.DockerClient:
@@ -39,12 +41,30 @@ class Engines:
             return self.build_client
         if host.name not in self._clients:
             try:
-                client = client_for(host)
+                client = self._tunnelled(host) or client_for(host)
                 client.ping()
-            except ENGINE_FAILURES as exc:
+            except (MadError, *ENGINE_FAILURES) as exc:
+                self._close_tunnel(host)
                 raise HostLost(host, _first_line(exc)) from None
             self._clients[host.name] = client
         return self._clients[host.name]
+
+    def _tunnelled(self, host: Host) -> docker.DockerClient | None:
+        """ssh:// hosts go through one SSH tunnel per process (see SshTunnel)."""
+        if not (host.docker or "").startswith("ssh://"):
+            return None
+        tunnel = SshTunnel(host)
+        client = tunnel.open()
+        if client is not None:
+            self._tunnels[host.name] = tunnel
+        else:
+            tunnel.close()
+        return client
+
+    def _close_tunnel(self, host: Host) -> None:
+        tunnel = self._tunnels.pop(host.name, None)
+        if tunnel is not None:
+            tunnel.close()
 
     def backend(self, host: Host) -> DockerBackend:
         return DockerBackend(self.client(host), host.name)
@@ -54,6 +74,7 @@ class Engines:
             self.client(host).ping()
         except (HostLost, *ENGINE_FAILURES):
             self._clients.pop(host.name, None)
+            self._close_tunnel(host)
             return False
         return True
 
@@ -97,6 +118,8 @@ class Engines:
             with contextlib.suppress(*ENGINE_FAILURES):
                 client.close()
         self._clients.clear()
+        for name in list(self._tunnels):
+            self._tunnels.pop(name).close()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,15 @@ hosts.yml:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
 import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,3 +166,70 @@ def check_hosts(hosts: Sequence[Host]) -> dict[str, str]:
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
         reasons = dict(zip((host.name for host in hosts), pool.map(_ping, hosts), strict=True))
     return {name: reason for name, reason in reasons.items() if reason is not None}
+
+
+TUNNEL_START_S = 20
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: the tunnel ends when the worker that opened it dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class SshTunnel:
+    """An OpenSSH `-L` forward from a local socket to the host's Docker socket.
+
+    Over it each API request is a new channel of one SSH connection, where docker-py's
+    own ssh:// transport starts `docker system dial-stdio` on the host per connection
+    (about 0.4 s a request). OpenSSH checks known_hosts and reads ~/.ssh/config.
+    """
+
+    def __init__(self, host: Host) -> None:
+        url = urllib.parse.urlsplit(host.docker or "")
+        self.host = host
+        self.target = f"{url.username}@{url.hostname}" if url.username else str(url.hostname)
+        self.port = ["-p", str(url.port)] if url.port else []
+        self._dir = tempfile.mkdtemp(prefix="mad-ssh-")
+        self.local = os.path.join(self._dir, "docker.sock")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _ssh(self, *argv: str) -> list[str]:
+        return ["ssh", "-o", "BatchMode=yes", *self.port, *argv]
+
+    def remote_socket(self) -> str | None:
+        """The host's Docker socket as its SSH sessions see it (DOCKER_HOST or default)."""
+        script = 'printf %s "${DOCKER_HOST:-unix:///var/run/docker.sock}"'
+        done = subprocess.run(
+            self._ssh(self.target, script), capture_output=True, text=True, timeout=30, check=False
+        )
+        if done.returncode != 0:
+            raise MadError(f"ssh {self.target}: {done.stderr.strip() or done.returncode}")
+        return done.stdout[len("unix://") :] if done.stdout.startswith("unix://") else None
+
+    def open(self) -> docker.DockerClient | None:
+        """A client over the tunnel, or None when the host's engine is not on a socket."""
+        remote = self.remote_socket()
+        if remote is None:
+            return None
+        forward = f"{self.local}:{remote}"
+        argv = self._ssh("-N", "-o", "ExitOnForwardFailure=yes", "-L", forward, self.target)
+        self._process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
+        deadline = time.monotonic() + TUNNEL_START_S
+        while not os.path.exists(self.local):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                error = self._process.stderr.read().decode() if self._process.stderr else ""
+                self.close()
+                raise MadError(f"ssh tunnel to {self.host.name}: {error.strip() or 'no socket'}")
+            time.sleep(0.05)
+        return docker.DockerClient(base_url=f"unix://{self.local}", timeout=120)
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
+        shutil.rmtree(self._dir, ignore_errors=True)
