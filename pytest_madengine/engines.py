@@ -9,6 +9,7 @@ import docker
 import docker.errors
 from filelock import FileLock
 
+from pytest_madengine.backends import Backend
 from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError
 from pytest_madengine.errors import MadError
 from pytest_madengine.hosts import Host, SshTunnel, client_for
@@ -66,7 +67,8 @@ class Engines:
         if tunnel is not None:
             tunnel.close()
 
-    def backend(self, host: Host) -> DockerBackend:
+    def backend(self, host: Host) -> Backend:
+        """How containers run on the host (the Docker Engine, for now every host)."""
         return DockerBackend(self.client(host), host.name)
 
     def answers(self, host: Host) -> bool:

@@ -159,10 +159,7 @@ def _record(item: pytest.Item, result: BenchmarkResult, lost: list[str]) -> None
     main = result.rows[0] if result.rows else None
     properties: list[tuple[str, Any]] = [
         ("status", result.status),
-        (
-            "performance",
-            "" if main is None or main.performance is None else f"{main.performance:g}",
-        ),
+        ("performance", _performance_text(main)),
         ("metric", main.metric if main else ""),
         ("image", image.name if image else ""),
         ("docker_sha", image.docker_sha if image else ""),
