@@ -106,11 +106,26 @@ class _LogPump(threading.Thread):
         except ENGINE_FAILURES:
             self.broken = True  # the run reads the log again once the container ended
 
+    def finish(self) -> None:
+        """Waits for the rest of the log after the container ended: as long as it still
+        comes (a model that printed gigabytes takes a while), not for a stream that hangs."""
+        size = -1
+        while self.is_alive():
+            self.join(LOG_JOIN_TIMEOUT_S)
+            grown = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if grown == size:
+                self.broken = True  # stuck: read it again below, as after a break
+                return
+            size = grown
+
     def reread(self) -> None:
-        """The whole log of the ended container, streamed into the file anew."""
-        with self.log_path.open("wb") as log:
+        """The whole log of the ended container, streamed into the file anew (a new
+        file: a stuck stream that wakes up later writes to the old one, not into this)."""
+        fresh = self.log_path.with_name(self.log_path.name + ".reread")
+        with fresh.open("wb") as log:
             for chunk in self.container.logs(stream=True, follow=False):
                 log.write(chunk)
+        fresh.replace(self.log_path)
 
 
 class DockerBackend:
@@ -134,7 +149,7 @@ class DockerBackend:
             pump.start()
             exit_code, timed_out = self._wait(container, spec.timeout_s, started)
             ended = time.time()
-            pump.join(LOG_JOIN_TIMEOUT_S)
+            pump.finish()
             if pump.broken:
                 pump.reread()
             results = {path: self._read_file(container, path) for path in spec.result_files}

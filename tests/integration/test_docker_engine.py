@@ -152,3 +152,14 @@ def test_remove_session_removes_leftovers(docker_client):
     docker_client.containers.create(BUSYBOX_BASE, ["sleep", "30"], labels={SESSION_LABEL: session})
     assert DockerBackend(docker_client).remove_session(session) == 1
     assert _ours(docker_client, session) == []
+
+
+def test_clean_cache_rebuilds_once_per_session(docker_client, tmp_path, context_dir, image_name):
+    spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
+    assert builder(docker_client, tmp_path, "first").ensure(spec).built
+    clean = ImageBuilder(docker_client, tmp_path / "b", tmp_path / "second", no_cache=True)
+    rebuilt = clean.ensure(spec)
+    assert rebuilt.built and "Using cache" not in rebuilt.log_path.read_text()
+    # Another worker of that session (same lock dir) reuses the fresh build.
+    worker = ImageBuilder(docker_client, tmp_path / "b", tmp_path / "second", no_cache=True)
+    assert not worker.ensure(spec).built
