@@ -295,7 +295,9 @@ def load_source(
             )
             continue
         seen[model.name] = source.path
-        problem = _path_problem(model, root, dockerfiles)
+        problem = _path_problem(
+            root, model.dockerfile, model.scripts, model.url is not None, dockerfiles
+        )
         if problem:
             errors.append(f"{where}: model '{model.name}': {problem}")
             continue
@@ -304,23 +306,22 @@ def load_source(
 
 
 @functools.lru_cache(maxsize=4096)
-def _exists(path: Path) -> bool:
-    """Many entries share one script; one stat each is enough within a load."""
-    return path.exists()
-
-
-def _path_problem(model: Model, root: Path, dockerfiles: DockerfileIndex) -> str | None:
-    candidates = dockerfiles.candidates(model.dockerfile)
+def _path_problem(
+    root: Path, dockerfile: str, scripts: str, has_url: bool, dockerfiles: DockerfileIndex
+) -> str | None:
+    """What is wrong with an entry's paths. Cached for one load: many entries share
+    their Dockerfile and script."""
+    candidates = dockerfiles.candidates(dockerfile)
     if not candidates:
-        return f"dockerfile '{model.dockerfile}' matches no file ({model.dockerfile}.*Dockerfile)"
+        return f"dockerfile '{dockerfile}' matches no file ({dockerfile}.*Dockerfile)"
     try:
         for path in candidates:
             dockerfiles.load(path)  # parses the CONTEXT header once, here, where we can report
     except MadError as exc:
         return str(exc)
     # With a url the scripts come from the cloned repository, so they need not exist here.
-    if model.url is None and not _exists(root / model.scripts):
-        return f"scripts '{model.scripts}' not found"
+    if not has_url and not (root / scripts).exists():
+        return f"scripts '{scripts}' not found"
     return None
 
 
@@ -332,7 +333,7 @@ def load_tree(root: Path, dockerfiles: DockerfileIndex | None = None) -> Tree:
     try:
         loaded = tuple(load_source(s, root, dockerfiles, seen) for s in find_sources(root))
     finally:
-        _exists.cache_clear()  # a later load must see the files as they are then
+        _path_problem.cache_clear()  # a later load must see the files as they are then
     return Tree(root, loaded)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,13 @@ def _one_line_failure(excinfo: pytest.ExceptionInfo[BaseException]) -> str | Non
     return str(excinfo.value) if isinstance(excinfo.value, MadCollectError) else None
 
 
+@functools.cache
+def _tag_marker(tag: str) -> pytest.MarkDecorator:
+    """One marker object per tag: looking it up (and checking it is registered) for each
+    of thousands of items is a good part of collecting a big tree."""
+    return getattr(pytest.mark, tag)
+
+
 def _benchmark_body(test: PlannedTest) -> Callable[..., None]:
     """The test function of one model; fixtures named in its signature are provided."""
 
@@ -129,7 +137,7 @@ class MadItem(pytest.Function):
         )
         item.planned = test
         for tag in test.model.tags:
-            item.add_marker(tag)
+            item.add_marker(_tag_marker(tag))
         if test.skip_reason:
             item.add_marker(pytest.mark.skip(reason=test.skip_reason))
         return item
