@@ -190,22 +190,22 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = _is_worker(config)
     session_id = config.workerinput[SESSION_ID_KEY] if worker else uuid.uuid4().hex[:12]
     hosts, down = _hosts(config, settings, worker)
-    output_dir = _path(config, _option(config, "output") or "mad_output")
     perf_csv = _path(config, _option(config, "perf_csv") or "perf.csv")
+    summary = config.getoption("mad_summary")
     state = MadState(
         mad=mad,
         git_commit=_git_commit(settings.root),
         session_id=session_id,
-        output_dir=output_dir,
+        output_dir=_path(config, _option(config, "output") or "mad_output"),
         perf_csv=None if worker else PerfCsv(perf_csv),
-        summary_path=_path(config, config.getoption("mad_summary"))
-        if config.getoption("mad_summary")
+        hosts=hosts,
+        hosts_down=down,
+        retries=max(0, config.getoption("mad_retries")),
+        summary_path=_path(config, summary) if summary else None,
+        live_output=_live_sink(config)
+        if config.getoption("mad_live_output") and not worker
         else None,
     )
-    state.hosts, state.hosts_down = hosts, down
-    state.retries = max(0, config.getoption("mad_retries"))
-    if config.getoption("mad_live_output") and not worker:
-        state.live_output = _live_sink(config)
     config.stash[MAD_STATE] = state
     config.pluginmanager.register(fixtures, "madengine-fixtures")
     if not worker:
