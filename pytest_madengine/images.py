@@ -24,9 +24,9 @@ import docker
 import docker.errors
 from filelock import FileLock
 
+from pytest_madengine.backends import LABEL_PREFIX
 from pytest_madengine.errors import MadError
 
-LABEL_PREFIX = "org.pytest-madengine"
 CONTENT_HASH_LABEL = f"{LABEL_PREFIX}.content-hash"
 LOG_TAIL_LINES = 30
 _ARG_BASE = re.compile(r"^\s*ARG\s+BASE_DOCKER\s*=\s*(\S+)", re.MULTILINE)

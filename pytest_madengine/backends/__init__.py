@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Protocol
 
 # Labels on every container we start, so that nothing of ours outlives the session.
-SESSION_LABEL = "org.pytest-madengine.session"
-TEST_LABEL = "org.pytest-madengine.test"
-MODEL_LABEL = "org.pytest-madengine.model"
+LABEL_PREFIX = "org.pytest-madengine"
+SESSION_LABEL = f"{LABEL_PREFIX}.session"
+TEST_LABEL = f"{LABEL_PREFIX}.test"
+MODEL_LABEL = f"{LABEL_PREFIX}.model"
 
 OutputSink = Callable[[bytes], None]
 
