@@ -56,7 +56,9 @@ def plugin_session(root: Path, junit: Path) -> list[float]:
 def raw_runs(root: Path, image: str, count: int) -> list[float]:
     seconds = []
     mount = f"{root / 'scripts' / 'bench'}:/w:ro"
-    argv = ["docker", "run", "--rm", "-v", mount, "-w", "/w", image, "bash", "run.sh"]
+    # The plugin's defaults: the host's network and IPC namespace, as madengine runs.
+    argv = ["docker", "run", "--rm", "--network", "host", "--ipc", "host", "-v", mount,
+            "-w", "/w", image, "bash", "run.sh"]  # fmt: skip
     for _ in range(count):
         start = time.perf_counter()
         subprocess.run(argv, check=True, capture_output=True)

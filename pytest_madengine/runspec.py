@@ -174,6 +174,8 @@ def build_run_spec(
         privileged=bool(context.get("docker_privileged", False)),
         cap_add=tuple(context.get("docker_cap_add", ())),
         cpuset_cpus=str(context.get("docker_cpus")) if context.get("docker_cpus") else None,
+        network=context.get("docker_network") or "host",
+        ipc=context.get("docker_ipc") or "host",
     )
 
 

@@ -51,6 +51,10 @@ class RunSpec:
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
     cpuset_cpus: str | None = None
+    # As madengine runs benchmarks: the host's network (collectives, downloads, and no
+    # bridge set-up per start) and its IPC namespace (frameworks outgrow a 64 MB /dev/shm).
+    network: str = "host"
+    ipc: str | None = "host"
 
 
 @dataclass(frozen=True)

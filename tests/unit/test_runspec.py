@@ -139,6 +139,17 @@ def test_privileges_and_mounts_only_when_the_context_asks(tmp_path: Path) -> Non
     assert kwargs["volumes"] == ["/host:/ctr:rw"]
 
 
+def test_host_network_and_ipc_as_madengine_unless_the_context_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    default = create_kwargs(spec_for(tmp_path / "a", "{}", amd(1)))
+    assert (default["network_mode"], default["ipc_mode"]) == ("host", "host")
+    own = create_kwargs(
+        spec_for(tmp_path / "b", '{"docker_network": "bridge", "docker_ipc": "private"}', amd(1))
+    )
+    assert (own["network_mode"], own["ipc_mode"]) == ("bridge", "private")
+
+
 def test_local_data_is_mounted_at_datahome() -> None:
     binds, env = data_binds("imagenet", {"imagenet": {"local": {"path": "/srv/imagenet"}}})
     assert binds == (Bind("/srv/imagenet", "/data", read_only=True),)
