@@ -12,7 +12,7 @@ from filelock import FileLock
 from pytest_madengine.backends import Backend
 from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError
 from pytest_madengine.errors import MadError
-from pytest_madengine.hosts import Host, SshTunnel, client_for
+from pytest_madengine.hosts import Host, HostLinks
 from pytest_madengine.images import BuiltImage
 
 SHIP_CHUNK = 4 * 1024 * 1024
@@ -30,42 +30,28 @@ class HostLost(EngineError):
 class Engines:
     """Clients of this process for the build engine and every host."""
 
-    def __init__(self, build_client: docker.DockerClient, lock_dir: Path) -> None:
+    def __init__(
+        self, build_client: docker.DockerClient, lock_dir: Path, links: HostLinks | None = None
+    ) -> None:
         self.build_client = build_client
         self.lock_dir = lock_dir
+        self.links = links or HostLinks()
         self._clients: dict[str, docker.DockerClient] = {}
-        self._tunnels: dict[str, SshTunnel] = {}
         self._ids: dict[str, str] = {}
+        self._present: set[tuple[str, str, str]] = set()  # (host, name, id) seen there
 
     def client(self, host: Host) -> docker.DockerClient:
         if host.docker is None:
             return self.build_client
         if host.name not in self._clients:
             try:
-                client = self._tunnelled(host) or client_for(host)
+                client = self.links.client(host)
                 client.ping()
             except (MadError, *ENGINE_FAILURES) as exc:
-                self._close_tunnel(host)
+                self.links.forget(host)
                 raise HostLost(host, _first_line(exc)) from None
             self._clients[host.name] = client
         return self._clients[host.name]
-
-    def _tunnelled(self, host: Host) -> docker.DockerClient | None:
-        """ssh:// hosts go through one SSH tunnel per process (see SshTunnel)."""
-        if not (host.docker or "").startswith("ssh://"):
-            return None
-        tunnel = SshTunnel(host)
-        client = tunnel.open()
-        if client is not None:
-            self._tunnels[host.name] = tunnel
-        else:
-            tunnel.close()
-        return client
-
-    def _close_tunnel(self, host: Host) -> None:
-        tunnel = self._tunnels.pop(host.name, None)
-        if tunnel is not None:
-            tunnel.close()
 
     def backend(self, host: Host) -> Backend:
         """How containers run on the host (the Docker Engine, for now every host)."""
@@ -76,7 +62,7 @@ class Engines:
             self.client(host).ping()
         except (HostLost, *ENGINE_FAILURES):
             self._clients.pop(host.name, None)
-            self._close_tunnel(host)
+            self.links.forget(host)
             return False
         return True
 
@@ -91,6 +77,9 @@ class Engines:
         Streams `docker save` of the build engine into `docker load` on the host, once
         per host and image across the session's workers (a file lock), no registry needed.
         """
+        known = (host.name, image.name, image.docker_sha)
+        if known in self._present:
+            return False  # this process put or found it there already
         target = self.client(host)
         if self._engine_id("", self.build_client) == self._engine_id(host.name, target):
             return False
@@ -108,7 +97,8 @@ class Engines:
                 # `save` names the image by its first tag only: give it this test's name.
                 if f"{image.name}:latest" not in present.tags:
                     present.tag(image.name, "latest")
-                return shipped
+            self._present.add(known)
+            return shipped
         except ENGINE_FAILURES as exc:
             if not self.answers(host):
                 raise HostLost(host, _first_line(exc)) from None
@@ -120,8 +110,6 @@ class Engines:
             with contextlib.suppress(*ENGINE_FAILURES):
                 client.close()
         self._clients.clear()
-        for name in list(self._tunnels):
-            self._tunnels.pop(name).close()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -81,9 +81,11 @@ def mad_builder(
 
 
 @pytest.fixture(scope="session")
-def mad_engines(mad_docker: docker.DockerClient, mad_session_dir: Path) -> Iterator[Engines]:
+def mad_engines(
+    pytestconfig: pytest.Config, mad_docker: docker.DockerClient, mad_session_dir: Path
+) -> Iterator[Engines]:
     """Clients of every host; images are shipped to each host once per session."""
-    engines = Engines(mad_docker, mad_session_dir / "images")
+    engines = Engines(mad_docker, mad_session_dir / "images", _state(pytestconfig).links)
     yield engines
     engines.close()
 

@@ -127,16 +127,15 @@ def load_hosts(path: Path, default_vendor: str = "AMD") -> list[Host]:
 
 
 def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
-    """A Docker SDK client for the host.
+    """A Docker SDK client straight to the host's endpoint (see HostLinks for ssh://).
 
-    ssh:// goes through paramiko, which keeps one SSH connection open (the OpenSSH
-    client would start a process per request); it loads ~/.ssh/known_hosts and refuses
-    unknown host keys, and reads ~/.ssh/config for the user, port and key.
+    ssh:// here goes through the `ssh` command (`docker system dial-stdio` on the host
+    per connection): slow, but it needs no socket on the far side.
     """
     if host.docker is None:
         return docker.from_env(timeout=timeout)
     if host.docker.startswith("ssh://"):
-        return docker.DockerClient(base_url=host.docker, use_ssh_client=False, timeout=timeout)
+        return docker.DockerClient(base_url=host.docker, use_ssh_client=True, timeout=timeout)
     tls: docker.tls.TLSConfig | bool = False
     if host.tls:
         tls = docker.tls.TLSConfig(
@@ -147,33 +146,19 @@ def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
     return docker.DockerClient(base_url=host.docker, tls=tls, timeout=timeout)
 
 
-def _ping(host: Host) -> str | None:
-    """None when the host's engine answers, else why not (one line)."""
-    try:
-        client = client_for(host, timeout=PING_TIMEOUT_S)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:  # any failure to reach it (SDK, SSH, TLS, OS) means down
-        text = str(exc).strip().splitlines()
-        return text[0] if text else type(exc).__name__
-    return None
-
-
-def check_hosts(hosts: Sequence[Host]) -> dict[str, str]:
-    """Host name -> reason, for every host whose engine does not answer (checked at once)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        reasons = dict(zip((host.name for host in hosts), pool.map(_ping, hosts), strict=True))
-    return {name: reason for name, reason in reasons.items() if reason is not None}
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 TUNNEL_START_S = 20
+SSH_CONNECT_TIMEOUT_S = 10
 PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """In the child: the tunnel ends when the worker that opened it dies, however it dies."""
+    """In the child: the tunnel ends when the process that opened it dies, however it
+    dies (the signal follows the opening thread: open tunnels from the main thread)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -193,39 +178,45 @@ class SshTunnel:
         self.port = ["-p", str(url.port)] if url.port else []
         self._dir = tempfile.mkdtemp(prefix="mad-ssh-")
         self.local = os.path.join(self._dir, "docker.sock")
+        self.url = f"unix://{self.local}"
         self._process: subprocess.Popen[bytes] | None = None
 
     def _ssh(self, *argv: str) -> list[str]:
-        return ["ssh", "-o", "BatchMode=yes", *self.port, *argv]
+        timeout = f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}"
+        return ["ssh", "-o", "BatchMode=yes", "-o", timeout, *self.port, *argv]
 
     def remote_socket(self) -> str | None:
         """The host's Docker socket as its SSH sessions see it (DOCKER_HOST or default)."""
         script = 'printf %s "${DOCKER_HOST:-unix:///var/run/docker.sock}"'
-        done = subprocess.run(
-            self._ssh(self.target, script), capture_output=True, text=True, timeout=30, check=False
-        )
+        try:
+            done = subprocess.run(
+                self._ssh(self.target, script),
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise MadError(f"ssh {self.target}: no answer in 30 s") from None
         if done.returncode != 0:
-            raise MadError(f"ssh {self.target}: {done.stderr.strip() or done.returncode}")
+            error = done.stderr.strip().splitlines()
+            raise MadError(f"ssh {self.target}: {error[-1] if error else done.returncode}")
         return done.stdout[len("unix://") :] if done.stdout.startswith("unix://") else None
 
-    def open(self) -> docker.DockerClient | None:
-        """A client over the tunnel, or None when the host's engine is not on a socket."""
-        remote = self.remote_socket()
-        if remote is None:
-            return None
+    def start(self, remote: str) -> None:
         forward = f"{self.local}:{remote}"
         argv = self._ssh("-N", "-o", "ExitOnForwardFailure=yes", "-L", forward, self.target)
         self._process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
         )
+
+    def wait(self) -> None:
+        """Until the local socket is there; MadError when the tunnel could not start."""
+        assert self._process is not None
         deadline = time.monotonic() + TUNNEL_START_S
         while not os.path.exists(self.local):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 error = self._process.stderr.read().decode() if self._process.stderr else ""
                 self.close()
                 raise MadError(f"ssh tunnel to {self.host.name}: {error.strip() or 'no socket'}")
-            time.sleep(0.05)
-        return docker.DockerClient(base_url=f"unix://{self.local}", timeout=120)
+            time.sleep(0.02)
 
     def close(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -233,3 +224,117 @@ class SshTunnel:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=5)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class HostLinks:
+    """How this process reaches the hosts' engines.
+
+    An ssh:// host is reached through one OpenSSH tunnel. The controller opens them
+    when it checks the hosts and hands their sockets to its xdist workers, so a
+    session makes one SSH connection per host, not one per worker. A host whose engine
+    is not on a socket falls back to docker-py's ssh:// transport.
+    """
+
+    def __init__(self, shared: Mapping[str, str] | None = None) -> None:
+        # Tunnels of another process on this machine (a worker's controller).
+        self._shared = {
+            name: url
+            for name, url in (shared or {}).items()
+            if os.path.exists(url.removeprefix("unix://"))
+        }
+        self._tunnels: dict[str, SshTunnel] = {}
+        self._direct: set[str] = set()
+
+    def __enter__(self) -> HostLinks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Host name -> local socket URL of every tunnel this process can use."""
+        return {**self._shared, **{name: t.url for name, t in self._tunnels.items()}}
+
+    def _needs_tunnel(self, host: Host) -> bool:
+        return bool(host.docker and host.docker.startswith("ssh://")) and not (
+            host.name in self._shared or host.name in self._tunnels or host.name in self._direct
+        )
+
+    def open(self, hosts: Sequence[Host]) -> dict[str, str]:
+        """Opens the tunnels the hosts need, all at once; host name -> why it failed."""
+        pending = [SshTunnel(host) for host in hosts if self._needs_tunnel(host)]
+        failed: dict[str, str] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
+            remotes = list(pool.map(_remote_or_error, pending))
+        started = []
+        for tunnel, remote in zip(pending, remotes, strict=True):
+            if isinstance(remote, MadError):
+                failed[tunnel.host.name] = str(remote)
+                tunnel.close()
+            elif remote is None:
+                self._direct.add(tunnel.host.name)
+                tunnel.close()
+            else:
+                tunnel.start(remote)  # here, not in a pool thread: see _die_with_parent
+                started.append(tunnel)
+        for tunnel in started:
+            try:
+                tunnel.wait()
+            except MadError as exc:
+                failed[tunnel.host.name] = str(exc)
+                continue
+            self._tunnels[tunnel.host.name] = tunnel
+        return failed
+
+    def client(self, host: Host, timeout: int = 120) -> docker.DockerClient:
+        """A client of the host's engine (not pinged); MadError when no tunnel opens."""
+        failed = self.open([host])
+        if failed:
+            raise MadError(failed[host.name])
+        url = self.urls.get(host.name)
+        if url is None:
+            return client_for(host, timeout)
+        return docker.DockerClient(base_url=url, timeout=timeout)
+
+    def forget(self, host: Host) -> None:
+        """Closes this process's tunnel to a host that stopped answering (a new one is
+        opened when the host is asked for again); a shared tunnel stays."""
+        tunnel = self._tunnels.pop(host.name, None)
+        if tunnel is not None:
+            tunnel.close()
+
+    def close(self) -> None:
+        for name in list(self._tunnels):
+            self._tunnels.pop(name).close()
+
+
+def _remote_or_error(tunnel: SshTunnel) -> str | MadError | None:
+    try:
+        return tunnel.remote_socket()
+    except MadError as exc:
+        return exc
+
+
+def _ping(host: Host, links: HostLinks) -> str | None:
+    """None when the host's engine answers, else why not (one line)."""
+    try:
+        client = links.client(host, timeout=PING_TIMEOUT_S)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # any failure to reach it (SDK, SSH, TLS, OS) means down
+        return _first_line(exc)
+    return None
+
+
+def check_hosts(hosts: Sequence[Host], links: HostLinks) -> dict[str, str]:
+    """Host name -> reason, for every host whose engine does not answer (checked at once)."""
+    failed = links.open(hosts)
+    reachable = [host for host in hosts if host.name not in failed]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(reachable))) as pool:
+        pings = pool.map(lambda host: _ping(host, links), reachable)
+        reasons = dict(zip((host.name for host in reachable), pings, strict=True))
+    failed.update({name: reason for name, reason in reasons.items() if reason is not None})
+    return failed

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from pytest_madengine import fixtures
-from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError, connect
+from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, connect
 from pytest_madengine.context import build_context
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import inventory
-from pytest_madengine.hosts import Host, check_hosts, client_for, load_hosts, local_host
+from pytest_madengine.hosts import Host, HostLinks, check_hosts, load_hosts, local_host
 from pytest_madengine.items import MadItem, MadTree
 from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import results_table, summary_document
@@ -33,8 +33,10 @@ NO_GPU_HINT = (
 )
 SESSION_ID_KEY = "mad_session_id"
 HOSTS_DOWN_KEY = "mad_hosts_down"
+LINKS_KEY = "mad_host_links"
 ROOT_KEY = "mad_root"
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+_LINKS = pytest.StashKey[HostLinks]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -189,7 +191,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     worker = _is_worker(config)
     session_id = config.workerinput[SESSION_ID_KEY] if worker else uuid.uuid4().hex[:12]
-    hosts, down = _hosts(config, settings, worker)
+    links = HostLinks(config.workerinput[LINKS_KEY] if worker else None)
+    config.stash[_LINKS] = links  # closed in pytest_unconfigure, whatever happens next
+    hosts, down = _hosts(config, settings, worker, links)
     perf_csv = _path(config, _option(config, "perf_csv") or "perf.csv")
     summary = config.getoption("mad_summary")
     state = MadState(
@@ -200,6 +204,7 @@ def pytest_configure(config: pytest.Config) -> None:
         perf_csv=None if worker else PerfCsv(perf_csv),
         hosts=hosts,
         hosts_down=down,
+        links=links,
         retries=max(0, config.getoption("mad_retries")),
         summary_path=_path(config, summary) if summary else None,
         live_output=_live_sink(config)
@@ -217,8 +222,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [str(settings.root.resolve())]
 
 
-def _hosts(config: pytest.Config, settings: Settings, worker: bool) -> tuple[list, dict]:
-    """The hosts to run on, and those found down at the start (checked by the controller)."""
+def _hosts(
+    config: pytest.Config, settings: Settings, worker: bool, links: HostLinks
+) -> tuple[list, dict]:
+    """The hosts to run on, and those found down at the start (checked by the controller,
+    which opens the SSH tunnels its workers share)."""
     path = _option(config, "hosts")
     if not path:
         return [local_host(settings.gpus)], {}
@@ -228,7 +236,7 @@ def _hosts(config: pytest.Config, settings: Settings, worker: bool) -> tuple[lis
         raise pytest.UsageError(str(exc)) from None
     if worker:
         return hosts, dict(config.workerinput[HOSTS_DOWN_KEY])
-    down = check_hosts(hosts)
+    down = check_hosts(hosts, links)
     if len(down) == len(hosts):
         reasons = "; ".join(f"{name}: {why}" for name, why in down.items())
         raise pytest.UsageError(f"--mad-hosts {path}: no host answers ({reasons})")
@@ -243,6 +251,7 @@ def pytest_configure_node(node: Any) -> None:
     if state is not None:
         node.workerinput[SESSION_ID_KEY] = state.session_id
         node.workerinput[HOSTS_DOWN_KEY] = state.hosts_down
+        node.workerinput[LINKS_KEY] = state.links.urls
         node.workerinput[ROOT_KEY] = str(state.mad.settings.root.resolve())
 
 
@@ -367,16 +376,16 @@ class MadReporter:
             state.summary_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         # Also after Ctrl-C, when no test has finished yet but containers may run.
         if session.testscollected:
-            _sweep(state.session_id, state.hosts)
+            _sweep(state.session_id, state.hosts, state.links)
 
 
-def _sweep(session_id: str, hosts: list[Host]) -> None:
+def _sweep(session_id: str, hosts: list[Host], links: HostLinks) -> None:
     """Removes, on every host, any container of the session that a killed or
     interrupted worker could not remove."""
     for host in hosts:
         # A host that is gone runs nothing of ours any more; the others are cleaned.
-        with contextlib.suppress(EngineError, *ENGINE_FAILURES):
-            client = client_for(host) if host.docker else connect()
+        with contextlib.suppress(MadError, *ENGINE_FAILURES):
+            client = links.client(host) if host.docker else connect()
             try:
                 DockerBackend(client, host.name).remove_session(session_id)
             finally:
@@ -384,6 +393,9 @@ def _sweep(session_id: str, hosts: list[Host]) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    links = config.stash.get(_LINKS, None)
+    if links is not None:
+        links.close()
     previous = config.stash.get(_PREVIOUS_SIGTERM, None)
     if previous is not None:
         with contextlib.suppress(ValueError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends import OutputSink
-from pytest_madengine.hosts import Host
+from pytest_madengine.hosts import Host, HostLinks
 from pytest_madengine.reporting.perf_csv import PerfCsv
 from pytest_madengine.session import MadSession
 
@@ -22,6 +22,7 @@ class MadState:
     perf_csv: PerfCsv | None  # None on xdist workers: only the controller writes reports
     hosts: list[Host] = field(default_factory=list)
     hosts_down: dict[str, str] = field(default_factory=dict)  # name -> why, found at start
+    links: HostLinks = field(default_factory=HostLinks)  # SSH tunnels, shared with workers
     retries: int = 1  # placements more after a host is lost mid-run
     summary_path: Path | None = None
     live_output: OutputSink | None = None

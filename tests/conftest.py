@@ -97,13 +97,14 @@ TEST_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts.yml")
 @pytest.fixture(scope="session")
 def test_hosts(docker_client) -> Iterator[Path]:
     """The SSH-reachable Docker hosts of `scripts/bootstrap hosts 2`."""
-    from pytest_madengine.hosts import check_hosts, client_for, load_hosts
+    from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
 
     problem = None
     if not TEST_HOSTS_FILE.exists():
         problem = f"{TEST_HOSTS_FILE} missing"
     else:
-        down = check_hosts(load_hosts(TEST_HOSTS_FILE))
+        with HostLinks() as links:
+            down = check_hosts(load_hosts(TEST_HOSTS_FILE), links)
         problem = "; ".join(f"{name}: {why}" for name, why in down.items()) or None
     if problem:
         message = f"test hosts needed (run scripts/bootstrap hosts 2): {problem}"
@@ -111,8 +112,9 @@ def test_hosts(docker_client) -> Iterator[Path]:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     yield TEST_HOSTS_FILE
-    for host in load_hosts(TEST_HOSTS_FILE):
-        with contextlib.suppress(Exception):  # a host a test killed may still be coming back
-            client = client_for(host)
-            remove_test_images(client)
-            client.close()
+    with HostLinks() as links:
+        for host in load_hosts(TEST_HOSTS_FILE):
+            with contextlib.suppress(Exception):  # a host a test killed may be coming back
+                client = links.client(host)
+                remove_test_images(client)
+                client.close()

@@ -19,18 +19,9 @@ import requests.exceptions
 from pytest_madengine.backends import SESSION_LABEL, OutputSink, RunOutcome, RunSpec
 from pytest_madengine.errors import MadError
 
-try:  # ssh:// hosts fail with paramiko's own exceptions
-    from paramiko.ssh_exception import SSHException
-except ImportError:  # pragma: no cover - paramiko comes with the ssh extra
-
-    class SSHException(Exception):  # type: ignore[no-redef]
-        """Stands in when paramiko is not installed: nothing raises it."""
-
-
 ENGINE_FAILURES: tuple[type[BaseException], ...] = (
     docker.errors.DockerException,
     requests.exceptions.RequestException,
-    SSHException,
     OSError,
 )
 # Result files (multiple_results CSVs) are small; a bound keeps a runaway one out of memory.
@@ -52,7 +43,10 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
         "labels": dict(spec.labels),
         "detach": True,
         "privileged": spec.privileged,
+        "network_mode": spec.network,
     }
+    if spec.ipc:
+        kwargs["ipc_mode"] = spec.ipc
     if spec.devices:
         kwargs["devices"] = [f"{d.host_path}:{d.container_path}:rwm" for d in spec.devices]
     if spec.group_add:

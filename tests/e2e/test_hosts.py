@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
-from pytest_madengine.hosts import client_for, load_hosts
+from pytest_madengine.hosts import HostLinks, load_hosts
 from tests.conftest import entry
 from tests.e2e.test_run import SLEEPER, junit_properties, run, scripts, unique_tree
 
@@ -28,8 +29,15 @@ def real_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HOME", pwd.getpwuid(os.getuid()).pw_dir)
 
 
-def clients(hosts_file: Path) -> dict[str, docker.DockerClient]:
-    return {host.name: client_for(host) for host in load_hosts(hosts_file)}
+@pytest.fixture
+def host_links(real_home: None) -> Iterator[HostLinks]:
+    """This test's own SSH tunnels to the hosts, to look at their containers."""
+    with HostLinks() as links:
+        yield links
+
+
+def clients(links: HostLinks, hosts_file: Path) -> dict[str, docker.DockerClient]:
+    return {host.name: links.client(host) for host in load_hosts(hosts_file)}
 
 
 def ours(client: docker.DockerClient, session: str | None = None) -> list:
@@ -74,10 +82,12 @@ def _kill_daemon(index: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def test_a_host_lost_mid_run_is_retried_elsewhere(pytester: pytest.Pytester, test_hosts: Path):
+def test_a_host_lost_mid_run_is_retried_elsewhere(
+    pytester: pytest.Pytester, test_hosts: Path, host_links: HostLinks
+) -> None:
     models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="4") for i in range(2)]
     unique_tree(pytester, models, scripts(sleeper=SLEEPER))
-    host1 = clients(test_hosts)["mad-host1"]
+    host1 = clients(host_links, test_hosts)["mad-host1"]
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-n", "2",
             "--mad-tags", "dummies", f"--mad-hosts={test_hosts}", "--junitxml=r.xml"]  # fmt: skip
     session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
@@ -100,14 +110,16 @@ def test_a_host_lost_mid_run_is_retried_elsewhere(pytester: pytest.Pytester, tes
     assert {props["host"] for props in properties.values()} == {"mad-host2"}, output
     retried = [props for props in properties.values() if "retried_after" in props]
     assert len(retried) == 1 and retried[0]["retried_after"].startswith("host mad-host1 lost: ")
-    for name, client in clients(test_hosts).items():
+    for name, client in clients(host_links, test_hosts).items():
         assert ours(client, session_id) == [], f"containers of the session left on {name}"
 
 
-def test_ctrl_c_removes_our_containers_on_every_host(pytester: pytest.Pytester, test_hosts: Path):
+def test_ctrl_c_removes_our_containers_on_every_host(
+    pytester: pytest.Pytester, test_hosts: Path, host_links: HostLinks
+) -> None:
     models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
     unique_tree(pytester, models, scripts(sleeper=SLEEPER))
-    hosts = clients(test_hosts)
+    hosts = clients(host_links, test_hosts)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2",
             "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
     session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,

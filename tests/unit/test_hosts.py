@@ -8,7 +8,7 @@ import pytest
 
 from pytest_madengine.discovery import Model
 from pytest_madengine.errors import MadError
-from pytest_madengine.hosts import check_hosts, load_hosts
+from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
 from pytest_madengine.planning import host_unfit_reason
 
 
@@ -69,7 +69,8 @@ def test_a_host_that_does_not_answer_is_reported(tmp_path: Path) -> None:
     hosts = load_hosts(
         write(tmp_path, f"hosts:\n  - {{name: a, docker: 'unix://{tmp_path}/no.sock'}}\n")
     )
-    assert list(check_hosts(hosts)) == ["a"]
+    with HostLinks() as links:
+        assert list(check_hosts(hosts, links)) == ["a"]
 
 
 def test_host_fit_by_vendor_arch_and_labels() -> None:
