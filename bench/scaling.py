@@ -1,10 +1,13 @@
 """How well `-n auto` keeps GPUs on several hosts busy.
 
 16 models of 2 s each on 8 declared GPUs over two hosts (scripts/bootstrap hosts 2:
-4 virtual GPUs each), run with `-n auto`, against the ideal (16 x 2 s / 8 GPUs) and
-against a serial run of the same session, both measured here. The makespan is from the
-first container start to the last container end (JUnit properties), so pytest's own
-start-up is left out; the wall time of each session is printed too.
+4 virtual GPUs each), run with `-n auto`, against the ideal (16 x 2 s / 8 GPUs), a
+serial run of the same session, and raw Docker: 8 threads, one per GPU, each running
+2 of the same containers in a row through the Docker SDK over the same SSH tunnels
+(create, start, wait, remove: what `docker run --rm` does), all measured here. The
+makespan is from the first container start to the last container end (JUnit
+properties for the sessions), so pytest's own start-up is left out; the wall time of
+each session is printed too.
 Goal: makespan / ideal at most 1.25.
 
     python bench/scaling.py [--hosts /var/lib/pytest-madengine/hosts.yml]
@@ -17,9 +20,14 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from xml.etree import ElementTree
+
+from pytest_madengine.backends import SESSION_LABEL
+from pytest_madengine.hosts import HostLinks, load_hosts
 
 MODELS, SECONDS, GPUS = 16, 2.0, 8
 DOCKERFILE = (
@@ -59,6 +67,40 @@ def session(root: Path, hosts: Path, junit: str, *extra: str) -> tuple[float, fl
     return max(end for _, end in spans) - min(start for start, _ in spans), wall
 
 
+def raw_docker(hosts_file: Path, image: str) -> float:
+    """Makespan of the same containers run straight through the SDK, one thread a GPU."""
+    spans: list[tuple[float, float]] = []
+    label = {SESSION_LABEL: f"bench-{uuid.uuid4().hex[:8]}"}  # swept like a session's
+    command = ["sh", "-c", SCRIPT.split("\n", 1)[1]]
+
+    def lane(client, runs: int) -> None:
+        for _ in range(runs):
+            container = client.containers.create(
+                image, command, labels=label, network_mode="host", ipc_mode="host"
+            )
+            started = time.time()
+            container.start()
+            container.wait()
+            spans.append((started, time.time()))
+            container.remove(force=True)
+
+    with HostLinks() as links:
+        hosts = load_hosts(hosts_file)
+        clients = {host.name: links.client(host) for host in hosts}
+        lanes = [
+            threading.Thread(target=lane, args=(clients[host.name], MODELS // GPUS))
+            for host in hosts
+            for _ in range(host.gpus.count)
+        ]
+        for thread in lanes:
+            thread.start()
+        for thread in lanes:
+            thread.join()
+    if len(spans) != MODELS:
+        sys.exit(f"bench: raw docker ran {len(spans)} containers, not {MODELS}")
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=Path, default=Path("/var/lib/pytest-madengine/hosts.yml"))
@@ -68,13 +110,17 @@ def main() -> None:
         root = Path(scratch)
         make_tree(root)
         session(root, options.hosts, "warmup.xml", "-n", "2")  # builds and ships the image
+        raw = raw_docker(options.hosts, "ci-m00_bench.ubuntu.amd")  # shipped by the warm-up
         parallel, parallel_wall = session(root, options.hosts, "auto.xml", "-n", "auto")
         serial, serial_wall = session(root, options.hosts, "serial.xml")
     print(f"models: {MODELS} x {SECONDS:g} s on {GPUS} GPUs over 2 hosts")
     print(f"ideal makespan: {ideal:.1f} s")
+    print(f"raw docker, {GPUS} threads: makespan {raw:.1f} s")
     print(f"-n auto: makespan {parallel:.1f} s (session {parallel_wall:.1f} s)")
     print(f"serial:  makespan {serial:.1f} s (session {serial_wall:.1f} s)")
     print(f"makespan / ideal: {parallel / ideal:.2f} (goal: at most 1.25)")
+    print(f"raw docker / ideal: {raw / ideal:.2f} (this machine's floor)")
+    print(f"makespan / raw docker: {parallel / raw:.2f}")
     print(f"speed-up over serial: {serial / parallel:.1f}x")
 
 
