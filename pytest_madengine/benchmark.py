@@ -16,11 +16,13 @@ from pathlib import Path
 from pytest_madengine.backends import OutputSink, RunOutcome
 from pytest_madengine.backends.docker import EngineError
 from pytest_madengine.context import RunContext
+from pytest_madengine.credentials import Credentials, registry_of
 from pytest_madengine.engines import Engines, HostLost
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import Gpu
 from pytest_madengine.hosts import Host
 from pytest_madengine.images import BuildError, BuiltImage, ImageBuilder, ImageSpec
+from pytest_madengine.manifest import BuildManifest
 from pytest_madengine.placement import Placement
 from pytest_madengine.planning import PlannedTest
 from pytest_madengine.results import (
@@ -134,6 +136,8 @@ class BenchmarkRunner:
         tolerance: float = 0.05,
         timeout_override: int | None = None,
         data_sources: Mapping[str, object] | None = None,
+        manifest: BuildManifest | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings = settings
         self.builder = builder
@@ -144,6 +148,8 @@ class BenchmarkRunner:
         self.tolerance = tolerance
         self.timeout_override = timeout_override
         self.data_sources = data_sources or {}
+        self.manifest = manifest
+        self.credentials = credentials or Credentials()
 
     def log_path(self, test: PlannedTest) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in test.name)
@@ -160,14 +166,21 @@ class BenchmarkRunner:
         name = test.name
         gpus, host = placement.gpus, placement.host
         try:
-            image = self.builder.ensure(image_spec(test, self.settings))
+            image = self._image(test, host)
         except BuildError as exc:
             reason, _, detail = str(exc).partition("\n")
             return self._failed(test, reason, detail, gpus)
+        except HostLost:
+            raise
+        except EngineError as exc:
+            if not self.engines.answers(host):
+                raise HostLost(host, str(exc)) from None
+            return self._failed(test, str(exc), "", gpus)
         except MadError as exc:
             return self._failed(test, str(exc), "", gpus)
         try:
-            self.engines.ship(image, host)
+            if not image.pulled:
+                self.engines.ship(image, host)
             spec = build_run_spec(
                 test,
                 settings_on(self.settings, host),
@@ -233,6 +246,28 @@ class BenchmarkRunner:
             image.build_duration,
         )
 
+    def _image(self, test: PlannedTest, host: Host) -> BuiltImage:
+        """The test's image: built here, or, with a build manifest, pulled onto the host
+        from the registry the manifest names (else the manifest's local image)."""
+        if self.manifest is None:
+            return self.builder.ensure(image_spec(test, self.settings))
+        assert test.image is not None
+        entry = self.manifest.image_for(test.image, test.model.name)
+        if entry is None:
+            built = ", ".join(sorted(self.manifest.images)) or "nothing"
+            raise MadError(
+                f"{test.image} is not in the build manifest {self.manifest.path} (built: {built})"
+            )
+        if entry.pulled:
+            auth = self.credentials.registry_auth(registry_of(entry.reference))
+            image_id = self.engines.pull(entry.reference, host, auth)
+        else:
+            image_id = self.engines.local_image_id(entry.reference)
+        return BuiltImage(
+            entry.reference, image_id, entry.base_docker, False, entry.build_duration, None, "",
+            pulled=entry.pulled,
+        )  # fmt: skip
+
     def _failed(
         self,
         test: PlannedTest,
@@ -242,6 +277,8 @@ class BenchmarkRunner:
         image: BuiltImage | None = None,
         outcome: RunOutcome | None = None,
     ) -> BenchmarkResult:
+        reason = self.credentials.redact(reason)  # an engine's message may quote a secret
+        detail = self.credentials.redact(detail)
         row = ResultRow(test.name, FAILURE, reason=reason)
         return BenchmarkResult(
             test.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 import docker
@@ -39,6 +40,7 @@ class Engines:
         self._clients: dict[str, docker.DockerClient] = {}
         self._ids: dict[str, str] = {}
         self._present: set[tuple[str, str, str]] = set()  # (host, name, id) seen there
+        self._pulled: dict[tuple[str, str], str] = {}  # (host, reference) -> image id
 
     def client(self, host: Host) -> docker.DockerClient:
         if host.docker is None:
@@ -105,6 +107,50 @@ class Engines:
             reason = _first_line(exc)
             raise EngineError(f"shipping {image.name} to {host.name} failed: {reason}") from None
 
+    def local_image_id(self, name: str) -> str:
+        """The id of an image on the build engine (a manifest's image with no registry)."""
+        try:
+            return str(self.build_client.images.get(name).id)
+        except docker.errors.ImageNotFound:
+            raise EngineError(
+                f"image {name} of the build manifest is not on the local engine"
+                " and the manifest names no registry_image for it"
+            ) from None
+        except ENGINE_FAILURES as exc:
+            raise EngineError(f"Docker Engine failed: {_first_line(exc)}") from None
+
+    def pull(self, reference: str, host: Host, auth: dict[str, str] | None) -> str:
+        """Pulls the image onto the host once per session across workers; its id.
+
+        A failed pull is noted, so the session's other tests of the image on that host
+        fail at once with the same reason instead of asking the registry again.
+        """
+        known = (host.name, reference)
+        if known in self._pulled:
+            return self._pulled[known]
+        target = self.client(host)
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(f"{host.name}\0{reference}".encode()).hexdigest()[:16]
+        pulled_note = self.lock_dir / f"pull-{key}.id"
+        failed_note = self.lock_dir / f"pull-{key}.failed"
+        with FileLock(str(self.lock_dir / f"pull-{key}.lock")):
+            if failed_note.exists():
+                raise EngineError(failed_note.read_text(encoding="utf-8"))
+            if not pulled_note.exists():
+                try:
+                    image = target.images.pull(reference, auth_config=auth)
+                except ENGINE_FAILURES as exc:
+                    if not self.answers(host):
+                        raise HostLost(host, _first_line(exc)) from None
+                    why = exc.explanation if isinstance(exc, docker.errors.APIError) else exc
+                    reason = f"pulling {reference} on {host.name} failed: {_first_line(why)}"
+                    failed_note.write_text(reason, encoding="utf-8")
+                    raise EngineError(reason) from None
+                pulled_note.write_text(image.id, encoding="utf-8")
+            image_id = pulled_note.read_text(encoding="utf-8")
+        self._pulled[known] = image_id
+        return image_id
+
     def close(self) -> None:
         for client in self._clients.values():
             with contextlib.suppress(*ENGINE_FAILURES):
@@ -112,6 +158,6 @@ class Engines:
         self._clients.clear()
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | str) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -148,6 +148,8 @@ def mad_runner(
         tolerance=tolerance,
         timeout_override=pytestconfig.getoption("mad_timeout"),
         data_sources=data_sources,
+        manifest=state.manifest,
+        credentials=state.credentials,
     )
 
 
@@ -166,6 +168,7 @@ def _record(item: pytest.Item, result: BenchmarkResult, lost: list[str]) -> None
         ("image", image.name if image else ""),
         ("docker_sha", image.docker_sha if image else ""),
         ("image_built", str(bool(image and image.built)).lower()),
+        ("image_pulled", str(bool(image and image.pulled)).lower()),
         ("build_duration", f"{result.build_duration:.2f}"),
         ("gpus", ",".join(str(index) for index in result.gpus)),
     ]

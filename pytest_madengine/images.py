@@ -57,6 +57,7 @@ class BuiltImage:
     build_duration: float
     log_path: Path | None
     content_hash: str
+    pulled: bool = False  # from a registry named by a build manifest
 
 
 class BuildError(MadError):

@@ -17,10 +17,12 @@ import pytest
 from pytest_madengine import fixtures
 from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, connect
 from pytest_madengine.context import build_context
+from pytest_madengine.credentials import load_credentials
 from pytest_madengine.errors import MadError
 from pytest_madengine.gpus import inventory
 from pytest_madengine.hosts import Host, HostLinks, check_hosts, load_hosts, local_host
 from pytest_madengine.items import MadItem, MadTree
+from pytest_madengine.manifest import BuildManifest, load_manifest
 from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import results_table, summary_document
 from pytest_madengine.session import MadSession, Settings
@@ -112,6 +114,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Docker hosts to run on (ini: mad_hosts; default: this machine's engine)",
     )
     group.addoption(
+        "--mad-manifest",
+        metavar="JSON",
+        help="run from a madengine build_manifest.json: its images are pulled from the"
+        " registry it names, not built; without --mad-tags its models run (ini: mad_manifest)",
+    )
+    group.addoption(
+        "--mad-registry",
+        metavar="HOST:PORT",
+        help="pull the manifest's images from this registry instead of the one it names",
+    )
+    group.addoption(
         "--mad-retries",
         type=int,
         default=1,
@@ -125,6 +138,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mad_output", "directory for logs", default=None)
     parser.addini("mad_perf_csv", "perf.csv to append to", default=None)
     parser.addini("mad_hosts", "Docker hosts inventory (YAML)", default=None)
+    parser.addini("mad_manifest", "build manifest to run from", default=None)
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -151,6 +165,17 @@ def _settings(config: pytest.Config, tags: list[str]) -> Settings:
     )
     gpus = inventory(_option(config, "gpus"), context.gpu_vendor, context.gpu_architecture)
     return Settings(root=root, tags=tuple(tags), context=context, gpus=gpus)
+
+
+def _selection(config: pytest.Config) -> tuple[list[str], BuildManifest | None]:
+    """The tags to run, and the build manifest if one is given (without tags, its models).
+    MadError for a bad manifest."""
+    tags = split_tags(config.getoption("mad_tags") or config.getini("mad_tags"))
+    path = _option(config, "manifest")
+    if not path:
+        return tags, None
+    manifest = load_manifest(_path(config, path), config.getoption("mad_registry"))
+    return tags or list(manifest.model_names), manifest
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -180,13 +205,18 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mad_gpus(n): GPUs a test using the mad_gpus fixture holds")
-    tags = split_tags(config.getoption("mad_tags") or config.getini("mad_tags"))
-    if not tags:
+    if not (
+        config.getoption("mad_tags") or config.getini("mad_tags") or _option(config, "manifest")
+    ):
         return  # dormant: a plain pytest run is left alone
     try:
+        tags, manifest = _selection(config)
+        if not tags:
+            raise MadError(f"build manifest {manifest.path if manifest else ''} lists no model")
         settings = _settings(config, tags)
         mad = MadSession(settings)
         mad.tree  # noqa: B018 - a missing root or models.json is a usage error, found now
+        credentials = load_credentials(settings.root)
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
     worker = _is_worker(config)
@@ -205,6 +235,8 @@ def pytest_configure(config: pytest.Config) -> None:
         hosts=hosts,
         hosts_down=down,
         links=links,
+        manifest=manifest,
+        credentials=credentials,
         retries=max(0, config.getoption("mad_retries")),
         summary_path=_path(config, summary) if summary else None,
         live_output=_live_sink(config)
@@ -258,10 +290,10 @@ def pytest_configure_node(node: Any) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto`: one worker per GPU of all hosts, since every test holds at least one."""
-    tags = split_tags(config.getoption("mad_tags") or config.getini("mad_tags"))
-    if not tags:
-        return None
     try:
+        tags, _ = _selection(config)
+        if not tags:
+            return None
         settings = _settings(config, tags)
         path = _option(config, "hosts")
         hosts = load_hosts(_path(config, path), settings.gpu_vendor) if path else None

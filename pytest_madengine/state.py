@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends import OutputSink
+from pytest_madengine.credentials import Credentials
 from pytest_madengine.hosts import Host, HostLinks
+from pytest_madengine.manifest import BuildManifest
 from pytest_madengine.reporting.perf_csv import PerfCsv
 from pytest_madengine.session import MadSession
 
@@ -23,6 +25,8 @@ class MadState:
     hosts: list[Host] = field(default_factory=list)
     hosts_down: dict[str, str] = field(default_factory=dict)  # name -> why, found at start
     links: HostLinks = field(default_factory=HostLinks)  # SSH tunnels, shared with workers
+    manifest: BuildManifest | None = None  # images come from it, not from builds
+    credentials: Credentials = field(default_factory=Credentials)
     retries: int = 1  # placements more after a host is lost mid-run
     summary_path: Path | None = None
     live_output: OutputSink | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,12 @@ def remove_test_images(client) -> None:
 TEST_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts.yml")
 
 
+@pytest.fixture
+def real_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at a scratch dir; SSH needs the real ~/.ssh (keys, known_hosts)."""
+    monkeypatch.setenv("HOME", pwd.getpwuid(os.getuid()).pw_dir)
+
+
 @pytest.fixture(scope="session")
 def test_hosts(docker_client) -> Iterator[Path]:
     """The SSH-reachable Docker hosts of `scripts/bootstrap hosts 2`."""
@@ -118,3 +125,30 @@ def test_hosts(docker_client) -> Iterator[Path]:
                 client = links.client(host)
                 remove_test_images(client)
                 client.close()
+
+
+REGISTRY_CREDENTIALS = Path("/var/lib/pytest-madengine/registry/credential.json")
+
+
+@pytest.fixture(scope="session")
+def registry() -> tuple[str, dict[str, str]]:
+    """The local registry of `scripts/bootstrap registry`: (address, its login)."""
+    import urllib.error
+    import urllib.request
+
+    problem = None
+    try:
+        address, login = next(iter(json.loads(REGISTRY_CREDENTIALS.read_text()).items()))
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=5)
+            problem = f"{address} lets anyone in"
+        except urllib.error.HTTPError as exc:
+            problem = None if exc.code == 401 else f"{address} answers {exc.code}"
+    except (OSError, ValueError, StopIteration) as exc:
+        problem = str(exc)
+    if problem:
+        message = f"registry needed (run scripts/bootstrap registry): {problem}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return address, {"username": login["username"], "password": login["password"]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -21,12 +20,6 @@ from tests.e2e.test_run import SLEEPER, junit_properties, run, scripts, unique_t
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("real_home")]
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap"
-
-
-@pytest.fixture
-def real_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytester points HOME at a scratch dir; SSH needs the real ~/.ssh (keys, known_hosts)."""
-    monkeypatch.setenv("HOME", pwd.getpwuid(os.getuid()).pw_dir)
 
 
 @pytest.fixture

@@ -1,0 +1,102 @@
+"""credential.json of a MAD tree: registry logins and the secrets models ask for by `cred`.
+
+Secrets never reach our output: `redact` blanks every known secret value in a text
+before it is shown (failure lines, JUnit properties).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_madengine.errors import MadError
+
+DOCKERHUB = "dockerhub"
+# madengine's overrides of the dockerhub entry.
+DOCKERHUB_ENV = {
+    "username": "MAD_DOCKERHUB_USER",
+    "password": "MAD_DOCKERHUB_PASSWORD",
+    "repository": "MAD_DOCKERHUB_REPO",
+}
+MASK = "***"
+SECRET_KEYS = ("password", "token", "secret", "key")
+
+
+def registry_key(registry: str | None) -> str:
+    """The credential.json key of a registry: as given, `dockerhub` for Docker Hub."""
+    if not registry or registry.lower() in ("docker.io", "index.docker.io", DOCKERHUB):
+        return DOCKERHUB
+    return registry
+
+
+def registry_of(reference: str) -> str | None:
+    """The registry part of an image reference (None: Docker Hub)."""
+    first, _, rest = reference.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    entries: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    source: str = "credential.json"
+
+    def registry_auth(self, registry: str | None) -> dict[str, str] | None:
+        """username/password for the registry, or None when there is no entry."""
+        entry = self.entries.get(registry_key(registry))
+        if not entry or "username" not in entry or "password" not in entry:
+            return None
+        return {"username": entry["username"], "password": entry["password"]}
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every value that must not be shown, longest first (so parts are not left)."""
+        values = {
+            value
+            for entry in self.entries.values()
+            for key, value in entry.items()
+            if value and any(word in key.lower() for word in SECRET_KEYS)
+        }
+        return tuple(sorted(values, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets():
+            text = text.replace(secret, MASK)
+        return text
+
+
+def _entries(data: Any, where: str) -> dict[str, dict[str, str]]:
+    if not isinstance(data, dict):
+        raise MadError(f"{where}: expected an object of credentials")
+    entries = {}
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or not all(
+            isinstance(value, str | int) and not isinstance(value, bool) for value in entry.values()
+        ):
+            # The values are secrets: name the entry, never show it.
+            raise MadError(f"{where}: credential '{key}' must be an object of strings")
+        entries[str(key)] = {str(name): str(value) for name, value in entry.items()}
+    return entries
+
+
+def load_credentials(root: Path, environ: Mapping[str, str] | None = None) -> Credentials:
+    """credential.json at the tree's root (none is fine), with the dockerhub entry
+    overridden by MAD_DOCKERHUB_USER / _PASSWORD / _REPO."""
+    environ = os.environ if environ is None else environ
+    path = root / "credential.json"
+    entries: dict[str, dict[str, str]] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise MadError(f"{path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            # The message of a JSON error quotes no text of the file, so no secret leaks.
+            raise MadError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+        entries = _entries(data, str(path))
+    hub = {key: environ[name] for key, name in DOCKERHUB_ENV.items() if environ.get(name)}
+    if hub:
+        entries[DOCKERHUB] = {**entries.get(DOCKERHUB, {}), **hub}
+    return Credentials(entries, str(path))
