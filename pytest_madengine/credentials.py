@@ -6,14 +6,13 @@ before it is shown (failure lines, JUnit properties).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, read_json
 
 DOCKERHUB = "dockerhub"
 # madengine's overrides of the dockerhub entry.
@@ -88,14 +87,7 @@ def load_credentials(root: Path, environ: Mapping[str, str] | None = None) -> Cr
     path = root / "credential.json"
     entries: dict[str, dict[str, str]] = {}
     if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise MadError(f"{path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            # The message of a JSON error quotes no text of the file, so no secret leaks.
-            raise MadError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-        entries = _entries(data, str(path))
+        entries = _entries(read_json(path), str(path))
     hub = {key: environ[name] for key, name in DOCKERHUB_ENV.items() if environ.get(name)}
     if hub:
         entries[DOCKERHUB] = {**entries.get(DOCKERHUB, {}), **hub}

@@ -9,14 +9,13 @@ name (`docker_image`) on the engine that builds here, and is shipped from there.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_madengine.credentials import registry_of
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, read_json
 
 
 @dataclass(frozen=True)
@@ -101,12 +100,7 @@ def load_manifest(path: Path, registry: str | None = None) -> BuildManifest:
     """The manifest's images; `registry` moves every registry image to that registry
     (and gives one to images built without). One-line errors name the file and entry."""
     where = str(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MadError(f"--mad-manifest {where}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise MadError(f"{where}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    data = read_json(path, "--mad-manifest")
     if not isinstance(data, dict) or not isinstance(data.get("built_images"), dict):
         raise MadError(f"{where}: expected an object with 'built_images' (a build manifest)")
     models = data.get("built_models", {})

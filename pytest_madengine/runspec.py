@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from pytest_madengine.backends import (
     Device,
     RunSpec,
 )
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, read_json
 from pytest_madengine.gpus import Gpu
 from pytest_madengine.planning import PlannedTest
 from pytest_madengine.session import Settings
@@ -184,10 +183,7 @@ def load_data_sources(root: Path) -> dict[str, object]:
     path = root / "data.json"
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MadError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise MadError(f"{path}: expected a JSON object of data sources")
     return data
