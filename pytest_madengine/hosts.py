@@ -101,6 +101,14 @@ def _host_from(entry: Any, index: int, where: str, default_vendor: str) -> Host:
     tls = entry.get("tls") or {}
     if tls and not endpoint.startswith("tcp://"):
         raise MadError(f"{where}: {label}: 'tls' applies to tcp:// hosts only")
+    if (
+        not isinstance(tls, dict)
+        or set(tls) - {"ca", "cert", "key"}
+        or ("cert" in tls) != ("key" in tls)
+    ):
+        raise MadError(f"{where}: {label}: 'tls' must be {{ca, cert, key}} (cert and key together)")
+    # Certificate paths are relative to the inventory file.
+    tls = {key: str(Path(where).parent / str(value)) for key, value in tls.items()}
     return Host(name, endpoint, inventory, tuple(labels), entry.get("device_root"), tls)
 
 
@@ -126,6 +134,25 @@ def load_hosts(path: Path, default_vendor: str = "AMD") -> list[Host]:
     return hosts
 
 
+class _OwnCaApiClient(docker.APIClient):
+    """An API client that verifies against its own CA only: requests lets the
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE variables replace a session's CA file
+    (docker-py#2433), so this session does not read the environment."""
+
+    @property
+    def trust_env(self) -> bool:
+        return False
+
+    @trust_env.setter
+    def trust_env(self, value: bool) -> None:
+        pass  # requests.Session.__init__ sets it; ours stays off
+
+
+class _OwnCaDockerClient(docker.DockerClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = _OwnCaApiClient(*args, **kwargs)
+
+
 def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
     """A Docker SDK client straight to the host's endpoint (see HostLinks for ssh://).
 
@@ -143,6 +170,8 @@ def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
             ca_cert=host.tls.get("ca"),
             verify=bool(host.tls.get("ca", True)),
         )
+        if "ca" in host.tls:
+            return _OwnCaDockerClient(base_url=host.docker, tls=tls, timeout=timeout)
     return docker.DockerClient(base_url=host.docker, tls=tls, timeout=timeout)
 
 

@@ -127,6 +127,35 @@ def test_hosts(docker_client) -> Iterator[Path]:
                 client.close()
 
 
+TLS_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts-tls.yml")
+
+
+@pytest.fixture(scope="session")
+def tls_hosts(docker_client) -> Iterator[Path]:
+    """The tcp:// host with TLS client certificates of `scripts/bootstrap tls-host`."""
+    from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
+
+    problem = None
+    if not TLS_HOSTS_FILE.exists():
+        problem = f"{TLS_HOSTS_FILE} missing"
+    else:
+        with HostLinks() as links:
+            down = check_hosts(load_hosts(TLS_HOSTS_FILE), links)
+        problem = "; ".join(f"{name}: {why}" for name, why in down.items()) or None
+    if problem:
+        message = f"TLS test host needed (run scripts/bootstrap tls-host): {problem}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    yield TLS_HOSTS_FILE
+    with HostLinks() as links:
+        for host in load_hosts(TLS_HOSTS_FILE):
+            with contextlib.suppress(Exception):
+                client = links.client(host)
+                remove_test_images(client)
+                client.close()
+
+
 REGISTRY_CREDENTIALS = Path("/var/lib/pytest-madengine/registry/credential.json")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,3 +151,25 @@ def test_user_tests_get_a_host_and_gpus(pytester: pytest.Pytester) -> None:
     )
     result = run(pytester, "--mad-tags", "one", "--mad-gpus", "4", "test_user.py")
     result.assert_outcomes(passed=2)
+
+
+def test_a_tcp_host_with_tls_runs_tests(pytester: pytest.Pytester, tls_hosts: Path) -> None:
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="0") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    result = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={tls_hosts}",
+                 "--junitxml", "r.xml")  # fmt: skip
+    result.assert_outcomes(passed=2)
+    hosts = {props["host"] for props in junit_properties(pytester.path / "r.xml").values()}
+    assert hosts == {"mad-tls"}
+
+
+def test_a_tls_host_refuses_a_client_without_certificate(
+    pytester: pytest.Pytester, tls_hosts: Path, test_hosts: Path
+) -> None:
+    unique_tree(pytester, [entry("one")])
+    no_certificate = re.sub(r", cert: [^,}]+, key: [^,}]+", "", tls_hosts.read_text())
+    no_certificate = no_certificate.replace("hosts:\n", "")
+    (pytester.path / "hosts.yml").write_text(test_hosts.read_text() + no_certificate)
+    result = run(pytester, "--mad-tags", "one", "--mad-hosts=hosts.yml")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["madengine: host mad-tls does not answer, left out: *"])

@@ -53,6 +53,8 @@ def test_amd_gpus_without_a_device_root_are_virtual(tmp_path: Path) -> None:
          "hosts.yml: host 'a': 'vendor' must be AMD or NVIDIA, got 'INTEL'"),
         ("hosts:\n  - {name: a, docker: 'ssh://a', tls: {ca: x}}\n",
          "hosts.yml: host 'a': 'tls' applies to tcp:// hosts only"),
+        ("hosts:\n  - {name: a, docker: 'tcp://a:2376', tls: {ca: x, cert: y}}\n",
+         "hosts.yml: host 'a': 'tls' must be {ca, cert, key} (cert and key together)"),
         ("hosts:\n  - {name: a, docker: 'unix:///x'}\n  - {name: a, docker: 'unix:///y'}\n",
          "hosts.yml: duplicate host name(s): a"),
         ("hosts:\n  - name: [\n", "hosts.yml:3:1: invalid YAML: *"),
@@ -63,6 +65,12 @@ def test_bad_inventories(tmp_path: Path, text: str, message: str) -> None:
         load_hosts(write(tmp_path, text))
     shown = str(caught.value).replace(str(tmp_path) + "/", "")
     assert shown == message or (message.endswith("*") and shown.startswith(message[:-1]))
+
+
+def test_tls_files_are_relative_to_the_inventory(tmp_path: Path) -> None:
+    text = "hosts:\n  - {name: a, docker: 'tcp://a:1', tls: {ca: pki/ca.pem, key: /k, cert: c}}\n"
+    host = load_hosts(write(tmp_path, text))[0]
+    assert dict(host.tls) == {"ca": f"{tmp_path}/pki/ca.pem", "key": "/k", "cert": f"{tmp_path}/c"}
 
 
 def test_a_host_that_does_not_answer_is_reported(tmp_path: Path) -> None:
