@@ -101,30 +101,36 @@ def real_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HOME", pwd.getpwuid(os.getuid()).pw_dir)
 
 
-@pytest.fixture(scope="session")
-def test_hosts(docker_client) -> Iterator[Path]:
-    """The SSH-reachable Docker hosts of `scripts/bootstrap hosts 2`."""
+def _answering_hosts(inventory: Path, component: str) -> Iterator[Path]:
+    """The inventory once all its hosts answer (skipped, or failed under CI, when one
+    does not); afterwards the hosts lose the images this test session made."""
     from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
 
     problem = None
-    if not TEST_HOSTS_FILE.exists():
-        problem = f"{TEST_HOSTS_FILE} missing"
+    if not inventory.exists():
+        problem = f"{inventory} missing"
     else:
         with HostLinks() as links:
-            down = check_hosts(load_hosts(TEST_HOSTS_FILE), links)
+            down = check_hosts(load_hosts(inventory), links)
         problem = "; ".join(f"{name}: {why}" for name, why in down.items()) or None
     if problem:
-        message = f"test hosts needed (run scripts/bootstrap hosts 2): {problem}"
+        message = f"test hosts needed (run scripts/bootstrap {component}): {problem}"
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    yield TEST_HOSTS_FILE
+    yield inventory
     with HostLinks() as links:
-        for host in load_hosts(TEST_HOSTS_FILE):
+        for host in load_hosts(inventory):
             with contextlib.suppress(Exception):  # a host a test killed may be coming back
                 client = links.client(host)
                 remove_test_images(client)
                 client.close()
+
+
+@pytest.fixture(scope="session")
+def test_hosts(docker_client) -> Iterator[Path]:
+    """The SSH-reachable Docker hosts of `scripts/bootstrap hosts 2`."""
+    yield from _answering_hosts(TEST_HOSTS_FILE, "hosts 2")
 
 
 TLS_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts-tls.yml")
@@ -133,27 +139,7 @@ TLS_HOSTS_FILE = Path("/var/lib/pytest-madengine/hosts-tls.yml")
 @pytest.fixture(scope="session")
 def tls_hosts(docker_client) -> Iterator[Path]:
     """The tcp:// host with TLS client certificates of `scripts/bootstrap tls-host`."""
-    from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
-
-    problem = None
-    if not TLS_HOSTS_FILE.exists():
-        problem = f"{TLS_HOSTS_FILE} missing"
-    else:
-        with HostLinks() as links:
-            down = check_hosts(load_hosts(TLS_HOSTS_FILE), links)
-        problem = "; ".join(f"{name}: {why}" for name, why in down.items()) or None
-    if problem:
-        message = f"TLS test host needed (run scripts/bootstrap tls-host): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    yield TLS_HOSTS_FILE
-    with HostLinks() as links:
-        for host in load_hosts(TLS_HOSTS_FILE):
-            with contextlib.suppress(Exception):
-                client = links.client(host)
-                remove_test_images(client)
-                client.close()
+    yield from _answering_hosts(TLS_HOSTS_FILE, "tls-host")
 
 
 REGISTRY_CREDENTIALS = Path("/var/lib/pytest-madengine/registry/credential.json")
