@@ -12,7 +12,7 @@ from filelock import FileLock
 
 from pytest_madengine.backends import Backend
 from pytest_madengine.backends.docker import ENGINE_FAILURES, DockerBackend, EngineError
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.hosts import Host, HostLinks
 from pytest_madengine.images import BuiltImage
 
@@ -51,7 +51,7 @@ class Engines:
                 client.ping()
             except (MadError, *ENGINE_FAILURES) as exc:
                 self.links.forget(host)
-                raise HostLost(host, _first_line(exc)) from None
+                raise HostLost(host, first_line(exc)) from None
             self._clients[host.name] = client
         return self._clients[host.name]
 
@@ -103,8 +103,8 @@ class Engines:
             return shipped
         except ENGINE_FAILURES as exc:
             if not self.answers(host):
-                raise HostLost(host, _first_line(exc)) from None
-            reason = _first_line(exc)
+                raise HostLost(host, first_line(exc)) from None
+            reason = first_line(exc)
             raise EngineError(f"shipping {image.name} to {host.name} failed: {reason}") from None
 
     def local_image_id(self, name: str) -> str:
@@ -117,7 +117,7 @@ class Engines:
                 " and the manifest names no registry_image for it"
             ) from None
         except ENGINE_FAILURES as exc:
-            raise EngineError(f"Docker Engine failed: {_first_line(exc)}") from None
+            raise EngineError(f"Docker Engine failed: {first_line(exc)}") from None
 
     def pull(self, reference: str, host: Host, auth: dict[str, str] | None) -> str:
         """Pulls the image onto the host once per session across workers; its id.
@@ -141,9 +141,9 @@ class Engines:
                     image = target.images.pull(reference, auth_config=auth)
                 except ENGINE_FAILURES as exc:
                     if not self.answers(host):
-                        raise HostLost(host, _first_line(exc)) from None
+                        raise HostLost(host, first_line(exc)) from None
                     why = exc.explanation if isinstance(exc, docker.errors.APIError) else exc
-                    reason = f"pulling {reference} on {host.name} failed: {_first_line(why)}"
+                    reason = f"pulling {reference} on {host.name} failed: {first_line(why)}"
                     failed_note.write_text(reason, encoding="utf-8")
                     raise EngineError(reason) from None
                 pulled_note.write_text(image.id, encoding="utf-8")
@@ -156,8 +156,3 @@ class Engines:
             with contextlib.suppress(*ENGINE_FAILURES):
                 client.close()
         self._clients.clear()
-
-
-def _first_line(exc: BaseException | str) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

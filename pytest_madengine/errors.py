@@ -11,6 +11,12 @@ class MadError(Exception):
     """A user-facing problem, told in one line that names the file, model or field."""
 
 
+def first_line(problem: BaseException | str) -> str:
+    """The first line of an error's text (engines and SSH say more below it), or its type."""
+    lines = str(problem).strip().splitlines()
+    return lines[0] if lines else type(problem).__name__
+
+
 def read_json(path: Path, option: str = "") -> Any:
     """A JSON file's data; MadError naming the file (and the line and column of a syntax
     error, whose message quotes none of the file: safe for files of secrets). `option`

@@ -35,7 +35,7 @@ import docker.errors
 import docker.tls
 import yaml
 
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.gpus import Gpu, GpuInventory, parse_gpu_ids
 
 HOST_KEYS = ("name", "docker", "gpus", "vendor", "architecture", "labels", "device_root", "tls")
@@ -173,11 +173,6 @@ def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
         if "ca" in host.tls:
             return _OwnCaDockerClient(base_url=host.docker, tls=tls, timeout=timeout)
     return docker.DockerClient(base_url=host.docker, tls=tls, timeout=timeout)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 TUNNEL_START_S = 20
@@ -354,7 +349,7 @@ def _ping(host: Host, links: HostLinks) -> str | None:
         finally:
             client.close()
     except Exception as exc:  # any failure to reach it (SDK, SSH, TLS, OS) means down
-        return _first_line(exc)
+        return first_line(exc)
     return None
 
 

@@ -17,7 +17,7 @@ import docker.types
 import requests.exceptions
 
 from pytest_madengine.backends import SESSION_LABEL, OutputSink, RunOutcome, RunSpec
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, first_line
 
 ENGINE_FAILURES: tuple[type[BaseException], ...] = (
     docker.errors.DockerException,
@@ -153,7 +153,7 @@ class DockerBackend:
         except docker.errors.ImageNotFound as exc:
             raise EngineError(f"image {spec.image} not found on {self.host}: {exc}") from None
         except ENGINE_FAILURES as exc:
-            raise EngineError(f"Docker Engine on {self.host} failed: {_short(exc)}") from None
+            raise EngineError(f"Docker Engine on {self.host} failed: {first_line(exc)}") from None
         finally:
             if container is not None:
                 self._remove(container)
@@ -201,10 +201,6 @@ class DockerBackend:
         return len(containers)
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def connect(base_url: str | None = None) -> docker.DockerClient:
     """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
     try:
@@ -217,6 +213,6 @@ def connect(base_url: str | None = None) -> docker.DockerClient:
     except docker.errors.DockerException as exc:
         where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise EngineError(
-            f"no Docker Engine answers at {where}: {_short(exc)} (start one: scripts/bootstrap)"
+            f"no Docker Engine answers at {where}: {first_line(exc)} (start one: scripts/bootstrap)"
         ) from None
     return client
