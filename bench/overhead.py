@@ -11,7 +11,6 @@ the seconds the plugin adds and the ratio. Goal: at most 0.25 s added per test.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -20,26 +19,9 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree
 
-BASE_IMAGE = "mad-base/busybox:latest"
-DOCKERFILE = (
-    "# CONTEXT {'gpu_vendor': 'AMD', 'guest_os': 'UBUNTU'}\n"
-    f"ARG BASE_DOCKER={BASE_IMAGE}\nFROM $BASE_DOCKER\n"
-)
+from benchtree import write_bench_tree
+
 SCRIPT = "#!/bin/sh\necho 'performance: 1.0 samples_per_second'\n"
-
-
-def make_tree(root: Path, count: int) -> None:
-    (root / "docker").mkdir(parents=True)
-    (root / "docker" / "bench.ubuntu.amd.Dockerfile").write_text(DOCKERFILE)
-    (root / "scripts" / "bench").mkdir(parents=True)
-    (root / "scripts" / "bench" / "run.sh").write_text(SCRIPT)
-    models = [
-        {"name": f"m{i}", "dockerfile": "docker/bench", "scripts": "scripts/bench/run.sh",
-         "n_gpus": 0, "tags": ["bench"]}
-        for i in range(count)
-    ]  # fmt: skip
-    (root / "models.json").write_text(json.dumps(models))
-    (root / "pytest.ini").write_text("[pytest]\n")
 
 
 def plugin_session(root: Path, junit: Path) -> list[float]:
@@ -72,7 +54,7 @@ def main() -> None:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "tree"
-        make_tree(root, options.tests)
+        write_bench_tree(root, SCRIPT, [f"m{i}" for i in range(options.tests)], n_gpus=0)
         plugin_session(root, root / "warmup.xml")  # builds the image once
         plugin = plugin_session(root, root / "timed.xml")
         raw = raw_runs(root, "ci-m0_bench.ubuntu.amd", options.tests)

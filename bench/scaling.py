@@ -16,7 +16,6 @@ Goal: makespan / ideal at most 1.25.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,29 +25,13 @@ import uuid
 from pathlib import Path
 from xml.etree import ElementTree
 
+from benchtree import write_bench_tree
+
 from pytest_madengine.backends import SESSION_LABEL
 from pytest_madengine.hosts import HostLinks, load_hosts
 
 MODELS, SECONDS, GPUS = 16, 2.0, 8
-DOCKERFILE = (
-    "# CONTEXT {'gpu_vendor': 'AMD', 'guest_os': 'UBUNTU'}\n"
-    "ARG BASE_DOCKER=mad-base/busybox:latest\nFROM $BASE_DOCKER\n"
-)
 SCRIPT = f"#!/bin/sh\nsleep {SECONDS}\necho 'performance: 1 samples_per_second'\n"
-
-
-def make_tree(root: Path) -> None:
-    (root / "docker").mkdir(parents=True)
-    (root / "docker" / "bench.ubuntu.amd.Dockerfile").write_text(DOCKERFILE)
-    (root / "scripts" / "bench").mkdir(parents=True)
-    (root / "scripts" / "bench" / "run.sh").write_text(SCRIPT)
-    models = [
-        {"name": f"m{i:02d}", "dockerfile": "docker/bench", "scripts": "scripts/bench/run.sh",
-         "n_gpus": 1, "tags": ["bench"]}
-        for i in range(MODELS)
-    ]  # fmt: skip
-    (root / "models.json").write_text(json.dumps(models))
-    (root / "pytest.ini").write_text("[pytest]\n")
 
 
 def session(root: Path, hosts: Path, junit: str, *extra: str) -> tuple[float, float]:
@@ -108,7 +91,7 @@ def main() -> None:
     ideal = MODELS * SECONDS / GPUS
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        make_tree(root)
+        write_bench_tree(root, SCRIPT, [f"m{i:02d}" for i in range(MODELS)], n_gpus=1)
         session(root, options.hosts, "warmup.xml", "-n", "2")  # builds and ships the image
         raw = raw_docker(options.hosts, "ci-m00_bench.ubuntu.amd")  # shipped by the warm-up
         parallel, parallel_wall = session(root, options.hosts, "auto.xml", "-n", "auto")
