@@ -28,7 +28,8 @@ from xml.etree import ElementTree
 from benchtree import write_bench_tree
 
 from pytest_madengine.backends import SESSION_LABEL
-from pytest_madengine.hosts import HostLinks, load_hosts
+from pytest_madengine.backends.docker.links import HostLinks
+from pytest_madengine.resources.hosts import load_hosts
 
 MODELS, SECONDS, GPUS = 16, 2.0, 8
 SCRIPT = f"#!/bin/sh\nsleep {SECONDS}\necho 'performance: 1 samples_per_second'\n"

@@ -1,4 +1,4 @@
-"""The one exception type the core raises for bad input, and the JSON reading it guards."""
+"""Every exception of the project, and the JSON reading that most input errors come from."""
 
 from __future__ import annotations
 
@@ -9,6 +9,28 @@ from typing import Any
 
 class MadError(Exception):
     """A user-facing problem, told in one line that names the file, model or field."""
+
+    # True for failures that may not recur (a host went away): not noted for the session.
+    transient = False
+
+
+class UsageProblem(MadError):
+    """A bad option, ini value or input file found before any test runs (exit code 4)."""
+
+
+class HostLost(MadError):
+    """A host stopped answering mid-session; its tests may be placed elsewhere."""
+
+    transient = True
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"host {host} lost: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class NoHost(MadError):
+    """No host can ever run the test (too many GPUs, wrong vendor...): it is skipped."""
 
 
 def first_line(problem: BaseException | str) -> str:

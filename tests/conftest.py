@@ -104,7 +104,8 @@ def real_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Non
 def _answering_hosts(inventory: Path, component: str) -> Iterator[Path]:
     """The inventory once all its hosts answer (skipped, or failed under CI, when one
     does not); afterwards the hosts lose the images this test session made."""
-    from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
+    from pytest_madengine.backends.docker.links import HostLinks, check_hosts
+    from pytest_madengine.resources.hosts import load_hosts
 
     problem = None
     if not inventory.exists():

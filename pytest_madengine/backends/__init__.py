@@ -1,11 +1,33 @@
-"""Ways to run a benchmark container, one module each, behind one small interface."""
+"""Where benchmark containers run, behind one small interface and a registry.
+
+A backend makes a test's image available on a host, starts the container from a
+backend-neutral `RunSpec`, waits for it with its timeout while its output streams to
+the log, cancels it, and sweeps what a session left behind. Backends are found by
+name in the entry-point group `pytest_madengine.backends` (ours, `docker`, too), so
+a new one is a module and a line in its package's metadata:
+
+    [project.entry-points."pytest_madengine.backends"]
+    mybackend = "mypackage.backend:create"   # create(setup: BackendSetup) -> Backend
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pytest_madengine.core.records import ImageFacts
+from pytest_madengine.errors import MadError, UsageProblem
+from pytest_madengine.resources.hosts import Host
+
+if TYPE_CHECKING:
+    from pytest_madengine.core.options import Options
+
+ENTRY_POINT_GROUP = "pytest_madengine.backends"
+DEFAULT_BACKEND = "docker"
 
 # Labels on every container we start, so that nothing of ours outlives the session.
 LABEL_PREFIX = "org.pytest-madengine"
@@ -66,21 +88,117 @@ class RunOutcome:
     ended_at: float
     host: str
     results: Mapping[str, str | None] = field(default_factory=dict, compare=False, hash=False)
+    # Backend facts worth a JUnit property (a job id, a pod name...).
+    properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def duration(self) -> float:
         return self.ended_at - self.started_at
 
 
+@dataclass(frozen=True)
+class ImageRequest:
+    """The image a test needs. `dockerfile` set: build it (once per session, reused
+    when its content is unchanged). Else `reference` names a ready image: pulled from
+    its registry when `pull`, else taken from the engine that builds here."""
+
+    name: str  # ci-<model>_<dockerfile>: the local name
+    dockerfile: Path | None = None
+    context_dir: Path | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    reference: str | None = None
+    pull: bool = False
+    auth: Mapping[str, str] | None = field(default=None, compare=False, hash=False, repr=False)
+    base_docker: str = ""
+    build_duration: float = 0.0  # of a ready image, as its manifest says
+
+
+class RunHandle(Protocol):
+    """A started container."""
+
+    def wait(self) -> RunOutcome:
+        """Until it ends or its timeout passes (then it is killed); it is removed after."""
+        ...
+
+    def cancel(self) -> None:
+        """Stops it now, from any thread; `wait` then returns."""
+        ...
+
+
 class Backend(Protocol):
-    """Runs containers for tests and removes what a session left behind."""
+    """Runs the containers of one session, in one process (an xdist worker has its own)."""
 
     name: str
 
-    def run(self, spec: RunSpec, on_output: OutputSink | None = None) -> RunOutcome:
-        """Runs the container to its end or its timeout; the container is gone afterwards."""
+    def hosts(self) -> tuple[Host, ...]:
+        """Where tests can be placed (each host's GPUs are leased to one test at a time)."""
         ...
 
-    def remove_session(self, session_id: str) -> int:
-        """Removes every container of the session; returns how many there were."""
+    def hosts_down(self) -> Mapping[str, str]:
+        """Host name -> why it was left out when the session started."""
         ...
+
+    def shared_state(self) -> dict[str, Any]:
+        """What the controller's backend hands its xdist workers' (JSON-able)."""
+        ...
+
+    def prepare(self, request: ImageRequest, host: Host) -> ImageFacts:
+        """Makes the image available on the host; MadError (HostLost when the host
+        does not answer) with a one-line reason when it cannot."""
+        ...
+
+    def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
+        """Starts the container; HostLost when the host does not answer."""
+        ...
+
+    def sweep(self, session_id: str) -> int:
+        """Removes whatever the session left on every host; how many things it removed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendSetup:
+    """What a backend is created from."""
+
+    options: Options
+    session_id: str
+    session_dir: Path  # shared by every process of the session: locks and notes
+    # The controller's `shared_state()` on an xdist worker; None on the controller,
+    # which checks the hosts and fails with a UsageProblem when it cannot run anything.
+    shared: Mapping[str, Any] | None = None
+
+
+BackendFactory = Callable[[BackendSetup], Backend]
+
+
+@functools.cache
+def _entry_points() -> dict[str, EntryPoint]:
+    return {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(sorted(_entry_points()))
+
+
+def check_backend_name(name: str, origin: str = "--mad-deploy") -> str:
+    """The name when a backend of that name is installed; else a UsageProblem."""
+    if name not in _entry_points():
+        known = ", ".join(backend_names()) or "none"
+        raise UsageProblem(f"{origin}: no backend named '{name}' (installed: {known})")
+    return name
+
+
+def create_backend(name: str, setup: BackendSetup) -> Backend:
+    """The backend registered under the name, created for the session."""
+    check_backend_name(name)
+    try:
+        factory: BackendFactory = _entry_points()[name].load()
+    except Exception as exc:  # a third-party package: any import failure is one line
+        why = f"{type(exc).__name__}: {exc}"
+        raise UsageProblem(f"backend '{name}' failed to load: {why}") from None
+    backend = factory(setup)
+    if not isinstance(getattr(backend, "name", None), str):
+        raise MadError(f"backend '{name}': its factory returned {backend!r}, not a Backend")
+    return backend

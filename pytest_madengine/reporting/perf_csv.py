@@ -6,9 +6,7 @@ import csv
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pytest_madengine.benchmark import BenchmarkResult
-from pytest_madengine.planning import PlannedTest
-from pytest_madengine.session import Settings
+from pytest_madengine.core.records import TestRecord
 
 PERF_COLUMNS = (
     "model", "n_gpus", "nnodes", "gpus_per_node", "training_precision", "pipeline", "args",
@@ -59,51 +57,37 @@ def _number(value: float | None) -> str:
 
 
 def perf_rows(
-    test: PlannedTest,
-    settings: Settings,
-    result: BenchmarkResult | None,
-    *,
-    machine: str,
-    git_commit: str = "",
-    build_number: str = "",
+    record: TestRecord, *, machine: str, git_commit: str = "", build_number: str = ""
 ) -> list[dict[str, object]]:
-    """The perf.csv rows of one test: one per result, or one SKIPPED row without a result."""
-    model = test.model
-    context = settings.effective_context
-    n_gpus = len(result.gpus) if result and result.gpus else max(model.n_gpus, 0)
-    args = " ".join(
-        part for part in (context.get("model_args") or model.args, test.selected.extra_args) if part
-    )
-    image = result.image if result else None
-    outcome = result.outcome if result else None
+    """The perf.csv rows of one test: one per result (a failed or skipped test has one)."""
+    facts, image = record.facts, record.image
+    n_gpus = len(record.gpus) if record.gpus else max(facts.n_gpus, 0)
     common: dict[str, object] = {
         "n_gpus": n_gpus,
         "nnodes": 1,
         "gpus_per_node": n_gpus,
-        "training_precision": model.training_precision or "",
+        "training_precision": facts.training_precision,
         "pipeline": "",
-        "args": args,
-        "tags": ",".join(model.tags),
-        "docker_file": test.dockerfile.relpath if test.dockerfile else "",
+        "args": facts.args,
+        "tags": ",".join(facts.tags),
+        "docker_file": facts.docker_file,
         "base_docker": image.base_docker if image else "",
         "docker_sha": image.docker_sha if image else "",
-        "docker_image": test.image or "",
+        "docker_image": facts.docker_image,
         "git_commit": git_commit,
-        "machine_name": outcome.host if outcome else machine,
-        "deployment_type": "local",
+        "machine_name": record.host or machine,
+        "deployment_type": "local" if record.backend == "docker" else record.backend,
         "launcher": "",
-        "gpu_architecture": context.gpu_architecture or "",
-        "build_duration": _seconds(result.build_duration if result else None),
-        "test_duration": _seconds(outcome.duration if outcome else None),
-        "dataname": model.data or "",
-        "data_provider_type": "local" if model.data else "",
+        "gpu_architecture": facts.gpu_architecture,
+        "build_duration": _seconds(image.build_duration if image else None),
+        "test_duration": _seconds(record.duration),
+        "dataname": facts.dataname,
+        "data_provider_type": facts.data_provider,
         "data_size": "",
         "data_download_duration": "",
         "build_number": build_number,
         "additional_docker_run_options": "",
     }
-    if result is None:
-        return [{**common, "model": test.name, "status": "SKIPPED"}]
     return [
         {
             **common,
@@ -111,7 +95,7 @@ def perf_rows(
             "performance": _number(row.performance),
             "metric": row.metric,
             "relative_change": _number(row.relative_change),
-            "status": row.status,
+            "status": row.status.value,
         }
-        for row in result.rows
+        for row in record.rows
     ]

@@ -1,80 +1,88 @@
-"""The end-of-session results table and the JSON summary, from the collected reports."""
+"""The end-of-session results table and the JSON summary, from the tests' records."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from pytest_madengine.core.records import Status, TestRecord
 
 COLUMNS = ("model", "status", "performance", "metric", "vs baseline", "duration")
 
 
-def _change(row: Mapping[str, Any]) -> str:
-    text = str(row.get("relative_change") or "")
-    if not text:
-        return ""
-    return f"{float(text) * 100:+.1f}%"
-
-
-def build_counts(results: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+def build_counts(records: Sequence[TestRecord]) -> tuple[int, int]:
     """(images built, images reused) over the session: each image counted once."""
     built: set[str] = set()
     seen: set[str] = set()
-    for result in results:
-        properties = result.get("properties", {})
-        image = properties.get("image")
-        if not image:
+    for record in records:
+        if record.image is None:
             continue
-        seen.add(image)
-        if properties.get("image_built") == "true":
-            built.add(image)
+        seen.add(record.image.name)
+        if record.image.built:
+            built.add(record.image.name)
     return len(built), len(seen - built)
 
 
-def table_rows(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
     rows = []
-    for result in results:
-        duration = result.get("properties", {}).get("test_duration") or ""
-        for row in result.get("rows", []):
+    for record in records:
+        duration = record.duration
+        for row in record.rows:
+            change = row.relative_change
             rows.append(
                 (
-                    str(row.get("model", "")),
-                    str(row.get("status", "")),
-                    str(row.get("performance", "")),
-                    str(row.get("metric", "")),
-                    _change(row),
-                    f"{float(duration):.1f}s" if duration else "",
+                    row.name,
+                    row.status.value,
+                    "" if row.performance is None else f"{row.performance:g}",
+                    row.metric,
+                    "" if change is None else f"{change * 100:+.1f}%",
+                    "" if duration is None else f"{duration:.1f}s",
                 )
             )
     return rows
 
 
-def results_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
+def results_table(records: Sequence[TestRecord]) -> list[str]:
     """Aligned lines: a header, a row per result, and how many images were built."""
-    rows = [COLUMNS, *table_rows(results)]
+    rows = [COLUMNS, *table_rows(records)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in rows]  # fmt: skip
-    built, reused = build_counts(results)
+    built, reused = build_counts(records)
     lines.append(f"images: {built} built, {reused} reused")
     return lines
 
 
-def summary_document(results: Sequence[Mapping[str, Any]], session_id: str) -> dict[str, Any]:
-    """The --mad-summary JSON: counts, builds and every result row."""
-    rows = [row for result in results for row in result.get("rows", [])]
-    statuses = [str(row.get("status")) for row in rows]
-    built, reused = build_counts(results)
+def summary_document(
+    tests: Sequence[tuple[str, TestRecord]], session_id: str
+) -> dict[str, Any]:
+    """The --mad-summary JSON: counts, builds, every test's record and every result row."""
+    records = [record for _, record in tests]
+    statuses = [row.status for record in records for row in record.rows]
+    built, reused = build_counts(records)
     return {
         "session_id": session_id,
-        "counts": {status: statuses.count(status) for status in ("SUCCESS", "FAILURE", "SKIPPED")},
+        "counts": {status.value: statuses.count(status) for status in Status},
         "images": {"built": built, "reused": reused},
         "tests": [
             {
-                "nodeid": result.get("nodeid"),
-                "outcome": result.get("outcome"),
-                "properties": result.get("properties", {}),
+                "nodeid": nodeid,
+                "status": record.status.value,
+                "properties": dict(record.junit_properties()),
+                "record": record.to_dict(),
             }
-            for result in results
+            for nodeid, record in tests
         ],
-        "results": rows,
+        "results": [
+            {
+                "model": row.name,
+                "status": row.status.value,
+                "performance": row.performance,
+                "metric": row.metric,
+                "relative_change": row.relative_change,
+                "reason": row.reason,
+            }
+            for record in records
+            for row in record.rows
+        ],
     }

@@ -15,7 +15,8 @@ import docker
 import pytest
 
 from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
-from pytest_madengine.hosts import HostLinks, load_hosts
+from pytest_madengine.backends.docker.links import HostLinks
+from pytest_madengine.resources.hosts import load_hosts
 from tests.conftest import entry
 from tests.e2e.test_run import SLEEPER, junit_properties, run, scripts, unique_tree
 

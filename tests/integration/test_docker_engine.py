@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends import SESSION_LABEL, Device, RunSpec
-from pytest_madengine.backends.docker import DockerBackend
-from pytest_madengine.images import CONTENT_HASH_LABEL, BuildError, ImageBuilder, ImageSpec
+from pytest_madengine.backends.docker.containers import ContainerRun, remove_session
+from pytest_madengine.backends.docker.images import (
+    CONTENT_HASH_LABEL,
+    ImageBuilder,
+    ImageSpec,
+    content_hash,
+)
+from pytest_madengine.errors import MadError
+from pytest_madengine.resources.once import Once
 from tests.conftest import BUSYBOX_BASE, TEST_IMAGE_LABEL_LINE
 
 pytestmark = pytest.mark.docker
@@ -39,15 +46,17 @@ def context_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def builder(client, tmp_path: Path, lock: str = "locks") -> ImageBuilder:
-    return ImageBuilder(client, log_dir=tmp_path / "builds", lock_dir=tmp_path / lock)
+def builder(client, tmp_path: Path, lock: str = "locks", no_cache: bool = False) -> ImageBuilder:
+    """A builder as one process of a session sees it; `lock` names the session."""
+    return ImageBuilder(client, tmp_path / "builds", Once(tmp_path / lock), no_cache)
 
 
 def test_build_once_then_reuse_by_content(docker_client, tmp_path, context_dir, image_name):
     spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
     first = builder(docker_client, tmp_path).ensure(spec)
-    assert first.built and first.log_path and "built" in first.log_path.read_text()
-    assert docker_client.images.get(image_name).labels[CONTENT_HASH_LABEL] == first.content_hash
+    assert first.built and first.log_path and "built" in Path(first.log_path).read_text()
+    labels = docker_client.images.get(image_name).labels
+    assert labels[CONTENT_HASH_LABEL] == content_hash(spec)
     # A later session (a new builder, new lock dir) finds the same content and builds nothing.
     again = builder(docker_client, tmp_path, "locks2").ensure(spec)
     assert not again.built and again.docker_sha == first.docker_sha
@@ -59,7 +68,7 @@ def test_changed_context_or_build_args_rebuild(docker_client, tmp_path, context_
     first = builder(docker_client, tmp_path).ensure(spec)
     (context_dir / "extra.txt").write_text("new file in the build context")
     second = builder(docker_client, tmp_path, "l2").ensure(spec)
-    assert second.built and second.content_hash != first.content_hash
+    assert second.built and second.docker_sha != first.docker_sha
     with_args = ImageSpec(spec.name, spec.dockerfile, context_dir, {"BASE_DOCKER": BUSYBOX_BASE})
     assert builder(docker_client, tmp_path, "l3").ensure(with_args).built
 
@@ -71,13 +80,13 @@ def test_failed_build_reports_tail_and_is_not_retried(docker_client, tmp_path, i
         f"FROM {BUSYBOX_BASE}\nRUN echo step-output && exit 3\n"
     )
     spec = ImageSpec(image_name, directory / "b.Dockerfile", directory)
-    with pytest.raises(BuildError) as caught:
+    with pytest.raises(MadError) as caught:
         builder(docker_client, tmp_path).ensure(spec)
     reason, _, tail = str(caught.value).partition("\n")
     assert reason.startswith(f"image {image_name} failed to build: The command")
     assert "returned a non-zero code: 3" in reason and "step-output" in tail
     # Another worker of the same session fails at once from the note, without building.
-    with pytest.raises(BuildError, match="failed to build"):
+    with pytest.raises(MadError, match="failed to build"):
         builder(docker_client, tmp_path).ensure(spec)
 
 
@@ -105,7 +114,7 @@ def test_run_streams_log_copies_scripts_and_reads_results(docker_client, tmp_pat
         tmp_path, ("sh", "run.sh"), session="s-run", env={"MAD_X": "42"},
         copies=((job, "/myworkspace/job"),), result_files=("/myworkspace/job/out.csv",),
     )  # fmt: skip
-    outcome = DockerBackend(docker_client, "here").run(spec)
+    outcome = ContainerRun(docker_client, spec, "here").wait()
     assert (outcome.exit_code, outcome.timed_out, outcome.host) == (0, False, "here")
     assert outcome.log_path.read_text() == "from-script 42\n"
     assert outcome.results == {"/myworkspace/job/out.csv": "a,b\n"}
@@ -115,7 +124,7 @@ def test_run_streams_log_copies_scripts_and_reads_results(docker_client, tmp_pat
 
 def test_crash_gives_exit_code_and_missing_result_is_none(docker_client, tmp_path):
     spec = _spec(tmp_path, ("sh", "-c", "echo boom >&2; exit 7"), result_files=("/nope.csv",))
-    outcome = DockerBackend(docker_client).run(spec)
+    outcome = ContainerRun(docker_client, spec, "local").wait()
     assert outcome.exit_code == 7 and outcome.results == {"/nope.csv": None}
     assert "boom" in outcome.log_path.read_text()
 
@@ -123,7 +132,7 @@ def test_crash_gives_exit_code_and_missing_result_is_none(docker_client, tmp_pat
 def test_timeout_kills_and_removes_the_container(docker_client, tmp_path):
     spec = _spec(tmp_path, ("sh", "-c", "echo started; sleep 60"), session="s-to", timeout_s=1.5)
     start = time.monotonic()
-    outcome = DockerBackend(docker_client).run(spec)
+    outcome = ContainerRun(docker_client, spec, "local").wait()
     assert outcome.timed_out and outcome.exit_code is None
     assert time.monotonic() - start < 20
     assert "started" in outcome.log_path.read_text()
@@ -141,7 +150,7 @@ def test_fake_amd_device_nodes_reach_the_container(docker_client, tmp_path):
                  Device(str(devices / "dri/renderD128"), "/dev/dri/renderD128")),
         group_add=("video",),
     )  # fmt: skip
-    outcome = DockerBackend(docker_client).run(spec)
+    outcome = ContainerRun(docker_client, spec, "local").wait()
     log = outcome.log_path.read_text()
     assert outcome.exit_code == 0, log
     assert "/dev/kfd" in log and "/dev/dri/renderD128" in log and "44" in log.split()
@@ -150,16 +159,14 @@ def test_fake_amd_device_nodes_reach_the_container(docker_client, tmp_path):
 def test_remove_session_removes_leftovers(docker_client):
     session = f"s-{uuid.uuid4().hex[:8]}"
     docker_client.containers.create(BUSYBOX_BASE, ["sleep", "30"], labels={SESSION_LABEL: session})
-    assert DockerBackend(docker_client).remove_session(session) == 1
+    assert remove_session(docker_client, session) == 1
     assert _ours(docker_client, session) == []
 
 
 def test_clean_cache_rebuilds_once_per_session(docker_client, tmp_path, context_dir, image_name):
     spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
     assert builder(docker_client, tmp_path, "first").ensure(spec).built
-    clean = ImageBuilder(docker_client, tmp_path / "b", tmp_path / "second", no_cache=True)
-    rebuilt = clean.ensure(spec)
-    assert rebuilt.built and "Using cache" not in rebuilt.log_path.read_text()
+    rebuilt = builder(docker_client, tmp_path, "second", no_cache=True).ensure(spec)
+    assert rebuilt.built and "Using cache" not in Path(rebuilt.log_path).read_text()
     # Another worker of that session (same lock dir) reuses the fresh build.
-    worker = ImageBuilder(docker_client, tmp_path / "b", tmp_path / "second", no_cache=True)
-    assert not worker.ensure(spec).built
+    assert not builder(docker_client, tmp_path, "second", no_cache=True).ensure(spec).built

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.context import build_context
+from pytest_madengine.core.context import build_context
 from pytest_madengine.errors import MadError
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.discovery import Source, load_tree, model_from_entry
-from pytest_madengine.dockerfiles import Dockerfile, DockerfileIndex, parse_header
+from pytest_madengine.core.planning import arch_skip_reason, image_name
+from pytest_madengine.core.tree.discovery import Source, load_tree, model_from_entry
+from pytest_madengine.core.tree.dockerfiles import Dockerfile, DockerfileIndex, parse_header
 from pytest_madengine.errors import MadError
-from pytest_madengine.planning import arch_skip_reason, image_name
 from tests.conftest import entry, write_tree
 
 ROOT_SOURCE = Source(Path("/t/models.json"), None)

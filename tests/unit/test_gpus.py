@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu, detect, inventory, parse_gpu_ids
+from pytest_madengine.resources.gpus import Gpu, detect, inventory, parse_gpu_ids
 
 
 def probe_with(outputs: dict[str, str]):

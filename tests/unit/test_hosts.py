@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.discovery import Model
+from pytest_madengine.backends.docker.links import HostLinks, check_hosts
+from pytest_madengine.core.planning import host_unfit_reason
+from pytest_madengine.core.tree.discovery import Model
 from pytest_madengine.errors import MadError
-from pytest_madengine.hosts import HostLinks, check_hosts, load_hosts
-from pytest_madengine.planning import host_unfit_reason
+from pytest_madengine.resources.hosts import load_hosts
 
 
 def write(tmp_path: Path, text: str) -> Path:

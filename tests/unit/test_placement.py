@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu, GpuInventory
-from pytest_madengine.hosts import Host
-from pytest_madengine.placement import HostPool, NoHost, Placement
+from pytest_madengine.resources.gpus import Gpu, GpuInventory
+from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.placement import HostPool, NoHost, Placement
 
 
 def host(name: str, count: int, vendor: str = "AMD", labels: tuple[str, ...] = ()) -> Host:
@@ -68,7 +68,7 @@ def test_a_host_marked_down_gets_no_more_tests(tmp_path: Path) -> None:
     a, b = host("a", 2), host("b", 2)
     pool = HostPool([a, b], tmp_path, down={"b": "connection refused"})
     assert where(pool.acquire(1, "t1")) == ("a", [0])
-    pool.mark_down(a, "engine gone")
+    pool.mark_down(a.name, "engine gone")
     assert pool.unfit_reason(1) == (
         "no host can run it: a: down (engine gone); b: down (connection refused)"
     )

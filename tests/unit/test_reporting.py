@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
-from pytest_madengine.reporting.perf_csv import PERF_COLUMNS, PerfCsv
+from pytest_madengine.core.records import ImageFacts, ModelFacts, ResultRow, Status, TestRecord
+from pytest_madengine.reporting.perf_csv import PERF_COLUMNS, PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import build_counts, results_table, summary_document
 
 
@@ -29,22 +31,52 @@ def test_perf_csv_keeps_the_column_order_of_an_existing_file(tmp_path: Path) -> 
                                              "SUCCESS,new,4"]  # fmt: skip
 
 
-RESULTS = [
-    {"properties": {"image": "ci-a", "image_built": "true", "test_duration": "1.25"},
-     "rows": [{"model": "a", "status": "SUCCESS", "performance": "10", "metric": "fps",
-               "relative_change": "-0.1"}]},
-    {"properties": {"image": "ci-b", "image_built": "false"},
-     "rows": [{"model": "b", "status": "FAILURE"}]},
-    {"properties": {}, "rows": [{"model": "c", "status": "SKIPPED"}]},
+FACTS = ModelFacts("m", 1)
+RECORDS = [
+    TestRecord(
+        "a", Status.SUCCESS, FACTS,
+        rows=(ResultRow("a", Status.SUCCESS, 10.0, "fps", -0.1),),
+        image=ImageFacts("ci-a", "sha256:1", built=True), started_at=100.0, ended_at=101.25,
+    ),
+    TestRecord(
+        "b", Status.FAILURE, FACTS, "exit code 1", rows=(ResultRow("b", Status.FAILURE),),
+        image=ImageFacts("ci-b", "sha256:2"),
+    ),
+    TestRecord("c", Status.SKIPPED, FACTS, rows=(ResultRow("c", Status.SKIPPED),)),
 ]  # fmt: skip
 
 
+def test_a_record_crosses_xdist_as_a_dict_and_back() -> None:
+    for record in RECORDS:
+        data = record.to_dict()
+        assert json.loads(json.dumps(data)) == data  # plain data only
+        assert TestRecord.from_dict(data) == record
+
+
+def test_junit_properties_come_from_the_record() -> None:
+    properties = dict(RECORDS[0].junit_properties())
+    assert properties["status"] == "SUCCESS" and properties["performance"] == "10"
+    assert properties["image_built"] == "true" and properties["test_duration"] == "1.25"
+    assert dict(RECORDS[1].junit_properties())["failure_reason"] == "exit code 1"
+
+
+def test_perf_rows_of_a_record() -> None:
+    rows = perf_rows(RECORDS[0], machine="box", git_commit="abc", build_number="7")
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["status"], row["performance"], row["relative_change"]) == (
+        "a", "SUCCESS", "10", "-0.1"
+    )  # fmt: skip
+    assert (row["machine_name"], row["git_commit"], row["test_duration"]) == ("box", "abc", "1.25")
+    assert set(row) == set(PERF_COLUMNS)
+
+
 def test_build_counts_each_image_once() -> None:
-    assert build_counts(RESULTS) == (1, 1)
+    assert build_counts(RECORDS) == (1, 1)
 
 
 def test_results_table_is_aligned_and_counts_builds() -> None:
-    assert results_table(RESULTS) == [
+    assert results_table(RECORDS) == [
         "model  status   performance  metric  vs baseline  duration",
         "a      SUCCESS  10           fps     -10.0%       1.2s",
         "b      FAILURE",
@@ -54,7 +86,7 @@ def test_results_table_is_aligned_and_counts_builds() -> None:
 
 
 def test_summary_document_counts_statuses() -> None:
-    document = summary_document(RESULTS, "sid")
+    document = summary_document([(record.name, record) for record in RECORDS], "sid")
     assert document["counts"] == {"SUCCESS": 1, "FAILURE": 1, "SKIPPED": 1}
     assert document["images"] == {"built": 1, "reused": 1}
     assert len(document["results"]) == 3 and document["session_id"] == "sid"

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.errors import MadError
-from pytest_madengine.results import (
+from pytest_madengine.core.results import (
     DEFAULT_TOLERANCE,
     Expectation,
     Measurement,
@@ -24,6 +23,7 @@ from pytest_madengine.results import (
     parse_performance_line,
     parse_tolerance,
 )
+from pytest_madengine.errors import MadError
 
 # The header line madengine writes to perf.csv.
 PERF_CSV_HEADER = (

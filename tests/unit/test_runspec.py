@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import docker.types
 import pytest
 
 from pytest_madengine.backends import SESSION_LABEL, Bind, Device
-from pytest_madengine.backends.docker import create_kwargs
-from pytest_madengine.context import build_context
-from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu, GpuInventory
-from pytest_madengine.runspec import (
+from pytest_madengine.backends.docker.containers import create_kwargs
+from pytest_madengine.core.options import RawOptions, parse_options
+from pytest_madengine.core.runspec import (
     build_run_spec,
-    data_binds,
     effective_timeout,
     script_command,
     visibility_env,
 )
-from pytest_madengine.session import MadSession, Settings
+from pytest_madengine.core.session import MadSession
+from pytest_madengine.data import DataMount, resolve_data
+from pytest_madengine.errors import MadError
+from pytest_madengine.resources.gpus import Gpu, GpuInventory
+from pytest_madengine.resources.hosts import local_host
 from tests.conftest import entry, write_tree
 
 
 def spec_for(tmp_path: Path, context: str, gpus: GpuInventory, lease: int = 1, **fields):
     root = write_tree(tmp_path, [entry("alpha", **fields)])
-    settings = Settings(root, ("alpha",), build_context(context), gpus)
-    test = MadSession(settings).plan.tests[0]
+    raw = RawOptions(root=str(root), tags=("alpha",), context_json=context, base_dir=tmp_path)
+    options = dataclasses.replace(parse_options(raw), gpus=gpus)
+    test = MadSession(options).plan.tests[0]
+    host = local_host(gpus, options.context.get("gpu_device_root"))
     return build_run_spec(
-        test, settings, image="img", gpus=gpus.gpus[:lease], session_id="s1",
+        test, options, host, image="img", gpus=gpus.gpus[:lease], session_id="s1",
         test_id="models.json::alpha", log_path=tmp_path / "alpha.log",
     )  # fmt: skip
 
@@ -151,10 +155,13 @@ def test_host_network_and_ipc_as_madengine_unless_the_context_says_otherwise(
 
 
 def test_local_data_is_mounted_at_datahome() -> None:
-    binds, env = data_binds("imagenet", {"imagenet": {"local": {"path": "/srv/imagenet"}}})
-    assert binds == (Bind("/srv/imagenet", "/data", read_only=True),)
-    assert env == {"MAD_DATAHOME": "/data", "MAD_DATANAME": "imagenet"}
-    with pytest.raises(MadError, match=r"data 'x': only the 'local' provider .* \(has: nas\)"):
-        data_binds("x", {"x": {"nas": {}}})
+    mount = resolve_data("imagenet", {"imagenet": {"local": {"path": "/srv/imagenet"}}})
+    assert mount == DataMount(
+        "local",
+        (Bind("/srv/imagenet", "/data", read_only=True),),
+        {"MAD_DATAHOME": "/data", "MAD_DATANAME": "imagenet"},
+    )
+    with pytest.raises(MadError, match=r"data 'x': no provider can serve it \(nas: no such"):
+        resolve_data("x", {"x": {"nas": {}}})
     with pytest.raises(MadError, match=r"data 'y': no such entry in data.json"):
-        data_binds("y", {})
+        resolve_data("y", {})

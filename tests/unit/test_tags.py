@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.discovery import Model
+from pytest_madengine.core.tree.discovery import Model
+from pytest_madengine.core.tree.tags import TagRequest, parse_tag, select, split_tags
 from pytest_madengine.errors import MadError
-from pytest_madengine.tags import TagRequest, parse_tag, select, split_tags
 
 
 def model(name: str, tags: tuple[str, ...] = (), directory: str | None = None, **kw) -> Model:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.discovery import SourceModels, display_path
-from pytest_madengine.planning import PlannedTest
-from pytest_madengine.session import MadSession
+from pytest_madengine.core.planning import PlannedTest
+from pytest_madengine.core.session import MadSession
+from pytest_madengine.core.tree.discovery import SourceModels, display_path
+from pytest_madengine.plugin.state import plugin_state
 
 
 class MadCollectError(Exception):
@@ -25,7 +26,12 @@ class MadTree(pytest.Dir):
     model scripts often carry test_*.py files of their own that are no pytest tests.
     """
 
-    mad: MadSession
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # pytest.Dir takes no extra constructor arguments: the plan is the session's.
+        state = plugin_state(self.config)
+        assert state is not None, "MadTree is made only by an active plugin"
+        self.mad: MadSession = state.mad
 
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         plan = self.mad.plan
@@ -33,9 +39,9 @@ class MadTree(pytest.Dir):
         for loaded in self.mad.tree.sources:
             tests = plan.for_source(loaded.source.path)
             if tests or loaded.errors:
-                node = MadSourceFile.from_parent(self, path=loaded.source.path)
-                node.loaded, node.tests = loaded, tests
-                yield node
+                yield MadSourceFile.from_parent(
+                    self, path=loaded.source.path, loaded=loaded, tests=tests
+                )
         for problem in plan.tag_problems:
             yield MadProblem.from_parent(self, name="--mad-tags", problem=problem)
         named = self._named_inside()
@@ -69,19 +75,18 @@ class MadTree(pytest.Dir):
 class MadSourceFile(pytest.File):
     """One models.json or get_models_json.py, with the tests selected from it."""
 
-    loaded: SourceModels
-    tests: list[PlannedTest]
+    def __init__(self, *, loaded: SourceModels, tests: list[PlannedTest], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loaded = loaded
+        self.tests = tests
 
     def collect(self) -> Iterator[pytest.Item]:
         if self.loaded.errors:
             raise MadCollectError("\n".join(self.loaded.errors))
-        fixtureinfo = None
         for test in self.tests:
-            item = MadItem.from_planned(self, test, fixtureinfo)
-            # Every item here has the same signature and place, so the same fixtures:
-            # resolving them once per file keeps collection of big trees fast.
-            fixtureinfo = item._fixtureinfo
-            yield item
+            yield MadItem.from_parent(
+                self, name=test.name, callobj=_benchmark_body(test), planned=test
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         return _one_line_failure(excinfo) or super().repr_failure(excinfo)  # type: ignore[return-value]
@@ -126,21 +131,13 @@ def _benchmark_body(test: PlannedTest) -> Callable[..., None]:
 class MadItem(pytest.Function):
     """One selected model (with its tag parameters) as a test."""
 
-    planned: PlannedTest
-
-    @classmethod
-    def from_planned(
-        cls, parent: pytest.Collector, test: PlannedTest, fixtureinfo: Any = None
-    ) -> MadItem:
-        item: MadItem = cls.from_parent(
-            parent, name=test.name, callobj=_benchmark_body(test), fixtureinfo=fixtureinfo
-        )
-        item.planned = test
-        for tag in test.model.tags:
-            item.add_marker(_tag_marker(tag))
-        if test.skip_reason:
-            item.add_marker(pytest.mark.skip(reason=test.skip_reason))
-        return item
+    def __init__(self, *, planned: PlannedTest, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned = planned
+        for tag in planned.model.tags:
+            self.add_marker(_tag_marker(tag))
+        if planned.skip_reason:
+            self.add_marker(pytest.mark.skip(reason=planned.skip_reason))
 
     def reportinfo(self) -> tuple[str, int, str]:
         return display_path(self.planned.model.source), 0, self.name

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pytest_madengine.discovery import Model, names_and_tags
+from pytest_madengine.core.tree.discovery import Model, names_and_tags
 from pytest_madengine.errors import MadError
 
 ALL = "all"

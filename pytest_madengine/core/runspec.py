@@ -15,13 +15,14 @@ from pytest_madengine.backends import (
     Device,
     RunSpec,
 )
-from pytest_madengine.errors import MadError, read_json
-from pytest_madengine.gpus import Gpu
-from pytest_madengine.planning import PlannedTest
-from pytest_madengine.session import Settings
+from pytest_madengine.core.options import Options
+from pytest_madengine.core.planning import PlannedTest
+from pytest_madengine.data import DataMount
+from pytest_madengine.errors import MadError
+from pytest_madengine.resources.gpus import Gpu
+from pytest_madengine.resources.hosts import Host
 
 WORKSPACE = "/myworkspace"
-DATA_HOME = "/data"
 AMD_RENDER_MINOR_BASE = 128  # GPU i is /dev/dri/renderD(128+i) on ROCm hosts
 
 
@@ -71,42 +72,24 @@ def amd_devices(device_root: str, gpus: Sequence[Gpu]) -> tuple[Device, ...]:
     return tuple(devices)
 
 
-def data_binds(
-    model_data: str | None, data_sources: Mapping[str, object]
-) -> tuple[tuple[Bind, ...], dict[str, str]]:
-    """The mount and variables for a model's `data` key (data.json, `local` provider)."""
-    if not model_data:
-        return (), {}
-    source = data_sources.get(model_data)
-    if not isinstance(source, dict):
-        raise MadError(f"data '{model_data}': no such entry in data.json")
-    local = source.get("local")
-    path = local.get("path") if isinstance(local, dict) else None
-    if not path:
-        providers = ", ".join(sorted(source)) or "none"
-        raise MadError(
-            f"data '{model_data}': only the 'local' provider is supported here (has: {providers})"
-        )
-    env = {"MAD_DATAHOME": DATA_HOME, "MAD_DATANAME": model_data}
-    return (Bind(str(path), DATA_HOME, read_only=True),), env
-
-
 def build_run_spec(
     test: PlannedTest,
-    settings: Settings,
+    options: Options,
+    host: Host,
     *,
     image: str,
     gpus: Sequence[Gpu],
     session_id: str,
     test_id: str,
     log_path: Path,
-    timeout_override: int | None = None,
-    data_sources: Mapping[str, object] | None = None,
+    data: DataMount | None = None,
     secrets_env: Mapping[str, str] | None = None,
 ) -> RunSpec:
+    """The container of one test on its host: the host's own GPU facts (device root,
+    architecture) come from `host`, the user's settings from `options`."""
     model = test.model
-    context = settings.effective_context
-    root = settings.root.resolve()
+    context = options.effective_context
+    root = options.root
     script_path = root / model.scripts
     copy_dir, argv = script_command(
         model.scripts,
@@ -115,20 +98,20 @@ def build_run_spec(
         script_path.is_dir(),
     )
     container_dir = posixpath.join(WORKSPACE, posixpath.basename(copy_dir))
-    vendor = settings.gpu_vendor
-    device_root = context.get("gpu_device_root") or (None if settings.gpus.virtual else "/dev")
+    vendor = options.gpu_vendor
+    device_root = host.device_root or (None if host.gpus.virtual else "/dev")
     # Whether the container really gets the devices (else the GPUs are virtual to it).
     if vendor == "NVIDIA":
-        mapped = bool(gpus) and not settings.gpus.virtual
+        mapped = bool(gpus) and not host.gpus.virtual
     else:
         mapped = bool(gpus) and device_root is not None
 
     env: dict[str, str] = {
         "MAD_MODEL_NAME": model.name,
         "MAD_GPU_VENDOR": vendor,
-        "MAD_SYSTEM_NGPUS": str(settings.gpus.count),
+        "MAD_SYSTEM_NGPUS": str(host.gpus.count),
         "MAD_RUNTIME_NGPUS": str(len(gpus)),
-        "MAD_SYSTEM_GPU_ARCHITECTURE": context.gpu_architecture or "",
+        "MAD_SYSTEM_GPU_ARCHITECTURE": host.architecture or context.gpu_architecture or "",
         "MAD_GUEST_OS": str(context.get("guest_os") or ""),
     }
     if gpus:
@@ -137,8 +120,8 @@ def build_run_spec(
     if model.multiple_results:
         env["MAD_OUTPUT_CSV"] = model.multiple_results
         result_files = (posixpath.join(container_dir, model.multiple_results),)
-    binds, data_env = data_binds(model.data, data_sources or {})
-    env.update(data_env)
+    binds: tuple[Bind, ...] = data.binds if data else ()
+    env.update(data.env if data else {})
     env.update({key: str(value) for key, value in context.get("docker_env_vars", {}).items()})
     env.update(secrets_env or {})
     binds += tuple(
@@ -167,7 +150,7 @@ def build_run_spec(
         group_add=group_add,
         nvidia_gpu_ids=nvidia_ids,
         timeout_s=effective_timeout(
-            model.timeout, timeout_override, float(context.get("timeout_multiplier") or 1.0)
+            model.timeout, options.timeout, float(context.get("timeout_multiplier") or 1.0)
         ),
         result_files=result_files,
         privileged=bool(context.get("docker_privileged", False)),
@@ -176,14 +159,3 @@ def build_run_spec(
         network=context.get("docker_network") or "host",
         ipc=context.get("docker_ipc") or "host",
     )
-
-
-def load_data_sources(root: Path) -> dict[str, object]:
-    """data.json of the MAD tree ({} when there is none)."""
-    path = root / "data.json"
-    if not path.exists():
-        return {}
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise MadError(f"{path}: expected a JSON object of data sources")
-    return data

@@ -18,9 +18,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from pytest_madengine.errors import MadError
-from pytest_madengine.gpus import Gpu
-from pytest_madengine.hosts import Host
+from pytest_madengine.errors import MadError, NoHost
+from pytest_madengine.resources.gpus import Gpu
+from pytest_madengine.resources.hosts import Host
 
 POLL_S = 0.05
 POLL_MAX_S = 1.0
@@ -32,10 +32,6 @@ class Placement:
     host: Host
     gpus: tuple[Gpu, ...]
     holder: str
-
-
-class NoHost(MadError):
-    """No host can ever run the test (too many GPUs, wrong vendor...): it is skipped."""
 
 
 def _alive(pid: int) -> bool:
@@ -81,11 +77,11 @@ class HostPool:
         with self._lock:
             return dict(self._read()["down"])
 
-    def mark_down(self, host: Host, reason: str) -> None:
+    def mark_down(self, host: str, reason: str) -> None:
         """No further test is placed on the host; its leases end with their tests."""
         with self._lock:
             state = self._read()
-            state["down"][host.name] = reason
+            state["down"][host] = reason
             self._write(state)
 
     def _wanted(self, host: Host, n_gpus: int) -> int:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.discovery import Model, Tree
-from pytest_madengine.dockerfiles import Dockerfile, DockerfileIndex
-from pytest_madengine.tags import Selected, select
+from pytest_madengine.core.tree.discovery import Model, Tree
+from pytest_madengine.core.tree.dockerfiles import Dockerfile, DockerfileIndex
+from pytest_madengine.core.tree.tags import Selected, select
 
 MATCH_KEYS_SHOWN = ("gpu_vendor", "guest_os")
 

@@ -1,4 +1,5 @@
-"""Runs benchmark containers on a Docker Engine through the Docker SDK."""
+"""Benchmark containers on one Docker Engine through the Docker SDK: create, copy the
+scripts in, start, stream the log, wait with the timeout, read results back, remove."""
 
 from __future__ import annotations
 
@@ -122,59 +123,74 @@ class _LogPump(threading.Thread):
         fresh.replace(self.log_path)
 
 
-class DockerBackend:
-    name = "docker"
+class ContainerRun:
+    """A started container (see `RunHandle`); created, filled and started in __init__."""
 
-    def __init__(self, client: docker.DockerClient, host: str = "localhost") -> None:
-        self.client = client
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        spec: RunSpec,
+        host: str,
+        on_output: OutputSink | None = None,
+    ) -> None:
+        self.spec = spec
         self.host = host
-
-    def run(self, spec: RunSpec, on_output: OutputSink | None = None) -> RunOutcome:
+        self.container: Any = None
+        self.cancelled = False
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         spec.log_path.write_bytes(b"")
-        container = None
         try:
-            container = self.client.containers.create(**create_kwargs(spec))
+            self.container = client.containers.create(**create_kwargs(spec))
             if spec.copies:
-                container.put_archive("/", tar_directories(spec.copies))
-            started = time.time()
-            container.start()
-            pump = _LogPump(container, spec.log_path, on_output)
-            pump.start()
-            exit_code, timed_out = self._wait(container, spec.timeout_s, started)
-            ended = time.time()
-            pump.finish()
-            if pump.broken:
-                pump.reread()
-            results = {path: self._read_file(container, path) for path in spec.result_files}
-            return RunOutcome(
-                exit_code, timed_out, spec.log_path, started, ended, self.host, results
-            )
-        except docker.errors.ImageNotFound as exc:
-            raise EngineError(f"image {spec.image} not found on {self.host}: {exc}") from None
-        except ENGINE_FAILURES as exc:
-            raise EngineError(f"Docker Engine on {self.host} failed: {first_line(exc)}") from None
-        finally:
-            if container is not None:
-                self._remove(container)
+                self.container.put_archive("/", tar_directories(spec.copies))
+            self.started = time.time()
+            self.container.start()
+            self.pump = _LogPump(self.container, spec.log_path, on_output)
+            self.pump.start()
+        except BaseException as exc:
+            if self.container is not None:
+                _remove(self.container)
+            if isinstance(exc, ENGINE_FAILURES):
+                raise _engine_error(exc, spec, host) from None
+            raise
 
-    def _wait(
-        self, container: Any, timeout_s: float | None, started: float
-    ) -> tuple[int | None, bool]:
+    def wait(self) -> RunOutcome:
+        spec = self.spec
         try:
-            status = container.wait(timeout=timeout_s)
+            exit_code, timed_out = self._wait(spec.timeout_s)
+            ended = time.time()
+            self.pump.finish()
+            if self.pump.broken:
+                self.pump.reread()
+            results = {path: self._read_file(path) for path in spec.result_files}
+            return RunOutcome(
+                exit_code, timed_out, spec.log_path, self.started, ended, self.host, results
+            )
+        except ENGINE_FAILURES as exc:
+            raise _engine_error(exc, spec, self.host) from None
+        finally:
+            _remove(self.container)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        with contextlib.suppress(*ENGINE_FAILURES):
+            self.container.kill()
+
+    def _wait(self, timeout_s: float | None) -> tuple[int | None, bool]:
+        try:
+            status = self.container.wait(timeout=timeout_s)
         except ENGINE_FAILURES:
-            if timeout_s is None or time.time() - started < timeout_s:
+            if timeout_s is None or time.time() - self.started < timeout_s:
                 raise  # not our timeout: the engine went away
             with contextlib.suppress(docker.errors.APIError):  # it may have ended meanwhile
-                container.kill()
+                self.container.kill()
             return None, True
         return int(status.get("StatusCode", -1)), False
 
-    def _read_file(self, container: Any, path: str) -> str | None:
+    def _read_file(self, path: str) -> str | None:
         """Text of a file in the (stopped) container, or None when it is not there."""
         try:
-            stream, stat = container.get_archive(path)
+            stream, stat = self.container.get_archive(path)
         except docker.errors.NotFound:
             return None
         if stat.get("size", 0) > MAX_RESULT_BYTES:
@@ -185,20 +201,29 @@ class DockerBackend:
             extracted = archive.extractfile(member) if member else None
             return extracted.read().decode("utf-8", errors="replace") if extracted else None
 
-    def _remove(self, container: Any) -> None:
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except ENGINE_FAILURES:
-            pass  # the engine is gone; remove_session at the end tries again
 
-    def remove_session(self, session_id: str) -> int:
-        filters = {"label": f"{SESSION_LABEL}={session_id}"}
-        containers = self.client.containers.list(all=True, filters=filters)
-        for container in containers:
-            self._remove(container)
-        return len(containers)
+def _engine_error(exc: BaseException, spec: RunSpec, host: str) -> EngineError:
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return EngineError(f"image {spec.image} not found on {host}: {first_line(exc)}")
+    return EngineError(f"Docker Engine on {host} failed: {first_line(exc)}")
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except ENGINE_FAILURES:
+        pass  # the engine is gone; the session's sweep at the end tries again
+
+
+def remove_session(client: docker.DockerClient, session_id: str) -> int:
+    """Removes every container of the session on this engine; how many there were."""
+    filters = {"label": f"{SESSION_LABEL}={session_id}"}
+    containers = client.containers.list(all=True, filters=filters)
+    for container in containers:
+        _remove(container)
+    return len(containers)
 
 
 def connect(base_url: str | None = None) -> docker.DockerClient:

@@ -18,10 +18,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pytest_madengine.dockerfiles import DockerfileIndex
+from pytest_madengine.core.results import Expectation, parse_expectation
+from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
+from pytest_madengine.core.tree.madengine_compat import madengine_importable, model_to_dict
 from pytest_madengine.errors import MadError
-from pytest_madengine.madengine_compat import madengine_importable, model_to_dict
-from pytest_madengine.results import Expectation, parse_expectation
 
 MODELS_JSON = "models.json"
 DYNAMIC_MODELS = "get_models_json.py"

@@ -1,10 +1,9 @@
 """Docker images of the benchmarks: content hash, build once, reuse when unchanged.
 
 An image carries a label with the hash of what it was built from (Dockerfile, build
-context, build args). A build is skipped when an image of that name already carries the
-same hash, so a second session builds nothing. Under xdist a file lock per image makes
-one worker build while the others wait and then find it built; a failed build is noted
-beside the lock so the others fail at once instead of building again.
+context, build args). A build is skipped when an image already carries the same hash, so
+a second session builds nothing. Under xdist one worker builds while the others wait
+(`Once`); a failed build is noted, so the others fail at once instead of building again.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -22,14 +20,15 @@ from typing import Any
 
 import docker
 import docker.errors
-from filelock import FileLock
 
 from pytest_madengine.backends import LABEL_PREFIX
+from pytest_madengine.core.records import ImageFacts
+from pytest_madengine.core.tree.dockerfiles import base_docker_of
 from pytest_madengine.errors import MadError
+from pytest_madengine.resources.once import Once
 
 CONTENT_HASH_LABEL = f"{LABEL_PREFIX}.content-hash"
 LOG_TAIL_LINES = 30
-_ARG_BASE = re.compile(r"^\s*ARG\s+BASE_DOCKER\s*=\s*(\S+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -41,23 +40,7 @@ class ImageSpec:
 
     @property
     def base_docker(self) -> str:
-        """BASE_DOCKER from the build args, else the Dockerfile's own default."""
-        if "BASE_DOCKER" in self.build_args:
-            return self.build_args["BASE_DOCKER"]
-        found = _ARG_BASE.search(self.dockerfile.read_text(encoding="utf-8", errors="replace"))
-        return found.group(1) if found else ""
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    name: str
-    docker_sha: str
-    base_docker: str
-    built: bool  # False when an image of the same content was reused
-    build_duration: float
-    log_path: Path | None
-    content_hash: str
-    pulled: bool = False  # from a registry named by a build manifest
+        return base_docker_of(self.dockerfile, self.build_args)
 
 
 class BuildError(MadError):
@@ -88,59 +71,57 @@ class ImageBuilder:
     """Builds (or reuses) images on one Docker Engine, at most once per session."""
 
     def __init__(
-        self,
-        client: docker.DockerClient,
-        log_dir: Path,
-        lock_dir: Path,
-        no_cache: bool = False,
+        self, client: docker.DockerClient, log_dir: Path, once: Once, no_cache: bool = False
     ) -> None:
         self.client = client
         self.log_dir = log_dir
-        self.lock_dir = lock_dir
+        self.once = once
         self.no_cache = no_cache
-        self._done: dict[str, BuiltImage] = {}
+        self._tagged: set[tuple[str, str]] = set()  # (name, image id) this process tagged
 
-    def ensure(self, spec: ImageSpec) -> BuiltImage:
+    def ensure(self, spec: ImageSpec) -> ImageFacts:
         """The image of the spec, built now unless this session or an earlier one has.
 
         Images are keyed by content: models sharing a Dockerfile and context share one
-        build, and each gets its own name as a tag of it.
+        build, and each gets its own name as a tag of it. `built` is True for the one
+        test that built it.
         """
-        if spec.name in self._done:
-            return self._done[spec.name]
         wanted = content_hash(spec)
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        key = wanted[:24]
-        failed_note = self.lock_dir / f"{key}.failed"
-        built_note = self.lock_dir / f"{key}.built"
-        with FileLock(str(self.lock_dir / f"{key}.lock")):
-            if failed_note.exists():
-                raise BuildError(failed_note.read_text(encoding="utf-8"))
+
+        def build_or_reuse() -> dict[str, Any]:
             # --mad-clean-cache rebuilds once per session, not once per test or worker.
-            reusable = not self.no_cache or built_note.exists()
-            existing = self._existing(wanted) if reusable else None
+            existing = None if self.no_cache else self._existing(wanted)
             if existing is not None:
-                if spec.name not in existing.tags and f"{spec.name}:latest" not in existing.tags:
-                    existing.tag(spec.name, "latest")
-                result = BuiltImage(
-                    spec.name, existing.id, spec.base_docker, False, 0.0, None, wanted
-                )
-            else:
-                try:
-                    result = self._build(spec, wanted)
-                except BuildError as exc:
-                    failed_note.write_text(str(exc), encoding="utf-8")
-                    raise
-                built_note.write_text(result.docker_sha, encoding="utf-8")
-        self._done[spec.name] = result
-        return result
+                return {"id": existing.id, "built": False, "duration": 0.0, "log": None}
+            return self._build(spec, wanted)
+
+        result, ran = self.once.run(f"build-{wanted[:24]}", build_or_reuse)
+        self._tag(spec.name, result["id"])
+        built = ran and bool(result["built"])
+        return ImageFacts(
+            name=spec.name,
+            docker_sha=result["id"],
+            base_docker=spec.base_docker,
+            built=built,
+            build_duration=float(result["duration"]) if built else 0.0,
+            log_path=result["log"] if built else None,
+        )
+
+    def _tag(self, name: str, image_id: str) -> None:
+        """Gives the image this test's name, unless it carries it already."""
+        if (name, image_id) in self._tagged:
+            return
+        image = self.client.images.get(image_id)
+        if name not in image.tags and f"{name}:latest" not in image.tags:
+            image.tag(name, "latest")
+        self._tagged.add((name, image_id))
 
     def _existing(self, wanted: str) -> Any:
         """An image built from the same content, under whatever name."""
         found = self.client.images.list(filters={"label": f"{CONTENT_HASH_LABEL}={wanted}"})
         return found[0] if found else None
 
-    def _build(self, spec: ImageSpec, wanted: str) -> BuiltImage:
+    def _build(self, spec: ImageSpec, wanted: str) -> dict[str, Any]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.build.log"
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -177,4 +158,4 @@ class ImageBuilder:
                 f"image {spec.name} failed to build: {first} (log: {log_path})\n{_tail(tail)}"
             )
         image = self.client.images.get(spec.name)
-        return BuiltImage(spec.name, image.id, spec.base_docker, True, duration, log_path, wanted)
+        return {"id": image.id, "built": True, "duration": duration, "log": str(log_path)}

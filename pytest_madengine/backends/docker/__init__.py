@@ -1,0 +1,179 @@
+"""The `docker` backend: containers on this machine's Docker Engine, or on the Docker
+hosts of `--mad-hosts` (unix://, ssh:// through one tunnel per host, tcp:// with TLS).
+
+Images are built on the local engine (once per session) and streamed to the other
+hosts, or pulled from a registry onto each host that runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import docker
+
+from pytest_madengine.backends import (
+    BackendSetup,
+    ImageRequest,
+    OutputSink,
+    RunHandle,
+    RunSpec,
+)
+from pytest_madengine.backends.docker.containers import (
+    ENGINE_FAILURES,
+    ContainerRun,
+    EngineError,
+    connect,
+    remove_session,
+)
+from pytest_madengine.backends.docker.engines import Engines
+from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
+from pytest_madengine.backends.docker.links import HostLinks, check_hosts
+from pytest_madengine.core.records import ImageFacts
+from pytest_madengine.errors import HostLost, MadError, UsageProblem
+from pytest_madengine.resources.hosts import Host, load_hosts, local_host
+from pytest_madengine.resources.once import Once
+
+DOWN_KEY = "hosts_down"
+TUNNELS_KEY = "tunnels"
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, setup: BackendSetup) -> None:
+        options = setup.options
+        shared = setup.shared or {}
+        self.links = HostLinks(shared.get(TUNNELS_KEY))
+        self._once = Once(setup.session_dir / "once")
+        self._log_dir = options.output_dir / "builds"
+        self._no_cache = options.clean_cache
+        if options.hosts_file is None:
+            device_root = options.context.get("gpu_device_root")
+            self._hosts: tuple[Host, ...] = (local_host(options.gpus, device_root),)
+            self._down: dict[str, str] = {}
+            if setup.shared is None:
+                # The controller checks the engine now: a session that cannot run
+                # anything is a usage error before any test, not a failure per test.
+                try:
+                    self._build_client = connect()
+                except EngineError as exc:
+                    raise UsageProblem(str(exc)) from None
+        else:
+            self._hosts = tuple(load_hosts(options.hosts_file, options.gpu_vendor))
+            self._down = dict(shared.get(DOWN_KEY, {}))
+            if setup.shared is None:
+                self._down = check_hosts(self._hosts, self.links)
+                if len(self._down) == len(self._hosts):
+                    self.links.close()
+                    reasons = "; ".join(f"{name}: {why}" for name, why in self._down.items())
+                    raise UsageProblem(
+                        f"--mad-hosts {options.hosts_file}: no host answers ({reasons})"
+                    )
+
+    @functools.cached_property
+    def _build_client(self) -> docker.DockerClient:
+        """The engine images are built on (DOCKER_HOST, the local one by default)."""
+        return connect()
+
+    @functools.cached_property
+    def engines(self) -> Engines:
+        return Engines(self._build_client, self._once, self.links)
+
+    @functools.cached_property
+    def builder(self) -> ImageBuilder:
+        return ImageBuilder(self._build_client, self._log_dir, self._once, self._no_cache)
+
+    def hosts(self) -> tuple[Host, ...]:
+        return self._hosts
+
+    def hosts_down(self) -> Mapping[str, str]:
+        return dict(self._down)
+
+    def shared_state(self) -> dict[str, Any]:
+        return {DOWN_KEY: dict(self._down), TUNNELS_KEY: self.links.urls}
+
+    def prepare(self, request: ImageRequest, host: Host) -> ImageFacts:
+        try:
+            if request.dockerfile is not None:
+                assert request.context_dir is not None
+                spec = ImageSpec(
+                    request.name, request.dockerfile, request.context_dir, request.build_args
+                )
+                facts = self.builder.ensure(spec)
+                self.engines.ship(facts.name, facts.docker_sha, host)
+                return facts
+            reference = request.reference or request.name
+            if request.pull:
+                auth = dict(request.auth) if request.auth else None
+                image_id = self.engines.pull(reference, host, auth)
+            else:
+                image_id = self.engines.local_image_id(reference)
+                self.engines.ship(reference, image_id, host)
+        except ENGINE_FAILURES as exc:
+            raise self.engines.failure(host, exc, f"preparing {request.name}") from None
+        return ImageFacts(
+            name=reference,
+            docker_sha=image_id,
+            base_docker=request.base_docker,
+            pulled=request.pull,
+            build_duration=request.build_duration,
+        )
+
+    def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
+        try:
+            return _CheckedRun(ContainerRun(self.engines.client(host), spec, host.name, on_output),
+                               self.engines, host)  # fmt: skip
+        except HostLost:
+            raise
+        except EngineError as exc:
+            raise self._lost_or(host, exc) from None
+
+    def _lost_or(self, host: Host, exc: MadError) -> MadError:
+        return exc if self.engines.answers(host) else HostLost(host.name, str(exc))
+
+    def sweep(self, session_id: str) -> int:
+        """Removes, on every host, any container of the session that a killed or
+        interrupted worker could not remove."""
+        removed = 0
+        for host in self._hosts:
+            # A host that is gone runs nothing of ours any more; the others are cleaned.
+            with contextlib.suppress(MadError, *ENGINE_FAILURES):
+                client = self.links.client(host) if host.docker else connect()
+                try:
+                    removed += remove_session(client, session_id)
+                finally:
+                    client.close()
+        return removed
+
+    def close(self) -> None:
+        if "engines" in self.__dict__:
+            self.engines.close()
+        self.links.close()
+
+
+class _CheckedRun:
+    """A container run whose engine failures say whether the host was lost."""
+
+    def __init__(self, run: ContainerRun, engines: Engines, host: Host) -> None:
+        self.run = run
+        self.engines = engines
+        self.host = host
+
+    def wait(self) -> Any:
+        try:
+            return self.run.wait()
+        except EngineError as exc:
+            if not self.engines.answers(self.host):
+                raise HostLost(self.host.name, str(exc)) from None
+            raise
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+
+def create(setup: BackendSetup) -> DockerBackend:
+    """The entry point of the `docker` backend."""
+    return DockerBackend(setup)

@@ -1,0 +1,224 @@
+"""Every option of a session, parsed and checked once, before any test runs.
+
+Front ends (the pytest plugin, the `madengine` command, user code) fill `RawOptions`
+with what the user wrote; `parse_options` turns it into a frozen `Options` or raises a
+`UsageProblem` naming the option and the value: a bad option never reaches a test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
+from pytest_madengine.core.context import RunContext, build_context
+from pytest_madengine.core.credentials import Credentials, load_credentials
+from pytest_madengine.core.manifest import BuildManifest, load_manifest
+from pytest_madengine.core.results import load_baseline, parse_tolerance
+from pytest_madengine.core.tree.tags import parse_tag, split_tags
+from pytest_madengine.errors import MadError, UsageProblem, read_json
+from pytest_madengine.resources.gpus import GpuInventory, inventory
+from pytest_madengine.tools import tool_names
+
+DEFAULT_GPU_VENDOR = "AMD"
+DEFAULT_TOLERANCE = "5%"
+DEFAULT_OUTPUT = "mad_output"
+DEFAULT_PERF_CSV = "perf.csv"
+DEFAULT_DEPLOY = DEFAULT_BACKEND
+
+
+@dataclass(frozen=True)
+class RawOptions:
+    """Options as written (command line, ini file, or a caller's keywords)."""
+
+    root: str | None = None
+    tags: tuple[str, ...] = ()
+    context_json: str | None = None
+    context_file: str | None = None
+    gpus: str | None = None
+    timeout: str | int | None = None
+    clean_cache: bool = False
+    live_output: bool = False
+    baseline: str | None = None
+    tolerance: str = DEFAULT_TOLERANCE
+    output: str | None = None
+    perf_csv: str | None = None
+    summary: str | None = None
+    hosts: str | None = None
+    manifest: str | None = None
+    registry: str | None = None
+    retries: str | int = 1
+    deploy: str | None = None
+    # Relative paths are taken from here (pytest: the invocation directory).
+    base_dir: Path = field(default_factory=Path.cwd)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
+
+    @property
+    def active(self) -> bool:
+        """Whether the session has anything of ours to do (tags or a manifest)."""
+        return bool(self.tags or self.manifest)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The parsed options of a session (see README for what each means)."""
+
+    root: Path  # resolved
+    tags: tuple[str, ...]
+    context: RunContext  # as the user gave it
+    gpus: GpuInventory  # of this machine: detected, or declared
+    timeout: int | None  # over every model's own; 0: none
+    clean_cache: bool
+    live_output: bool
+    baseline: Mapping[str, float]
+    tolerance: float
+    output_dir: Path
+    perf_csv: Path
+    summary: Path | None
+    hosts_file: Path | None
+    manifest: BuildManifest | None
+    retries: int
+    deploy: str
+    credentials: Credentials
+    data_sources: Mapping[str, Any]
+    git_commit: str  # of the MAD tree, for perf.csv
+
+    @property
+    def gpu_vendor(self) -> str:
+        return self.context.gpu_vendor or self.gpus.vendor or DEFAULT_GPU_VENDOR
+
+    @property
+    def effective_context(self) -> RunContext:
+        """The context with what the host tells us filled in where the user said nothing."""
+        return self.context.with_defaults(
+            gpu_vendor=self.gpu_vendor, gpu_architecture=self.gpus.architecture
+        )
+
+
+def _path(raw: RawOptions, text: str) -> Path:
+    path = Path(text)
+    return path if path.is_absolute() else raw.base_dir / path
+
+
+def _int(text: str | int | None, option: str, minimum: int = 0) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise UsageProblem(f"{option}: expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise UsageProblem(f"{option}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _writable_file(path: Path, option: str) -> Path:
+    """A file we append to later: checked now, so a test's result is never lost to it."""
+    if path.is_dir():
+        raise UsageProblem(f"{option} {path}: is a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    target = path if path.exists() else parent
+    if not parent.is_dir() or not os.access(target, os.W_OK):
+        raise UsageProblem(f"{option} {path}: not writable")
+    return path
+
+
+def _output_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UsageProblem(f"--mad-output {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageProblem(f"--mad-output {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageProblem(f"--mad-output {path}: not writable")
+    return path
+
+
+def git_commit(root: Path) -> str:
+    """The tree's commit, for perf.csv ("" outside git)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def load_data_sources(root: Path) -> dict[str, Any]:
+    """data.json of the MAD tree ({} when there is none)."""
+    path = root / "data.json"
+    if not path.exists():
+        return {}
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise MadError(f"{path}: expected a JSON object of data sources")
+    return data
+
+
+def parse_options(raw: RawOptions) -> Options:
+    """The checked options; UsageProblem (one line, naming the option) for any bad one."""
+    try:
+        return _parse(raw)
+    except UsageProblem:
+        raise
+    except MadError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _parse(raw: RawOptions) -> Options:
+    root_text = raw.root or raw.environ.get("MODEL_DIR")
+    root = (_path(raw, root_text) if root_text else raw.base_dir).resolve()
+    manifest_path = _path(raw, raw.manifest) if raw.manifest else None
+    manifest = load_manifest(manifest_path, raw.registry) if manifest_path else None
+    tags = tuple(split_tags(raw.tags))
+    if not tags and manifest is not None:
+        tags = manifest.model_names
+        if not tags:
+            raise UsageProblem(f"--mad-manifest {manifest.path}: lists no model")
+    if not tags:
+        raise UsageProblem("--mad-tags: no tag given (a model name, a tag, or all)")
+    for tag in tags:
+        parse_tag(tag)  # a malformed tag is a usage error now, not a traceback later
+    context = build_context(
+        raw.context_json, _path(raw, raw.context_file) if raw.context_file else None
+    )
+    tool_names(context.get("tools") or [])
+    gpus = inventory(raw.gpus, context.gpu_vendor, context.gpu_architecture)
+    tolerance_text = raw.tolerance if raw.tolerance is not None else DEFAULT_TOLERANCE
+    try:
+        tolerance = parse_tolerance(tolerance_text)
+    except ValueError as exc:
+        raise UsageProblem(f"--mad-tolerance: {exc}") from None
+    baseline = load_baseline(_path(raw, raw.baseline)) if raw.baseline else {}
+    deploy = str(raw.deploy or context.get("deploy") or DEFAULT_DEPLOY)
+    check_backend_name(deploy, "--mad-deploy" if raw.deploy else "context 'deploy'")
+    return Options(
+        root=root,
+        tags=tags,
+        context=context,
+        gpus=gpus,
+        timeout=_int(raw.timeout, "--mad-timeout"),
+        clean_cache=raw.clean_cache,
+        live_output=raw.live_output,
+        baseline=baseline,
+        tolerance=tolerance,
+        output_dir=_output_dir(_path(raw, raw.output or DEFAULT_OUTPUT)),
+        perf_csv=_writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
+        summary=_writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None,
+        hosts_file=_path(raw, raw.hosts) if raw.hosts else None,
+        manifest=manifest,
+        retries=_int(raw.retries, "--mad-retries") or 0,
+        deploy=deploy,
+        credentials=load_credentials(root, raw.environ),
+        data_sources=load_data_sources(root),
+        git_commit=git_commit(root),
+    )

@@ -1,0 +1,172 @@
+"""What one finished test leaves: a typed record that every report is written from.
+
+A record crosses from an xdist worker to the controller as a plain dict (`to_dict`,
+`from_dict`), so perf.csv, the summary, JUnit properties and user hooks all read the
+same typed facts, never strings parsed back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """A result's status, spelled as perf.csv spells it."""
+
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    SKIPPED = "SKIPPED"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One measured (or failed) result: a perf.csv row and a line of the summary."""
+
+    name: str
+    status: Status
+    performance: float | None = None
+    metric: str = ""
+    relative_change: float | None = None
+    reason: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)  # more multiple_results columns
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """The image a test ran, as the backend made it available on the host."""
+
+    name: str  # what the container runs: a local name or a registry reference
+    docker_sha: str
+    base_docker: str = ""
+    built: bool = False  # False when an image of the same content was reused
+    pulled: bool = False  # from a registry
+    build_duration: float = 0.0
+    log_path: str | None = None  # the build log
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What perf.csv says of the model and the test, whatever became of the run."""
+
+    model: str
+    n_gpus: int  # as the entry asks; -1: all
+    args: str = ""
+    tags: tuple[str, ...] = ()
+    docker_file: str = ""
+    docker_image: str = ""
+    training_precision: str = ""
+    gpu_architecture: str = ""
+    dataname: str = ""
+    data_provider: str = ""
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    """A finished test: its status and one-line reason, results, image and placement."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    name: str  # the test name: `dummy`, `dummy3[batch_size=512]`
+    status: Status
+    facts: ModelFacts
+    reason: str | None = None  # one line; None on success
+    detail: str = ""  # the log's tail and such, shown under the reason
+    rows: tuple[ResultRow, ...] = ()
+    image: ImageFacts | None = None
+    backend: str = "docker"
+    host: str | None = None
+    gpus: tuple[int, ...] = ()
+    started_at: float | None = None  # epoch seconds
+    ended_at: float | None = None
+    log_path: str | None = None
+    retried_after: tuple[str, ...] = ()  # why earlier placements were given up
+    properties: Mapping[str, str] = field(default_factory=dict)  # backend facts for JUnit
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    @property
+    def failure_text(self) -> str:
+        reason = self.reason or "failed"
+        return f"{reason}\n{self.detail}".rstrip() if self.detail else reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TestRecord:
+        image = data.get("image")
+        return cls(
+            name=data["name"],
+            status=Status(data["status"]),
+            facts=ModelFacts(**{**data["facts"], "tags": tuple(data["facts"].get("tags", ()))}),
+            reason=data.get("reason"),
+            detail=data.get("detail", ""),
+            rows=tuple(
+                ResultRow(**{**row, "status": Status(row["status"])})
+                for row in data.get("rows", ())
+            ),
+            image=ImageFacts(**image) if image else None,
+            backend=data.get("backend", "docker"),
+            host=data.get("host"),
+            gpus=tuple(data.get("gpus", ())),
+            started_at=data.get("started_at"),
+            ended_at=data.get("ended_at"),
+            log_path=data.get("log_path"),
+            retried_after=tuple(data.get("retried_after", ())),
+            properties=dict(data.get("properties", {})),
+        )
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        """The test's JUnit properties (they reach the controller's XML under xdist)."""
+        main = self.rows[0] if self.rows else None
+        image = self.image
+        properties = [
+            ("status", self.status.value),
+            ("performance", "" if main is None else _number(main.performance)),
+            ("metric", main.metric if main else ""),
+            ("image", image.name if image else ""),
+            ("docker_sha", image.docker_sha if image else ""),
+            ("image_built", str(bool(image and image.built)).lower()),
+            ("image_pulled", str(bool(image and image.pulled)).lower()),
+            ("build_duration", f"{image.build_duration if image else 0.0:.2f}"),
+            ("gpus", ",".join(str(index) for index in self.gpus)),
+        ]
+        if self.host is not None:
+            properties.append(("host", self.host))
+        if self.duration is not None:
+            properties += [
+                ("test_duration", f"{self.duration:.2f}"),
+                ("started_at", f"{self.started_at:.3f}"),
+                ("ended_at", f"{self.ended_at:.3f}"),
+            ]
+        if self.log_path:
+            properties.append(("log_path", self.log_path))
+        properties += sorted(self.properties.items())
+        if self.reason:
+            properties.append(("failure_reason", self.reason))
+        if self.retried_after:
+            properties.append(("retried_after", "; ".join(self.retried_after)))
+        return properties
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _plain(value: Any) -> Any:
+    """Enums as their values and tuples as lists: what JSON and execnet carry."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,249 @@
+"""One test on its placement: image -> run spec -> backend -> outcome -> verdict -> record.
+
+Every way a benchmark can fail ends here as a FAILURE record with a one-line reason
+(and the log's tail as detail), never as an exception, so the caller reports it as a
+test failure and its perf.csv row is still written. The one exception is HostLost:
+the session places the test again elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_madengine.backends import Backend, ImageRequest, OutputSink, RunOutcome, RunSpec
+from pytest_madengine.core.credentials import registry_of
+from pytest_madengine.core.options import Options
+from pytest_madengine.core.planning import PlannedTest
+from pytest_madengine.core.records import (
+    ImageFacts,
+    ModelFacts,
+    ResultRow,
+    Status,
+    TestRecord,
+)
+from pytest_madengine.core.results import (
+    Measurement,
+    ResultError,
+    find_performance,
+    judge,
+    parse_multiple_results,
+)
+from pytest_madengine.core.runspec import build_run_spec
+from pytest_madengine.core.tree.dockerfiles import base_docker_of
+from pytest_madengine.data import DataMount, resolve_data
+from pytest_madengine.errors import HostLost, MadError
+from pytest_madengine.resources.placement import Placement
+from pytest_madengine.tools import apply_tools
+
+LOG_TAIL_LINES = 25
+# Changes a test's run spec before it starts (the plugin's pytest_mad_run_spec hook).
+SpecHook = Callable[[RunSpec, PlannedTest], RunSpec]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log under a heading naming it, read without holding the file."""
+    if not path.exists():
+        return ""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        tail = "".join(deque(handle, maxlen=lines)).rstrip()
+    return f"--- last lines of {path} ---\n{tail}" if tail else f"--- {path} is empty ---"
+
+
+def measure(test: PlannedTest, outcome: RunOutcome) -> list[Measurement]:
+    """The results of a finished run: its multiple_results CSV, else its performance line."""
+    model = test.model
+    if model.multiple_results:
+        text = next(iter(outcome.results.values()), None)
+        if text is None:
+            raise ResultError(f"{model.multiple_results}: multiple_results CSV was not written")
+        return parse_multiple_results(text, test.name, model.multiple_results)
+    with outcome.log_path.open(encoding="utf-8", errors="replace") as log:
+        value, metric = find_performance(log)
+    return [Measurement(test.name, value, metric)]
+
+
+def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
+    if outcome.timed_out:
+        return f"timeout after {timeout_s:g} s"
+    if outcome.exit_code != 0:
+        return f"exit code {outcome.exit_code}"
+    return None
+
+
+def model_facts(test: PlannedTest, options: Options) -> ModelFacts:
+    """What perf.csv records of the test before anything runs."""
+    model = test.model
+    context = options.effective_context
+    args = " ".join(
+        part for part in (context.get("model_args") or model.args, test.selected.extra_args) if part
+    )
+    return ModelFacts(
+        model=test.name,
+        n_gpus=model.n_gpus,
+        args=args,
+        tags=model.tags,
+        docker_file=test.dockerfile.relpath if test.dockerfile else "",
+        docker_image=test.image or "",
+        training_precision=model.training_precision or "",
+        gpu_architecture=context.gpu_architecture or "",
+        dataname=model.data or "",
+    )
+
+
+def skipped_record(test: PlannedTest, options: Options, reason: str) -> TestRecord:
+    row = ResultRow(test.name, Status.SKIPPED, reason=reason)
+    facts = model_facts(test, options)
+    return TestRecord(test.name, Status.SKIPPED, facts, reason, rows=(row,), backend=options.deploy)
+
+
+def failed_record(test: PlannedTest, options: Options, reason: str, **facts: object) -> TestRecord:
+    reason = options.credentials.redact(reason)  # an engine's message may quote a secret
+    row = ResultRow(test.name, Status.FAILURE, reason=reason)
+    return TestRecord(
+        test.name, Status.FAILURE, model_facts(test, options), reason, rows=(row,),
+        backend=options.deploy, **facts,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+class TestRunner:
+    """Runs planned tests on their placements through one backend."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(
+        self,
+        options: Options,
+        backend: Backend,
+        *,
+        session_id: str,
+        spec_hook: SpecHook | None = None,
+        on_output: OutputSink | None = None,
+    ) -> None:
+        self.options = options
+        self.backend = backend
+        self.session_id = session_id
+        self.spec_hook = spec_hook
+        self.on_output = on_output
+        self.log_dir = options.output_dir / "logs" / session_id
+
+    def log_path(self, test: PlannedTest, test_id: str) -> Path:
+        """A log of its own for every test of the session: the readable name, and a hash
+        of the whole id, since ids that differ only in `/` or `:` read the same."""
+        safe = "".join(c if c.isalnum() or c in "-_.[]=" else "_" for c in test.name)[:120]
+        digest = hashlib.sha256(test_id.encode()).hexdigest()[:8]
+        return self.log_dir / f"{safe}.{digest}.log"
+
+    def image_request(self, test: PlannedTest) -> ImageRequest:
+        """Build the test's Dockerfile, or, with a build manifest, take its image."""
+        assert test.image is not None and test.dockerfile is not None
+        manifest = self.options.manifest
+        if manifest is None:
+            build_args = {
+                str(key): str(value)
+                for key, value in self.options.effective_context.get("docker_build_arg").items()
+            }
+            return ImageRequest(
+                name=test.image,
+                dockerfile=test.dockerfile.path,
+                context_dir=self.options.root / test.model.dockercontext,
+                build_args=build_args,
+                base_docker=base_docker_of(test.dockerfile.path, build_args),
+            )
+        entry = manifest.image_for(test.image, test.model.name)
+        if entry is None:
+            built = ", ".join(sorted(manifest.images)) or "nothing"
+            raise MadError(
+                f"{test.image} is not in the build manifest {manifest.path} (built: {built})"
+            )
+        auth = self.options.credentials.registry_auth(registry_of(entry.reference))
+        return ImageRequest(
+            name=test.image,
+            reference=entry.reference,
+            pull=entry.pulled,
+            auth=auth if entry.pulled else None,
+            base_docker=entry.base_docker,
+            build_duration=entry.build_duration,
+        )
+
+    def run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
+        """Prepares, runs and judges; HostLost when the placed host went away."""
+        host, gpus = placement.host, placement.gpus
+        gpu_ids = tuple(gpu.index for gpu in gpus)
+        facts = model_facts(test, self.options)
+        if host.architecture:
+            facts = dataclasses.replace(facts, gpu_architecture=host.architecture)
+        image: ImageFacts | None = None
+        try:
+            image = self.backend.prepare(self.image_request(test), host)
+            data: DataMount | None = None
+            if test.model.data:
+                data = resolve_data(test.model.data, self.options.data_sources)
+                facts = dataclasses.replace(facts, data_provider=data.provider)
+            spec = build_run_spec(
+                test, self.options, host,
+                image=image.name, gpus=gpus, session_id=self.session_id, test_id=test_id,
+                log_path=self.log_path(test, test_id), data=data,
+            )  # fmt: skip
+            spec = apply_tools(spec, self.options.effective_context.get("tools") or [])
+            if self.spec_hook is not None:
+                spec = self.spec_hook(spec, test)
+            outcome = self.backend.start(spec, host, self.on_output).wait()
+        except HostLost:
+            raise
+        except MadError as exc:
+            reason, _, detail = str(exc).partition("\n")
+            record = failed_record(
+                test, self.options, reason, image=image, host=host.name, gpus=gpu_ids
+            )
+            detail = self.options.credentials.redact(detail)
+            return dataclasses.replace(record, facts=facts, detail=detail)
+        placed = {
+            "image": image, "host": outcome.host, "gpus": gpu_ids, "started_at": outcome.started_at,
+            "ended_at": outcome.ended_at, "log_path": str(outcome.log_path),
+            "properties": dict(outcome.properties),
+        }  # fmt: skip
+        tail = log_tail(outcome.log_path)
+        failure = run_failure(outcome, spec.timeout_s)
+        if failure is None:
+            try:
+                measurements = measure(test, outcome)
+            except ResultError as exc:
+                failure = str(exc)
+        if failure is not None:
+            record = failed_record(test, self.options, failure, **placed)
+            redacted = self.options.credentials.redact(tail)
+            return dataclasses.replace(record, facts=facts, detail=redacted)
+        rows, misses = self._judge(test, measurements)
+        status = Status.FAILURE if misses else Status.SUCCESS
+        return TestRecord(
+            test.name, status, facts, "; ".join(misses) or None, rows=tuple(rows),
+            backend=self.options.deploy, **placed,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def _judge(
+        self, test: PlannedTest, measurements: list[Measurement]
+    ) -> tuple[list[ResultRow], list[str]]:
+        rows, misses = [], []
+        for measurement in measurements:
+            verdict = judge(
+                measurement.performance,
+                measurement.metric,
+                test.model.expectation,
+                self.options.baseline.get(measurement.name),
+                self.options.tolerance,
+            )
+            status = Status.SUCCESS if verdict.passed else Status.FAILURE
+            rows.append(
+                ResultRow(
+                    measurement.name, status, measurement.performance, measurement.metric,
+                    verdict.relative_change, verdict.reason, dict(measurement.extra),
+                )
+            )  # fmt: skip
+            if not verdict.passed:
+                prefix = f"{measurement.name}: " if test.model.multiple_results else ""
+                misses.append(f"{prefix}{verdict.reason}")
+        return rows, misses

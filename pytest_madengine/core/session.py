@@ -1,0 +1,151 @@
+"""A session: the tree and plan of the options, and the loop that runs a test
+(place -> run -> retry on a lost host) into a `TestRecord`.
+
+No pytest here: the plugin, the `madengine` command and plain Python drive the same
+code. From Python:
+
+    options = parse_options(RawOptions(root="MAD", tags=("dummy",)))
+    with Session.open(options) as session:
+        for test in session.mad.plan.tests:
+            record = session.run(test)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pytest_madengine.backends import Backend, BackendSetup, OutputSink, create_backend
+from pytest_madengine.core.options import Options
+from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
+from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.runner import SpecHook, TestRunner, failed_record, skipped_record
+from pytest_madengine.core.tree.discovery import Tree, load_tree
+from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
+from pytest_madengine.errors import HostLost, NoHost
+from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.placement import HostPool
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class MadSession:
+    """The options of a session with its tree and plan, each loaded once on first use."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.dockerfiles = DockerfileIndex(options.root)
+
+    @functools.cached_property
+    def tree(self) -> Tree:
+        return load_tree(self.options.root, self.dockerfiles)
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        context = dict(self.options.effective_context.values)
+        return plan_tests(self.tree, self.options.tags, context, self.dockerfiles)
+
+
+class Session:
+    """Runs the planned tests of one process through its backend, placing each on a
+    host and GPUs no other running test of the session holds."""
+
+    def __init__(
+        self,
+        mad: MadSession,
+        setup: BackendSetup,
+        *,
+        spec_hook: SpecHook | None = None,
+        on_output: OutputSink | None = None,
+    ) -> None:
+        self.mad = mad
+        self.options = mad.options
+        self.session_id = setup.session_id
+        self._closed = False
+        self.backend: Backend = create_backend(self.options.deploy, setup)
+        try:
+            self.pool = HostPool(
+                self.backend.hosts(), setup.session_dir / "placement", self.backend.hosts_down()
+            )
+        except BaseException:
+            self.backend.close()
+            raise
+        self.runner = TestRunner(
+            self.options, self.backend, session_id=self.session_id,
+            spec_hook=spec_hook, on_output=on_output,
+        )  # fmt: skip
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls,
+        options: Options,
+        session_dir: Path | None = None,
+        shared: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Session]:
+        """A session of its own (the controller's part too): on the way out it removes
+        whatever it left on the hosts."""
+        with tempfile.TemporaryDirectory(prefix="mad-session-") as scratch:
+            directory = session_dir or Path(scratch)
+            setup = BackendSetup(options, new_session_id(), directory, shared)
+            session = cls(MadSession(options), setup, **kwargs)
+            try:
+                yield session
+            finally:
+                session.close(sweep=True)
+
+    def fits(self, test: PlannedTest, host: Host) -> str | None:
+        model = test.model
+        vendor = self.options.gpu_vendor
+        return host_unfit_reason(model, vendor, host.vendor, host.architecture, host.labels)
+
+    def run(self, test: PlannedTest, test_id: str | None = None) -> TestRecord:
+        """The test's record. A host lost mid-run is left out for the rest of the session
+        and the test placed again, up to `retries` times."""
+        test_id = test_id or test.name
+        if test.skip_reason:
+            return skipped_record(test, self.options, test.skip_reason)
+        lost: list[str] = []
+        retries = self.options.retries
+        for _ in range(1 + retries):
+            try:
+                placement = self.pool.acquire(
+                    test.model.n_gpus, test_id, lambda host: self.fits(test, host)
+                )
+            except NoHost as exc:
+                if lost:
+                    return failed_record(test, self.options, "; ".join([*lost, str(exc)]),
+                                         retried_after=tuple(lost))  # fmt: skip
+                return skipped_record(test, self.options, str(exc))
+            try:
+                record = self.runner.run(test, test_id, placement)
+            except HostLost as exc:
+                self.pool.mark_down(exc.host, exc.reason)
+                lost.append(str(exc))
+                continue
+            finally:
+                self.pool.release(placement)
+            return dataclasses.replace(record, retried_after=tuple(lost))
+        reason = f"{'; '.join(lost)}; no retry left (--mad-retries {retries})"
+        return failed_record(test, self.options, reason, retried_after=tuple(lost))
+
+    def close(self, sweep: bool = False) -> None:
+        """Gives the backend's connections back; `sweep` (the controller, at the end)
+        also removes every container of the session still on a host."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if sweep:
+                self.backend.sweep(self.session_id)
+        finally:
+            self.backend.close()

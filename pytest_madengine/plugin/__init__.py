@@ -1,0 +1,252 @@
+"""pytest hooks of pytest-madengine: a thin shell over the core.
+
+Options are parsed once, at configure (a bad one is a usage error, exit 4, before any
+test); the MAD tree becomes collectors and items; each item's benchmark runs through
+the core's Session into a TestRecord, which crosses xdist as a dict on the report and
+is written to perf.csv, the summary and the user's hooks by the controller alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_madengine.backends import BackendSetup
+from pytest_madengine.core.options import Options, parse_options
+from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.runner import failed_record, skipped_record
+from pytest_madengine.core.session import MadSession, Session, new_session_id
+from pytest_madengine.errors import MadError
+from pytest_madengine.plugin import fixtures, hookspec
+from pytest_madengine.plugin.collection import MadItem, MadTree
+from pytest_madengine.plugin.options import add_options, raw_options
+from pytest_madengine.plugin.reporter import RECORD_ATTRIBUTE, MadReporter
+from pytest_madengine.plugin.state import RECORD, STATE, PluginState, plugin_state
+from pytest_madengine.resources.hosts import load_hosts
+
+NO_GPU_HINT = (
+    "no GPU detected and none declared; declare them with --mad-gpus"
+    " (a count like 4, or ids like 0,2-3) and set gpu_vendor in --mad-context"
+)
+# What the controller hands each xdist worker.
+WORKER_KEY = "madengine"
+_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+_PARSED = pytest.StashKey[Options]()  # parsed early by pytest_xdist_auto_num_workers
+_OWNED_DIR = pytest.StashKey[Path]()  # the controller's session dir, removed at the end
+
+pytest_addoption = add_options
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def _worker_input(config: pytest.Config) -> dict[str, Any] | None:
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput.get(WORKER_KEY) if workerinput is not None else None
+
+
+def _options(config: pytest.Config, shared: dict[str, Any] | None) -> Options:
+    """Parsed once per process (a worker parses with the controller's root: its own
+    invocation dir follows a rootdir pytest may have guessed from an option value)."""
+    if _PARSED in config.stash:
+        return config.stash[_PARSED]
+    root = Path(shared["root"]) if shared else None
+    options = parse_options(raw_options(config, root))
+    config.stash[_PARSED] = options
+    return options
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM takes the same road as Ctrl-C, so `finally` blocks remove our containers.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _live_sink(config: pytest.Config) -> Any:
+    """Writes model output straight to the terminal, around pytest's capture."""
+
+    def write(chunk: bytes) -> None:
+        # Looked up here: the terminal reporter registers after our pytest_configure.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write(chunk.decode("utf-8", errors="replace"))
+            reporter.flush()
+
+    return write
+
+
+def _spec_hook(config: pytest.Config) -> Any:
+    def apply(spec: Any, test: Any) -> Any:
+        return config.hook.pytest_mad_run_spec(spec=spec, test=test, config=config) or spec
+
+    return apply
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mad_gpus(n): GPUs a test using the mad_gpus fixture holds")
+    shared = _worker_input(config)
+    if shared is None and not raw_options(config).active:
+        return  # dormant: a plain pytest run is left alone
+    try:
+        options = _options(config, shared)
+        mad = MadSession(options)
+        mad.tree  # noqa: B018 - a missing root or models.json is a usage error, found now
+    except MadError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    worker = shared is not None
+    if worker:
+        session_id, session_dir = shared["session_id"], Path(shared["session_dir"])
+    else:
+        session_id = new_session_id()
+        session_dir = Path(tempfile.mkdtemp(prefix=f"mad-session-{session_id}-"))
+        config.stash[_OWNED_DIR] = session_dir
+    runtime = None
+    if not config.option.collectonly:
+        backend_state = shared["backend"] if shared else None
+        setup = BackendSetup(options, session_id, session_dir, backend_state)
+        live = options.live_output and not worker
+        try:
+            runtime = Session(mad, setup, spec_hook=_spec_hook(config),
+                              on_output=_live_sink(config) if live else None)  # fmt: skip
+        except MadError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    state = PluginState(options, mad, session_id, session_dir, worker, runtime)
+    config.stash[STATE] = state
+    config.pluginmanager.register(fixtures, "madengine-fixtures")
+    if not worker:
+        config.pluginmanager.register(MadReporter(state, config), "madengine-reporter")
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # No paths given: collect the MAD tree, not testpaths or the current directory.
+        config.args = [str(options.root)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: each worker gets the controller's session id, directory, root, and what
+    its backend found (hosts down, SSH tunnels to share)."""
+    state = plugin_state(node.config)
+    if state is not None:
+        node.workerinput[WORKER_KEY] = {
+            "session_id": state.session_id,
+            "session_dir": str(state.session_dir),
+            "root": str(state.options.root),
+            "backend": state.runtime.backend.shared_state() if state.runtime else {},
+        }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto`: one worker per GPU of all hosts, since every test holds at least one."""
+    if not raw_options(config).active:
+        return None
+    try:
+        options = _options(config, None)
+        hosts = load_hosts(options.hosts_file, options.gpu_vendor) if options.hosts_file else None
+    except MadError:
+        return None  # pytest_configure reports it
+    count = sum(host.gpus.count for host in hosts) if hosts else options.gpus.count
+    return count or None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    state = plugin_state(parent.config)
+    if state is None or path != state.options.root:
+        return None
+    return MadTree.from_parent(parent, path=path)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = plugin_state(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if state is None or reporter is None or state.worker:
+        return
+    # Said once, by the controller, even under -q.
+    backend = state.runtime.backend if state.runtime else None
+    if backend is not None:
+        no_gpu = not any(host.gpus.gpus for host in backend.hosts())
+    else:  # --collect-only: this machine's GPUs, unless hosts run the tests
+        no_gpu = state.options.hosts_file is None and not state.options.gpus.gpus
+    if no_gpu:
+        reporter.write_line(f"madengine: {NO_GPU_HINT}", yellow=True)
+    for name, reason in (backend.hosts_down() if backend else {}).items():
+        reporter.write_line(
+            f"madengine: host {name} does not answer, left out: {reason}", yellow=True
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = plugin_state(config)
+    if state is None:
+        return None
+    options = state.options
+    context = options.effective_context
+    return [
+        f"madengine: root {options.root}, tags {','.join(options.tags)},"
+        f" gpu_vendor {context.gpu_vendor}, guest_os {context.get('guest_os')},"
+        f" deploy {options.deploy}",
+        f"madengine: GPUs: {options.gpus.describe()}",
+    ]
+
+
+def _record_of(item: MadItem, report: pytest.TestReport, options: Options) -> TestRecord:
+    """The item's record: the one its benchmark made, else one that says why it has none
+    (skipped by a marker, a fixture that failed, an interrupt)."""
+    record = item.stash.get(RECORD, None)
+    if record is not None:
+        return record
+    if report.skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else "skipped"
+        return skipped_record(item.planned, options, str(reason).removeprefix("Skipped: "))
+    reason = f"failed in {report.when} before the benchmark ran"
+    return failed_record(item.planned, options, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    state = plugin_state(item.config)
+    if state is None or not isinstance(item, MadItem):
+        return
+    finished = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+    if finished:
+        record = _record_of(item, report, state.options)
+        # A plain attribute survives xdist's report serialisation to the controller.
+        setattr(report, RECORD_ATTRIBUTE, record.to_dict())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = plugin_state(session.config)
+    if state is None or state.runtime is None:
+        return
+    # Also after Ctrl-C, when no test has finished yet but containers may run; the
+    # controller sweeps every host for whatever its killed workers left.
+    state.runtime.close(sweep=not state.worker and session.testscollected > 0)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = plugin_state(config)
+    if state is not None and state.runtime is not None:
+        state.runtime.close()  # a second close does nothing; this one is for a crashed run
+    owned = config.stash.get(_OWNED_DIR, None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
+    previous = config.stash.get(_PREVIOUS_SIGTERM, None)
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+

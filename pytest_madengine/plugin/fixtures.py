@@ -1,0 +1,120 @@
+"""Fixtures of pytest-madengine. Each can be overridden in a conftest.py.
+
+The MAD items use `mad_benchmark`; user-written tests can use the same pieces
+(`mad_options`, `mad_session`, `mad_docker`, `mad_host`, `mad_gpus`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_madengine.backends.docker.containers import EngineError, connect
+from pytest_madengine.core.options import Options
+from pytest_madengine.core.records import Status, TestRecord
+from pytest_madengine.core.session import MadSession, Session
+from pytest_madengine.plugin.state import RECORD, PluginState, plugin_state
+from pytest_madengine.resources.gpus import Gpu
+from pytest_madengine.resources.placement import HostPool, Placement
+
+
+def _state(config: pytest.Config) -> PluginState:
+    state = plugin_state(config)
+    if state is None:
+        pytest.fail("pytest-madengine is not active: give --mad-tags (or mad_tags)", pytrace=False)
+    return state
+
+
+@pytest.fixture(scope="session")
+def mad_options(pytestconfig: pytest.Config) -> Options:
+    """The parsed options of this session."""
+    return _state(pytestconfig).options
+
+
+@pytest.fixture(scope="session")
+def mad_session(pytestconfig: pytest.Config) -> MadSession:
+    """The loaded tree and plan of this session."""
+    return _state(pytestconfig).mad
+
+
+@pytest.fixture(scope="session")
+def mad_runtime(pytestconfig: pytest.Config) -> Session:
+    """This process's backend, host pool and test runner."""
+    runtime = _state(pytestconfig).runtime
+    if runtime is None:
+        pytest.fail("pytest-madengine runs nothing under --collect-only", pytrace=False)
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def mad_docker() -> Iterator[docker.DockerClient]:
+    """A client of the Docker Engine at DOCKER_HOST (the local one by default)."""
+    try:
+        client = connect()
+    except EngineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mad_session_dir(pytestconfig: pytest.Config) -> Path:
+    """A directory shared by all xdist workers of this session (and only this session)."""
+    return _state(pytestconfig).session_dir
+
+
+@pytest.fixture(scope="session")
+def mad_host_pool(mad_runtime: Session) -> HostPool:
+    """The hosts (from --mad-hosts, else this machine) and their GPUs, shared by every
+    xdist worker of the session."""
+    return mad_runtime.pool
+
+
+def _wanted_gpus(request: pytest.FixtureRequest) -> int:
+    planned = getattr(request.node, "planned", None)
+    marker = request.node.get_closest_marker("mad_gpus")
+    return planned.model.n_gpus if planned else (marker.args[0] if marker else 1)
+
+
+@pytest.fixture
+def mad_host(request: pytest.FixtureRequest, mad_host_pool: HostPool) -> Iterator[Placement]:
+    """A host and GPUs held by this test alone (the least loaded host that fits),
+    given back on every outcome. A test holds one GPU unless `mad_gpus(n)` says more."""
+    wanted = _wanted_gpus(request)
+    reason = mad_host_pool.unfit_reason(wanted)
+    if reason:
+        pytest.skip(reason)
+    placement = mad_host_pool.acquire(wanted, request.node.nodeid)
+    yield placement
+    mad_host_pool.release(placement)
+
+
+@pytest.fixture
+def mad_gpus(mad_host: Placement) -> tuple[Gpu, ...]:
+    """The GPUs this test holds (see mad_host)."""
+    return mad_host.gpus
+
+
+@pytest.fixture
+def mad_benchmark(request: pytest.FixtureRequest, mad_runtime: Session) -> Callable[[], TestRecord]:
+    """Runs this item's benchmark on a placed host; a miss fails the test in one line.
+
+    A host lost during the run is left out for the rest of the session and the test is
+    placed again, up to --mad-retries times.
+    """
+    item = request.node
+
+    def run() -> TestRecord:
+        record = mad_runtime.run(item.planned, item.nodeid)
+        item.stash[RECORD] = record
+        item.user_properties.extend(record.junit_properties())
+        if record.status is Status.SKIPPED:
+            pytest.skip(record.reason or "skipped")
+        if record.status is Status.FAILURE:
+            pytest.fail(record.failure_text, pytrace=False)
+        return record
+
+    return run

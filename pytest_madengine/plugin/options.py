@@ -1,0 +1,144 @@
+"""The plugin's command-line options and ini keys, read into the core's RawOptions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_madengine.core.options import RawOptions
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("madengine", "MAD model benchmarks (pytest-madengine)")
+    group.addoption(
+        "--mad-root",
+        metavar="DIR",
+        help="MAD tree to collect (ini: mad_root; default: $MODEL_DIR, else the current dir)",
+    )
+    group.addoption(
+        "--mad-tags",
+        action="append",
+        default=[],
+        metavar="TAGS",
+        help="models to run: names, tags, 'all', 'X:key=value', 'dir/X'; repeatable and"
+        " comma-separated (ini: mad_tags). Without tags the plugin collects nothing.",
+    )
+    group.addoption(
+        "--mad-context",
+        metavar="JSON",
+        help="run context as JSON, over --mad-context-file (gpu_vendor, guest_os,"
+        " docker_build_arg, docker_env_vars, docker_mounts, timeout_multiplier, ...)",
+    )
+    group.addoption(
+        "--mad-context-file",
+        metavar="FILE",
+        help="run context from a JSON file (ini: mad_context_file)",
+    )
+    group.addoption(
+        "--mad-gpus",
+        metavar="SPEC",
+        help="GPUs to use: a count (4) or ids (0,2-3); virtual when none is detected"
+        " (ini: mad_gpus)",
+    )
+    group.addoption(
+        "--mad-timeout",
+        metavar="SECONDS",
+        help="timeout of every model, over its own (0: none); times the context's"
+        " timeout_multiplier",
+    )
+    group.addoption(
+        "--mad-clean-cache", action="store_true", help="build images without Docker's layer cache"
+    )
+    group.addoption(
+        "--mad-live-output",
+        action="store_true",
+        help="stream model output to the terminal as it runs (not under xdist)",
+    )
+    group.addoption(
+        "--mad-baseline", metavar="CSV", help="perf.csv of an earlier run to compare against"
+    )
+    group.addoption(
+        "--mad-tolerance",
+        default="5%",
+        metavar="PCT",
+        help="allowed regression against --mad-baseline (default 5%%)",
+    )
+    group.addoption(
+        "--mad-output",
+        metavar="DIR",
+        help="where logs and build logs go (ini: mad_output; default: mad_output)",
+    )
+    group.addoption(
+        "--mad-perf-csv",
+        metavar="CSV",
+        help="madengine-compatible results, appended (ini: mad_perf_csv; default: perf.csv)",
+    )
+    group.addoption("--mad-summary", metavar="JSON", help="write a JSON summary of the session")
+    group.addoption(
+        "--mad-hosts",
+        metavar="YAML",
+        help="Docker hosts to run on (ini: mad_hosts; default: this machine's engine)",
+    )
+    group.addoption(
+        "--mad-manifest",
+        metavar="JSON",
+        help="run from a madengine build_manifest.json: its images are pulled from the"
+        " registry it names, not built; without --mad-tags its models run (ini: mad_manifest)",
+    )
+    group.addoption(
+        "--mad-registry",
+        metavar="HOST:PORT",
+        help="pull the manifest's images from this registry instead of the one it names",
+    )
+    group.addoption(
+        "--mad-retries",
+        default="1",
+        metavar="N",
+        help="times a test is placed again after its host was lost (default 1)",
+    )
+    group.addoption(
+        "--mad-deploy",
+        metavar="NAME",
+        help="the backend that runs the containers (default: the context's 'deploy', else"
+        " docker); backends are installed packages (entry points pytest_madengine.backends)",
+    )
+    parser.addini("mad_root", "MAD tree to collect", default=None)
+    parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
+    parser.addini("mad_context_file", "run context JSON file", default=None)
+    parser.addini("mad_gpus", "GPUs to use, as for --mad-gpus", default=None)
+    parser.addini("mad_output", "directory for logs", default=None)
+    parser.addini("mad_perf_csv", "perf.csv to append to", default=None)
+    parser.addini("mad_hosts", "Docker hosts inventory (YAML)", default=None)
+    parser.addini("mad_manifest", "build manifest to run from", default=None)
+
+
+def _option(config: pytest.Config, name: str) -> str | None:
+    """A command-line value, else the ini value of the same name."""
+    value = config.getoption(f"mad_{name}")
+    return value if value is not None else (config.getini(f"mad_{name}") or None)
+
+
+def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
+    """What the user wrote; `root` overrides it (an xdist worker gets the controller's)."""
+    return RawOptions(
+        root=str(root) if root else _option(config, "root"),
+        tags=tuple(config.getoption("mad_tags") or config.getini("mad_tags")),
+        context_json=config.getoption("mad_context"),
+        context_file=_option(config, "context_file"),
+        gpus=_option(config, "gpus"),
+        timeout=config.getoption("mad_timeout"),
+        clean_cache=bool(config.getoption("mad_clean_cache")),
+        live_output=bool(config.getoption("mad_live_output")),
+        baseline=config.getoption("mad_baseline"),
+        tolerance=config.getoption("mad_tolerance"),
+        output=_option(config, "output"),
+        perf_csv=_option(config, "perf_csv"),
+        summary=config.getoption("mad_summary"),
+        hosts=_option(config, "hosts"),
+        manifest=_option(config, "manifest"),
+        registry=config.getoption("mad_registry"),
+        retries=config.getoption("mad_retries"),
+        deploy=config.getoption("mad_deploy"),
+        base_dir=config.invocation_params.dir,
+    )

@@ -1,0 +1,55 @@
+"""The controller's reports: perf.csv rows as results arrive, the table, the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from pytest_madengine.core.records import TestRecord
+from pytest_madengine.plugin.state import PluginState
+from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
+from pytest_madengine.reporting.summary import results_table, summary_document
+
+RECORD_ATTRIBUTE = "mad_record"  # on a TestReport: the record as a dict (crosses xdist)
+
+
+class MadReporter:
+    """Only the controller writes reports, so there is one writer under xdist."""
+
+    def __init__(self, state: PluginState, config: pytest.Config) -> None:
+        self.state = state
+        self.config = config
+        self.perf_csv = PerfCsv(state.options.perf_csv)
+        self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
+        self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, RECORD_ATTRIBUTE, None)
+        if not data:
+            return
+        record = TestRecord.from_dict(data)
+        rows = perf_rows(
+            record,
+            machine=os.uname().nodename,
+            git_commit=self.state.options.git_commit,
+            build_number=self.build_number,
+        )
+        self.perf_csv.append(rows)  # now, so Ctrl-C later loses no finished row
+        self.records.append((report.nodeid, record))
+        self.config.hook.pytest_mad_record(record=record, config=self.config)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.records:
+            terminalreporter.section("madengine results")
+            for line in results_table([record for _, record in self.records]):
+                terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.state.options.summary
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            document = summary_document(self.records, self.state.session_id)
+            path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
