@@ -57,12 +57,17 @@ class GpuInventory:
         return f"{self.count} {kind}{self.vendor}{arch} GPU(s) [{ids}] ({self.source})"
 
 
+MAX_GPUS = 1024  # per host: more is a typo, and would take memory and time to lease
+
+
 def parse_gpu_ids(spec: str) -> tuple[int, ...]:
     """`4` is a count (ids 0-3); `0,2-3` is a list of ids."""
     text = spec.strip()
     if not text:
         return ()
     if text.isdigit():
+        if int(text) > MAX_GPUS:
+            raise MadError(f"--mad-gpus {spec!r}: at most {MAX_GPUS} GPUs per host")
         return tuple(range(int(text)))
     ids: list[int] = []
     for part in text.split(","):
@@ -71,14 +76,16 @@ def parse_gpu_ids(spec: str) -> tuple[int, ...]:
             continue
         low, dash, high = part.partition("-")
         try:
-            if dash:
-                ids.extend(range(int(low), int(high) + 1))
-            else:
-                ids.append(int(part))
+            first, last = (int(low), int(high)) if dash else (int(part), int(part))
         except ValueError:
             raise MadError(
                 f"--mad-gpus {spec!r}: expected a count or ids like 0,2-3, got {part!r}"
             ) from None
+        if first > last:
+            raise MadError(f"--mad-gpus {spec!r}: range {part!r} runs backwards")
+        if last >= MAX_GPUS:
+            raise MadError(f"--mad-gpus {spec!r}: GPU ids go up to {MAX_GPUS - 1}")
+        ids.extend(range(first, last + 1))
     if len(set(ids)) != len(ids) or any(index < 0 for index in ids):
         raise MadError(f"--mad-gpus {spec!r}: ids must be distinct and not negative")
     return tuple(ids)

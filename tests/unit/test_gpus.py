@@ -41,7 +41,7 @@ def test_parse_gpu_ids(spec: str, ids: tuple[int, ...]) -> None:
     assert parse_gpu_ids(spec) == ids
 
 
-@pytest.mark.parametrize("spec", ["a,b", "1,1", "3-x"])
+@pytest.mark.parametrize("spec", ["a,b", "1,1", "3-x", "3-1", "10000000", "0,5000", "-2"])
 def test_bad_gpu_ids(spec: str) -> None:
     with pytest.raises(MadError, match=r"--mad-gpus"):
         parse_gpu_ids(spec)
