@@ -39,14 +39,29 @@ def first_line(problem: BaseException | str) -> str:
     return lines[0] if lines else type(problem).__name__
 
 
-def read_json(path: Path, option: str = "") -> Any:
-    """A JSON file's data; MadError naming the file (and the line and column of a syntax
-    error, whose message quotes none of the file: safe for files of secrets). `option`
-    names the command-line option that gave the path."""
+def read_text(path: Path, option: str = "") -> str:
+    """A UTF-8 text file; MadError naming the file (and `option`, the command-line
+    option that gave the path) when it cannot be read or is not UTF-8."""
     prefix = f"{option} " if option else ""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MadError(f"{prefix}{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise MadError(f"{prefix}{path}: {exc.strerror}") from None
+        raise MadError(f"{prefix}{path}: {exc.strerror or exc}") from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON data; MadError naming `where` with the line and column of a syntax error
+    (the message quotes none of the text: safe for files of secrets)."""
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise MadError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+        raise MadError(f"{where}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise MadError(f"{where}: invalid JSON: nested too deeply") from None
+
+
+def read_json(path: Path, option: str = "") -> Any:
+    """A JSON file's data; one-line MadError naming the file for any problem."""
+    return parse_json(read_text(path, option), str(path))

@@ -6,14 +6,13 @@ from; unknown keys are kept, since MAD tools add their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, parse_json, read_text
 
 GPU_VENDORS = ("AMD", "NVIDIA")
 DEFAULTS: dict[str, Any] = {
@@ -96,10 +95,7 @@ def _validate(values: Mapping[str, Any], origin: str) -> None:
 
 
 def _parse(text: str, origin: str) -> dict[str, Any]:
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MadError(f"{origin}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    values = parse_json(text, origin)
     if not isinstance(values, dict):
         raise MadError(f"{origin}: expected a JSON object, got {type(values).__name__}")
     _validate(values, origin)
@@ -121,10 +117,7 @@ def build_context(context_json: str | None = None, context_file: Path | None = N
     """Defaults, overlaid by the file, overlaid by the JSON string."""
     values = dict(DEFAULTS)
     if context_file is not None:
-        try:
-            text = context_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MadError(f"--mad-context-file {context_file}: {exc.strerror}") from None
+        text = read_text(context_file, "--mad-context-file")
         _overlay(values, _parse(text, str(context_file)))
     if context_json:
         _overlay(values, _parse(context_json, "--mad-context"))

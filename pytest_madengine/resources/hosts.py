@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, read_text
 from pytest_madengine.resources.gpus import Gpu, GpuInventory, parse_gpu_ids
 
 HOST_KEYS = ("name", "docker", "gpus", "vendor", "architecture", "labels", "device_root", "tls")
@@ -103,10 +103,11 @@ def _host_from(entry: Any, index: int, where: str, default_vendor: str) -> Host:
 def load_hosts(path: Path, default_vendor: str = "AMD") -> list[Host]:
     """The hosts of an inventory file; one-line errors name the file, host and field."""
     where = str(path)
+    text = read_text(path, "--mad-hosts")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MadError(f"--mad-hosts {where}: {exc.strerror}") from None
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise MadError(f"{where}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -8,7 +8,6 @@ does not stop the others from loading.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import posixpath
 import runpy
@@ -21,7 +20,7 @@ from typing import Any
 from pytest_madengine.core.results import Expectation, parse_expectation
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.core.tree.madengine_compat import madengine_importable, model_to_dict
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, parse_json, read_text
 
 MODELS_JSON = "models.json"
 DYNAMIC_MODELS = "get_models_json.py"
@@ -133,16 +132,7 @@ def find_sources(root: Path) -> list[Source]:
 
 
 def _read_static(path: Path) -> list[Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MadError(f"{display_path(path)}: cannot read: {exc.strerror}") from None
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MadError(
-            f"{display_path(path)}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
-        ) from None
+    entries = parse_json(read_text(path), display_path(path))
     if not isinstance(entries, list):
         raise MadError(
             f"{display_path(path)}: expected a JSON list of model entries,"
