@@ -293,6 +293,10 @@ def fetch_s3(
 # ---- SFTP ----
 
 
+class _Stalled(Exception):
+    """The server took the login, then stopped answering."""
+
+
 def _run(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Runs a coroutine to its end from plain code, even where an event loop is running."""
     try:
@@ -352,7 +356,10 @@ async def _sftp_fetch(
         config=None, agent_path=None, connect_timeout=timeouts.connect,
         keepalive_interval=interval, keepalive_count_max=3, **auth,
     ) as conn:  # fmt: skip
-        sftp = await asyncio.wait_for(conn.start_sftp_client(), timeouts.read)
+        try:
+            sftp = await asyncio.wait_for(conn.start_sftp_client(), timeouts.read)
+        except asyncio.TimeoutError:  # told apart from a connect timeout
+            raise _Stalled from None
         async with sftp:
             files = await _sftp_files(sftp, remote_path)
             counter = _Counter(sum(size for _, _, size in files), progress)
@@ -391,8 +398,12 @@ def _sftp_problem(exc: BaseException, timeouts: Timeouts, key_file: Path | None)
         return "permission denied"
     if isinstance(exc, asyncssh.KeyImportError):
         return f"cannot use the key file {key_file}: {first_line(exc)}"
-    if isinstance(exc, asyncssh.ConnectionLost):
-        return f"connection lost (no answer within about {timeouts.read:g} s?)"
+    if isinstance(exc, _Stalled):
+        return f"the server stopped answering (nothing for {timeouts.read:g} s)"
+    # What a keepalive timeout gives, depending on what was under way.
+    lost = (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, asyncssh.SFTPConnectionLost)
+    if isinstance(exc, lost):
+        return f"connection lost (closed by the server, or no answer for {timeouts.read:g} s)"
     if isinstance(exc, asyncssh.Error):
         return f"{type(exc).__name__}: {first_line(exc)}"
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):

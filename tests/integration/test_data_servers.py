@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -310,4 +311,46 @@ def test_sftp_server_that_does_not_answer(data_servers: DataServers, tmp_path: P
         fetch_sftp(d.nas_host, silent_port, d.nas_user, d.nas_password, "/dummy", tmp_path,
                    timeouts=QUICK)  # fmt: skip
     assert time.monotonic() - start < 5
+    assert_one_line_without(error, d.nas_password)
+
+
+def server_side_pids(server_port: int, client_port: int) -> set[int]:
+    """The processes holding the server's end of one loopback TCP connection (found by
+    its socket's inode): only this test's connection is stopped, never another's."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    sockets = {f"socket:[{row[9]}]" for row in rows if row[1] == local and row[2] == remote}
+    pids = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in sockets:
+                pids.add(int(fd.parts[2]))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def test_sftp_server_that_stops_answering_after_the_login(
+    data_servers: DataServers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncssh
+
+    d, stopped = data_servers, []
+    start_sftp = asyncssh.SSHClientConnection.start_sftp_client
+
+    async def stop_the_server_first(self, *args, **kwargs):
+        stopped.extend(server_side_pids(d.nas_port, self.get_extra_info("sockname")[1]))
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        return await start_sftp(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "start_sftp_client", stop_the_server_first)
+    start = time.monotonic()
+    try:
+        with pytest.raises(MadError, match=r"stopped answering|connection lost") as error:
+            d.sftp("/dummy", tmp_path, timeouts=Timeouts(connect=2, read=3))
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert stopped and time.monotonic() - start < 8
     assert_one_line_without(error, d.nas_password)
