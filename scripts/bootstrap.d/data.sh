@@ -250,9 +250,19 @@ start_weed() {
 }
 
 # The bucket and s3://mad-data/dummy/, uploading only what is missing or different.
+# Tried for up to 30 s: a fresh weed may answer before its volume server takes writes.
 s3_sample() {
-  local uploaded
-  uploaded=$(s3_python '
+  local uploaded tries=0
+  until uploaded=$(s3_put_sample 2>>"$LOGDIR/weed-sample.log"); do
+    tries=$((tries + 1))
+    [ $tries -lt 30 ] || die "data: could not put the sample dataset into s3://$DATA_BUCKET (log $LOGDIR/weed-sample.log)"
+    sleep 1
+  done
+  [ "$uploaded" = 0 ] || say "data: uploaded $uploaded files to s3://$DATA_BUCKET/dummy/"
+}
+
+s3_put_sample() {
+  s3_python '
 import hashlib, pathlib
 bucket, root = args[0], pathlib.Path(args[1])
 names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
@@ -268,8 +278,7 @@ for path in sorted(p for p in root.rglob("*") if p.is_file()):
         s3.put_object(Bucket=bucket, Key=key, Body=data)
         count += 1
 print(count)
-' "$DATA_BUCKET" "$DATA_DIR/sample/dummy") || die "data: could not put the sample dataset into s3://$DATA_BUCKET"
-  [ "$uploaded" = 0 ] || say "data: uploaded $uploaded files to s3://$DATA_BUCKET/dummy/"
+' "$DATA_BUCKET" "$DATA_DIR/sample/dummy"
 }
 
 # ---- the NAS: a chrooted SFTP account on its own sshd ----
