@@ -1,0 +1,187 @@
+"""The data fetchers' pure logic: s3:// URLs, cache keys, safe file names, scrubbed
+errors, and the cache with local stand-in fetchers (no server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_madengine.data.fetch import (
+    DataCache,
+    Fetched,
+    S3Location,
+    UnsafeData,
+    cache_key,
+    local_path,
+    parse_s3_url,
+    scrub,
+)
+from pytest_madengine.errors import MadError
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://mad-data/dummy", "mad-data", "dummy"),
+        ("s3://mad-data/dummy/", "mad-data", "dummy/"),
+        ("s3://mad-data/a/b/c.bin", "mad-data", "a/b/c.bin"),
+        ("s3://mad-data", "mad-data", ""),
+        ("s3://mad-data/", "mad-data", ""),
+        ("s3://mad-data//x", "mad-data", "x"),
+    ],
+)
+def test_s3_urls(url: str, bucket: str, prefix: str) -> None:
+    assert parse_s3_url(url) == S3Location(bucket, prefix)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mad-data/dummy", "http://host/bucket", "s3:///dummy", "s3://key:secret@bucket/x",
+     "s3://bucket/x?versionId=1", "s3://host:9000/x", ""],
+)  # fmt: skip
+def test_not_s3_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="s3://"):
+        parse_s3_url(url)
+
+
+def test_an_s3_location_gives_its_url_back() -> None:
+    assert parse_s3_url("s3://b/p/q").url == "s3://b/p/q"
+
+
+def test_cache_keys_ignore_what_does_not_change_the_data() -> None:
+    key = cache_key("minio", "http://127.0.0.1:9000", "s3://mad-data/dummy")
+    assert cache_key("MinIO", "HTTP://127.0.0.1:9000/", "s3://mad-data/dummy/") == key
+    assert cache_key("nas", "madnas@127.0.0.1:2222", "/") != cache_key("nas", "x", "")
+    assert DataCache.digest(key) == DataCache.digest(key)
+    assert len(DataCache.digest(key)) == 32
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("aws", "http://127.0.0.1:9000", "s3://mad-data/dummy"),
+        ("minio", "http://127.0.0.1:9001", "s3://mad-data/dummy"),
+        ("minio", "http://127.0.0.1:9000", "s3://mad-data/Dummy"),
+        ("minio", "http://127.0.0.1:9000", "s3://mad-data/dummy/sub"),
+    ],
+)
+def test_cache_keys_tell_datasets_apart(other: tuple[str, str, str]) -> None:
+    key = cache_key("minio", "http://127.0.0.1:9000", "s3://mad-data/dummy")
+    assert DataCache.digest(cache_key(*other)) != DataCache.digest(key)
+
+
+def test_cache_keys_cannot_be_forged_by_joining_parts() -> None:
+    assert cache_key("a", "b|c", "d") != cache_key("a", "b", "c|d")
+
+
+def test_local_paths_stay_under_the_destination(tmp_path: Path) -> None:
+    assert local_path(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
+    assert local_path(tmp_path, "a//./b.txt") == tmp_path / "a" / "b.txt"
+    for bad in ["../x", "a/../../x", "/etc/passwd", "", "."]:
+        with pytest.raises(UnsafeData):
+            local_path(tmp_path, bad)
+
+
+def test_scrub_stars_secrets_in_every_form_and_keeps_one_line() -> None:
+    secret = "s3cr+t/with space"
+    text = f"a {secret}\nb s3cr%2Bt%2Fwith%20space c s3cr%2Bt%2Fwith+space"
+    assert scrub(text, [secret, None, ""]) == "a *** b *** c ***"
+
+
+def counting_fetch(log: Path, payload: bytes = b"data"):
+    def fetch(dest: Path) -> Fetched:
+        with log.open("a") as f:
+            f.write("fetch\n")
+        (dest / "sub").mkdir()
+        (dest / "sub" / "f.bin").write_bytes(payload)
+        return Fetched(len(payload), 1)
+
+    return fetch
+
+
+def test_a_second_ensure_does_not_fetch(tmp_path: Path) -> None:
+    cache, log = DataCache(tmp_path / "cache"), tmp_path / "log"
+    first = cache.ensure("k", counting_fetch(log))
+    second = cache.ensure("k", counting_fetch(log))
+    assert first == second == cache.path("k") and (first / "sub" / "f.bin").read_bytes() == b"data"
+    assert log.read_text().count("fetch") == 1
+    entry = cache.entry("k")
+    assert entry is not None and (entry.bytes, entry.files) == (4, 1)
+    assert cache.lookup("other") is None and cache.entry("other") is None
+
+
+def test_a_failed_fetch_leaves_nothing(tmp_path: Path) -> None:
+    cache = DataCache(tmp_path / "cache")
+
+    def fail_halfway(dest: Path) -> Fetched:
+        (dest / "half.bin").write_bytes(b"x" * 100)
+        raise MadError("minio: s3://b/p: cut")
+
+    with pytest.raises(MadError, match="cut"):
+        cache.ensure("k", fail_halfway)
+    assert cache.lookup("k") is None
+    assert list((tmp_path / "cache" / ".partial").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_dead_fetchers_partial_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    cache = DataCache(tmp_path / "cache")
+    stale = tmp_path / "cache" / ".partial" / f"{DataCache.digest('k')}.dead"
+    stale.mkdir(parents=True)
+    (stale / "half.bin").write_bytes(b"x")
+    cache.ensure("k", counting_fetch(tmp_path / "log"))
+    assert not stale.exists() and cache.lookup("k") is not None
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from pytest_madengine.data.fetch import DataCache, Fetched
+root, log, go = map(Path, sys.argv[1:4])
+def fetch(dest):
+    with log.open("a") as f:
+        f.write("fetch\\n")
+    time.sleep(0.5)  # long enough for the others to find it under way
+    (dest / "f").write_text("x")
+    return Fetched(1, 1)
+while not go.exists():
+    time.sleep(0.01)
+print(DataCache(root).ensure("shared", fetch))
+"""
+
+
+def test_processes_asking_at_once_fetch_once(tmp_path: Path) -> None:
+    go, log = tmp_path / "go", tmp_path / "log"
+    argv = [sys.executable, "-c", CHILD, str(tmp_path / "cache"), str(log), str(go)]
+    children = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    go.touch()
+    paths = {child.communicate(timeout=60)[0].strip() for child in children}
+    assert all(child.returncode == 0 for child in children)
+    assert paths == {str(DataCache(tmp_path / "cache").path("shared"))}
+    assert log.read_text().count("fetch") == 1
+
+
+def test_a_killed_fetch_is_never_cached(tmp_path: Path) -> None:
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from pytest_madengine.data.fetch import DataCache\n"
+        "def fetch(dest):\n"
+        "    (dest / 'half.bin').write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "DataCache(Path(sys.argv[1])).ensure('k', fetch)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], check=False)
+    assert done.returncode == -9
+    cache = DataCache(tmp_path / "cache")
+    assert cache.lookup("k") is None
+    cache.ensure("k", counting_fetch(tmp_path / "log"))
+    assert os.listdir(tmp_path / "cache" / ".partial") == []
+
+
+def test_scrub_stars_a_short_secret_only_where_it_stands_alone() -> None:
+    assert scrub("mad-data key=abc abcdef", ["abc", "a"]) == "mad-data key=*** abcdef"
