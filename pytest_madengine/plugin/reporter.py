@@ -22,7 +22,8 @@ class MadReporter:
     def __init__(self, state: PluginState, config: pytest.Config) -> None:
         self.state = state
         self.config = config
-        self.perf_csv = PerfCsv(state.options.perf_csv)
+        fallback = state.options.output_dir / f"perf.{state.session_id}.csv"
+        self.perf_csv = PerfCsv(state.options.perf_csv, fallback)
         self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
@@ -37,9 +38,19 @@ class MadReporter:
             git_commit=self.state.options.git_commit,
             build_number=self.build_number,
         )
-        self.perf_csv.append(rows)  # now, so Ctrl-C later loses no finished row
+        problem = self.perf_csv.append(rows)  # now, so Ctrl-C later loses no finished row
+        if problem:
+            self._say(problem)
+        for lost in record.retried_after:
+            self._say(f"{lost}; {record.name} placed again")
         self.records.append((report.nodeid, record))
         self.config.hook.pytest_mad_record(record=record, config=self.config)
+
+    def _say(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"madengine: {line}", yellow=True)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.records:

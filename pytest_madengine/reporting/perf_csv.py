@@ -18,31 +18,87 @@ PERF_COLUMNS = (
 )  # fmt: skip
 
 
+# Existing files may hold any bytes: they are kept as they are when the file is rewritten.
+_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
 def _existing_header(path: Path) -> list[str] | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
-    with path.open(newline="", encoding="utf-8") as handle:
-        return next(csv.reader(handle), None)
+    with path.open(newline="", **_ENCODING) as handle:
+        header = next(csv.reader(handle), None)
+    return [name.lstrip("\ufeff").strip() for name in header] if header else None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
+
+
+def _widen(path: Path, header: list[str]) -> None:
+    """Rewrites the file under `header` (its own columns first, ours added after), so
+    that no column of ours is dropped from a file made by another tool. Atomic."""
+    partial = path.with_name(path.name + ".partial")
+    with (
+        path.open(newline="", **_ENCODING) as source,
+        partial.open("w", newline="", **_ENCODING) as out,
+    ):
+        reader = csv.reader(source)
+        next(reader, None)
+        writer = csv.writer(out)
+        writer.writerow(header)
+        # Rows keep their cells; the new columns are empty cells, so every row is whole.
+        writer.writerows(row + [""] * (len(header) - len(row)) for row in reader)
+    partial.replace(path)
 
 
 class PerfCsv:
-    """Appends rows, keeping the column order of a perf.csv that is already there."""
+    """Appends rows, keeping the column order of a perf.csv that is already there.
 
-    def __init__(self, path: Path) -> None:
+    A file lacking some of our columns is rewritten once with them added at the end;
+    a last row without its newline gets one before ours. When the file cannot be
+    written mid-session the rows go to `fallback` instead, and `append` says so.
+    """
+
+    def __init__(self, path: Path, fallback: Path | None = None) -> None:
         self.path = path
+        self.fallback = fallback
         self._header: list[str] | None = None
 
-    def append(self, rows: Iterable[Mapping[str, object]]) -> None:
+    def append(self, rows: Iterable[Mapping[str, object]]) -> str | None:
+        """Writes the rows; a one-line problem when they went to the fallback instead."""
         rows = list(rows)
         if not rows:
-            return
+            return None
+        try:
+            self._append(self.path, rows)
+        except OSError as exc:
+            problem = f"perf.csv {self.path}: cannot write ({exc.strerror or exc})"
+            if self.fallback is None:
+                return problem
+            self._header = None
+            self._append(self.fallback, rows)
+            self.path, self.fallback = self.fallback, None
+            return f"{problem}; rows go to {self.path}"
+        return None
+
+    def _append(self, path: Path, rows: list[Mapping[str, object]]) -> None:
         if self._header is None:
-            self._header = _existing_header(self.path) or list(PERF_COLUMNS)
-            if not self.path.exists() or self.path.stat().st_size == 0:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("w", newline="", encoding="utf-8") as handle:
-                    csv.writer(handle).writerow(self._header)
-        with self.path.open("a", newline="", encoding="utf-8") as handle:
+            existing = _existing_header(path)
+            if existing is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("w", newline="", encoding="utf-8") as handle:
+                    csv.writer(handle).writerow(PERF_COLUMNS)
+                self._header = list(PERF_COLUMNS)
+            else:
+                missing = [column for column in PERF_COLUMNS if column not in existing]
+                self._header = existing + missing
+                if missing:
+                    _widen(path, self._header)
+        lead = "" if _ends_with_newline(path) else "\n"
+        with path.open("a", newline="", **_ENCODING) as handle:
+            handle.write(lead)
             writer = csv.DictWriter(handle, fieldnames=self._header, extrasaction="ignore")
             for row in rows:
                 writer.writerow({key: "" if value is None else value for key, value in row.items()})

@@ -25,10 +25,47 @@ def test_perf_csv_writes_header_once_and_appends(tmp_path: Path) -> None:
 
 def test_perf_csv_keeps_the_column_order_of_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "perf.csv"
-    path.write_text("status,model,performance\nSUCCESS,old,3\n")
+    header = ",".join(PERF_COLUMNS[::-1])
+    path.write_text(f"{header}\n")
     PerfCsv(path).append([{"model": "new", "status": "SUCCESS", "performance": 4, "x": "y"}])
-    assert path.read_text().splitlines() == ["status,model,performance", "SUCCESS,old,3",
-                                             "SUCCESS,new,4"]  # fmt: skip
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert path.read_text().splitlines()[0] == header
+    assert (rows[0]["model"], rows[0]["performance"]) == ("new", "4")
+
+
+def test_a_perf_csv_of_other_columns_gets_ours_added_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "perf.csv"
+    path.write_text("foo,bar,model\n1,2,old\n")
+    PerfCsv(path).append([{"model": "new", "status": "FAILURE", "performance": 4, "metric": "x"}])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "foo,bar,model," + ",".join(c for c in PERF_COLUMNS if c != "model")
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert (rows[0]["foo"], rows[0]["model"], rows[0]["status"]) == ("1", "old", "")
+    assert (rows[1]["model"], rows[1]["performance"], rows[1]["status"]) == ("new", "4", "FAILURE")
+
+
+def test_a_last_row_without_newline_is_not_glued_to_ours(tmp_path: Path) -> None:
+    path = tmp_path / "perf.csv"
+    path.write_text(",".join(PERF_COLUMNS) + "\nold" + "," * (len(PERF_COLUMNS) - 1))
+    PerfCsv(path).append([{"model": "new"}])
+    assert [row["model"] for row in csv.DictReader(path.open(newline=""))] == ["old", "new"]
+
+
+def test_rows_go_to_the_fallback_when_perf_csv_cannot_be_written(tmp_path: Path) -> None:
+    path = tmp_path / "perf.csv"
+    writer = PerfCsv(path, fallback=tmp_path / "out" / "perf.s1.csv")
+    assert writer.append([{"model": "a"}]) is None
+    path.unlink()
+    path.mkdir()  # the file became a directory mid-session
+    problem = writer.append([{"model": "b"}])
+    assert (
+        problem
+        and problem.startswith(f"perf.csv {path}: cannot write")
+        and "perf.s1.csv" in problem
+    )
+    assert writer.append([{"model": "c"}]) is None
+    saved = list(csv.DictReader((tmp_path / "out" / "perf.s1.csv").open(newline="")))
+    assert [row["model"] for row in saved] == ["b", "c"]
 
 
 FACTS = ModelFacts("m", 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import re
 import runpy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -189,7 +190,38 @@ def _param_sets(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
             "field 'parametrize' must be a list of non-empty objects such as"
             f' [{{"batch_size": 256}}], got {value!r}'
         )
-    return tuple(tuple((key, str(val)) for key, val in item.items()) for item in value)
+    return tuple(
+        tuple((key, _param_value(key, val)) for key, val in item.items()) for item in value
+    )
+
+
+def _param_value(key: str, value: Any) -> str:
+    """A parameter as it is passed on the command line (`--key value`): a string or a
+    number; a list or object has no one spelling there."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ValueError(
+        f"field 'parametrize': '{key}' must be a string or a number, got {type(value).__name__}"
+    )
+
+
+def _n_gpus(value: Any) -> int:
+    count = _as_int(value, "n_gpus", DEFAULT_N_GPUS)
+    if count < -1:
+        raise ValueError(f"field 'n_gpus' must be -1 (all GPUs) or a count, got {value!r}")
+    return count
+
+
+def _result_file(entry: Mapping[str, Any]) -> str | None:
+    """multiple_results: a file the script writes in its working directory."""
+    name = _optional_str(entry, "multiple_results")
+    if name is not None and (posixpath.isabs(name) or ".." in name.split("/")):
+        raise ValueError(
+            f"field 'multiple_results' must be a path inside the working directory, got {name!r}"
+        )
+    return name
 
 
 def _optional_str(entry: Mapping[str, Any], key: str) -> str | None:
@@ -230,10 +262,10 @@ def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
         source=source.path,
         directory=source.directory,
         args=str(args or ""),
-        n_gpus=_as_int(entry.get("n_gpus"), "n_gpus", DEFAULT_N_GPUS),
+        n_gpus=_n_gpus(entry.get("n_gpus")),
         tags=_as_tuple(entry.get("tags"), "tags"),
         timeout=_as_int(entry.get("timeout"), "timeout", DEFAULT_TIMEOUT_S),
-        multiple_results=_optional_str(entry, "multiple_results"),
+        multiple_results=_result_file(entry),
         skip_gpu_arch=_as_tuple(entry.get("skip_gpu_arch"), "skip_gpu_arch"),
         data=_optional_str(entry, "data"),
         url=_optional_str(entry, "url"),
@@ -286,8 +318,9 @@ def load_source(
             continue
         seen[model.name] = source.path
         problem = _path_problem(
-            root, model.dockerfile, model.scripts, model.url is not None, dockerfiles
-        )
+            root, model.dockerfile, model.scripts, model.dockercontext, model.url is not None,
+            dockerfiles,
+        ) or _image_name_problem(model, dockerfiles)  # fmt: skip
         if problem:
             errors.append(f"{where}: model '{model.name}': {problem}")
             continue
@@ -295,12 +328,25 @@ def load_source(
     return SourceModels(source, tuple(models), tuple(errors))
 
 
+def outside(root: Path, relative: str) -> bool:
+    """Whether a tree-relative path leads out of the tree (by `..`, or a symlink)."""
+    target = (root / relative).resolve()
+    return target != root and root not in target.parents
+
+
 @functools.lru_cache(maxsize=4096)
 def _path_problem(
-    root: Path, dockerfile: str, scripts: str, has_url: bool, dockerfiles: DockerfileIndex
-) -> str | None:
+    root: Path, dockerfile: str, scripts: str, dockercontext: str, has_url: bool,
+    dockerfiles: DockerfileIndex,
+) -> str | None:  # fmt: skip
     """What is wrong with an entry's paths. Cached for one load: many entries share
-    their Dockerfile and script."""
+    their Dockerfile and script. Nothing outside the tree may reach an image or a
+    container: what `scripts` copies in (its directory) and the build context."""
+    copied = scripts if (root / scripts).is_dir() else posixpath.dirname(scripts)
+    for field_name, value in (("scripts", scripts), ("scripts", copied),
+                              ("dockerfile", dockerfile), ("dockercontext", dockercontext)):
+        if outside(root, value):
+            return f"{field_name} '{value}' leads outside the MAD tree"
     candidates = dockerfiles.candidates(dockerfile)
     if not candidates:
         return f"dockerfile '{dockerfile}' matches no file ({dockerfile}.*Dockerfile)"
@@ -312,6 +358,26 @@ def _path_problem(
     # With a url the scripts come from the cloned repository, so they need not exist here.
     if not has_url and not (root / scripts).exists():
         return f"scripts '{scripts}' not found"
+    return None
+
+
+# A path component of a Docker image name (the distribution reference grammar).
+_IMAGE_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+MAX_IMAGE_NAME = 255
+
+
+def _image_name_problem(model: Model, dockerfiles: DockerfileIndex) -> str | None:
+    """Why the image names this model gives (one per Dockerfile) are not valid Docker
+    names: found now, not as a traceback from the engine at run time."""
+    for path in dockerfiles.candidates(model.dockerfile):
+        name = f"ci-{model.name.replace('/', '_').lower()}_{dockerfiles.load(path).stem}"
+        if len(name) > MAX_IMAGE_NAME or not _IMAGE_COMPONENT.fullmatch(name):
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            return (
+                f"its image name '{shown}' is not a valid Docker name (names and Dockerfiles"
+                f" may use letters, digits and single '.', '_' or '-' between them;"
+                f" at most {MAX_IMAGE_NAME} characters)"
+            )
     return None
 
 
