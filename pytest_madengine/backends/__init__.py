@@ -34,6 +34,9 @@ LABEL_PREFIX = "org.pytest-madengine"
 SESSION_LABEL = f"{LABEL_PREFIX}.session"
 TEST_LABEL = f"{LABEL_PREFIX}.test"
 MODEL_LABEL = f"{LABEL_PREFIX}.model"
+# host:pid:start time of the session's controller: a later session removes the
+# containers of a controller that is gone (killed with -9, a crashed CI job).
+CONTROLLER_LABEL = f"{LABEL_PREFIX}.controller"
 
 OutputSink = Callable[[bytes], None]
 
@@ -73,6 +76,7 @@ class RunSpec:
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
     cpuset_cpus: str | None = None
+    memory: str | None = None  # a limit such as "16g"; the container is killed over it
     # As madengine runs benchmarks: the host's network (collectives, downloads, and no
     # bridge set-up per start) and its IPC namespace (frameworks outgrow a 64 MB /dev/shm).
     network: str = "host"
@@ -90,6 +94,7 @@ class RunOutcome:
     results: Mapping[str, str | None] = field(default_factory=dict, compare=False, hash=False)
     # Backend facts worth a JUnit property (a job id, a pod name...).
     properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    oom_killed: bool = False  # the kernel killed it for memory
 
     @property
     def duration(self) -> float:
@@ -168,6 +173,8 @@ class BackendSetup:
     # The controller's `shared_state()` on an xdist worker; None on the controller,
     # which checks the hosts and fails with a UsageProblem when it cannot run anything.
     shared: Mapping[str, Any] | None = None
+    # host:pid:start time of the controller process (CONTROLLER_LABEL's value).
+    controller: str = ""
 
 
 BackendFactory = Callable[[BackendSetup], Backend]

@@ -35,6 +35,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "docker_mounts": ((dict,), "an object {container_path: host_path}"),
     "docker_gpus": ((str, int), 'a GPU list such as "0,2-3"'),
     "docker_cpus": ((str, int), 'a CPU list such as "0-7"'),
+    "docker_memory": ((str, int), 'a memory limit such as "16g" (bytes when a number)'),
     "docker_network": ((str,), 'a Docker network such as "host" (default) or "bridge"'),
     "docker_ipc": ((str,), 'an IPC mode such as "host" (default) or "private"'),
     "timeout_multiplier": ((int, float), "a positive number"),

@@ -6,7 +6,9 @@ before it is shown (failure lines, JUnit properties).
 
 from __future__ import annotations
 
+import base64
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,16 @@ def registry_of(reference: str) -> str | None:
     return first if rest and ("." in first or ":" in first or first == "localhost") else None
 
 
+def secret_forms(secret: str) -> set[str]:
+    """A secret as it may be written out: as is, URL-quoted, and in base64."""
+    raw = secret.encode()
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode()
+        forms.update({text, text.rstrip("=")})
+    return {form for form in forms if len(form) >= 4}  # masking "a" would mask every a
+
+
 @dataclass(frozen=True)
 class Credentials:
     entries: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -52,12 +64,16 @@ class Credentials:
 
     def secrets(self) -> tuple[str, ...]:
         """Every value that must not be shown, longest first (so parts are not left)."""
-        values = {
-            value
-            for entry in self.entries.values()
-            for key, value in entry.items()
-            if value and any(word in key.lower() for word in SECRET_KEYS)
-        }
+        values: set[str] = set()
+        for entry in self.entries.values():
+            lowered = {key.lower(): value for key, value in entry.items()}
+            for key, value in lowered.items():
+                if value and any(word in key for word in SECRET_KEYS):
+                    values.update(secret_forms(value))
+            if lowered.get("username") and lowered.get("password"):
+                # What HTTP basic auth sends: a registry that echoes its Authorization
+                # header would otherwise show the login in base64.
+                values.update(secret_forms(f"{lowered['username']}:{lowered['password']}"))
         return tuple(sorted(values, key=len, reverse=True))
 
     def redact(self, text: str) -> str:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from pytest_madengine.errors import MadError
 
@@ -98,6 +99,27 @@ def _number(text: str) -> float | None:
 
 def _cut(text: str) -> str:
     return text.strip()[:_SHOWN]
+
+
+# Reading logs in bounded memory
+
+MAX_LINE_CHARS = 64 * 1024
+
+
+def bounded_lines(handle: TextIO, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a text stream, each cut to its last `limit` characters: a model that
+    prints one line of hundreds of megabytes (progress bars joined by `\r`) costs no
+    more memory than any other. The end is kept since the newest output is there."""
+    while True:
+        line = handle.readline(limit)
+        if not line:
+            return
+        while not line.endswith("\n"):
+            more = handle.readline(limit)
+            if not more:
+                break
+            line = (line + more)[-limit:]
+        yield line
 
 
 # The performance line

@@ -28,6 +28,7 @@ from pytest_madengine.core.records import (
 from pytest_madengine.core.results import (
     Measurement,
     ResultError,
+    bounded_lines,
     find_performance,
     judge,
     parse_multiple_results,
@@ -40,6 +41,7 @@ from pytest_madengine.resources.placement import Placement
 from pytest_madengine.tools import apply_tools
 
 LOG_TAIL_LINES = 25
+TAIL_LINE_CHARS = 2000
 # Changes a test's run spec before it starts (the plugin's pytest_mad_run_spec hook).
 SpecHook = Callable[[RunSpec, PlannedTest], RunSpec]
 
@@ -49,7 +51,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     if not path.exists():
         return ""
     with path.open(encoding="utf-8", errors="replace") as handle:
-        tail = "".join(deque(handle, maxlen=lines)).rstrip()
+        kept = deque(bounded_lines(handle), maxlen=lines)
+    # A tail line is shown, not parsed: its end is enough.
+    tail = "".join(line if len(line) <= TAIL_LINE_CHARS else "..." + line[-TAIL_LINE_CHARS:]
+                   for line in kept).rstrip()  # fmt: skip
     return f"--- last lines of {path} ---\n{tail}" if tail else f"--- {path} is empty ---"
 
 
@@ -62,13 +67,18 @@ def measure(test: PlannedTest, outcome: RunOutcome) -> list[Measurement]:
             raise ResultError(f"{model.multiple_results}: multiple_results CSV was not written")
         return parse_multiple_results(text, test.name, model.multiple_results)
     with outcome.log_path.open(encoding="utf-8", errors="replace") as log:
-        value, metric = find_performance(log)
+        value, metric = find_performance(bounded_lines(log))
     return [Measurement(test.name, value, metric)]
 
 
 def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
     if outcome.timed_out:
         return f"timeout after {timeout_s:g} s"
+    if outcome.oom_killed:
+        return (
+            f"killed for memory (out of memory, exit code {outcome.exit_code}); the limit is"
+            " the host's, or the context's docker_memory"
+        )
     if outcome.exit_code != 0:
         return f"exit code {outcome.exit_code}"
     return None
@@ -120,12 +130,14 @@ class TestRunner:
         backend: Backend,
         *,
         session_id: str,
+        controller: str = "",
         spec_hook: SpecHook | None = None,
         on_output: OutputSink | None = None,
     ) -> None:
         self.options = options
         self.backend = backend
         self.session_id = session_id
+        self.controller = controller
         self.spec_hook = spec_hook
         self.on_output = on_output
         self.log_dir = options.output_dir / "logs" / session_id
@@ -186,7 +198,7 @@ class TestRunner:
             spec = build_run_spec(
                 test, self.options, host,
                 image=image.name, gpus=gpus, session_id=self.session_id, test_id=test_id,
-                log_path=self.log_path(test, test_id), data=data,
+                log_path=self.log_path(test, test_id), data=data, controller=self.controller,
             )  # fmt: skip
             spec = apply_tools(spec, self.options.effective_context.get("tools") or [])
             if self.spec_hook is not None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pytest_madengine.backends import (
+    CONTROLLER_LABEL,
     MODEL_LABEL,
     SESSION_LABEL,
     TEST_LABEL,
@@ -83,6 +84,7 @@ def build_run_spec(
     test_id: str,
     log_path: Path,
     data: DataMount | None = None,
+    controller: str = "",
     secrets_env: Mapping[str, str] | None = None,
 ) -> RunSpec:
     """The container of one test on its host: the host's own GPU facts (device root,
@@ -143,7 +145,12 @@ def build_run_spec(
         workdir=container_dir,
         log_path=log_path,
         env=env,
-        labels={SESSION_LABEL: session_id, TEST_LABEL: test_id, MODEL_LABEL: model.name},
+        labels={
+            SESSION_LABEL: session_id,
+            TEST_LABEL: test_id,
+            MODEL_LABEL: model.name,
+            CONTROLLER_LABEL: controller,
+        },
         copies=((root / copy_dir, container_dir),),
         binds=binds,
         devices=devices,
@@ -156,6 +163,7 @@ def build_run_spec(
         privileged=bool(context.get("docker_privileged", False)),
         cap_add=tuple(context.get("docker_cap_add", ())),
         cpuset_cpus=str(context.get("docker_cpus")) if context.get("docker_cpus") else None,
+        memory=str(context.get("docker_memory")) if context.get("docker_memory") else None,
         network=context.get("docker_network") or "host",
         ipc=context.get("docker_ipc") or "host",
     )

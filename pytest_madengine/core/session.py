@@ -30,7 +30,9 @@ from pytest_madengine.core.tree.discovery import Tree, load_tree
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.errors import HostLost, NoHost
 from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.placement import HostPool
+from pytest_madengine.resources.processes import process_identity
 
 
 def new_session_id() -> str:
@@ -80,6 +82,7 @@ class Session:
             raise
         self.runner = TestRunner(
             self.options, self.backend, session_id=self.session_id,
+            controller=setup.controller or process_identity(),
             spec_hook=spec_hook, on_output=on_output,
         )  # fmt: skip
 
@@ -96,7 +99,9 @@ class Session:
         whatever it left on the hosts."""
         with tempfile.TemporaryDirectory(prefix="mad-session-") as scratch:
             directory = session_dir or Path(scratch)
-            setup = BackendSetup(options, new_session_id(), directory, shared)
+            setup = BackendSetup(
+                options, new_session_id(), directory, shared, controller=process_identity()
+            )
             session = cls(MadSession(options), setup, **kwargs)
             try:
                 yield session
@@ -144,8 +149,9 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        try:
-            if sweep:
-                self.backend.sweep(self.session_id)
-        finally:
-            self.backend.close()
+        with deferred_interrupts():  # Ctrl-C again must not leave containers behind
+            try:
+                if sweep:
+                    self.backend.sweep(self.session_id)
+            finally:
+                self.backend.close()

@@ -30,6 +30,7 @@ from pytest_madengine.plugin.options import add_options, raw_options
 from pytest_madengine.plugin.reporter import RECORD_ATTRIBUTE, MadReporter
 from pytest_madengine.plugin.state import RECORD, STATE, PluginState, plugin_state
 from pytest_madengine.resources.hosts import load_hosts
+from pytest_madengine.resources.processes import process_identity
 
 NO_GPU_HINT = (
     "no GPU detected and none declared; declare them with --mad-gpus"
@@ -113,7 +114,8 @@ def pytest_configure(config: pytest.Config) -> None:
     runtime = None
     if not config.option.collectonly:
         backend_state = shared["backend"] if shared else None
-        setup = BackendSetup(options, session_id, session_dir, backend_state)
+        controller = shared["controller"] if shared else process_identity()
+        setup = BackendSetup(options, session_id, session_dir, backend_state, controller)
         live = options.live_output and not worker
         try:
             runtime = Session(mad, setup, spec_hook=_spec_hook(config),
@@ -143,6 +145,7 @@ def pytest_configure_node(node: Any) -> None:
             "session_dir": str(state.session_dir),
             "root": str(state.options.root),
             "backend": state.runtime.backend.shared_state() if state.runtime else {},
+            "controller": state.runtime.runner.controller if state.runtime else "",
         }
 
 
@@ -249,4 +252,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if previous is not None:
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, previous)
-

@@ -140,7 +140,9 @@ def test_privileges_and_mounts_only_when_the_context_asks(tmp_path: Path) -> Non
     )
     kwargs = create_kwargs(spec)
     assert kwargs["privileged"] is True and kwargs["cap_add"] == ["SYS_PTRACE"]
-    assert kwargs["volumes"] == ["/host:/ctr:rw"]
+    # A bind mount, not a volume: the engine refuses a host path that does not exist.
+    assert kwargs["mounts"] == [docker.types.Mount("/ctr", "/host", type="bind", read_only=False)]
+    assert "volumes" not in kwargs
 
 
 def test_host_network_and_ipc_as_madengine_unless_the_context_says_otherwise(

@@ -7,9 +7,10 @@ hosts, or pulled from a registry onto each host that runs them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import docker
@@ -25,7 +26,9 @@ from pytest_madengine.backends.docker.containers import (
     ENGINE_FAILURES,
     ContainerRun,
     EngineError,
+    answers,
     connect,
+    remove_orphans,
     remove_session,
 )
 from pytest_madengine.backends.docker.engines import Engines
@@ -36,6 +39,7 @@ from pytest_madengine.errors import HostLost, MadError, UsageProblem
 from pytest_madengine.resources.hosts import Host, load_hosts, local_host
 from pytest_madengine.resources.once import Once
 
+SWEEP_TIMEOUT_S = 20
 DOWN_KEY = "hosts_down"
 TUNNELS_KEY = "tunnels"
 
@@ -72,6 +76,10 @@ class DockerBackend:
                     raise UsageProblem(
                         f"--mad-hosts {options.hosts_file}: no host answers ({reasons})"
                     )
+        if setup.shared is None:
+            # Containers of earlier sessions whose controller was killed (kill -9, a
+            # crashed CI job) would run on forever: the next session removes them.
+            self._on_each_host(remove_orphans)
 
     @functools.cached_property
     def _build_client(self) -> docker.DockerClient:
@@ -137,16 +145,29 @@ class DockerBackend:
     def sweep(self, session_id: str) -> int:
         """Removes, on every host, any container of the session that a killed or
         interrupted worker could not remove."""
-        removed = 0
-        for host in self._hosts:
-            # A host that is gone runs nothing of ours any more; the others are cleaned.
+        return sum(self._on_each_host(lambda client: remove_session(client, session_id)))
+
+    def _on_each_host(self, action: Callable[[docker.DockerClient], int]) -> list[int]:
+        """The action on every host that answers now, all at once: a host that is gone
+        (or frozen) runs nothing of ours any more and costs one short ping."""
+
+        def one(host: Host) -> int:
             with contextlib.suppress(MadError, *ENGINE_FAILURES):
-                client = self.links.client(host) if host.docker else connect()
+                client = (
+                    self.links.client(host, timeout=SWEEP_TIMEOUT_S)
+                    if host.docker
+                    else connect(timeout=SWEEP_TIMEOUT_S)
+                )
                 try:
-                    removed += remove_session(client, session_id)
+                    if answers(client):
+                        return action(client)
                 finally:
                     client.close()
-        return removed
+            return 0
+
+        reachable = [host for host in self._hosts if host.name not in self._down]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(reachable))) as pool:
+            return list(pool.map(one, reachable))
 
     def close(self) -> None:
         if "engines" in self.__dict__:

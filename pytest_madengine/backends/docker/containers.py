@@ -17,8 +17,16 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
-from pytest_madengine.backends import SESSION_LABEL, OutputSink, RunOutcome, RunSpec
+from pytest_madengine.backends import (
+    CONTROLLER_LABEL,
+    SESSION_LABEL,
+    OutputSink,
+    RunOutcome,
+    RunSpec,
+)
 from pytest_madengine.errors import MadError, first_line
+from pytest_madengine.resources.interrupts import deferred_interrupts
+from pytest_madengine.resources.processes import identity_gone
 
 ENGINE_FAILURES: tuple[type[BaseException], ...] = (
     docker.errors.DockerException,
@@ -28,6 +36,12 @@ ENGINE_FAILURES: tuple[type[BaseException], ...] = (
 # Result files (multiple_results CSVs) are small; a bound keeps a runaway one out of memory.
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 LOG_JOIN_TIMEOUT_S = 10
+# Every engine call has a deadline: requests wait at most this long for an answer, and
+# a container is waited for in slices, the engine pinged between them, so a host that
+# stops answering (a frozen dockerd) is found lost within a slice and a ping.
+CLIENT_TIMEOUT_S = 60
+WAIT_SLICE_S = 10
+PING_TIMEOUT_S = 5
 
 
 class EngineError(MadError):
@@ -53,9 +67,15 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
     if spec.group_add:
         kwargs["group_add"] = list(spec.group_add)
     if spec.binds:
-        kwargs["volumes"] = [
-            f"{b.host_path}:{b.container_path}:{'ro' if b.read_only else 'rw'}" for b in spec.binds
+        # Mounts, not volumes: the engine refuses a host path that does not exist instead
+        # of creating it (an empty directory would look like data to the model).
+        kwargs["mounts"] = [
+            docker.types.Mount(b.container_path, b.host_path, type="bind", read_only=b.read_only)
+            for b in spec.binds
         ]
+    if spec.memory:
+        # No swap beyond the limit, so that a model over it is killed rather than slowed.
+        kwargs["mem_limit"] = kwargs["memswap_limit"] = spec.memory
     if spec.nvidia_gpu_ids is not None:
         kwargs["device_requests"] = [
             docker.types.DeviceRequest(
@@ -135,8 +155,10 @@ class ContainerRun:
     ) -> None:
         self.spec = spec
         self.host = host
+        self.client = client
         self.container: Any = None
         self.cancelled = False
+        self.lost = False  # the engine stopped answering: nothing more is asked of it
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         spec.log_path.write_bytes(b"")
         try:
@@ -164,12 +186,21 @@ class ContainerRun:
                 self.pump.reread()
             results = {path: self._read_file(path) for path in spec.result_files}
             return RunOutcome(
-                exit_code, timed_out, spec.log_path, self.started, ended, self.host, results
+                exit_code,
+                timed_out,
+                spec.log_path,
+                self.started,
+                ended,
+                self.host,
+                results,
+                oom_killed=getattr(self, "_oom_killed", False),
             )
         except ENGINE_FAILURES as exc:
             raise _engine_error(exc, spec, self.host) from None
         finally:
-            _remove(self.container)
+            if not self.lost:
+                with deferred_interrupts():  # a second Ctrl-C must not leave it running
+                    _remove(self.container)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -177,15 +208,33 @@ class ContainerRun:
             self.container.kill()
 
     def _wait(self, timeout_s: float | None) -> tuple[int | None, bool]:
-        try:
-            status = self.container.wait(timeout=timeout_s)
-        except ENGINE_FAILURES:
-            if timeout_s is None or time.time() - self.started < timeout_s:
-                raise  # not our timeout: the engine went away
-            with contextlib.suppress(docker.errors.APIError):  # it may have ended meanwhile
-                self.container.kill()
-            return None, True
-        return int(status.get("StatusCode", -1)), False
+        """(exit code, timed out), waiting in slices with a ping of the engine between
+        them; EngineError when the engine stops answering."""
+        deadline = None if timeout_s is None else self.started + timeout_s
+        while True:
+            left = None if deadline is None else deadline - time.time()
+            if left is not None and left <= 0:
+                with contextlib.suppress(*ENGINE_FAILURES):  # it may have ended meanwhile
+                    self.container.kill()
+                return None, True
+            try:
+                status = self.container.wait(timeout=WAIT_SLICE_S if left is None else
+                                             max(0.1, min(WAIT_SLICE_S, left)))  # fmt: skip
+            except ENGINE_FAILURES as exc:
+                if not answers(self.client):
+                    self.lost = True
+                    raise EngineError(
+                        f"Docker Engine on {self.host} stopped answering: {first_line(exc)}"
+                    ) from None
+                continue  # only the slice ended
+            self._oom_killed = self._was_oom_killed()
+            return int(status.get("StatusCode", -1)), False
+
+    def _was_oom_killed(self) -> bool:
+        with contextlib.suppress(*ENGINE_FAILURES):
+            self.container.reload()
+            return bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+        return False
 
     def _read_file(self, path: str) -> str | None:
         """Text of a file in the (stopped) container, or None when it is not there."""
@@ -200,6 +249,15 @@ class ContainerRun:
             member = archive.next()
             extracted = archive.extractfile(member) if member else None
             return extracted.read().decode("utf-8", errors="replace") if extracted else None
+
+
+def answers(client: docker.DockerClient, timeout_s: float = PING_TIMEOUT_S) -> bool:
+    """Whether the engine answers a ping within the time (the client's own timeout is
+    for long calls). The API client is a requests session: its get takes a timeout."""
+    try:
+        return bool(client.api.get(f"{client.api.base_url}/_ping", timeout=timeout_s).ok)
+    except ENGINE_FAILURES:
+        return False
 
 
 def _engine_error(exc: BaseException, spec: RunSpec, host: str) -> EngineError:
@@ -217,6 +275,16 @@ def _remove(container: Any) -> None:
         pass  # the engine is gone; the session's sweep at the end tries again
 
 
+def remove_orphans(client: docker.DockerClient) -> int:
+    """Removes the containers of sessions whose controller (a process of this machine)
+    is gone; how many. Sessions of other machines are left to them."""
+    containers = client.containers.list(all=True, filters={"label": CONTROLLER_LABEL})
+    orphans = [c for c in containers if identity_gone(c.labels.get(CONTROLLER_LABEL, ""))]
+    for container in orphans:
+        _remove(container)
+    return len(orphans)
+
+
 def remove_session(client: docker.DockerClient, session_id: str) -> int:
     """Removes every container of the session on this engine; how many there were."""
     filters = {"label": f"{SESSION_LABEL}={session_id}"}
@@ -226,13 +294,13 @@ def remove_session(client: docker.DockerClient, session_id: str) -> int:
     return len(containers)
 
 
-def connect(base_url: str | None = None) -> docker.DockerClient:
+def connect(base_url: str | None = None, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
     """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
     try:
         client = (
-            docker.DockerClient(base_url=base_url, timeout=120)
+            docker.DockerClient(base_url=base_url, timeout=timeout)
             if base_url
-            else docker.from_env(timeout=120)
+            else docker.from_env(timeout=timeout)
         )
         client.ping()
     except docker.errors.DockerException as exc:

@@ -8,7 +8,7 @@ import contextlib
 import docker
 import docker.errors
 
-from pytest_madengine.backends.docker.containers import ENGINE_FAILURES, EngineError
+from pytest_madengine.backends.docker.containers import ENGINE_FAILURES, EngineError, answers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.errors import HostLost, MadError, first_line
 from pytest_madengine.resources.hosts import Host
@@ -42,13 +42,15 @@ class Engines:
         return self._clients[host.name]
 
     def answers(self, host: Host) -> bool:
+        """Whether the host's engine answers a ping within a few seconds."""
         try:
-            self.client(host).ping()
-        except (HostLost, *ENGINE_FAILURES):
-            self._clients.pop(host.name, None)
-            self.links.forget(host)
-            return False
-        return True
+            if answers(self.client(host)):
+                return True
+        except HostLost:
+            pass
+        self._clients.pop(host.name, None)
+        self.links.forget(host)
+        return False
 
     def failure(self, host: Host, exc: BaseException, doing: str) -> MadError:
         """HostLost when the host stopped answering, else the engine's one-line reason."""

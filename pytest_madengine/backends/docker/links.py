@@ -19,11 +19,11 @@ import docker
 import docker.errors
 import docker.tls
 
+from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.resources.hosts import Host
 
 PING_TIMEOUT_S = 20
-
 
 
 class _OwnCaApiClient(docker.APIClient):
@@ -45,7 +45,7 @@ class _OwnCaDockerClient(docker.DockerClient):
         self.api = _OwnCaApiClient(*args, **kwargs)
 
 
-def client_for(host: Host, timeout: int = 120) -> docker.DockerClient:
+def client_for(host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
     """A Docker SDK client straight to the host's endpoint (see HostLinks for ssh://).
 
     ssh:// here goes through the `ssh` command (`docker system dial-stdio` on the host
@@ -203,7 +203,7 @@ class HostLinks:
             self._tunnels[tunnel.host.name] = tunnel
         return failed
 
-    def client(self, host: Host, timeout: int = 120) -> docker.DockerClient:
+    def client(self, host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
         """A client of the host's engine (not pinged); MadError when no tunnel opens."""
         failed = self.open([host])
         if failed:

@@ -343,8 +343,12 @@ def _path_problem(
     their Dockerfile and script. Nothing outside the tree may reach an image or a
     container: what `scripts` copies in (its directory) and the build context."""
     copied = scripts if (root / scripts).is_dir() else posixpath.dirname(scripts)
-    for field_name, value in (("scripts", scripts), ("scripts", copied),
-                              ("dockerfile", dockerfile), ("dockercontext", dockercontext)):
+    for field_name, value in (
+        ("scripts", scripts),
+        ("scripts", copied),
+        ("dockerfile", dockerfile),
+        ("dockercontext", dockercontext),
+    ):
         if outside(root, value):
             return f"{field_name} '{value}' leads outside the MAD tree"
     candidates = dockerfiles.candidates(dockerfile)
