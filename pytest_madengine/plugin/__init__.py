@@ -38,7 +38,7 @@ NO_GPU_HINT = (
 )
 # What the controller hands each xdist worker.
 WORKER_KEY = "madengine"
-_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+_PREVIOUS_SIGNALS = pytest.StashKey[dict[int, Any]]()
 _PARSED = pytest.StashKey[Options]()  # parsed early by pytest_xdist_auto_num_workers
 _OWNED_DIR = pytest.StashKey[Path]()  # the controller's session dir, removed at the end
 
@@ -65,9 +65,19 @@ def _options(config: pytest.Config, shared: dict[str, Any] | None) -> Options:
     return options
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    # SIGTERM takes the same road as Ctrl-C, so `finally` blocks remove our containers.
-    raise KeyboardInterrupt(f"signal {signum}")
+class _StopOnce:
+    """Ctrl-C and SIGTERM stop the session once: the first raises KeyboardInterrupt
+    (so `finally` blocks remove our containers), later ones while it winds down are
+    ignored instead of cutting the cleanup or pytest's report short (kill -9 forces)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _live_sink(config: pytest.Config) -> Any:
@@ -128,7 +138,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not worker:
         config.pluginmanager.register(MadReporter(state, config), "madengine-reporter")
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
+        stop = _StopOnce()
+        config.stash[_PREVIOUS_SIGNALS] = {
+            number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)
+        }
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # No paths given: collect the MAD tree, not testpaths or the current directory.
         config.args = [str(options.root)]
@@ -248,7 +261,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     owned = config.stash.get(_OWNED_DIR, None)
     if owned is not None:
         shutil.rmtree(owned, ignore_errors=True)
-    previous = config.stash.get(_PREVIOUS_SIGTERM, None)
-    if previous is not None:
+    for number, handler in config.stash.get(_PREVIOUS_SIGNALS, {}).items():
         with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(number, handler)

@@ -75,7 +75,7 @@ def test_entries_docker_or_we_cannot_use_are_collection_errors(
 
 @pytest.mark.parametrize("broken", ["latin1", "deep"])
 def test_unreadable_json_files_are_one_line(pytester: pytest.Pytester, broken: str) -> None:
-    content = b"[{\"name\": \"caf\xe9\"}]" if broken == "latin1" else DEEP.encode()
+    content = b'[{"name": "caf\xe9"}]' if broken == "latin1" else DEEP.encode()
     root = write_tree(pytester.path, [entry("alpha")])
     (root / "models.json").write_bytes(content)
     expected = "not UTF-8 text (byte 14)" if broken == "latin1" else "nested too deeply"

@@ -1,0 +1,186 @@
+"""Faults while benchmarks run, on real engines: each ends in a clear line, loses no
+finished result, and leaves no container of ours behind (checked after every test).
+
+Cases of issue 9 (the hostile run); Ctrl-C, SIGTERM, timeouts and a killed host are
+in tests/e2e/test_run.py and tests/e2e/test_hosts.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
+from pytest_madengine.backends.docker.links import HostLinks
+from pytest_madengine.resources.hosts import load_hosts
+from tests.conftest import entry
+from tests.e2e.test_run import SLEEPER, junit_properties, read_perf, run, scripts, unique_tree
+
+pytestmark = [pytest.mark.docker]
+HOST_DIR = Path("/var/lib/pytest-madengine")
+# Prints a value chosen by its first argument: each test's result is its own.
+BY_ARGUMENT = """#!/bin/sh
+case "$2" in
+  1/2) value=12 ;;
+  1:2) value=21 ;;
+  *) value="${VALUE:-0}" ;;
+esac
+sleep "${NAP:-0}"
+echo "performance: $value fps"
+"""
+
+
+@pytest.fixture(autouse=True)
+def nothing_left(docker_client: docker.DockerClient) -> Iterator[None]:
+    """After each test, no container of ours on the local engine."""
+    yield
+    left = docker_client.containers.list(all=True, filters={"label": SESSION_LABEL})
+    assert left == [], [container.labels for container in left]
+
+
+def pytest_session(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args]
+    return subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def wait_for_container(client: docker.DockerClient, session: subprocess.Popen[str]) -> str:
+    """The session id of the first container of ours to run."""
+    deadline = time.monotonic() + 120
+    while not (found := client.containers.list(filters={"label": TEST_LABEL})):
+        assert time.monotonic() < deadline, "no test ever started"
+        assert session.poll() is None, session.communicate()[0]
+        time.sleep(0.1)
+    return found[0].labels[SESSION_LABEL]
+
+
+def test_ids_that_read_alike_keep_their_own_logs_and_values(pytester: pytest.Pytester) -> None:
+    model = entry("alpha", scripts="scripts/dummy/by_arg.sh",
+                  parametrize=[{"v": "1/2"}, {"v": "1:2"}])  # fmt: skip
+    unique_tree(pytester, [model], scripts(by_arg=BY_ARGUMENT))
+    result = run(pytester, "--mad-tags", "alpha", "--mad-gpus", "2", "-n", "2")
+    result.assert_outcomes(passed=2)
+    values = {row["model"]: row["performance"] for row in read_perf(pytester.path / "perf.csv")}
+    assert values == {"alpha[v=1/2]": "12", "alpha[v=1:2]": "21"}
+    logs = sorted(pytester.path.glob("mad_output/logs/*/*.log"))
+    assert len(logs) == 2 and {log.read_text() for log in logs} == {
+        "performance: 12 fps\n", "performance: 21 fps\n"
+    }  # fmt: skip
+
+
+def test_two_sessions_in_one_tree_read_only_their_own_output(pytester: pytest.Pytester) -> None:
+    unique_tree(pytester, [entry("alpha", scripts="scripts/dummy/by_arg.sh")],
+                scripts(by_arg=BY_ARGUMENT))  # fmt: skip
+    def context(value: int) -> str:
+        return f'{{"docker_env_vars": {{"VALUE": "{value}", "NAP": "2"}}}}'
+
+    sessions = [
+        pytest_session(pytester, "--mad-tags", "alpha", f"--mad-perf-csv={name}.csv",
+                       "--mad-context", context(value))
+        for name, value in (("first", 111), ("second", 222))
+    ]  # fmt: skip
+    outputs = [session.communicate(timeout=300)[0] for session in sessions]
+    assert [session.returncode for session in sessions] == [0, 0], outputs
+    for name, value in (("first", "111"), ("second", "222")):
+        assert [row["performance"] for row in read_perf(pytester.path / f"{name}.csv")] == [value]
+
+
+def test_a_mount_of_a_missing_host_path_fails_and_creates_nothing(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not" / "there"
+    unique_tree(pytester, [entry("alpha")])
+    context = f'{{"docker_mounts": {{"/data": "{missing}"}}}}'
+    result = run(pytester, "--mad-tags", "alpha", "--mad-context", context)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Docker Engine on * failed: *bind source path does not exist*"])
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_a_model_killed_for_memory_says_so(pytester: pytest.Pytester) -> None:
+    hog = "#!/bin/sh\necho allocating\nhead -c 200000000 /dev/zero | tail > /dev/null\n"
+    unique_tree(pytester, [entry("hog", scripts="scripts/dummy/hog.sh")], scripts(hog=hog))
+    result = run(pytester, "--mad-tags", "hog", "--mad-context", '{"docker_memory": "32m"}')
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*killed for memory (out of memory, exit code 137)*"])
+
+
+def test_containers_of_a_killed_session_are_removed_by_the_next(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient
+) -> None:
+    models = [entry("sleepy", scripts="scripts/dummy/sleeper.sh", args="120"), entry("quick")]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    session = pytest_session(pytester, "--mad-tags", "sleepy")
+    killed = wait_for_container(docker_client, session)
+    session.kill()  # kill -9: no cleanup of any kind runs
+    session.wait(timeout=30)
+    left = docker_client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={killed}"})
+    assert len(left) == 1
+    run(pytester, "--mad-tags", "quick").assert_outcomes(passed=1)
+    assert (
+        docker_client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={killed}"})
+        == []
+    )
+
+
+def test_three_quick_ctrl_c_end_cleanly(pytester: pytest.Pytester, docker_client) -> None:
+    unique_tree(pytester, [entry("sleepy", scripts="scripts/dummy/sleeper.sh", args="120")],
+                scripts(sleeper=SLEEPER))  # fmt: skip
+    session = pytest_session(pytester, "--mad-tags", "sleepy")
+    wait_for_container(docker_client, session)
+    for _ in range(3):
+        session.send_signal(signal.SIGINT)
+        time.sleep(0.15)
+    output, _ = session.communicate(timeout=60)
+    assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "Traceback" not in output and "KeyboardInterrupt" in output
+    # At once, not seconds later: the cleanup was not cut short.
+    assert docker_client.containers.list(all=True, filters={"label": SESSION_LABEL}) == []
+
+
+@pytest.fixture
+def host1(test_hosts: Path, real_home: None) -> Iterator[docker.DockerClient]:
+    with HostLinks() as links:
+        host = next(h for h in load_hosts(test_hosts) if h.name == "mad-host1")
+        client = links.client(host)
+        yield client
+        client.close()
+
+
+def test_a_frozen_host_is_lost_in_time_and_its_tests_placed_again(
+    pytester: pytest.Pytester, test_hosts: Path, host1: docker.DockerClient
+) -> None:
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="3") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    pid = int((HOST_DIR / "host1" / "docker.pid").read_text())
+    session = pytest_session(pytester, "-n", "2", "--mad-tags", "dummies",
+                             f"--mad-hosts={test_hosts}", "--junitxml=r.xml")  # fmt: skip
+    try:
+        frozen = wait_for_container(host1, session)
+        os.kill(pid, signal.SIGSTOP)  # the engine stops answering, its socket stays open
+        started = time.monotonic()
+        output, _ = session.communicate(timeout=240)
+        lost_after = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if session.poll() is None:
+            session.kill()
+    assert session.returncode == 0, output
+    assert lost_after < 90, f"the session took {lost_after:.0f} s after the host froze"
+    assert "madengine: host mad-host1 lost:" in output
+    properties = junit_properties(pytester.path / "r.xml")
+    assert {props["host"] for props in properties.values()} == {"mad-host2"}
+    # Its container is still there (the host could not be asked); the next session of
+    # this machine removes it, the controller that started it being gone.
+    assert host1.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={frozen}"})
+    unique_tree(pytester, [entry("quick")])
+    run(pytester, "--mad-tags", "quick", f"--mad-hosts={test_hosts}").assert_outcomes(passed=1)
+    assert host1.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={frozen}"}) == []
