@@ -1,19 +1,28 @@
-"""Batch scripts from SlurmJobSpec, and Slurm's time format."""
+"""Batch scripts from SlurmJobSpec, Slurm's time format, and squeue/scontrol output."""
 
 from __future__ import annotations
 
 import dataclasses
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from pytest_madengine.backends.slurm import (
     SlurmJobSpec,
+    parse_scontrol_jobs,
+    parse_squeue,
     render_script,
     sbatch_quote,
     slurm_time,
+    stuck_reason,
     write_script,
+)
+from pytest_madengine.backends.slurm.cluster import (
+    parse_exit_code,
+    scontrol_fields,
+    slurm_timestamp,
 )
 from pytest_madengine.errors import MadError
 
@@ -209,3 +218,129 @@ def test_spec_is_frozen_and_keeps_tuples() -> None:
     assert job == spec(command=("echo", "hi"), modules=("a",), extra_sbatch=("--exclusive",))
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.job_name = "other"  # type: ignore[misc]
+
+
+# ---- squeue and scontrol output (samples from Slurm 22.05) ----
+
+
+def local(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+SQUEUE = """\
+13|PENDING|DependencyNeverSatisfied||2026-11-26T11:25:11|N/A|N/A
+15|PENDING|ReqNodeNotAvail, UnavailableNodes:n3||2026-11-26T11:25:15|N/A|N/A
+16|PENDING|None||2026-11-26T11:25:16|2026-11-26T11:30:00|N/A
+17|RUNNING|None|n2|2026-11-26T11:25:17|2026-11-26T11:25:18|2026-11-26T11:26:18
+18|COMPLETING|None|n[1-2]|2026-11-26T11:25:17|2026-11-26T11:25:18|2026-11-26T11:25:30
+"""
+
+
+def test_parse_squeue() -> None:
+    jobs = {job.job_id: job for job in parse_squeue(SQUEUE)}
+    assert list(jobs) == ["13", "15", "16", "17", "18"]
+    assert jobs["13"].state == "PENDING" and jobs["13"].reason == "DependencyNeverSatisfied"
+    assert jobs["15"].reason == "ReqNodeNotAvail, UnavailableNodes:n3"
+    assert jobs["15"].node_list is None and jobs["15"].start_time is None
+    # The expected start of a pending job, and the expected end of a running one, are not times.
+    assert jobs["16"].reason is None and jobs["16"].start_time is None
+    running = jobs["17"]
+    assert running.state == "RUNNING" and running.node_list == "n2"
+    assert running.submit_time == local("2026-11-26T11:25:17")
+    assert running.start_time == local("2026-11-26T11:25:18")
+    assert running.end_time is None and not running.finished and not running.pending
+    assert jobs["18"].node_list == "n[1-2]" and not jobs["18"].finished
+
+
+def test_parse_squeue_rejects_a_foreign_format() -> None:
+    with pytest.raises(MadError, match="squeue: unexpected line"):
+        parse_squeue("JOBID PARTITION NAME\n")
+
+
+TIMEOUT_LINE = (
+    "JobId=8 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901758 "
+    "Nice=0 Account=(null) QOS=(null) JobState=TIMEOUT Reason=TimeLimit Dependency=(null) "
+    "Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:15 RunTime=00:01:08 "
+    "TimeLimit=00:01:00 TimeMin=N/A SubmitTime=2026-11-26T11:09:07 "
+    "EligibleTime=2026-11-26T11:09:07 AccrueTime=2026-11-26T11:09:07 "
+    "StartTime=2026-11-26T11:09:07 EndTime=2026-11-26T11:10:15 Deadline=N/A "
+    "Partition=mad AllocNode:Sid=localhost:10853 ReqNodeList=(null) ExcNodeList=(null) "
+    "NodeList=n1 BatchHost=n1 NumNodes=1 NumCPUs=1 ReqB:S:C:T=0:0:*:* "
+    "TRES=cpu=1,node=1,billing=1 Socks/Node=* Command=(null) WorkDir=/tmp/sl "
+    "StdErr=/tmp/sl/slurm-8.out StdIn=/dev/null StdOut=/tmp/sl/slurm-8.out Power= "
+)
+FAILED_LINE = (
+    "JobId=11 JobName=my job = 2 UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
+    "ExitCode=3:0 SubmitTime=2026-11-26T11:25:04 StartTime=2026-11-26T11:25:04 "
+    "EndTime=2026-11-26T11:25:05 NodeList=n1 WorkDir=/tmp/sl/dir with space Power= "
+)
+PENDING_LINE = (
+    "JobId=15 JobName=wrap JobState=PENDING Reason=ReqNodeNotAvail,_UnavailableNodes:n3 "
+    "ExitCode=0:0 SubmitTime=2026-11-26T11:25:15 StartTime=Unknown EndTime=Unknown NodeList= "
+)
+
+
+def test_scontrol_fields_keep_blanks_inside_values() -> None:
+    fields = scontrol_fields(FAILED_LINE)
+    assert fields["JobName"] == "my job = 2"
+    assert fields["WorkDir"] == "/tmp/sl/dir with space"
+    assert fields["Power"] == ""
+    assert scontrol_fields(TIMEOUT_LINE)["AllocNode:Sid"] == "localhost:10853"
+
+
+def test_parse_scontrol_jobs() -> None:
+    text = f"{TIMEOUT_LINE}\n{FAILED_LINE}\n{PENDING_LINE}\n"
+    timeout, failed, pending = parse_scontrol_jobs(text)
+    assert timeout.job_id == "8" and timeout.state == "TIMEOUT" and timeout.finished
+    assert timeout.reason == "TimeLimit" and timeout.exit_code == 0 and timeout.signal == 15
+    assert timeout.node_list == "n1"
+    assert timeout.start_time == local("2026-11-26T11:09:07")
+    assert timeout.end_time == local("2026-11-26T11:10:15")
+    assert failed.state == "FAILED" and failed.exit_code == 3 and failed.signal is None
+    assert not failed.succeeded
+    assert pending.pending and pending.node_list is None
+    assert pending.start_time is None and pending.end_time is None and pending.exit_code is None
+    assert parse_scontrol_jobs("No jobs in the system\n") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("0:0", (0, None)),
+        ("3:0", (3, None)),
+        ("0:15", (0, 15)),
+        ("1", (1, None)),
+        ("", (None, None)),
+    ],
+)
+def test_parse_exit_code(text: str, parsed: tuple) -> None:
+    assert parse_exit_code(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["N/A", "Unknown", "None", "", "garbage"])
+def test_no_timestamp(text: str) -> None:
+    assert slurm_timestamp(text) is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "stuck"),
+    [
+        ("ReqNodeNotAvail, UnavailableNodes:n3", True),
+        ("ReqNodeNotAvail,_UnavailableNodes:n3", True),
+        ("InvalidAccount", True),
+        ("PartitionDown", True),
+        ("PartitionConfig", True),
+        ("BadConstraints", True),
+        ("DependencyNeverSatisfied", True),
+        ("QOSMaxGRESPerJob", True),
+        ("AssocMaxCpuPerJobLimit", True),
+        ("Resources", False),
+        ("Priority", False),
+        ("Dependency", False),
+        ("BeginTime", False),
+        ("AssocGrpGRES", False),
+        (None, False),
+    ],
+)
+def test_stuck_reasons(reason: str | None, stuck: bool) -> None:
+    assert (stuck_reason(reason) is not None) is stuck
