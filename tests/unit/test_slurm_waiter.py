@@ -121,6 +121,15 @@ def test_one_job_that_left_is_read_by_its_id() -> None:
     assert (state.state, state.reason, state.signal) == ("TIMEOUT", "TimeLimit", 15)
 
 
+def test_a_finished_job_that_squeue_still_lists_is_read_from_scontrol() -> None:
+    slurm = FakeSlurm(FakeJob("4", 0, 1, "FAILED", "1:0"))
+    slurm.now = 2
+    slurm.answers["squeue"] = slurm.done([], f"4|FAILED|NonZeroExitCode|n1|{T0}|{T0}|{T0}\n")
+    state = slurm.cluster().poll(["4"])["4"]
+    assert (state.state, state.exit_code) == ("FAILED", 1)
+    assert slurm.calls("scontrol") == [["scontrol", "--oneliner", "show", "job", "4"]]
+
+
 def test_a_purged_job_is_unknown() -> None:
     slurm = FakeSlurm()
     slurm.answers["squeue"] = slurm.done(

@@ -294,7 +294,11 @@ class SlurmCluster:
         outstanding = [job_id for job_id in ids if job_id not in found]
         if outstanding:
             found.update(self._squeue(outstanding))
-            gone = [job_id for job_id in outstanding if job_id not in found]
+            # A finished job is read from scontrol, which has its exit code; squeue lists
+            # finished jobs too when SQUEUE_STATES says so.
+            gone = [
+                job_id for job_id in outstanding if job_id not in found or found[job_id].finished
+            ]
             if gone:
                 found.update(self._scontrol(gone))
         for job_id in outstanding:
