@@ -31,8 +31,9 @@ def sinfo_nodes(partition: str) -> dict[str, tuple[str, str]]:
         capture_output=True,
         text=True,
         timeout=15,
-        check=True,
     )
+    if done.returncode != 0:
+        raise OSError(f"sinfo: {done.stderr.strip() or done.returncode}")
     return {name: (state, gres) for name, state, gres in map(str.split, done.stdout.splitlines())}
 
 
@@ -46,7 +47,7 @@ def slurm() -> dict[str, Any]:
         down = [n for n in facts["nodes"] if nodes.get(n, ("missing",))[0] not in UP_STATES]
         problem = f"nodes not up: {', '.join(down)} ({nodes})" if down else None
     except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
+        problem = str(exc)
     if problem:
         message = f"Slurm cluster needed (run scripts/bootstrap slurm): {problem}"
         if os.environ.get("CI") == "true":
