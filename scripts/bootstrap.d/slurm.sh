@@ -113,6 +113,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
 SchedulerType=sched/backfill
+# Start a batch job at once, not within up to 3 s (Slurm's default, for submission storms).
+SchedulerParameters=batch_sched_delay=0
 MpiDefault=none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
