@@ -36,7 +36,8 @@ slurm_live_pid() {  # pidfile name
 }
 
 munge_answers() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
-slurmctld_answers() { timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; }
+# Not `| grep -q`: under pipefail, grep leaving early can fail the pipeline (SIGPIPE).
+slurmctld_answers() { [[ $(timeout 10 scontrol ping 2>/dev/null) == *"is UP"* ]]; }
 slurmd_pidfile() { echo "$SLURM_RUN/slurmd-$1.pid"; }
 
 # Waits up to $2 seconds for a command to succeed; 1 when it never did.
