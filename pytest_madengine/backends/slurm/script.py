@@ -30,7 +30,10 @@ LINE_BREAKS = ("\n", "\r", "\0")
 
 @dataclass(frozen=True)
 class SlurmJobSpec:
-    """One batch job. Optional fields left None fall back to the cluster's defaults."""
+    """One batch job. Optional fields left None fall back to the cluster's defaults.
+
+    The command runs once, on the job's first node: to start it on every node of a
+    multi-node job, begin the argv with srun."""
 
     job_name: str
     command: tuple[str, ...]  # argv, run with exec at the end of the script
