@@ -17,7 +17,7 @@ SLURM_NODE_PORTS=17001-17003
 SLURM_MIN_JOB_AGE=600
 SLURM_JOB_LABEL=org.pytest-madengine.slurm-job
 SLURM_MARK="# written by pytest-madengine scripts/bootstrap (component slurm)"
-MUNGE_KEY=/etc/munge/munge.key
+SLURM_MUNGE_KEY=/etc/munge/munge.key
 
 EXTRA_USAGE+="  slurm         a Slurm 22.05 cluster on this machine (Debian's slurmctld, slurmd,
                 munge): partition $SLURM_PARTITION, nodes n1-n3 with $SLURM_GPUS fake GPUs each; an
@@ -35,10 +35,10 @@ slurm_live_pid() {  # pidfile name
   [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && echo "$pid"
 }
 
-munge_answers() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+slurm_munge_answers() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 # Not `| grep -q`: under pipefail, grep leaving early can fail the pipeline (SIGPIPE).
-slurmctld_answers() { [[ $(timeout 10 scontrol ping 2>/dev/null) == *"is UP"* ]]; }
-slurmd_pidfile() { echo "$SLURM_RUN/slurmd-$1.pid"; }
+slurm_ctld_answers() { [[ $(timeout 10 scontrol ping 2>/dev/null) == *"is UP"* ]]; }
+slurm_node_pidfile() { echo "$SLURM_RUN/slurmd-$1.pid"; }
 
 # Waits up to $2 seconds for a command to succeed; 1 when it never did.
 slurm_wait() {  # command-string seconds
@@ -69,17 +69,17 @@ slurm_write_if_changed() {  # path [mode]
   mv "$path.new" "$path"
 }
 
-make_munge_key() {
-  [ -s "$MUNGE_KEY" ] && return 0
-  mkdir -p "${MUNGE_KEY%/*}"
-  (umask 077 && dd if=/dev/urandom of="$MUNGE_KEY" bs=1024 count=1 status=none)
-  chown munge:munge "$MUNGE_KEY"
-  chmod 400 "$MUNGE_KEY"
-  say "slurm: made a munge key ($MUNGE_KEY)"
+slurm_make_munge_key() {
+  [ -s "$SLURM_MUNGE_KEY" ] && return 0
+  mkdir -p "${SLURM_MUNGE_KEY%/*}"
+  (umask 077 && dd if=/dev/urandom of="$SLURM_MUNGE_KEY" bs=1024 count=1 status=none)
+  chown munge:munge "$SLURM_MUNGE_KEY"
+  chmod 400 "$SLURM_MUNGE_KEY"
+  say "slurm: made a munge key ($SLURM_MUNGE_KEY)"
 }
 
 # Fake GPUs: Slurm wants char devices (a plain file is rejected); 195 is NVIDIA's major.
-make_gpu_devices() {
+slurm_make_gpu_devices() {
   local minor path
   mkdir -p "$SLURM_DIR/dev"
   for minor in $(seq 0 $((${#SLURM_NODES[@]} * SLURM_GPUS - 1))); do
@@ -91,7 +91,7 @@ make_gpu_devices() {
   done
 }
 
-write_slurm_conf() {
+slurm_conf_text() {
   cat <<CONF
 $SLURM_MARK
 ClusterName=pytest-madengine
@@ -136,7 +136,7 @@ PartitionName=$SLURM_PARTITION Nodes=n[1-${#SLURM_NODES[@]}] Default=YES MaxTime
 CONF
 }
 
-write_gres_conf() {
+slurm_gres_text() {
   local i=0 n
   echo "$SLURM_MARK"
   echo "AutoDetect=off"
@@ -148,7 +148,7 @@ write_gres_conf() {
 
 # Runs as root on the job's node when the job ends, cancelled or not. scancel stops the
 # job's processes, but a container is dockerd's child: it is removed here by its label.
-write_epilog() {
+slurm_epilog_text() {
   cat <<EPILOG
 #!/bin/sh
 $SLURM_MARK
@@ -167,7 +167,7 @@ exit 0
 EPILOG
 }
 
-cluster_json() {
+slurm_cluster_json() {
   local nodes
   nodes=$(printf '"%s", ' "${SLURM_NODES[@]}")
   cat <<JSON
@@ -186,10 +186,10 @@ JSON
 
 # ---- daemons ----
 
-start_munged() {
+slurm_start_munged() {
   mkdir -p /run/munge
   chown munge:munge /run/munge
-  if munge_answers; then
+  if slurm_munge_answers; then
     say "slurm: munged already answering"
     return 0
   fi
@@ -198,7 +198,7 @@ start_munged() {
     rm -f /run/munge/munged.pid /run/munge/munge.socket.2
   fi
   setsid runuser -u munge -- munged >>"$LOGDIR/munged.out" 2>&1 </dev/null 9>&- || true
-  slurm_wait munge_answers 15 || {
+  slurm_wait slurm_munge_answers 15 || {
     slurm_log_tail /var/log/munge/munged.log
     slurm_log_tail "$LOGDIR/munged.out"
     die "slurm: munged does not answer (log /var/log/munge/munged.log)"
@@ -206,8 +206,8 @@ start_munged() {
   say "slurm: started munged"
 }
 
-start_slurmctld() {
-  if slurmctld_answers; then
+slurm_start_ctld() {
+  if slurm_ctld_answers; then
     say "slurm: slurmctld already answering"
     return 0
   fi
@@ -216,16 +216,16 @@ start_slurmctld() {
     setsid slurmctld >>"$LOGDIR/slurmctld.out" 2>&1 </dev/null 9>&- ||
       { slurm_log_tail "$LOGDIR/slurmctld.out"; die "slurm: slurmctld did not start"; }
   fi
-  slurm_wait slurmctld_answers 30 || {
+  slurm_wait slurm_ctld_answers 30 || {
     slurm_log_tail "$LOGDIR/slurmctld.log"
     die "slurm: slurmctld does not answer on port $SLURM_CTLD_PORT (log $LOGDIR/slurmctld.log)"
   }
   say "slurm: started slurmctld on port $SLURM_CTLD_PORT"
 }
 
-start_slurmd() {  # node
+slurm_start_node() {  # node
   local node=$1
-  if slurm_live_pid "$(slurmd_pidfile "$node")" slurmd >/dev/null; then
+  if slurm_live_pid "$(slurm_node_pidfile "$node")" slurmd >/dev/null; then
     return 1
   fi
   mkdir -p "$SLURM_DIR/spool/$node"
@@ -234,10 +234,10 @@ start_slurmd() {  # node
 }
 
 # Stops slurmctld and every slurmd, waiting for them to exit (SIGKILL after 20 s).
-stop_slurm_daemons() {
+slurm_stop_daemons() {
   local files=("$SLURM_RUN"/slurmctld.pid "$SLURM_RUN"/slurmd-*.pid) file name pid pids=()
   # `scontrol shutdown` saves state, and the controller tells every slurmd to exit too.
-  if slurmctld_answers; then
+  if slurm_ctld_answers; then
     timeout 20 scontrol shutdown >/dev/null 2>&1 || true
   fi
   for file in "${files[@]}"; do
@@ -267,7 +267,7 @@ slurm_nodes_ready() {
 }
 
 # Drained or down nodes (a test or an earlier run left them so) go back to service.
-resume_nodes() {
+slurm_resume_nodes() {
   local node state
   while read -r node state; do
     case $state in
@@ -280,11 +280,11 @@ resume_nodes() {
   done < <(slurm_node_states)
 }
 
-wait_for_nodes() {
+slurm_wait_for_nodes() {
   local deadline=$((SECONDS + 60)) next_resume=0
   until slurm_nodes_ready; do
     if [ $SECONDS -ge "$next_resume" ]; then
-      resume_nodes
+      slurm_resume_nodes
       next_resume=$((SECONDS + 3))
     fi
     if [ $SECONDS -ge $deadline ]; then
@@ -311,23 +311,23 @@ component_slurm() {
   if [ -e "$SLURM_CONF" ] && ! grep -qxF "$SLURM_MARK" "$SLURM_CONF"; then
     die "slurm: $SLURM_CONF was not written by this script; not replacing it"
   fi
-  make_munge_key
-  make_gpu_devices
-  write_slurm_conf | slurm_write_if_changed "$SLURM_CONF" && changed=1
-  write_gres_conf | slurm_write_if_changed "$SLURM_GRES_CONF" && changed=1
-  write_epilog | slurm_write_if_changed "$SLURM_DIR/epilog.sh" 755 || true
+  slurm_make_munge_key
+  slurm_make_gpu_devices
+  slurm_conf_text | slurm_write_if_changed "$SLURM_CONF" && changed=1
+  slurm_gres_text | slurm_write_if_changed "$SLURM_GRES_CONF" && changed=1
+  slurm_epilog_text | slurm_write_if_changed "$SLURM_DIR/epilog.sh" 755 || true
   if [ $changed -eq 1 ] && slurm_live_pid "$SLURM_RUN/slurmctld.pid" slurmctld >/dev/null; then
     say "slurm: configuration changed; restarting the daemons"
-    stop_slurm_daemons
+    slurm_stop_daemons
   fi
-  start_munged
-  start_slurmctld
+  slurm_start_munged
+  slurm_start_ctld
   for node in "${SLURM_NODES[@]}"; do
-    start_slurmd "$node" && started+=("$node")
+    slurm_start_node "$node" && started+=("$node")
   done
   [ ${#started[@]} -eq 0 ] || say "slurm: started slurmd ${started[*]}"
-  wait_for_nodes
-  cluster_json | slurm_write_if_changed "$SLURM_DIR/cluster.json" || true
+  slurm_wait_for_nodes
+  slurm_cluster_json | slurm_write_if_changed "$SLURM_DIR/cluster.json" || true
   say "slurm: partition $SLURM_PARTITION, nodes ${SLURM_NODES[*]} idle with $SLURM_GPUS GPUs" \
     "each, ready in $((SECONDS - start)) s; facts in $SLURM_DIR/cluster.json"
 }
@@ -337,7 +337,7 @@ component_slurm_stop() {
     say "slurm-stop: Slurm is not installed; nothing to stop"
     return 0
   fi
-  stop_slurm_daemons
+  slurm_stop_daemons
   local pid
   if pid=$(slurm_live_pid /run/munge/munged.pid munged); then
     kill -TERM "$pid"
