@@ -83,10 +83,19 @@ class MadSourceFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         if self.loaded.errors:
             raise MadCollectError("\n".join(self.loaded.errors))
+        fixtureinfo = None
         for test in self.tests:
-            yield MadItem.from_parent(
-                self, name=test.name, callobj=_benchmark_body(test), planned=test
-            )
+            item = MadItem.from_parent(
+                self, name=test.name, callobj=_benchmark_body(test), planned=test,
+                fixtureinfo=fixtureinfo,
+            )  # fmt: skip
+            # Every item here has the same signature and place, so the same fixtures:
+            # resolving them once per file is most of the speed of collecting a big
+            # tree (pytest does the same for the cases of a parametrized function).
+            # pytest has no public name for the resolved fixtures; should the private
+            # one go away, each item resolves its own again: slower, still right.
+            fixtureinfo = getattr(item, "_fixtureinfo", None)
+            yield item
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         return _one_line_failure(excinfo) or super().repr_failure(excinfo)  # type: ignore[return-value]

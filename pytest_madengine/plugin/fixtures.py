@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
 import pytest
 
-from pytest_madengine.backends.docker.containers import EngineError, connect
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.session import MadSession, Session
 from pytest_madengine.plugin.state import RECORD, PluginState, plugin_state
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.placement import HostPool, Placement
+
+if TYPE_CHECKING:
+    import docker
 
 
 def _state(config: pytest.Config) -> PluginState:
@@ -52,6 +54,10 @@ def mad_runtime(pytestconfig: pytest.Config) -> Session:
 @pytest.fixture(scope="session")
 def mad_docker() -> Iterator[docker.DockerClient]:
     """A client of the Docker Engine at DOCKER_HOST (the local one by default)."""
+    # Imported here: the docker SDK is a good part of start-up, and listing tests
+    # (--collect-only) needs no engine.
+    from pytest_madengine.backends.docker.containers import EngineError, connect
+
     try:
         client = connect()
     except EngineError as exc:
