@@ -494,7 +494,10 @@ EOF
   )
 }
 
-k8s_containerd_answers() { ctr --address "$K8S_CONTAINERD_SOCK" version >/dev/null 2>&1; }
+k8s_containerd_answers() {
+  [ -S "$K8S_CONTAINERD_SOCK" ] &&
+    ctr --address "$K8S_CONTAINERD_SOCK" --connect-timeout 2s version >/dev/null 2>&1
+}
 
 k8s_start_containerd() {
   k8s_write_containerd_config
@@ -528,6 +531,9 @@ clusterDomain: cluster.local
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%}
 maxPods: 50
+# A new node turns Ready at its first status update after registering: 2 s, not 10 s.
+# Updates only reach the API when the status changed (or every 5 min).
+nodeStatusUpdateFrequency: 2s
 EOF
   k8s_spawn kubelet "$(k8s_bin kubelet)" \
     --config="$K8S_DIR/kubelet-config.yaml" --kubeconfig="$K8S_PKI/kubelet.kubeconfig" \
@@ -585,15 +591,23 @@ component_k8s() {
 
 # ---- k8s-stop ----
 
+# Whether a process runs: our daemons' parent is init, which may take seconds to reap them.
+k8s_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
 k8s_stop_daemon() {  # name
   local pid waited=0
   pid=$(k8s_pid "$1") || { rm -f "$K8S_RUN/$1.pid" "$K8S_RUN/$1.exe"; return 0; }
   kill "$pid" 2>/dev/null || true
-  while [ -e "/proc/$pid" ] && [ $waited -lt 100 ]; do
+  while k8s_alive "$pid" && [ $waited -lt 100 ]; do
     sleep 0.1
     waited=$((waited + 1))
   done
-  if [ -e "/proc/$pid" ]; then
+  if k8s_alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
     say "k8s-stop: $1 (pid $pid) ignored SIGTERM for 10 s; killed"
   fi
@@ -630,7 +644,8 @@ k8s_kill_shims() {
 k8s_unmount_under() {  # directories...
   local dir
   for dir in "$@"; do
-    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r |
+    # kubelet bind-mounts its root directory onto itself: that one goes too (last).
+    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r |
       while read -r mnt; do umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true; done
   done
 }
@@ -643,7 +658,7 @@ k8s_remove_cgroups() {
 }
 
 component_k8s_stop() {
-  local name i pod
+  local i
   k8s_stop_daemon kubelet
   if k8s_containerd_answers; then k8s_kill_pods; fi
   for ((i = ${#K8S_DAEMONS[@]} - 1; i >= 0; i--)); do
@@ -653,11 +668,16 @@ component_k8s_stop() {
   k8s_unmount_under "$K8S_RUN" "$K8S_DIR/kubelet" "$K8S_DIR/containerd"
   k8s_remove_cgroups
   ip link show "$K8S_BRIDGE" >/dev/null 2>&1 && ip link delete "$K8S_BRIDGE"
-  # Pod logs live in kubelet's fixed /var/log/pods/<namespace>_<name>_<uid>: ours only.
-  for pod in "$K8S_DIR"/kubelet/pods/*; do
-    rm -rf /var/log/pods/*_"${pod##*/}"
-  done
-  find /var/log/containers -maxdepth 1 -xtype l -delete 2>/dev/null || true
+  # Pod logs are in kubelet's fixed /var/log/pods (links in /var/log/containers). Our
+  # kubelet's garbage collector claims all of it (it removes the logs of any pod it does
+  # not know, a minute or so after the pod went), so we do the same, unless some other
+  # kubelet runs here.
+  if pgrep -x kubelet >/dev/null; then
+    say "k8s-stop: another kubelet runs here; /var/log/pods left as it is"
+  else
+    rm -rf /var/log/pods/*
+    find /var/log/containers -maxdepth 1 -type l -lname '/var/log/pods/*' -delete 2>/dev/null || true
+  fi
   # The next start is a fresh cluster: no pods of old tests come back. Certificates,
   # binaries and the pulled images stay.
   rm -rf --one-file-system "$K8S_DIR/etcd" "$K8S_DIR/kubelet" "$K8S_RUN"
