@@ -290,7 +290,7 @@ k8s_advertise_gpus() {
 k8s_pid() {
   local pid exe
   pid=$(cat "$K8S_RUN/$1.pid" 2>/dev/null) || return 1
-  [ -n "$pid" ] && exe=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1) || return 1
+  [ -n "$pid" ] && exe=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n 1) || return 1
   [ "$exe" = "$(cat "$K8S_RUN/$1.exe" 2>/dev/null)" ] && echo "$pid"
 }
 
@@ -542,7 +542,11 @@ EOF
     --hostname-override="$K8S_NODE" --root-dir="$root" --cert-dir="$root/pki"
 }
 
-k8s_node_ready() { [ "$(k8s_node_state | cut -d' ' -f1)" = True ]; }
+# Ready in the API, and kubelet answers itself (the API may still show a stale Ready).
+k8s_node_ready() {
+  [ "$(curl -s --max-time 3 http://127.0.0.1:10248/healthz 2>/dev/null)" = ok ] &&
+    [ "$(k8s_node_state | cut -d' ' -f1)" = True ]
+}
 
 k8s_gpus_advertised() { [ "$(k8s_node_state | cut -d' ' -f2-)" = "$K8S_GPUS $K8S_GPUS" ]; }
 
