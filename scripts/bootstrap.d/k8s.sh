@@ -506,8 +506,36 @@ k8s_start_containerd() {
   k8s_wait containerd 30 "containerd on $K8S_CONTAINERD_SOCK" k8s_containerd_answers
 }
 
+# kubelet sets these kernel tunables on start (to 1, 0, 10, 1 and two key quotas); the
+# alternative, protectKernelDefaults, refuses to start on a machine that differs. So the
+# machine's own values are kept here before the first kubelet starts, and k8s-stop puts
+# them back.
+K8S_KERNEL_TUNABLES=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+  kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
+K8S_SAVED_TUNABLES=$K8S_RUN/kernel-tunables
+
+k8s_save_tunables() {
+  local tunable
+  [ -e "$K8S_SAVED_TUNABLES" ] && return 0
+  for tunable in "${K8S_KERNEL_TUNABLES[@]}"; do
+    echo "$tunable $(cat "/proc/sys/$tunable")"
+  done >"$K8S_SAVED_TUNABLES.new"
+  mv "$K8S_SAVED_TUNABLES.new" "$K8S_SAVED_TUNABLES"
+}
+
+k8s_restore_tunables() {
+  local tunable value
+  [ -f "$K8S_SAVED_TUNABLES" ] || return 0
+  while read -r tunable value; do
+    [ "$(cat "/proc/sys/$tunable")" = "$value" ] || echo "$value" >"/proc/sys/$tunable" ||
+      say "k8s-stop: could not set $tunable back to $value"
+  done <"$K8S_SAVED_TUNABLES"
+  rm -f "$K8S_SAVED_TUNABLES"
+}
+
 k8s_start_kubelet() {
   local root=$K8S_DIR/kubelet
+  k8s_save_tunables
   mkdir -p "$root"
   cat >"$K8S_DIR/kubelet-config.yaml" <<EOF
 # written by pytest-madengine scripts/bootstrap k8s
@@ -531,6 +559,8 @@ clusterDomain: cluster.local
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%}
 maxPods: 50
+# No iptables chains of kubelet's in the host's firewall (there is no kube-proxy to use them).
+makeIPTablesUtilChains: false
 # A new node turns Ready at its first status update after registering: 2 s, not 10 s.
 # Updates only reach the API when the status changed (or every 5 min).
 nodeStatusUpdateFrequency: 2s
@@ -661,6 +691,19 @@ k8s_remove_cgroups() {
   done
 }
 
+# containerd's CNI library caches each pod's network results in the fixed
+# /var/lib/cni/results; a pod killed beneath kubelet leaves its files there: ours are
+# named after our network, with a loopback file of the same sandbox id beside them.
+k8s_remove_cni_cache() {
+  local file id
+  for file in /var/lib/cni/results/pytest-madengine-k8s-*-eth0; do
+    id=${file#/var/lib/cni/results/pytest-madengine-k8s-}
+    id=${id%-eth0}
+    rm -f "$file" "/var/lib/cni/results/cni-loopback-$id-lo"
+  done
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+}
+
 component_k8s_stop() {
   local i
   k8s_stop_daemon kubelet
@@ -669,6 +712,7 @@ component_k8s_stop() {
     [ "${K8S_DAEMONS[i]}" = kubelet ] || k8s_stop_daemon "${K8S_DAEMONS[i]}"
   done
   k8s_kill_shims
+  k8s_restore_tunables
   k8s_unmount_under "$K8S_RUN" "$K8S_DIR/kubelet" "$K8S_DIR/containerd"
   k8s_remove_cgroups
   ip link show "$K8S_BRIDGE" >/dev/null 2>&1 && ip link delete "$K8S_BRIDGE"
@@ -676,12 +720,17 @@ component_k8s_stop() {
   # kubelet's garbage collector claims all of it (it removes the logs of any pod it does
   # not know, a minute or so after the pod went), so we do the same, unless some other
   # kubelet runs here.
+  # The same goes for its device plugin socket and checkpoint in the fixed
+  # /var/lib/kubelet/device-plugins.
   if pgrep -x kubelet >/dev/null; then
-    say "k8s-stop: another kubelet runs here; /var/log/pods left as it is"
+    say "k8s-stop: another kubelet runs here; /var/log/pods and /var/lib/kubelet left as they are"
   else
     rm -rf /var/log/pods/*
     find /var/log/containers -maxdepth 1 -type l -lname '/var/log/pods/*' -delete 2>/dev/null || true
+    rm -f /var/lib/kubelet/device-plugins/{kubelet.sock,kubelet_internal_checkpoint,DEPRECATION}
+    rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
   fi
+  k8s_remove_cni_cache
   # The next start is a fresh cluster: no pods of old tests come back. Certificates,
   # binaries and the pulled images stay.
   rm -rf --one-file-system "$K8S_DIR/etcd" "$K8S_DIR/kubelet" "$K8S_RUN"
