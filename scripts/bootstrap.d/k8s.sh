@@ -34,6 +34,7 @@ K8S_SERVICE_RANGE=10.96.0.0/16
 K8S_GPUS=4
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 K8S_GO=/usr/lib/go-1.19/bin/go
+K8S_DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # Debian registry's login (scripts/bootstrap registry): "address": {username, password}.
 K8S_REGISTRY_CREDENTIAL=/var/lib/pytest-madengine/registry/credential.json
 K8S_REGISTRY=127.0.0.1:5000
@@ -60,9 +61,12 @@ k8s_fetch_source() {
   local dest=$1 mirror dsc
   mirror=$(debian_mirror) || die "k8s: no bookworm mirror found in apt's sources (/etc/apt/sources.list*)"
   mkdir -p "$K8S_DIR/apt"
-  # A deb-src entry for the mirror apt already uses for bookworm.
-  printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\n' "$mirror" \
-    >"$K8S_DIR/apt/deb-src.sources"
+  # A deb-src entry for the mirror apt already uses for bookworm, checked with Debian's
+  # archive keyring where there is one (else with apt's trusted.gpg.d).
+  {
+    printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\n' "$mirror"
+    [ ! -f "$K8S_DEBIAN_KEYRING" ] || printf 'Signed-By: %s\n' "$K8S_DEBIAN_KEYRING"
+  } >"$K8S_DIR/apt/deb-src.sources"
   # shellcheck disable=SC2046
   apt-get update -qq $(k8s_apt_opts) >>"$K8S_LOGDIR/build.log" 2>&1 ||
     die "k8s: apt-get update of the deb-src index failed (log $K8S_LOGDIR/build.log)"
