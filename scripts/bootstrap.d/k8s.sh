@@ -10,7 +10,7 @@
 # kube-scheduler, a containerd of its own, kubelet) listen on 127.0.0.1 only.
 
 EXTRA_USAGE+="  k8s           a single-node Kubernetes 1.20 cluster on 127.0.0.1:6443, built once
-                from Debian's kubernetes source package (about 6 min, then cached in
+                from Debian's kubernetes source package (6-12 min, then cached in
                 /var/lib/pytest-madengine/k8s/bin); etcd, its own containerd, pause
                 image in the registry (needs: engine registry), node 'localhost' with
                 4 fake amd.com/gpu and nvidia.com/gpu; admin kubeconfig (root only) in
@@ -360,10 +360,13 @@ k8s_start_apiserver() {
   k8s_wait kube-apiserver 60 "ready API server on $K8S_API" k8s_api_ready
 }
 
+# No --authentication-kubeconfig for these two: it makes them look every 10 s for a
+# front-proxy CA that this API server does not have, and log each miss. Their own HTTPS
+# endpoints (healthz, metrics) then answer nobody but are not needed.
 k8s_start_controller_manager() {
   local kc=$K8S_PKI/controller-manager.kubeconfig
   k8s_spawn kube-controller-manager "$(k8s_bin kube-controller-manager)" \
-    --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+    --kubeconfig="$kc" \
     --bind-address=127.0.0.1 --port=0 --leader-elect=false \
     --service-account-private-key-file="$K8S_PKI/sa-key.pem" --root-ca-file="$K8S_PKI/ca.pem" \
     --use-service-account-credentials=true \
@@ -374,7 +377,7 @@ k8s_start_controller_manager() {
 k8s_start_scheduler() {
   local kc=$K8S_PKI/scheduler.kubeconfig
   k8s_spawn kube-scheduler "$(k8s_bin kube-scheduler)" \
-    --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+    --kubeconfig="$kc" \
     --bind-address=127.0.0.1 --port=0 --leader-elect=false --profiling=false
 }
 
