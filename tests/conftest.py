@@ -168,3 +168,35 @@ def registry() -> tuple[str, dict[str, str]]:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return address, {"username": login["username"], "password": login["password"]}
+
+
+K8S_KUBECONFIG = Path("/var/lib/pytest-madengine/k8s/kubeconfig")
+K8S_NODE = "localhost"
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster():
+    """An ApiClient for the single-node cluster of `scripts/bootstrap k8s` once its node is
+    Ready; skipped without it (or without the `kubernetes` client), failed under CI."""
+    problem = None
+    try:
+        import urllib3
+        from kubernetes import client, config
+        from kubernetes.client.rest import ApiException
+
+        try:
+            api = config.new_client_from_config(config_file=str(K8S_KUBECONFIG))
+            node = client.CoreV1Api(api).read_node(K8S_NODE, _request_timeout=10)
+            if not any(c.type == "Ready" and c.status == "True" for c in node.status.conditions):
+                problem = f"node {K8S_NODE} is not Ready"
+        except (config.ConfigException, OSError, ApiException, urllib3.exceptions.HTTPError) as exc:
+            problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    except ImportError as exc:
+        problem = f"{exc} (pip install -e '.[k8s]')"
+    if problem:
+        message = f"Kubernetes cluster needed (run scripts/bootstrap k8s): {problem}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    yield api
+    api.close()
