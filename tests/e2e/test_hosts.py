@@ -89,11 +89,11 @@ def test_a_host_lost_mid_run_is_retried_elsewhere(
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not host1.containers.list(filters={"label": TEST_LABEL}):
+        while not (running := host1.containers.list(filters={"label": TEST_LABEL})):
             assert time.monotonic() < deadline, "no test ever started on mad-host1"
             assert session.poll() is None, session.communicate()[0]
             time.sleep(0.2)
-        session_id = host1.containers.list(filters={"label": TEST_LABEL})[0].labels[SESSION_LABEL]
+        session_id = running[0].labels[SESSION_LABEL]
         _kill_daemon(1)
         output, _ = session.communicate(timeout=180)
     finally:
