@@ -60,6 +60,8 @@ def parse_json(text: str, where: str) -> Any:
         raise MadError(f"{where}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     except RecursionError:
         raise MadError(f"{where}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits, say
+        raise MadError(f"{where}: invalid JSON: {first_line(exc)}") from None
 
 
 def read_json(path: Path, option: str = "") -> Any:

@@ -58,7 +58,7 @@ class Bind:
 class RunSpec:
     """Everything needed to run one benchmark container, independent of the backend."""
 
-    image: str
+    image: str  # the name people read (a tag or a registry reference)
     command: tuple[str, ...]
     workdir: str
     log_path: Path
@@ -77,6 +77,11 @@ class RunSpec:
     cap_add: tuple[str, ...] = ()
     cpuset_cpus: str | None = None
     memory: str | None = None  # a limit such as "16g"; the container is killed over it
+    # The image's id where the backend knows it: containers start from it, so a tag that
+    # another session moves meanwhile cannot swap the image under a test.
+    image_id: str | None = None
+    # Host paths under `copies` that stay out of the container (secrets, our output).
+    copy_excludes: tuple[Path, ...] = ()
     # As madengine runs benchmarks: the host's network (collectives, downloads, and no
     # bridge set-up per start) and its IPC namespace (frameworks outgrow a 64 MB /dev/shm).
     network: str = "host"

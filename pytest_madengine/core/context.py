@@ -6,6 +6,8 @@ from; unknown keys are kept, since MAD tools add their own.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +49,19 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "slurm": ((dict,), "an object"),
     "k8s": ((dict,), "an object"),
     "distributed": ((dict,), "an object"),
+    "docker_privileged": ((bool,), "true or false"),
+    "docker_cap_add": ((list,), 'a list of capabilities such as ["SYS_PTRACE"]'),
 }
+# Values checked beyond their type, so that a typo fails the session at its start, not
+# every test at the engine: key -> (pattern, description).
+_ID_LIST = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
+PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
+    "docker_memory": (re.compile(r"[1-9][0-9]*[bkmgBKMG]?"), 'a size such as "16g"'),
+    "docker_cpus": (_ID_LIST, 'a CPU list such as "0-7"'),
+    "docker_gpus": (_ID_LIST, 'a GPU list such as "0,2-3"'),
+}
+MIN_MEMORY_BYTES = 6 * 1024 * 1024  # the engine refuses less
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 STRING_MAPS = ("docker_build_arg", "docker_env_vars", "docker_mounts")
 
 
@@ -78,8 +92,24 @@ def _validate(values: Mapping[str, Any], origin: str) -> None:
         if key not in SCHEMA:
             continue
         types, description = SCHEMA[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        # bool is an int: `true` is no number, and only a real bool is a switch.
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise MadError(f"{origin}: '{key}' must be {description}, got {value!r}")
+        if key == "docker_cap_add" and not all(isinstance(item, str) for item in value):
+            raise MadError(f"{origin}: '{key}' must be {description}, got {value!r}")
+        if key in PATTERNS:
+            pattern, shown = PATTERNS[key]
+            if not pattern.fullmatch(str(value).strip()):
+                raise MadError(f"{origin}: '{key}' must be {shown}, got {value!r}")
+        if key == "docker_memory" and _bytes(str(value)) < MIN_MEMORY_BYTES:
+            raise MadError(f"{origin}: 'docker_memory' must be at least 6m, got {value!r}")
+        if key == "docker_mounts":
+            for container, host in value.items():
+                if not (str(container).startswith("/") and str(host).startswith("/")):
+                    raise MadError(
+                        f"{origin}: 'docker_mounts' needs absolute paths on both sides,"
+                        f" got {container!r}: {host!r}"
+                    )
         if key in STRING_MAPS and not all(
             isinstance(item, str | int | float) and not isinstance(item, bool)
             for item in value.values()
@@ -89,10 +119,16 @@ def _validate(values: Mapping[str, Any], origin: str) -> None:
     if vendor is not None and vendor.upper() not in GPU_VENDORS:
         raise MadError(f"{origin}: 'gpu_vendor' must be one of AMD, NVIDIA, got {vendor!r}")
     multiplier = values.get("timeout_multiplier")
-    if multiplier is not None and multiplier <= 0:
+    if multiplier is not None and not (math.isfinite(multiplier) and multiplier > 0):
         raise MadError(
             f"{origin}: 'timeout_multiplier' must be a positive number, got {multiplier}"
         )
+
+
+def _bytes(size: str) -> int:
+    size = size.strip().lower()
+    unit = size[-1] if size[-1] in _UNITS else ""
+    return int(size.removesuffix(unit)) * _UNITS[unit]
 
 
 def _parse(text: str, origin: str) -> dict[str, Any]:

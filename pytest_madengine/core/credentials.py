@@ -7,6 +7,8 @@ before it is shown (failure lines, JUnit properties).
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -24,7 +26,7 @@ DOCKERHUB_ENV = {
     "repository": "MAD_DOCKERHUB_REPO",
 }
 MASK = "***"
-SECRET_KEYS = ("password", "token", "secret", "key")
+SECRET_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "credential")
 
 
 def registry_key(registry: str | None) -> str:
@@ -43,7 +45,12 @@ def registry_of(reference: str) -> str | None:
 def secret_forms(secret: str) -> set[str]:
     """A secret as it may be written out: as is, URL-quoted, and in base64."""
     raw = secret.encode()
-    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    forms = {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        json.dumps(secret)[1:-1],  # as written inside a JSON string
+    }
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode()
         forms.update({text, text.rstrip("=")})
@@ -63,6 +70,10 @@ class Credentials:
         return {"username": entry["username"], "password": entry["password"]}
 
     def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    @functools.cached_property
+    def _secrets(self) -> tuple[str, ...]:
         """Every value that must not be shown, longest first (so parts are not left)."""
         values: set[str] = set()
         for entry in self.entries.values():
@@ -77,9 +88,25 @@ class Credentials:
         return tuple(sorted(values, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets():
+        for secret in self._secrets:
             text = text.replace(secret, MASK)
         return text
+
+    def redact_file(self, path: Path) -> None:
+        """Masks the secrets in a file (a model's log), rewriting it only when one is
+        there; read line by line, so a big log costs no memory."""
+        if not self._secrets or not path.exists():
+            return
+        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+            if not any(secret in line for line in handle for secret in self._secrets):
+                return
+        masked = path.with_name(path.name + ".masked")
+        with path.open(encoding="utf-8", errors="surrogateescape") as source, masked.open(
+            "w", encoding="utf-8", errors="surrogateescape"
+        ) as out:
+            for line in source:
+                out.write(self.redact(line))
+        masked.replace(path)
 
 
 def _entries(data: Any, where: str) -> dict[str, dict[str, str]]:

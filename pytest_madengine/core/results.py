@@ -283,6 +283,13 @@ def load_baseline(path: Path) -> dict[str, float]:
         raise ResultError(f"--mad-baseline {path}: no such file")
     if not path.is_file():
         raise ResultError(f"--mad-baseline {path}: not a file")
+    try:
+        return _read_baseline(path)
+    except csv.Error as exc:  # a cell past the csv module's size limit, a NUL...
+        raise ResultError(f"--mad-baseline {path}: unreadable CSV: {exc}") from None
+
+
+def _read_baseline(path: Path) -> dict[str, float]:
     baseline: dict[str, float] = {}
     # Streamed: a perf.csv grows by a row per test and run, over months of CI.
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:

@@ -110,6 +110,21 @@ def skipped_record(test: PlannedTest, options: Options, reason: str) -> TestReco
     return TestRecord(test.name, Status.SKIPPED, facts, reason, rows=(row,), backend=options.deploy)
 
 
+def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecord:
+    """The record with every text a model, an engine or a registry wrote masked."""
+    rows = tuple(
+        dataclasses.replace(
+            row, metric=redact(row.metric), reason=redact(row.reason) if row.reason else None,
+            name=redact(row.name), extra={key: redact(value) for key, value in row.extra.items()},
+        )
+        for row in record.rows
+    )  # fmt: skip
+    return dataclasses.replace(
+        record, rows=rows, reason=redact(record.reason) if record.reason else None,
+        detail=redact(record.detail),
+    )  # fmt: skip
+
+
 def failed_record(test: PlannedTest, options: Options, reason: str, **facts: object) -> TestRecord:
     reason = options.credentials.redact(reason)  # an engine's message may quote a secret
     row = ResultRow(test.name, Status.FAILURE, reason=reason)
@@ -182,7 +197,14 @@ class TestRunner:
         )
 
     def run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
-        """Prepares, runs and judges; HostLost when the placed host went away."""
+        """Prepares, runs and judges; HostLost when the placed host went away. No known
+        secret is left in the record or the log, whatever the model printed."""
+        record = self._run(test, test_id, placement)
+        if record.log_path:
+            self.options.credentials.redact_file(Path(record.log_path))
+        return redact_record(record, self.options.credentials.redact)
+
+    def _run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
         host, gpus = placement.host, placement.gpus
         gpu_ids = tuple(gpu.index for gpu in gpus)
         facts = model_facts(test, self.options)
@@ -197,8 +219,9 @@ class TestRunner:
                 facts = dataclasses.replace(facts, data_provider=data.provider)
             spec = build_run_spec(
                 test, self.options, host,
-                image=image.name, gpus=gpus, session_id=self.session_id, test_id=test_id,
-                log_path=self.log_path(test, test_id), data=data, controller=self.controller,
+                image=image.name, image_id=image.docker_sha or None, gpus=gpus,
+                session_id=self.session_id, test_id=test_id, log_path=self.log_path(test, test_id),
+                data=data, controller=self.controller,
             )  # fmt: skip
             spec = apply_tools(spec, self.options.effective_context.get("tools") or [])
             if self.spec_hook is not None:

@@ -79,6 +79,7 @@ def build_run_spec(
     host: Host,
     *,
     image: str,
+    image_id: str | None = None,
     gpus: Sequence[Gpu],
     session_id: str,
     test_id: str,
@@ -141,6 +142,7 @@ def build_run_spec(
 
     return RunSpec(
         image=image,
+        image_id=image_id,
         command=argv,
         workdir=container_dir,
         log_path=log_path,
@@ -152,6 +154,12 @@ def build_run_spec(
             CONTROLLER_LABEL: controller,
         },
         copies=((root / copy_dir, container_dir),),
+        # A script at the tree's root copies the whole tree: never its secrets, its git
+        # history, or our own output (logs of earlier sessions).
+        copy_excludes=(
+            root / "credential.json", root / ".git", options.output_dir.resolve(),
+            options.perf_csv.resolve(),
+        ),
         binds=binds,
         devices=devices,
         group_add=group_add,

@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import signal
 import tempfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,9 @@ class _StopOnce:
         raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _live_sink(config: pytest.Config) -> Any:
-    """Writes model output straight to the terminal, around pytest's capture."""
+def _live_sink(config: pytest.Config, redact: Callable[[str], str]) -> Any:
+    """Writes model output straight to the terminal, around pytest's capture, with the
+    known secrets masked."""
 
     def write(chunk: bytes) -> None:
         # Looked up here: the terminal reporter registers after our pytest_configure.
@@ -90,7 +91,7 @@ def _live_sink(config: pytest.Config) -> Any:
         if reporter is None or capture is None:
             return
         with capture.global_and_fixture_disabled():
-            reporter.write(chunk.decode("utf-8", errors="replace"))
+            reporter.write(redact(chunk.decode("utf-8", errors="replace")))
             reporter.flush()
 
     return write
@@ -127,9 +128,9 @@ def pytest_configure(config: pytest.Config) -> None:
         controller = shared["controller"] if shared else process_identity()
         setup = BackendSetup(options, session_id, session_dir, backend_state, controller)
         live = options.live_output and not worker
+        sink = _live_sink(config, options.credentials.redact) if live else None
         try:
-            runtime = Session(mad, setup, spec_hook=_spec_hook(config),
-                              on_output=_live_sink(config) if live else None)  # fmt: skip
+            runtime = Session(mad, setup, spec_hook=_spec_hook(config), on_output=sink)
         except MadError as exc:
             raise pytest.UsageError(str(exc)) from None
     state = PluginState(options, mad, session_id, session_dir, worker, runtime)

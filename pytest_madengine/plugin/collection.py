@@ -62,7 +62,7 @@ class MadTree(pytest.Dir):
     def _register_tag_markers(self) -> None:
         known = set(self.config.getini("markers"))
         for model in self.mad.tree.models:
-            for tag in model.tags:
+            for tag in filter(is_marker_tag, model.tags):
                 line = f"{tag}: MAD models tagged {tag}"
                 if line not in known:
                     self.config.addinivalue_line("markers", line)
@@ -119,6 +119,19 @@ def _one_line_failure(excinfo: pytest.ExceptionInfo[BaseException]) -> str | Non
     return str(excinfo.value) if isinstance(excinfo.value, MadCollectError) else None
 
 
+# pytest's own markers change outcomes: a model tagged `xfail` or `skip` must not be.
+PYTEST_MARKERS = frozenset(
+    ("skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings", "tryfirst",
+     "trylast", "no_cover")
+)  # fmt: skip
+
+
+def is_marker_tag(tag: str) -> bool:
+    """Whether a tag becomes a marker (for -m): a plain name that is not pytest's own.
+    Other tags still select models through --mad-tags."""
+    return tag.isidentifier() and not tag.startswith("_") and tag not in PYTEST_MARKERS
+
+
 @functools.cache
 def _tag_marker(tag: str) -> pytest.MarkDecorator:
     """One marker object per tag: looking it up (and checking it is registered) for each
@@ -144,9 +157,23 @@ class MadItem(pytest.Function):
         super().__init__(**kwargs)
         self.planned = planned
         for tag in planned.model.tags:
-            self.add_marker(_tag_marker(tag))
+            if is_marker_tag(tag):
+                self.add_marker(_tag_marker(tag))
         if planned.skip_reason:
             self.add_marker(pytest.mark.skip(reason=planned.skip_reason))
 
     def reportinfo(self) -> tuple[str, int, str]:
         return display_path(self.planned.model.source), 0, self.name
+
+    @property
+    def id(self) -> Any:
+        """The structured id, as pytest >= 9 parses our `name[params]` ids back from its
+        cache (--lf, --sw compare the two). Without it, `p[b=1]` is one name to the item
+        but a name and params to the cache, and --lf reruns everything. pytest has no
+        public parser: a pytest without this one keeps its own id."""
+        own = super().id
+        try:
+            from _pytest.nodeid import coerce_node_id
+        except ImportError:
+            return own
+        return coerce_node_id(str(own))

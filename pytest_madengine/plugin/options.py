@@ -119,24 +119,37 @@ def _option(config: pytest.Config, name: str) -> str | None:
     return value if value is not None else (config.getini(f"mad_{name}") or None)
 
 
+def _path_option(config: pytest.Config, name: str) -> str | None:
+    """A path: from the command line as given (relative to where pytest runs), else from
+    the ini file, relative to that file, wherever pytest runs from."""
+    value = config.getoption(f"mad_{name}")
+    if value is not None:
+        return str(value)
+    ini_value = config.getini(f"mad_{name}") or None
+    if ini_value is None:
+        return None
+    base = config.inipath.parent if config.inipath else config.rootpath
+    return str(base / ini_value)
+
+
 def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
     """What the user wrote; `root` overrides it (an xdist worker gets the controller's)."""
     return RawOptions(
-        root=str(root) if root else _option(config, "root"),
+        root=str(root) if root else _path_option(config, "root"),
         tags=tuple(config.getoption("mad_tags") or config.getini("mad_tags")),
         context_json=config.getoption("mad_context"),
-        context_file=_option(config, "context_file"),
+        context_file=_path_option(config, "context_file"),
         gpus=_option(config, "gpus"),
         timeout=config.getoption("mad_timeout"),
         clean_cache=bool(config.getoption("mad_clean_cache")),
         live_output=bool(config.getoption("mad_live_output")),
         baseline=config.getoption("mad_baseline"),
         tolerance=config.getoption("mad_tolerance"),
-        output=_option(config, "output"),
-        perf_csv=_option(config, "perf_csv"),
+        output=_path_option(config, "output"),
+        perf_csv=_path_option(config, "perf_csv"),
         summary=config.getoption("mad_summary"),
-        hosts=_option(config, "hosts"),
-        manifest=_option(config, "manifest"),
+        hosts=_path_option(config, "hosts"),
+        manifest=_path_option(config, "manifest"),
         registry=config.getoption("mad_registry"),
         retries=config.getoption("mad_retries"),
         deploy=config.getoption("mad_deploy"),

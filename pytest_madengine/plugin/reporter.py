@@ -44,7 +44,10 @@ class MadReporter:
         for lost in record.retried_after:
             self._say(f"{lost}; {record.name} placed again")
         self.records.append((report.nodeid, record))
-        self.config.hook.pytest_mad_record(record=record, config=self.config)
+        try:
+            self.config.hook.pytest_mad_record(record=record, config=self.config)
+        except Exception as exc:  # a user's hook (a database that is down) stops nothing
+            self._say(f"pytest_mad_record failed for {record.name}: {type(exc).__name__}: {exc}")
 
     def _say(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

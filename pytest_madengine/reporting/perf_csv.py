@@ -50,7 +50,7 @@ def _widen(path: Path, header: list[str]) -> None:
         writer.writerow(header)
         # Rows keep their cells; the new columns are empty cells, so every row is whole.
         writer.writerows(row + [""] * (len(header) - len(row)) for row in reader)
-    partial.replace(path)
+    partial.replace(path.resolve())  # through a symlink: the file it names is rewritten
 
 
 class PerfCsv:
@@ -73,8 +73,9 @@ class PerfCsv:
             return None
         try:
             self._append(self.path, rows)
-        except OSError as exc:
-            problem = f"perf.csv {self.path}: cannot write ({exc.strerror or exc})"
+        except (OSError, csv.Error) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            problem = f"perf.csv {self.path}: cannot write ({why})"
             if self.fallback is None:
                 return problem
             self._header = None

@@ -108,6 +108,8 @@ def load_hosts(path: Path, default_vendor: str = "AMD") -> list[Host]:
         data = yaml.safe_load(text)
     except RecursionError:
         raise MadError(f"{where}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits, say
+        raise MadError(f"{where}: invalid YAML: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

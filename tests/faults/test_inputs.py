@@ -129,3 +129,94 @@ def test_a_huge_line_is_read_in_bounded_memory(tmp_path: Path) -> None:
         lines = list(bounded_lines(handle, limit=1000))
     assert [len(line) <= 1000 for line in lines] == [True, True, True]
     assert lines[1].endswith("performance: 5 fps\n")  # the end of the line is kept
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"timeout": -3}, "*model 'alpha': field 'timeout' must be seconds (0: none), got -3"),
+        ({"parametrize": [{"a": "1", "b": "2"}, {"a": "1,b=2"}]},
+         "*model 'alpha': parameters '--a 1,b=2' give the test id alpha?a=1,b=2? of*"),
+    ],
+)  # fmt: skip
+def test_entries_that_would_switch_off_checks_or_share_an_id(
+    pytester: pytest.Pytester, fields: dict, message: str
+) -> None:
+    write_tree(pytester.path, [{**entry("alpha"), **fields}])
+    one_collection_error(collect(pytester, "--mad-tags", "all"), message)
+
+
+def test_models_whose_image_names_collide_are_refused(pytester: pytest.Pytester) -> None:
+    write_tree(pytester.path, [entry("pair_a"), entry("Pair_A")])
+    one_collection_error(
+        collect(pytester, "--mad-tags", "all"),
+        "*model 'Pair_A': its image name 'ci-pair_a_dummy.ubuntu.amd' is model 'pair_a''s too",
+    )
+
+
+def test_tags_named_like_pytest_markers_change_no_outcome(pytester: pytest.Pytester) -> None:
+    failing = "#!/bin/sh\nexit 1\n"
+    tags = ["xfail", "skip", "_private", "a:b", "nlp(x)", "fine"]
+    write_tree(pytester.path, [entry("alpha", tags=tags, scripts="scripts/dummy/fail.sh")],
+               {"scripts/dummy/fail.sh": failing})  # fmt: skip
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--strict-markers", "--mad-tags", "alpha", "-m", "fine",
+        "--mad-context", '{"docker_network": "none"}', "--collect-only", "-q",
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["models.json::alpha"])
+    # Selected by its odd tags through --mad-tags all the same.
+    assert collect(pytester, "--mad-tags", "a:b").ret != pytest.ExitCode.OK  # `:` is syntax
+    assert collect(pytester, "--mad-tags", "_private").ret == pytest.ExitCode.OK
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ('{"docker_privileged": "false"}', "'docker_privileged' must be true or false*"),
+        ('{"docker_cap_add": "NET_ADMIN"}', "'docker_cap_add' must be a list of capabilities*"),
+        ('{"timeout_multiplier": NaN}', "'timeout_multiplier' must be a positive number*"),
+        ('{"timeout_multiplier": Infinity}', "'timeout_multiplier' must be a positive number*"),
+        ('{"docker_memory": "abc"}', "'docker_memory' must be a size such as \"16g\"*"),
+        ('{"docker_memory": "1k"}', "'docker_memory' must be at least 6m*"),
+        ('{"docker_cpus": "all"}', "'docker_cpus' must be a CPU list*"),
+        ('{"docker_mounts": {"/data": "rel/path"}}', "'docker_mounts' needs absolute paths*"),
+        ('{"x": ' + "1" * 5000 + "}", "invalid JSON: Exceeds the limit*"),
+    ],
+)
+def test_context_values_that_would_fail_every_test_fail_the_start(
+    pytester: pytest.Pytester, context: str, message: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-context", context)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --mad-context*{message}"])
+
+
+def test_a_baseline_with_a_huge_cell_is_one_line(pytester: pytest.Pytester) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    (pytester.path / "old.csv").write_text("model,performance,status\n" + "x" * 200_000 + ",1,OK\n")
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-baseline", "old.csv")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --mad-baseline *old.csv: unreadable CSV: *"])
+
+
+def test_a_dynamic_models_file_that_exits_is_one_line(pytester: pytest.Pytester) -> None:
+    write_tree(pytester.path, [entry("alpha")],
+               {"scripts/gen/get_models_json.py": "import sys\nsys.exit(0)\n"})  # fmt: skip
+    result = collect(pytester, "--mad-tags", "all")
+    one_collection_error(result, "*get_models_json.py: raised SystemExit: 0")
+    result.stdout.fnmatch_lines(["models.json::alpha"])  # the other file's models still come
+
+
+def test_ini_paths_are_relative_to_the_ini_file(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    (pytester.path / "ctx.json").write_text('{"gpu_vendor": "NVIDIA"}')
+    pytester.makeini("[pytest]\nmad_tags = alpha\nmad_context_file = ctx.json\nmad_root = .\n")
+    (pytester.path / "sub").mkdir()
+    monkeypatch.chdir(pytester.path / "sub")
+    result = pytester.runpytest_subprocess("--collect-only")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    result.stdout.fnmatch_lines(["*gpu_vendor NVIDIA*", "*alpha*"])

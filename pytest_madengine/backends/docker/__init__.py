@@ -54,6 +54,7 @@ class DockerBackend:
         self._once = Once(setup.session_dir / "once")
         self._log_dir = options.output_dir / "builds"
         self._no_cache = options.clean_cache
+        self._perf_csv = options.perf_csv
         if options.hosts_file is None:
             device_root = options.context.get("gpu_device_root")
             self._hosts: tuple[Host, ...] = (local_host(options.gpus, device_root),)
@@ -92,7 +93,8 @@ class DockerBackend:
 
     @functools.cached_property
     def builder(self) -> ImageBuilder:
-        return ImageBuilder(self._build_client, self._log_dir, self._once, self._no_cache)
+        skip = (self._log_dir.parent, self._perf_csv)
+        return ImageBuilder(self._build_client, self._log_dir, self._once, self._no_cache, skip)
 
     def hosts(self) -> tuple[Host, ...]:
         return self._hosts

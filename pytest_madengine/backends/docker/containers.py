@@ -7,10 +7,11 @@ import contextlib
 import io
 import os
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import docker
 import docker.errors
@@ -36,6 +37,7 @@ ENGINE_FAILURES: tuple[type[BaseException], ...] = (
 # Result files (multiple_results CSVs) are small; a bound keeps a runaway one out of memory.
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 LOG_JOIN_TIMEOUT_S = 10
+SPOOL_BYTES = 8 * 1024 * 1024
 # Every engine call has a deadline: requests wait at most this long for an answer, and
 # a container is waited for in slices, the engine pinged between them, so a host that
 # stops answering (a frozen dockerd) is found lost within a slice and a ping.
@@ -51,7 +53,7 @@ class EngineError(MadError):
 def create_kwargs(spec: RunSpec) -> dict[str, Any]:
     """The arguments of `containers.create` for a spec (kept pure so tests can read them)."""
     kwargs: dict[str, Any] = {
-        "image": spec.image,
+        "image": spec.image_id or spec.image,
         "command": list(spec.command),
         "working_dir": spec.workdir,
         "environment": dict(spec.env),
@@ -91,13 +93,25 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
     return kwargs
 
 
-def tar_directories(copies: tuple[tuple[Path, str], ...]) -> bytes:
-    """A tar of host directories placed at container paths (extracted at `/`)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+def tar_directories(
+    copies: tuple[tuple[Path, str], ...], excludes: tuple[Path, ...] = ()
+) -> IO[bytes]:
+    """A tar of host directories placed at container paths (extracted at `/`), spooled to
+    disk past a few megabytes (scripts directories may hold big files), rewound.
+    `excludes` are host paths left out, with everything below them."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned open
+    with tarfile.open(fileobj=spool, mode="w") as archive:
         for host_dir, container_dir in copies:
-            archive.add(str(host_dir), arcname=container_dir.lstrip("/"))
-    return buffer.getvalue()
+            base = container_dir.lstrip("/")
+            skipped = {base + "/" + str(path.relative_to(host_dir)) for path in excludes
+                       if path == host_dir or host_dir in path.parents}  # fmt: skip
+
+            def keep(info: tarfile.TarInfo, skipped: set[str] = skipped) -> tarfile.TarInfo | None:
+                return None if info.name in skipped else info
+
+            archive.add(str(host_dir), arcname=base, filter=keep)
+    spool.seek(0)
+    return spool
 
 
 class _LogPump(threading.Thread):
@@ -164,7 +178,8 @@ class ContainerRun:
         try:
             self.container = client.containers.create(**create_kwargs(spec))
             if spec.copies:
-                self.container.put_archive("/", tar_directories(spec.copies))
+                with tar_directories(spec.copies, spec.copy_excludes) as archive:
+                    self.container.put_archive("/", archive)
             self.started = time.time()
             self.container.start()
             self.pump = _LogPump(self.container, spec.log_path, on_output)
@@ -247,7 +262,8 @@ class ContainerRun:
         data = b"".join(stream)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             member = archive.next()
-            extracted = archive.extractfile(member) if member else None
+            # A link (to anything) is not the result file: never follow it.
+            extracted = archive.extractfile(member) if member and member.isfile() else None
             return extracted.read().decode("utf-8", errors="replace") if extracted else None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils.build
 
 from pytest_madengine.backends import LABEL_PREFIX
 from pytest_madengine.core.records import ImageFacts
@@ -29,6 +30,7 @@ from pytest_madengine.resources.once import Once
 
 CONTENT_HASH_LABEL = f"{LABEL_PREFIX}.content-hash"
 LOG_TAIL_LINES = 30
+HASH_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,43 @@ class BuildError(MadError):
     """A failed build; the message holds the reason and the tail of the build log."""
 
 
-def content_hash(spec: ImageSpec) -> str:
-    """Hash of the Dockerfile, every file of the build context, and the build args."""
+def _context_files(context_dir: Path, dockerfile: Path) -> list[str]:
+    """The files the engine gets as build context: what .dockerignore leaves, as the
+    SDK itself decides it when it sends the context."""
+    ignore = context_dir / ".dockerignore"
+    patterns = []
+    if ignore.is_file():
+        lines = ignore.read_text(encoding="utf-8", errors="replace").splitlines()
+        patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return sorted(docker.utils.build.exclude_paths(str(context_dir), patterns, str(dockerfile)))
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def content_hash(spec: ImageSpec, skip: tuple[Path, ...] = ()) -> str:
+    """Hash of the Dockerfile, the build context's regular files (as .dockerignore
+    leaves them, without `skip`: our own output when the context is the tree), and
+    the build args. Files are read in blocks; links and FIFOs are named, not read."""
     digest = hashlib.sha256()
     digest.update(spec.dockerfile.read_bytes())
-    if spec.context_dir.is_dir():
-        for directory, dirnames, filenames in os.walk(spec.context_dir):
-            dirnames.sort()  # a stable walk order gives a stable hash
-            for filename in sorted(filenames):
-                path = Path(directory, filename)
-                digest.update(path.relative_to(spec.context_dir).as_posix().encode())
-                digest.update(b"\0")
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    context = spec.context_dir
+    skipped = {path.resolve() for path in skip}
+    if context.is_dir():
+        for relative in _context_files(context, spec.dockerfile):
+            path = context / relative
+            if path.resolve() in skipped or any(p in skipped for p in path.resolve().parents):
+                continue
+            digest.update(relative.encode(errors="surrogateescape") + b"\0")
+            if path.is_file() and not path.is_symlink():
+                digest.update(_file_digest(path))
+            elif path.is_symlink():
+                digest.update(os.readlink(path).encode(errors="surrogateescape"))
     digest.update(json.dumps(dict(spec.build_args), sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -71,13 +98,20 @@ class ImageBuilder:
     """Builds (or reuses) images on one Docker Engine, at most once per session."""
 
     def __init__(
-        self, client: docker.DockerClient, log_dir: Path, once: Once, no_cache: bool = False
+        self,
+        client: docker.DockerClient,
+        log_dir: Path,
+        once: Once,
+        no_cache: bool = False,
+        skip: tuple[Path, ...] = (),
     ) -> None:
         self.client = client
         self.log_dir = log_dir
         self.once = once
         self.no_cache = no_cache
+        self.skip = skip  # paths left out of content hashes: our own output
         self._tagged: set[tuple[str, str]] = set()  # (name, image id) this process tagged
+        self._hashes: dict[tuple[object, ...], str] = {}
 
     def ensure(self, spec: ImageSpec) -> ImageFacts:
         """The image of the spec, built now unless this session or an earlier one has.
@@ -86,7 +120,12 @@ class ImageBuilder:
         build, and each gets its own name as a tag of it. `built` is True for the one
         test that built it.
         """
-        wanted = content_hash(spec)
+        # Hashed once per process: a context that holds files changing as the session
+        # runs (logs, when the context is the tree) must not give each test a build.
+        key = (spec.dockerfile, spec.context_dir, tuple(sorted(spec.build_args.items())))
+        if key not in self._hashes:
+            self._hashes[key] = content_hash(spec, self.skip)
+        wanted = self._hashes[key]
 
         def build_or_reuse() -> dict[str, Any]:
             # --mad-clean-cache rebuilds once per session, not once per test or worker.

@@ -153,7 +153,9 @@ def _read_dynamic(path: Path) -> list[Any]:
             return [model_to_dict(model) for model in list_models()]
     except MadError:
         raise
-    except Exception as exc:  # user code: any failure is reported, none escapes
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # user code: any failure (sys.exit too) is one line
         raise MadError(f"{where}: raised {type(exc).__name__}: {exc}") from None
 
 
@@ -205,6 +207,13 @@ def _param_value(key: str, value: Any) -> str:
     raise ValueError(
         f"field 'parametrize': '{key}' must be a string or a number, got {type(value).__name__}"
     )
+
+
+def _timeout(value: Any) -> int:
+    seconds = _as_int(value, "timeout", DEFAULT_TIMEOUT_S)
+    if seconds < 0:
+        raise ValueError(f"field 'timeout' must be seconds (0: none), got {value!r}")
+    return seconds
 
 
 def _n_gpus(value: Any) -> int:
@@ -264,7 +273,7 @@ def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
         args=str(args or ""),
         n_gpus=_n_gpus(entry.get("n_gpus")),
         tags=_as_tuple(entry.get("tags"), "tags"),
-        timeout=_as_int(entry.get("timeout"), "timeout", DEFAULT_TIMEOUT_S),
+        timeout=_timeout(entry.get("timeout")),
         multiple_results=_result_file(entry),
         skip_gpu_arch=_as_tuple(entry.get("skip_gpu_arch"), "skip_gpu_arch"),
         data=_optional_str(entry, "data"),
@@ -288,9 +297,15 @@ def _entry_label(entry: Any, index: int) -> str:
 
 
 def load_source(
-    source: Source, root: Path, dockerfiles: DockerfileIndex, seen: dict[str, Path]
+    source: Source,
+    root: Path,
+    dockerfiles: DockerfileIndex,
+    seen: dict[str, Path],
+    image_owners: dict[str, str] | None = None,
 ) -> SourceModels:
-    """The models of one file. `seen` maps names loaded so far to their file, for duplicates."""
+    """The models of one file. `seen` maps names loaded so far to their file, and
+    `image_owners` image names to their model, for duplicates."""
+    image_owners = {} if image_owners is None else image_owners
     if source.problem:
         return SourceModels(source, errors=(source.problem,))
     where = display_path(source.path)
@@ -320,7 +335,7 @@ def load_source(
         problem = _path_problem(
             root, model.dockerfile, model.scripts, model.dockercontext, model.url is not None,
             dockerfiles,
-        ) or _image_name_problem(model, dockerfiles)  # fmt: skip
+        ) or _image_name_problem(model, dockerfiles, image_owners)  # fmt: skip
         if problem:
             errors.append(f"{where}: model '{model.name}': {problem}")
             continue
@@ -370,11 +385,17 @@ _IMAGE_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 MAX_IMAGE_NAME = 255
 
 
-def _image_name_problem(model: Model, dockerfiles: DockerfileIndex) -> str | None:
+def _image_name_problem(
+    model: Model, dockerfiles: DockerfileIndex, owners: dict[str, str]
+) -> str | None:
     """Why the image names this model gives (one per Dockerfile) are not valid Docker
-    names: found now, not as a traceback from the engine at run time."""
+    names, or are another model's (`a_b` and `a/b`, `Foo` and `foo`): found now, not as
+    a traceback from the engine, or one image in a manifest for two models."""
     for path in dockerfiles.candidates(model.dockerfile):
         name = f"ci-{model.name.replace('/', '_').lower()}_{dockerfiles.load(path).stem}"
+        owner = owners.setdefault(name, model.name)
+        if owner != model.name:
+            return f"its image name '{name}' is model '{owner}''s too"
         if len(name) > MAX_IMAGE_NAME or not _IMAGE_COMPONENT.fullmatch(name):
             shown = name if len(name) <= 80 else name[:77] + "..."
             return (
@@ -390,8 +411,9 @@ def load_tree(root: Path, dockerfiles: DockerfileIndex | None = None) -> Tree:
     root = root.resolve()
     dockerfiles = dockerfiles or DockerfileIndex(root)
     seen: dict[str, Path] = {}
+    images: dict[str, str] = {}
     try:
-        loaded = tuple(load_source(s, root, dockerfiles, seen) for s in find_sources(root))
+        loaded = tuple(load_source(s, root, dockerfiles, seen, images) for s in find_sources(root))
     finally:
         _path_problem.cache_clear()  # a later load must see the files as they are then
     return Tree(root, loaded)

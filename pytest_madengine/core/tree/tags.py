@@ -89,7 +89,20 @@ def select(models: Sequence[Model], tags: Sequence[str]) -> tuple[list[Selected]
                 chosen.setdefault((model.name, params), Selected(model, params))
     order = {model.name: index for index, model in enumerate(models)}
     selected = sorted(chosen.values(), key=lambda item: order[item.model.name])
-    return selected, problems
+    # Two parameter sets can spell one test id ({"a": "1", "b": "2"} and {"a": "1,b=2"});
+    # they would share a log and a perf.csv name: the later one is refused.
+    seen: dict[str, Selected] = {}
+    unique = []
+    for item in selected:
+        if item.test_name in seen:
+            problems.append(
+                f"model '{item.model.name}': parameters {item.extra_args!r} give the test id"
+                f" {item.test_name} of parameters {seen[item.test_name].extra_args!r}"
+            )
+            continue
+        seen[item.test_name] = item
+        unique.append(item)
+    return unique, problems
 
 
 def _no_match(request: TagRequest, models: Sequence[Model]) -> str:
