@@ -86,6 +86,7 @@ def build_run_spec(
     data: DataMount | None = None,
     controller: str = "",
     secrets_env: Mapping[str, str] | None = None,
+    log_notes: Sequence[str] = (),
 ) -> RunSpec:
     """The container of one test on its host: the host's own GPU facts (device root,
     architecture) come from `host`, the user's settings from `options`."""
@@ -122,7 +123,7 @@ def build_run_spec(
     if model.multiple_results:
         env["MAD_OUTPUT_CSV"] = model.multiple_results
         result_files = (posixpath.join(container_dir, model.multiple_results),)
-    binds: tuple[Bind, ...] = data.binds if data else ()
+    binds: tuple[Bind, ...] = ()
     env.update(data.env if data else {})
     env.update({key: str(value) for key, value in context.get("docker_env_vars", {}).items()})
     env.update(secrets_env or {})
@@ -153,6 +154,7 @@ def build_run_spec(
         },
         copies=((root / copy_dir, container_dir),),
         binds=binds,
+        data=data.binds if data else (),
         devices=devices,
         group_add=group_add,
         nvidia_gpu_ids=nvidia_ids,
@@ -166,4 +168,5 @@ def build_run_spec(
         memory=str(context.get("docker_memory")) if context.get("docker_memory") else None,
         network=context.get("docker_network") or "host",
         ipc=context.get("docker_ipc") or "host",
+        log_notes=tuple(log_notes),
     )

@@ -121,7 +121,7 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
-def _display_endpoint(endpoint: str | None) -> str:
+def display_endpoint(endpoint: str | None) -> str:
     """The endpoint without any user:password@ in it."""
     if not endpoint:
         return "the default AWS endpoint"
@@ -222,7 +222,7 @@ def fetch_s3(
     """Copies every object under s3://bucket/prefix into dest_dir, keeping the paths below
     the prefix. endpoint: the server's URL (None: AWS itself)."""
     secrets = (secret_key, access_key)
-    shown = _display_endpoint(endpoint)
+    shown = display_endpoint(endpoint)
 
     def fail(why: str) -> MadError:
         return MadError(scrub(f"{provider}: {url}: {why}", secrets))
