@@ -16,7 +16,9 @@ from typing import Any
 import docker
 
 from pytest_madengine.backends import (
+    SESSION_LABEL,
     BackendSetup,
+    DataBind,
     ImageRequest,
     OutputSink,
     RunHandle,
@@ -31,13 +33,14 @@ from pytest_madengine.backends.docker.containers import (
     remove_orphans,
     remove_session,
 )
+from pytest_madengine.backends.docker.datavolumes import data_volume
 from pytest_madengine.backends.docker.engines import Engines
 from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
 from pytest_madengine.backends.docker.links import HostLinks, check_hosts
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.errors import HostLost, MadError, UsageProblem
 from pytest_madengine.resources.hosts import Host, load_hosts, local_host
-from pytest_madengine.resources.once import Once
+from pytest_madengine.resources.once import Once, note_key
 
 SWEEP_TIMEOUT_S = 20
 DOWN_KEY = "hosts_down"
@@ -132,12 +135,38 @@ class DockerBackend:
 
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
         try:
-            return _CheckedRun(ContainerRun(self.engines.client(host), spec, host.name, on_output),
-                               self.engines, host)  # fmt: skip
+            volumes = self._data_volumes(spec, host)
+            run = ContainerRun(self.engines.client(host), spec, host.name, on_output, volumes)
+            return _CheckedRun(run, self.engines, host)
         except HostLost:
             raise
         except EngineError as exc:
             raise self._lost_or(host, exc) from None
+
+    def _data_volumes(self, spec: RunSpec, host: Host) -> dict[str, str]:
+        """Content key -> volume, for the fetched data of a host that is not this machine
+        (its engine cannot see our cache): copied there once per host and dataset."""
+        if not spec.data or not _elsewhere(host):
+            return {}
+        volumes = {}
+        session_id = spec.labels.get(SESSION_LABEL, "")
+        for bind in spec.data:
+            key = bind.content_key
+            if key is None or key in volumes:
+                continue
+
+            def copy(bind: DataBind = bind) -> dict[str, Any]:
+                try:
+                    client = self.engines.client(host)
+                    volume, copied = data_volume(client, bind, spec.image, session_id)
+                except ENGINE_FAILURES as exc:
+                    doing = f"copying data '{bind.name}' to a volume"
+                    raise self.engines.failure(host, exc, doing) from None
+                return {"volume": volume, "copied": copied}
+
+            result, _ = self._once.run(note_key("data", host.name, key), copy)
+            volumes[key] = str(result["volume"])
+        return volumes
 
     def _lost_or(self, host: Host, exc: MadError) -> MadError:
         return exc if self.engines.answers(host) else HostLost(host.name, str(exc))
@@ -193,6 +222,12 @@ class _CheckedRun:
 
     def cancel(self) -> None:
         self.run.cancel()
+
+
+def _elsewhere(host: Host) -> bool:
+    """Whether the host's engine runs on another machine (ssh://, tcp://): it cannot
+    bind-mount a path of this one."""
+    return host.docker is not None and not host.docker.startswith("unix://")
 
 
 def create(setup: BackendSetup) -> DockerBackend:
