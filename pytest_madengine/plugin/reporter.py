@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_madengine.core.records import TestRecord
+from pytest_madengine.data import DataProgress
 from pytest_madengine.plugin.state import PluginState
 from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import results_table, summary_document
@@ -44,6 +45,7 @@ class MadReporter:
         for lost in record.retried_after:
             self._say(f"{lost}; {record.name} placed again")
         self.records.append((report.nodeid, record))
+        self._tell_data(report, record)
         self.config.hook.pytest_mad_record(record=record, config=self.config)
 
     def _say(self, line: str) -> None:
@@ -51,6 +53,24 @@ class MadReporter:
         if reporter is not None:
             reporter.ensure_newline()
             reporter.write_line(f"madengine: {line}", yellow=True)
+
+    def _tell_data(self, report: pytest.TestReport, record: TestRecord) -> None:
+        """A model that ran without its data, and (under xdist, whose workers have no
+        terminal) a download a worker made."""
+        data = record.data
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if data is None or reporter is None or self.config.get_verbosity() < 0:
+            return
+        if data.problem:
+            reporter.write_line(
+                f"madengine: {record.name}: {data.problem}; it ran without its data", yellow=True
+            )
+        from_worker = getattr(report, "node", None) is not None
+        if from_worker and data.fetched and data.download_s is not None:
+            size = data.size_bytes or 0
+            progress = DataProgress(data.name, data.provider, data.source, size, size,
+                                    data.download_s, finished=True)  # fmt: skip
+            reporter.write_line(f"madengine: {progress.describe()} (for {record.name})")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.records:
