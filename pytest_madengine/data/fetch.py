@@ -163,8 +163,13 @@ _S3_CODES = {
 
 def _s3_problem(exc: Exception, endpoint: str, timeouts: Timeouts) -> str | None:
     """Our words for a botocore error (None: not one)."""
+    from boto3 import exceptions as b3ex
     from botocore import exceptions as bex
 
+    if isinstance(exc, b3ex.RetriesExceededError):  # a download cut short on every try
+        last = exc.last_exception
+        why = _s3_problem(last, endpoint, timeouts) if isinstance(last, Exception) else None
+        return f"the download broke off on every try ({why or first_line(last or exc)})"
     if isinstance(exc, bex.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or "unknown")
