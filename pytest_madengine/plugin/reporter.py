@@ -26,6 +26,7 @@ class MadReporter:
         fallback = state.options.output_dir / f"perf.{state.session_id}.csv"
         self.perf_csv = PerfCsv(state.options.perf_csv, fallback)
         self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
+        self.data_notes: list[tuple[str, bool]] = []  # (line, whether a warning)
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -55,24 +56,27 @@ class MadReporter:
             reporter.write_line(f"madengine: {line}", yellow=True)
 
     def _tell_data(self, report: pytest.TestReport, record: TestRecord) -> None:
-        """A model that ran without its data, and (under xdist, whose workers have no
-        terminal) a download a worker made."""
+        """Notes for the end of the session: a model that ran without its data, and
+        (under xdist, whose workers have no terminal) a download a worker made."""
         data = record.data
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if data is None or reporter is None or self.config.get_verbosity() < 0:
+        if data is None:
             return
         if data.problem:
-            reporter.write_line(
-                f"madengine: {record.name}: {data.problem}; it ran without its data", yellow=True
-            )
+            self.data_notes.append((f"{record.name}: {data.problem}; it ran without its data",
+                                    True))  # fmt: skip
         from_worker = getattr(report, "node", None) is not None
         if from_worker and data.fetched and data.download_s is not None:
             size = data.size_bytes or 0
             progress = DataProgress(data.name, data.provider, data.source, size, size,
                                     data.download_s, finished=True)  # fmt: skip
-            reporter.write_line(f"madengine: {progress.describe()} (for {record.name})")
+            self.data_notes.append((f"{progress.describe()} (by {record.name})", False))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        # At the end, not as results come: a line among the progress letters breaks them.
+        if self.data_notes and self.config.get_verbosity() >= 0:
+            terminalreporter.section("madengine data")
+            for line, warn in self.data_notes:
+                terminalreporter.write_line(line, yellow=warn)
         if self.records:
             terminalreporter.section("madengine results")
             for line in results_table([record for _, record in self.records]):
