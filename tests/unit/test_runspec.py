@@ -166,15 +166,17 @@ def test_local_data_is_mounted_at_datahome_read_only_and_never_created(tmp_path:
         {"MAD_DATAHOME": "/data_dlm_0", "MAD_DATANAME": "imagenet"},
         source=str(tmp_path / "imagenet"),
     )
-    spec = dataclasses.replace(spec_for(tmp_path / "t", "{}", amd(1)), data=mount.binds)
-    (bound,) = create_kwargs(spec)["mounts"]
-    # A Mount, not a `volumes` string: Docker fails on a missing path instead of making it.
+    context = '{"docker_mounts": {"/ctr": "/host"}}'
+    spec = dataclasses.replace(spec_for(tmp_path / "t", context, amd(1)), data=mount.binds)
+    own, bound = create_kwargs(spec)["mounts"]
+    assert own == docker.types.Mount("/ctr", "/host", type="bind", read_only=False)
+    # A Mount, beside the context's: Docker fails on a missing path instead of making it.
     assert bound == docker.types.Mount("/data_dlm_0", str(tmp_path / "imagenet"), type="bind",
                                        read_only=True)  # fmt: skip
-    assert create_kwargs(spec, {"k": "vol"})["mounts"] == [bound]  # no key: a path
+    assert create_kwargs(spec, {"k": "vol"})["mounts"] == [own, bound]  # no key: a path
     keyed = dataclasses.replace(spec, data=(DataBind("/cache/abc", "/d", "abc"),))
     assert create_kwargs(keyed, {"abc": "mad-data-abc-1"})["mounts"] == [
-        docker.types.Mount("/d", "mad-data-abc-1", type="volume", read_only=True)
+        own, docker.types.Mount("/d", "mad-data-abc-1", type="volume", read_only=True)
     ]
     missing = {"x": {"local": {"path": str(tmp_path / "nowhere")}}}
     with pytest.raises(DataMissing, match=r"data .x.: no provider serves it \(local: .*nowhere"):

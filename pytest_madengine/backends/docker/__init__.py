@@ -16,6 +16,7 @@ from typing import Any
 import docker
 
 from pytest_madengine.backends import (
+    CONTROLLER_LABEL,
     SESSION_LABEL,
     BackendSetup,
     DataBind,
@@ -149,7 +150,9 @@ class DockerBackend:
         if not spec.data or not _elsewhere(host):
             return {}
         volumes = {}
-        session_id = spec.labels.get(SESSION_LABEL, "")
+        # The copying container carries the run's session labels: sweeps find it.
+        labels = {key: value for key, value in spec.labels.items()
+                  if key in (SESSION_LABEL, CONTROLLER_LABEL)}  # fmt: skip
         for bind in spec.data:
             key = bind.content_key
             if key is None or key in volumes:
@@ -158,7 +161,7 @@ class DockerBackend:
             def copy(bind: DataBind = bind) -> dict[str, Any]:
                 try:
                     client = self.engines.client(host)
-                    volume, copied = data_volume(client, bind, spec.image, session_id)
+                    volume, copied = data_volume(client, bind, spec.image, labels)
                 except ENGINE_FAILURES as exc:
                     doing = f"copying data '{bind.name}' to a volume"
                     raise self.engines.failure(host, exc, doing) from None

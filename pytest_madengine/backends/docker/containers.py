@@ -80,16 +80,15 @@ def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) 
         # No swap beyond the limit, so that a model over it is killed rather than slowed.
         kwargs["mem_limit"] = kwargs["memswap_limit"] = spec.memory
     if spec.data:
-        # Mounts, not `volumes`: a bind whose source is missing fails instead of being
-        # created empty on the host.
+        # Read-only; a copy on another host is a volume there, anything else a path.
         volumes = data_volumes or {}
-        kwargs["mounts"] = [
+        kwargs.setdefault("mounts", []).extend([
             docker.types.Mount(bind.container_path, volumes[bind.content_key], type="volume",
                                read_only=True)
             if bind.content_key in volumes
             else docker.types.Mount(bind.container_path, bind.source, type="bind", read_only=True)
             for bind in spec.data
-        ]  # fmt: skip
+        ])  # fmt: skip
     if spec.nvidia_gpu_ids is not None:
         kwargs["device_requests"] = [
             docker.types.DeviceRequest(

@@ -21,14 +21,14 @@ import queue
 import tarfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-from pytest_madengine.backends import LABEL_PREFIX, SESSION_LABEL, DataBind
+from pytest_madengine.backends import LABEL_PREFIX, DataBind
 
 DATA_LABEL = f"{LABEL_PREFIX}.data"  # the content key, on both volumes
 COPY_LABEL = f"{LABEL_PREFIX}.data-volume"  # on the name volume: the complete copy
@@ -112,29 +112,30 @@ def _complete_copy(client: docker.DockerClient, name: str) -> str | None:
 
 
 def data_volume(
-    client: docker.DockerClient, bind: DataBind, image: str, session_id: str
+    client: docker.DockerClient, bind: DataBind, image: str, labels: Mapping[str, str]
 ) -> tuple[str, bool]:
     """(the volume holding the data of `bind` on the engine, whether it was copied
-    now). `image` is any image on the engine: its container is only created."""
+    now). `image` is any image on the engine: its container is only created, with
+    `labels` (the session's, so that a sweep removes one a killed process left)."""
     assert bind.content_key is not None
     name = f"{NAME_PREFIX}{bind.content_key}"
     found = _complete_copy(client, name)
     if found is not None:
         return found, False
-    labels = {DATA_LABEL: bind.content_key}
+    volume_labels = {DATA_LABEL: bind.content_key}
     copy_name = f"{name}-{uuid.uuid4().hex[:8]}"
-    copy = client.volumes.create(copy_name, labels=labels)
+    copy = client.volumes.create(copy_name, labels=volume_labels)
     try:
         helper: Any = client.containers.create(
             image, command=["true"], volumes=[f"{copy_name}:{FILL_DIR}"],
-            labels={SESSION_LABEL: session_id}, network_disabled=True,
+            labels=dict(labels), network_disabled=True,
         )  # fmt: skip
         try:
             helper.put_archive(FILL_DIR, tar_stream(Path(bind.source)))
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 helper.remove(force=True)
-        named = client.volumes.create(name, labels={**labels, COPY_LABEL: copy_name})
+        named = client.volumes.create(name, labels={**volume_labels, COPY_LABEL: copy_name})
         winner = (named.attrs.get("Labels") or {}).get(COPY_LABEL)
     except BaseException:
         with contextlib.suppress(docker.errors.APIError):
