@@ -92,16 +92,17 @@ def fetch_cached(
     """The dataset of `key` from the cache, fetched first when it is not there."""
     cache = DataCache(request.mirror_dir)
     sink = request.settings.progress
-    started = time.monotonic()
     fetched_here = threading.Event()
+    started = [time.monotonic()]
 
     def progress(done: int, total: int) -> None:
         if sink is not None:
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started[0]
             sink(DataProgress(request.data_name, provider, source, done, total, elapsed))
 
     def run(dest: Path) -> Fetched:
         fetched_here.set()
+        started[0] = time.monotonic()  # the rate counts from the fetch, not the lock wait
         return fetch(dest, progress)
 
     try:

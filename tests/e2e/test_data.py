@@ -338,6 +338,15 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
         second.assert_outcomes(passed=4)
         again = volumes()
         assert {name: again[name] for name in hosts} == {name: copied[name] for name in hosts}
+        # A copy removed behind our back is made again, never mounted anew and empty.
+        for client in engines.values():
+            for volume in client.volumes.list(filters={"label": f"{DATA_LABEL}={key}"}):
+                if volume.name.count("-") == 3:  # mad-data-<key>-<n>: the copy
+                    volume.remove()
+        third = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}")
+        third.assert_outcomes(passed=4)
+        third.stdout.fnmatch_lines_random([f"m{i}*SUCCESS*{SAMPLE_FILES}*files*"
+                                           for i in range(4)])  # fmt: skip
     finally:
         for client in engines.values():
             for volume in client.volumes.list(filters={"label": f"{DATA_LABEL}={key}"}):

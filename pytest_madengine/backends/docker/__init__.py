@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import docker
+import docker.errors
 
 from pytest_madengine.backends import (
     CONTROLLER_LABEL,
@@ -167,9 +168,23 @@ class DockerBackend:
                     raise self.engines.failure(host, exc, doing) from None
                 return {"volume": volume, "copied": copied}
 
-            result, _ = self._once.run(note_key("data", host.name, key), copy)
+            once_key = note_key("data", host.name, key)
+            result, _ = self._once.run(once_key, copy)
+            if not self._volume_there(host, str(result["volume"])):
+                # Removed since (docker volume rm): a mount of it would make it anew, empty.
+                self._once.forget(once_key)
+                result, _ = self._once.run(once_key, copy)
             volumes[key] = str(result["volume"])
         return volumes
+
+    def _volume_there(self, host: Host, name: str) -> bool:
+        try:
+            self.engines.client(host).volumes.get(name)
+        except docker.errors.NotFound:
+            return False
+        except ENGINE_FAILURES as exc:
+            raise self.engines.failure(host, exc, f"looking for volume {name}") from None
+        return True
 
     def _lost_or(self, host: Host, exc: MadError) -> MadError:
         return exc if self.engines.answers(host) else HostLost(host.name, str(exc))
