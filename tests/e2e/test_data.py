@@ -52,6 +52,8 @@ def isolated_cache(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -
 
 
 def data_tree(pytester: pytest.Pytester, servers: DataServers, models: list, data: dict) -> Path:
+    """A tree with the bootstrap's logins; model names of its own (image names are
+    shared by every session on the engine)."""
     root = unique_tree(pytester, models, scripts(count=COUNT, need=NEED))
     shutil.copy(servers.credentials, root / "credential.json")
     (root / "data.json").write_text(json.dumps(data, indent=2))
@@ -148,7 +150,7 @@ def test_data_from_local_nas_minio_and_aws_and_a_second_session_downloads_nothin
 def test_eight_models_on_one_dataset_download_it_once_under_xdist(
     pytester: pytest.Pytester, data_servers: DataServers, isolated_cache: Path
 ) -> None:
-    models = [entry(f"m{i}", data="shared", scripts="scripts/dummy/need.sh") for i in range(8)]
+    models = [entry(f"shared{i}", data="shared", scripts="scripts/dummy/need.sh") for i in range(8)]
     data_tree(pytester, data_servers, models, {"shared": {"minio": {"path": DUMMY_URL}}})
     (pytester.path / "docker" / "dummy.ubuntu.nvidia.Dockerfile").unlink()
     pytester.makeini("[pytest]\nmad_tags = dummies\n")
@@ -313,7 +315,7 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
     pytester: pytest.Pytester, data_servers: DataServers, isolated_cache: Path,
     test_hosts: Path, unique_dataset: str,
 ) -> None:  # fmt: skip
-    models = [entry(f"m{i}", data="d", scripts="scripts/dummy/count.sh") for i in range(4)]
+    models = [entry(f"remote{i}", data="d", scripts="scripts/dummy/count.sh") for i in range(4)]
     data_tree(pytester, data_servers, models, {"d": {"minio": {"path": unique_dataset}}})
     key = DataCache.digest(cache_key("s3", data_servers.endpoint, unique_dataset))
     links = HostLinks()
@@ -328,7 +330,7 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
         first = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}", "-n", "2",
                     "--junitxml", "r.xml")  # fmt: skip
         first.assert_outcomes(passed=4)
-        first.stdout.fnmatch_lines_random([f"m{i}*SUCCESS*{SAMPLE_FILES}*files*"
+        first.stdout.fnmatch_lines_random([f"remote{i}*SUCCESS*{SAMPLE_FILES}*files*"
                                            for i in range(4)])  # fmt: skip
         hosts = {props["host"] for props in junit_properties(pytester.path / "r.xml").values()}
         copied = volumes()
@@ -345,7 +347,7 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
                     volume.remove()
         third = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}")
         third.assert_outcomes(passed=4)
-        third.stdout.fnmatch_lines_random([f"m{i}*SUCCESS*{SAMPLE_FILES}*files*"
+        third.stdout.fnmatch_lines_random([f"remote{i}*SUCCESS*{SAMPLE_FILES}*files*"
                                            for i in range(4)])  # fmt: skip
     finally:
         for client in engines.values():
