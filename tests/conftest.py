@@ -6,12 +6,17 @@ import contextlib
 import json
 import os
 import pwd
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pytest_madengine.data.fetch import Fetched, Timeouts, fetch_s3, fetch_sftp
+from pytest_madengine.errors import MadError
 
 AMD_DOCKERFILE = """# CONTEXT {'gpu_vendor': 'AMD', 'guest_os': 'UBUNTU'}
 ARG BASE_DOCKER=mad-base/busybox:latest
@@ -200,3 +205,60 @@ def k8s_cluster():
         pytest.skip(message)
     yield api
     api.close()
+
+
+# The data servers of `scripts/bootstrap data`: S3 (SeaweedFS) on 127.0.0.1:9000 and an
+# SFTP NAS on 127.0.0.1:2222, each with the sample dataset `dummy`.
+DATA_DIR = Path("/var/lib/pytest-madengine/data")
+CREDENTIALS = DATA_DIR / "credential.json"
+SAMPLE = DATA_DIR / "sample" / "dummy"
+DUMMY_URL = "s3://mad-data/dummy"
+QUICK = Timeouts(connect=1, read=1, attempts=1)
+
+
+@dataclass(frozen=True)
+class DataServers:
+    endpoint: str
+    access_key: str
+    secret_key: str = field(repr=False)  # pytest prints fixtures of failed tests
+    nas_host: str
+    nas_port: int
+    nas_user: str
+    nas_password: str = field(repr=False)
+    nas_key: Path
+
+    credentials: Path = CREDENTIALS  # credential.json with MAD_MINIO, MAD_AWS_S3, NAS_NODES
+
+    def s3(self, url: str, dest: Path, **options) -> Fetched:
+        return fetch_s3(url, self.endpoint, self.access_key, self.secret_key, dest,
+                        provider="minio", **options)  # fmt: skip
+
+    def sftp(self, path: str, dest: Path, **options) -> Fetched:
+        return fetch_sftp(self.nas_host, self.nas_port, self.nas_user, self.nas_password, path,
+                          dest, **options)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def data_servers() -> DataServers:
+    """The logins of credential.json once both servers serve the dummy dataset (skipped
+    without them, failed under CI)."""
+    problem = None
+    try:
+        entries = json.loads(CREDENTIALS.read_text())
+        minio, (by_password, by_key) = entries["MAD_MINIO"], entries["NAS_NODES"]
+        servers = DataServers(
+            minio["MINIO_ENDPOINT"], minio["USERNAME"], minio["PASSWORD"],
+            by_password["HOST"], int(by_password["PORT"]), by_password["USERNAME"],
+            by_password["PASSWORD"], Path(by_key["ssh_key_file"]),
+        )  # fmt: skip
+        with tempfile.TemporaryDirectory() as probe:
+            servers.s3(DUMMY_URL + "/README.txt", Path(probe, "s3"), timeouts=QUICK)
+            servers.sftp("/dummy/README.txt", Path(probe, "nas"), timeouts=QUICK)
+    except (OSError, ValueError, KeyError, MadError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        message = f"data servers needed (run scripts/bootstrap data): {problem}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return servers

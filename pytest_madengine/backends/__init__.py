@@ -55,6 +55,21 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class DataBind:
+    """A dataset for the container, read-only at `container_path`, never created.
+
+    `source` is a directory on this machine (the one running pytest). With a
+    `content_key` it is a fetched copy of that content: a backend that runs containers
+    on another machine brings the copy there (once per key). Without one it is a path
+    every host is expected to have (a shared filesystem, as madengine's `local`)."""
+
+    source: str
+    container_path: str
+    content_key: str | None = None
+    name: str = ""  # the data.json entry, for messages
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything needed to run one benchmark container, independent of the backend."""
 
@@ -68,6 +83,7 @@ class RunSpec:
     # so a remote engine gets them too and nothing is written into the user's tree.
     copies: tuple[tuple[Path, str], ...] = ()
     binds: tuple[Bind, ...] = ()
+    data: tuple[DataBind, ...] = ()
     devices: tuple[Device, ...] = ()
     group_add: tuple[str, ...] = ()
     nvidia_gpu_ids: tuple[int, ...] | None = None  # a GPU device request for these ids
@@ -86,6 +102,8 @@ class RunSpec:
     # bridge set-up per start) and its IPC namespace (frameworks outgrow a 64 MB /dev/shm).
     network: str = "host"
     ipc: str | None = "host"
+    # Lines the log starts with, before the container's output (what became of its data).
+    log_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

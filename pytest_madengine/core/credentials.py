@@ -1,4 +1,11 @@
-"""credential.json of a MAD tree: registry logins and the secrets models ask for by `cred`.
+"""credential.json of a MAD tree: registry logins, the secrets models ask for by `cred`,
+and the logins of the data providers.
+
+Real files hold entries of many shapes (objects with lower- or upper-case keys, lists
+like `NAS_NODES`), so every entry loads as it is and is checked only by the code that
+uses it; a wrong one is named, never shown. The data providers' entries (`MAD_MINIO`,
+`MAD_AWS_S3`, `NAS_NODES`) can come from environment variables of the same name holding
+JSON, which override the file.
 
 Secrets never reach our output: `redact` blanks every known secret value in a text
 before it is shown (failure lines, JUnit properties).
@@ -11,12 +18,12 @@ import functools
 import json
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.errors import MadError, read_json
+from pytest_madengine.errors import MadError, parse_json, read_json
 
 DOCKERHUB = "dockerhub"
 # madengine's overrides of the dockerhub entry.
@@ -25,8 +32,12 @@ DOCKERHUB_ENV = {
     "password": "MAD_DOCKERHUB_PASSWORD",
     "repository": "MAD_DOCKERHUB_REPO",
 }
+# Entries of the data providers that an environment variable of the same name overrides.
+DATA_ENTRIES = ("MAD_MINIO", "MAD_AWS_S3", "NAS_NODES")
 MASK = "***"
 SECRET_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "credential")
+# An S3 access key id rides in USERNAME: not a password, but not for logs either.
+ACCESS_KEY_ENTRIES = ("MAD_MINIO", "MAD_AWS_S3")
 
 
 def registry_key(registry: str | None) -> str:
@@ -57,17 +68,71 @@ def secret_forms(secret: str) -> set[str]:
     return {form for form in forms if len(form) >= 4}  # masking "a" would mask every a
 
 
+def field_of(entry: Mapping[str, Any], *names: str) -> Any:
+    """The value of the first of `names` the entry has, keys compared case-blind
+    (`USERNAME` and `username` are one key); None when it has none."""
+    folded = {str(key).lower(): value for key, value in entry.items()}
+    for name in names:
+        value = folded.get(name.lower())
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _secret_values(value: Any, secret: bool = False) -> Iterator[str]:
+    """Every string under a key that names a secret, at any depth."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            named = any(word in str(key).lower() for word in SECRET_KEYS)
+            yield from _secret_values(item, secret or named)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_values(item, secret)
+    elif secret and isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+        yield str(value)
+
+
+def _login_of(entry: Any) -> tuple[str | None, str | None]:
+    """(username, password) of an object entry, as strings, else Nones."""
+    if not isinstance(entry, Mapping):
+        return None, None
+    username, password = field_of(entry, "username"), field_of(entry, "password")
+    if not isinstance(username, str | int) or not isinstance(password, str | int):
+        return None, None
+    return str(username), str(password)
+
+
 @dataclass(frozen=True)
 class Credentials:
-    entries: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    entries: Mapping[str, Any] = field(default_factory=dict)  # as the file has them
     source: str = "credential.json"
+    # Raw JSON of the environment variables that override data entries (parsed on use).
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def entry(self, name: str) -> Any:
+        """The entry as written (the environment variable of that name first, for the
+        data entries); None when there is none. MadError naming the variable when it is
+        not JSON."""
+        text = self.environ.get(name)
+        if text is not None:
+            return parse_json(text, f"environment variable {name}")
+        return self.entries.get(name)
 
     def registry_auth(self, registry: str | None) -> dict[str, str] | None:
         """username/password for the registry, or None when there is no entry."""
-        entry = self.entries.get(registry_key(registry))
-        if not entry or "username" not in entry or "password" not in entry:
+        key = registry_key(registry)
+        entry = self.entries.get(key)
+        if entry is None:
             return None
-        return {"username": entry["username"], "password": entry["password"]}
+        if not isinstance(entry, dict) or not all(
+            isinstance(value, str | int) and not isinstance(value, bool) for value in entry.values()
+        ):
+            # The values are secrets: name the entry, never show it.
+            raise MadError(f"{self.source}: credential '{key}' must be an object of strings")
+        username, password = field_of(entry, "username"), field_of(entry, "password")
+        if username is None or password is None:
+            return None
+        return {"username": str(username), "password": str(password)}
 
     def secrets(self) -> tuple[str, ...]:
         return self._secrets
@@ -75,17 +140,32 @@ class Credentials:
     @functools.cached_property
     def _secrets(self) -> tuple[str, ...]:
         """Every value that must not be shown, longest first (so parts are not left)."""
-        values: set[str] = set()
-        for entry in self.entries.values():
-            lowered = {key.lower(): value for key, value in entry.items()}
-            for key, value in lowered.items():
-                if value and any(word in key for word in SECRET_KEYS):
-                    values.update(secret_forms(value))
-            if lowered.get("username") and lowered.get("password"):
+        values = set(_secret_values(dict(self.entries)))
+        parsed_entries: list[Any] = list(self.entries.values())
+        for name in ACCESS_KEY_ENTRIES:
+            entry = self.entries.get(name)
+            if isinstance(entry, Mapping) and isinstance(field_of(entry, "username"), str):
+                values.add(field_of(entry, "username"))
+        for name, text in self.environ.items():
+            try:
+                parsed = parse_json(text, name)
+            except MadError:
+                values.add(text)  # not JSON: all of it may be secret
+                continue
+            parsed_entries.append(parsed)
+            values.update(_secret_values(parsed))
+            if name in ACCESS_KEY_ENTRIES and isinstance(parsed, Mapping):
+                username = field_of(parsed, "username")
+                if isinstance(username, str):
+                    values.add(username)
+        for entry in parsed_entries:
+            username, password = _login_of(entry)
+            if username and password:
                 # What HTTP basic auth sends: a registry that echoes its Authorization
                 # header would otherwise show the login in base64.
-                values.update(secret_forms(f"{lowered['username']}:{lowered['password']}"))
-        return tuple(sorted(values, key=len, reverse=True))
+                values.add(f"{username}:{password}")
+        forms = {form for value in values if value for form in secret_forms(value)}
+        return tuple(sorted(forms, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -109,29 +189,21 @@ class Credentials:
         masked.replace(path)
 
 
-def _entries(data: Any, where: str) -> dict[str, dict[str, str]]:
-    if not isinstance(data, dict):
-        raise MadError(f"{where}: expected an object of credentials")
-    entries = {}
-    for key, entry in data.items():
-        if not isinstance(entry, dict) or not all(
-            isinstance(value, str | int) and not isinstance(value, bool) for value in entry.values()
-        ):
-            # The values are secrets: name the entry, never show it.
-            raise MadError(f"{where}: credential '{key}' must be an object of strings")
-        entries[str(key)] = {str(name): str(value) for name, value in entry.items()}
-    return entries
-
-
 def load_credentials(root: Path, environ: Mapping[str, str] | None = None) -> Credentials:
     """credential.json at the tree's root (none is fine), with the dockerhub entry
-    overridden by MAD_DOCKERHUB_USER / _PASSWORD / _REPO."""
+    overridden by MAD_DOCKERHUB_USER / _PASSWORD / _REPO and the data entries by the
+    environment variables of their names. Entries are checked when used, not here."""
     environ = os.environ if environ is None else environ
     path = root / "credential.json"
-    entries: dict[str, dict[str, str]] = {}
+    entries: dict[str, Any] = {}
     if path.exists():
-        entries = _entries(read_json(path), str(path))
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise MadError(f"{path}: expected an object of named credentials")
+        entries = {str(key): value for key, value in data.items()}
     hub = {key: environ[name] for key, name in DOCKERHUB_ENV.items() if environ.get(name)}
     if hub:
-        entries[DOCKERHUB] = {**entries.get(DOCKERHUB, {}), **hub}
-    return Credentials(entries, str(path))
+        current = entries.get(DOCKERHUB)
+        entries[DOCKERHUB] = {**(current if isinstance(current, dict) else {}), **hub}
+    overrides = {name: environ[name] for name in DATA_ENTRIES if environ.get(name)}
+    return Credentials(entries, str(path), overrides)

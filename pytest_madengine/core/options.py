@@ -20,6 +20,7 @@ from pytest_madengine.core.credentials import Credentials, load_credentials
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
 from pytest_madengine.core.results import load_baseline, parse_tolerance
 from pytest_madengine.core.tree.tags import parse_tag, split_tags
+from pytest_madengine.data import default_cache_dir
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 from pytest_madengine.resources.gpus import GpuInventory, inventory
 from pytest_madengine.tools import tool_names
@@ -53,6 +54,7 @@ class RawOptions:
     registry: str | None = None
     retries: str | int = 1
     deploy: str | None = None
+    force_mirror_local: str | None = None
     # Relative paths are taken from here (pytest: the invocation directory).
     base_dir: Path = field(default_factory=Path.cwd)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
@@ -86,6 +88,10 @@ class Options:
     credentials: Credentials
     data_sources: Mapping[str, Any]
     git_commit: str  # of the MAD tree, for perf.csv
+    # Fetched datasets: in force_mirror_local when given, else in a data.json entry's
+    # mirrorlocal, else in data_cache (the user's cache, shared by later sessions).
+    data_cache: Path = field(default_factory=default_cache_dir)
+    force_mirror_local: Path | None = None
 
     @property
     def gpu_vendor(self) -> str:
@@ -138,6 +144,20 @@ def _output_dir(path: Path) -> Path:
         raise UsageProblem(f"--mad-output {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK):
         raise UsageProblem(f"--mad-output {path}: not writable")
+    return path
+
+
+def _mirror_dir(path: Path) -> Path:
+    """--mad-force-mirror-local: made when missing, and writable."""
+    option = "--mad-force-mirror-local"
+    if path.exists() and not path.is_dir():
+        raise UsageProblem(f"{option} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageProblem(f"{option} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageProblem(f"{option} {path}: not writable")
     return path
 
 
@@ -221,4 +241,8 @@ def _parse(raw: RawOptions) -> Options:
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),
         git_commit=git_commit(root),
+        data_cache=default_cache_dir(raw.environ),
+        force_mirror_local=(
+            _mirror_dir(_path(raw, raw.force_mirror_local)) if raw.force_mirror_local else None
+        ),
     )

@@ -65,6 +65,33 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
+class DataFacts:
+    """What became of a test's dataset (`data` of its models.json entry)."""
+
+    name: str  # the data.json entry
+    provider: str = ""  # the provider that served it; "" when none did
+    source: str = ""  # where it came from: a path, s3://..., user@host:port:/path
+    size_bytes: int | None = None  # of a fetched copy (a local path is not measured)
+    download_s: float | None = None  # None: nothing to download; 0.0: a copy was there
+    fetched: bool = False  # this test downloaded it
+    problem: str = ""  # why the model ran without its data
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        properties = [
+            ("data_name", self.name),
+            ("data_provider", self.provider),
+            ("data_source", self.source),
+            ("data_size", "" if self.size_bytes is None else str(self.size_bytes)),
+            ("data_download_duration",
+             "" if self.download_s is None else f"{self.download_s:.3f}"),
+            ("data_fetched", str(self.fetched).lower()),
+        ]  # fmt: skip
+        if self.problem:
+            properties.append(("data_problem", self.problem))
+        return properties
+
+
+@dataclass(frozen=True)
 class TestRecord:
     """A finished test: its status and one-line reason, results, image and placement."""
 
@@ -85,6 +112,7 @@ class TestRecord:
     log_path: str | None = None
     retried_after: tuple[str, ...] = ()  # why earlier placements were given up
     properties: Mapping[str, str] = field(default_factory=dict)  # backend facts for JUnit
+    data: DataFacts | None = None  # None: the model names no data
 
     @property
     def duration(self) -> float | None:
@@ -103,6 +131,7 @@ class TestRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TestRecord:
         image = data.get("image")
+        data_facts = data.get("data")
         return cls(
             name=data["name"],
             status=Status(data["status"]),
@@ -122,6 +151,7 @@ class TestRecord:
             log_path=data.get("log_path"),
             retried_after=tuple(data.get("retried_after", ())),
             properties=dict(data.get("properties", {})),
+            data=DataFacts(**data_facts) if data_facts else None,
         )
 
     def junit_properties(self) -> list[tuple[str, str]]:
@@ -150,6 +180,8 @@ class TestRecord:
         if self.log_path:
             properties.append(("log_path", self.log_path))
         properties += sorted(self.properties.items())
+        if self.data is not None:
+            properties += self.data.junit_properties()
         if self.reason:
             properties.append(("failure_reason", self.reason))
         if self.retried_after:

@@ -19,6 +19,7 @@ from pytest_madengine.core.credentials import registry_of
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.records import (
+    DataFacts,
     ImageFacts,
     ModelFacts,
     ResultRow,
@@ -35,8 +36,15 @@ from pytest_madengine.core.results import (
 )
 from pytest_madengine.core.runspec import build_run_spec
 from pytest_madengine.core.tree.dockerfiles import base_docker_of
-from pytest_madengine.data import DataMount, resolve_data
+from pytest_madengine.data import (
+    DataMissing,
+    DataMount,
+    DataSettings,
+    ProgressSink,
+    resolve_data,
+)
 from pytest_madengine.errors import HostLost, MadError
+from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.placement import Placement
 from pytest_madengine.tools import apply_tools
 
@@ -104,6 +112,21 @@ def model_facts(test: PlannedTest, options: Options) -> ModelFacts:
     )
 
 
+def data_note(data_name: str, mount: DataMount) -> str:
+    """The log's line on where the data came from."""
+    home = mount.env.get("MAD_DATAHOME", "")
+    where = f"{mount.provider} {mount.source}".strip()
+    if mount.download_s is None:
+        return f"data '{data_name}': {where} at MAD_DATAHOME={home}"
+    size = human_size(mount.size_bytes) or "?"
+    if mount.fetched:
+        how = f"{size} downloaded in {mount.download_s:.2f} s"
+    else:
+        copy = mount.binds[0].source if mount.binds else "?"
+        how = f"{size}, the copy fetched earlier ({copy})"
+    return f"data '{data_name}': {where}: {how}, at MAD_DATAHOME={home}"
+
+
 def skipped_record(test: PlannedTest, options: Options, reason: str) -> TestRecord:
     row = ResultRow(test.name, Status.SKIPPED, reason=reason)
     facts = model_facts(test, options)
@@ -148,6 +171,7 @@ class TestRunner:
         controller: str = "",
         spec_hook: SpecHook | None = None,
         on_output: OutputSink | None = None,
+        on_data_progress: ProgressSink | None = None,
     ) -> None:
         self.options = options
         self.backend = backend
@@ -156,6 +180,13 @@ class TestRunner:
         self.spec_hook = spec_hook
         self.on_output = on_output
         self.log_dir = options.output_dir / "logs" / session_id
+        self.data_settings = DataSettings(
+            credentials=options.credentials,
+            root=options.root,
+            cache_dir=options.data_cache,
+            force_mirror_local=options.force_mirror_local,
+            progress=on_data_progress,
+        )
 
     def log_path(self, test: PlannedTest, test_id: str) -> Path:
         """A log of its own for every test of the session: the readable name, and a hash
@@ -196,6 +227,22 @@ class TestRunner:
             build_duration=entry.build_duration,
         )
 
+    def resolve_data(self, data_name: str) -> tuple[DataMount | None, DataFacts, tuple[str, ...]]:
+        """(the mount, or None when no provider serves the data, what the record says of
+        it, the lines its log starts with). MadError when the entry itself is wrong."""
+        redact = self.options.credentials.redact
+        try:
+            mount = resolve_data(data_name, self.options.data_sources, self.data_settings)
+        except DataMissing as exc:
+            # As madengine: the model runs without its data; the script decides.
+            lines = tuple(redact(line) for line in exc.log_lines())
+            return None, DataFacts(data_name, problem=redact(str(exc))), lines
+        facts = DataFacts(
+            data_name, mount.provider, mount.source, mount.size_bytes, mount.download_s,
+            mount.fetched,
+        )  # fmt: skip
+        return mount, facts, (redact(data_note(data_name, mount)),)
+
     def run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
         """Prepares, runs and judges; HostLost when the placed host went away. No known
         secret is left in the record or the log, whatever the model printed."""
@@ -211,17 +258,19 @@ class TestRunner:
         if host.architecture:
             facts = dataclasses.replace(facts, gpu_architecture=host.architecture)
         image: ImageFacts | None = None
+        data_facts: DataFacts | None = None
         try:
             image = self.backend.prepare(self.image_request(test), host)
             data: DataMount | None = None
+            notes: tuple[str, ...] = ()
             if test.model.data:
-                data = resolve_data(test.model.data, self.options.data_sources)
-                facts = dataclasses.replace(facts, data_provider=data.provider)
+                data, data_facts, notes = self.resolve_data(test.model.data)
+                facts = dataclasses.replace(facts, data_provider=data_facts.provider)
             spec = build_run_spec(
                 test, self.options, host,
                 image=image.name, image_id=image.docker_sha or None, gpus=gpus,
                 session_id=self.session_id, test_id=test_id, log_path=self.log_path(test, test_id),
-                data=data, controller=self.controller,
+                data=data, controller=self.controller, log_notes=notes,
             )  # fmt: skip
             spec = apply_tools(spec, self.options.effective_context.get("tools") or [])
             if self.spec_hook is not None:
@@ -235,11 +284,11 @@ class TestRunner:
                 test, self.options, reason, image=image, host=host.name, gpus=gpu_ids
             )
             detail = self.options.credentials.redact(detail)
-            return dataclasses.replace(record, facts=facts, detail=detail)
+            return dataclasses.replace(record, facts=facts, detail=detail, data=data_facts)
         placed = {
             "image": image, "host": outcome.host, "gpus": gpu_ids, "started_at": outcome.started_at,
             "ended_at": outcome.ended_at, "log_path": str(outcome.log_path),
-            "properties": dict(outcome.properties),
+            "properties": dict(outcome.properties), "data": data_facts,
         }  # fmt: skip
         tail = log_tail(outcome.log_path)
         failure = run_failure(outcome, spec.timeout_s)

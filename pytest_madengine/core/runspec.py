@@ -87,6 +87,7 @@ def build_run_spec(
     data: DataMount | None = None,
     controller: str = "",
     secrets_env: Mapping[str, str] | None = None,
+    log_notes: Sequence[str] = (),
 ) -> RunSpec:
     """The container of one test on its host: the host's own GPU facts (device root,
     architecture) come from `host`, the user's settings from `options`."""
@@ -123,7 +124,7 @@ def build_run_spec(
     if model.multiple_results:
         env["MAD_OUTPUT_CSV"] = model.multiple_results
         result_files = (posixpath.join(container_dir, model.multiple_results),)
-    binds: tuple[Bind, ...] = data.binds if data else ()
+    binds: tuple[Bind, ...] = ()
     env.update(data.env if data else {})
     env.update({key: str(value) for key, value in context.get("docker_env_vars", {}).items()})
     env.update(secrets_env or {})
@@ -161,6 +162,7 @@ def build_run_spec(
             options.perf_csv.resolve(),
         ),
         binds=binds,
+        data=data.binds if data else (),
         devices=devices,
         group_add=group_add,
         nvidia_gpu_ids=nvidia_ids,
@@ -174,4 +176,5 @@ def build_run_spec(
         memory=str(context.get("docker_memory")) if context.get("docker_memory") else None,
         network=context.get("docker_network") or "host",
         ipc=context.get("docker_ipc") or "host",
+        log_notes=tuple(log_notes),
     )

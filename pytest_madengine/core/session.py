@@ -28,6 +28,7 @@ from pytest_madengine.core.records import TestRecord
 from pytest_madengine.core.runner import SpecHook, TestRunner, failed_record, skipped_record
 from pytest_madengine.core.tree.discovery import Tree, load_tree
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
+from pytest_madengine.data import ProgressSink
 from pytest_madengine.errors import HostLost, NoHost
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
@@ -67,6 +68,7 @@ class Session:
         *,
         spec_hook: SpecHook | None = None,
         on_output: OutputSink | None = None,
+        on_data_progress: ProgressSink | None = None,
     ) -> None:
         self.mad = mad
         self.options = mad.options
@@ -83,7 +85,7 @@ class Session:
         self.runner = TestRunner(
             self.options, self.backend, session_id=self.session_id,
             controller=setup.controller or process_identity(),
-            spec_hook=spec_hook, on_output=on_output,
+            spec_hook=spec_hook, on_output=on_output, on_data_progress=on_data_progress,
         )  # fmt: skip
 
     @classmethod

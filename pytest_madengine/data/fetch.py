@@ -121,7 +121,7 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
-def _display_endpoint(endpoint: str | None) -> str:
+def display_endpoint(endpoint: str | None) -> str:
     """The endpoint without any user:password@ in it."""
     if not endpoint:
         return "the default AWS endpoint"
@@ -163,8 +163,13 @@ _S3_CODES = {
 
 def _s3_problem(exc: Exception, endpoint: str, timeouts: Timeouts) -> str | None:
     """Our words for a botocore error (None: not one)."""
+    from boto3 import exceptions as b3ex
     from botocore import exceptions as bex
 
+    if isinstance(exc, b3ex.RetriesExceededError):  # a download cut short on every try
+        last = exc.last_exception
+        why = _s3_problem(last, endpoint, timeouts) if isinstance(last, Exception) else None
+        return f"the download broke off on every try ({why or first_line(last or exc)})"
     if isinstance(exc, bex.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or "unknown")
@@ -222,7 +227,7 @@ def fetch_s3(
     """Copies every object under s3://bucket/prefix into dest_dir, keeping the paths below
     the prefix. endpoint: the server's URL (None: AWS itself)."""
     secrets = (secret_key, access_key)
-    shown = _display_endpoint(endpoint)
+    shown = display_endpoint(endpoint)
 
     def fail(why: str) -> MadError:
         return MadError(scrub(f"{provider}: {url}: {why}", secrets))

@@ -1,19 +1,28 @@
-"""The `local` data provider: a directory on the host, mounted read-only."""
+"""The `local` data provider: a directory on the host, mounted read-only, never created.
+
+madengine checks that the path exists and mounts it; Docker would create a missing one
+(and the model would "succeed" on an empty directory), so a missing path is
+DataUnavailable here and the next provider is tried. The path is checked on this
+machine; on other Docker hosts it must exist too (a shared filesystem), and the
+container fails to start where it does not.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from pytest_madengine.backends import Bind
-from pytest_madengine.data import DataMount, DataUnavailable
+from pytest_madengine.backends import DataBind
+from pytest_madengine.data import DataMount, DataRequest, DataUnavailable
 
 
 class LocalProvider:
     name = "local"
 
-    def mount(self, data_name: str, source: Any, home: str) -> DataMount:
+    def mount(self, request: DataRequest) -> DataMount:
+        source = request.source
         path = source.get("path") if isinstance(source, dict) else None
         if not isinstance(path, str) or not path:
-            raise DataUnavailable("expected {\"path\": \"/host/dir\"}")
-        env = {"MAD_DATAHOME": home, "MAD_DATANAME": data_name}
-        return DataMount(self.name, (Bind(path, home, read_only=True),), env)
+            raise DataUnavailable('expected {"path": "/host/dir"}')
+        where = (request.settings.root / path).resolve()  # relative: to the MAD tree
+        if not where.exists():
+            raise DataUnavailable(f"{path}: no such file or directory on this machine")
+        bind = DataBind(str(where), request.home, name=request.data_name)
+        return DataMount(self.name, (bind,), request.env, source=str(where))

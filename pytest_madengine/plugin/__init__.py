@@ -12,7 +12,10 @@ import contextlib
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Generator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from pytest_madengine.core.options import Options, parse_options
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.core.runner import failed_record, skipped_record
 from pytest_madengine.core.session import MadSession, Session, new_session_id
+from pytest_madengine.data import DataProgress, ProgressSink
 from pytest_madengine.errors import MadError
 from pytest_madengine.plugin import fixtures, hookspec
 from pytest_madengine.plugin.collection import MadItem, MadTree
@@ -38,6 +42,7 @@ NO_GPU_HINT = (
 )
 # What the controller hands each xdist worker.
 WORKER_KEY = "madengine"
+PROGRESS_INTERVAL_S = 1.0
 _PREVIOUS_SIGNALS = pytest.StashKey[dict[int, Any]]()
 _PARSED = pytest.StashKey[Options]()  # parsed early by pytest_xdist_auto_num_workers
 _OWNED_DIR = pytest.StashKey[Path]()  # the controller's session dir, removed at the end
@@ -97,6 +102,29 @@ def _live_sink(config: pytest.Config, redact: Callable[[str], str]) -> Any:
     return write
 
 
+def _data_progress(config: pytest.Config) -> ProgressSink:
+    """Downloads of data on the terminal: a line a second at most, and one at the end."""
+    lock = threading.Lock()
+    last_shown: dict[tuple[str, str], float] = {}
+
+    def show(event: DataProgress) -> None:
+        key, now = (event.data_name, event.source), time.monotonic()
+        with lock:  # called from the fetchers' threads
+            if not event.finished and now - last_shown.get(key, 0.0) < PROGRESS_INTERVAL_S:
+                return
+            last_shown[key] = now
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            capture = config.pluginmanager.get_plugin("capturemanager")
+            if reporter is None:
+                return
+            uncaptured = capture.global_and_fixture_disabled() if capture else nullcontext()
+            with uncaptured:
+                reporter.write_line(f"madengine: {event.describe()}")
+                reporter.flush()
+
+    return show
+
+
 def _spec_hook(config: pytest.Config) -> Any:
     def apply(spec: Any, test: Any) -> Any:
         return config.hook.pytest_mad_run_spec(spec=spec, test=test, config=config) or spec
@@ -129,8 +157,11 @@ def pytest_configure(config: pytest.Config) -> None:
         setup = BackendSetup(options, session_id, session_dir, backend_state, controller)
         live = options.live_output and not worker
         sink = _live_sink(config, options.credentials.redact) if live else None
+        # An xdist worker has no terminal: the controller tells its downloads from records.
+        progress = _data_progress(config) if not worker and config.get_verbosity() >= 0 else None
         try:
-            runtime = Session(mad, setup, spec_hook=_spec_hook(config), on_output=sink)
+            runtime = Session(mad, setup, spec_hook=_spec_hook(config), on_output=sink,
+                              on_data_progress=progress)  # fmt: skip
         except MadError as exc:
             raise pytest.UsageError(str(exc)) from None
     state = PluginState(options, mad, session_id, session_dir, worker, runtime)

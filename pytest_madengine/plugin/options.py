@@ -103,6 +103,12 @@ def add_options(parser: pytest.Parser) -> None:
         help="the backend that runs the containers (default: the context's 'deploy', else"
         " docker); backends are installed packages (entry points pytest_madengine.backends)",
     )
+    group.addoption(
+        "--mad-force-mirror-local",
+        metavar="DIR",
+        help="keep the fetched copy of every dataset (nas, minio, aws) in DIR, over any"
+        " mirrorlocal of data.json; later sessions reuse it (ini: mad_force_mirror_local)",
+    )
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
     parser.addini("mad_context_file", "run context JSON file", default=None)
@@ -111,6 +117,9 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("mad_perf_csv", "perf.csv to append to", default=None)
     parser.addini("mad_hosts", "Docker hosts inventory (YAML)", default=None)
     parser.addini("mad_manifest", "build manifest to run from", default=None)
+    parser.addini(
+        "mad_force_mirror_local", "directory for the fetched copies of all data", default=None
+    )
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -153,5 +162,6 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         registry=config.getoption("mad_registry"),
         retries=config.getoption("mad_retries"),
         deploy=config.getoption("mad_deploy"),
+        force_mirror_local=_option(config, "force_mirror_local"),
         base_dir=config.invocation_params.dir,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -109,6 +110,22 @@ def _seconds(value: float | None) -> str:
     return f"{value:.2f}" if value else ""
 
 
+def human_size(size: int | None) -> str:
+    """A size as madengine's `du -sh` wrote it (1024-based, rounded up: 512K, 1.1M, 20G)."""
+    if size is None:
+        return ""
+    if size < 1024:
+        return str(size)
+    value, unit = float(size), ""
+    for unit in "KMGTP":  # noqa: B007 - the unit the loop stops at is the one to show
+        value /= 1024
+        if value < 1024:
+            break
+    if value < 10:
+        return f"{math.ceil(value * 10) / 10:.1f}{unit}"
+    return f"{math.ceil(value)}{unit}"
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
@@ -117,7 +134,7 @@ def perf_rows(
     record: TestRecord, *, machine: str, git_commit: str = "", build_number: str = ""
 ) -> list[dict[str, object]]:
     """The perf.csv rows of one test: one per result (a failed or skipped test has one)."""
-    facts, image = record.facts, record.image
+    facts, image, data = record.facts, record.image, record.data
     n_gpus = len(record.gpus) if record.gpus else max(facts.n_gpus, 0)
     common: dict[str, object] = {
         "n_gpus": n_gpus,
@@ -140,8 +157,11 @@ def perf_rows(
         "test_duration": _seconds(record.duration),
         "dataname": facts.dataname,
         "data_provider_type": facts.data_provider,
-        "data_size": "",
-        "data_download_duration": "",
+        "data_size": human_size(data.size_bytes) if data else "",
+        # 0.000: the copy was there already (another test, worker or session fetched it).
+        "data_download_duration": (
+            f"{data.download_s:.3f}" if data and data.download_s is not None else ""
+        ),
         "build_number": build_number,
         "additional_docker_run_options": "",
     }

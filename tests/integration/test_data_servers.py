@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,58 +23,7 @@ from pytest_madengine.data.fetch import (
     fetch_sftp,
 )
 from pytest_madengine.errors import MadError
-
-DATA_DIR = Path("/var/lib/pytest-madengine/data")
-CREDENTIALS = DATA_DIR / "credential.json"
-SAMPLE = DATA_DIR / "sample" / "dummy"
-DUMMY_URL = "s3://mad-data/dummy"
-QUICK = Timeouts(connect=1, read=1, attempts=1)
-
-
-@dataclass(frozen=True)
-class DataServers:
-    endpoint: str
-    access_key: str
-    secret_key: str = field(repr=False)  # pytest prints fixtures of failed tests
-    nas_host: str
-    nas_port: int
-    nas_user: str
-    nas_password: str = field(repr=False)
-    nas_key: Path
-
-    def s3(self, url: str, dest: Path, **options) -> Fetched:
-        return fetch_s3(url, self.endpoint, self.access_key, self.secret_key, dest,
-                        provider="minio", **options)  # fmt: skip
-
-    def sftp(self, path: str, dest: Path, **options) -> Fetched:
-        return fetch_sftp(self.nas_host, self.nas_port, self.nas_user, self.nas_password, path,
-                          dest, **options)  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def data_servers() -> DataServers:
-    """The logins of credential.json once both servers serve the dummy dataset (skipped
-    without them, failed under CI)."""
-    problem = None
-    try:
-        entries = json.loads(CREDENTIALS.read_text())
-        minio, (by_password, by_key) = entries["MAD_MINIO"], entries["NAS_NODES"]
-        servers = DataServers(
-            minio["MINIO_ENDPOINT"], minio["USERNAME"], minio["PASSWORD"],
-            by_password["HOST"], int(by_password["PORT"]), by_password["USERNAME"],
-            by_password["PASSWORD"], Path(by_key["ssh_key_file"]),
-        )  # fmt: skip
-        with tempfile.TemporaryDirectory() as probe:
-            servers.s3(DUMMY_URL + "/README.txt", Path(probe, "s3"), timeouts=QUICK)
-            servers.sftp("/dummy/README.txt", Path(probe, "nas"), timeouts=QUICK)
-    except (OSError, ValueError, KeyError, MadError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    if problem:
-        message = f"data servers needed (run scripts/bootstrap data): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return servers
+from tests.conftest import CREDENTIALS, DUMMY_URL, QUICK, SAMPLE, DataServers
 
 
 def files_of(root: Path) -> dict[str, bytes]:

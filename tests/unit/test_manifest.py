@@ -133,11 +133,14 @@ def test_dockerhub_login_from_the_environment_over_the_file(tmp_path: Path) -> N
     assert load_credentials(tmp_path / "nowhere", environ={}).registry_auth(None) is None
 
 
-def test_a_bad_credential_file_names_the_entry_never_its_values(tmp_path: Path) -> None:
-    (tmp_path / "credential.json").write_text('{"reg": {"password": ["s3cret"]}}')
+def test_a_bad_credential_entry_is_named_when_used_never_shown(tmp_path: Path) -> None:
+    (tmp_path / "credential.json").write_text('{"reg": {"password": ["s3cret"]}, "ok": {}}')
+    credentials = load_credentials(tmp_path, environ={})  # loads: checked only when used
+    assert credentials.registry_auth("ok") is None
     with pytest.raises(MadError) as caught:
-        load_credentials(tmp_path, environ={})
+        credentials.registry_auth("reg")
     assert "s3cret" not in str(caught.value)
     assert str(caught.value).endswith(
         "credential.json: credential 'reg' must be an object of strings"
     )
+    assert credentials.redact("it said s3cret") == f"it said {MASK}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import docker.types
 import pytest
 
-from pytest_madengine.backends import SESSION_LABEL, Bind, Device
+from pytest_madengine.backends import SESSION_LABEL, DataBind, Device
 from pytest_madengine.backends.docker.containers import create_kwargs
 from pytest_madengine.core.options import RawOptions, parse_options
 from pytest_madengine.core.runspec import (
@@ -18,7 +18,7 @@ from pytest_madengine.core.runspec import (
     visibility_env,
 )
 from pytest_madengine.core.session import MadSession
-from pytest_madengine.data import DataMount, resolve_data
+from pytest_madengine.data import DataMissing, DataMount, resolve_data
 from pytest_madengine.errors import MadError
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.hosts import local_host
@@ -156,14 +156,31 @@ def test_host_network_and_ipc_as_madengine_unless_the_context_says_otherwise(
     assert (own["network_mode"], own["ipc_mode"]) == ("bridge", "private")
 
 
-def test_local_data_is_mounted_at_datahome() -> None:
-    mount = resolve_data("imagenet", {"imagenet": {"local": {"path": "/srv/imagenet"}}})
+def test_local_data_is_mounted_at_datahome_read_only_and_never_created(tmp_path: Path) -> None:
+    (tmp_path / "imagenet").mkdir()
+    sources = {"imagenet": {"local": {"path": str(tmp_path / "imagenet")}}}
+    mount = resolve_data("imagenet", sources)
     assert mount == DataMount(
         "local",
-        (Bind("/srv/imagenet", "/data", read_only=True),),
-        {"MAD_DATAHOME": "/data", "MAD_DATANAME": "imagenet"},
+        (DataBind(str(tmp_path / "imagenet"), "/data_dlm_0", name="imagenet"),),
+        {"MAD_DATAHOME": "/data_dlm_0", "MAD_DATANAME": "imagenet"},
+        source=str(tmp_path / "imagenet"),
     )
-    with pytest.raises(MadError, match=r"data 'x': no provider can serve it \(nas: no such"):
-        resolve_data("x", {"x": {"nas": {}}})
+    context = '{"docker_mounts": {"/ctr": "/host"}}'
+    spec = dataclasses.replace(spec_for(tmp_path / "t", context, amd(1)), data=mount.binds)
+    own, bound = create_kwargs(spec)["mounts"]
+    assert own == docker.types.Mount("/ctr", "/host", type="bind", read_only=False)
+    # A Mount, beside the context's: Docker fails on a missing path instead of making it.
+    assert bound == docker.types.Mount("/data_dlm_0", str(tmp_path / "imagenet"), type="bind",
+                                       read_only=True)  # fmt: skip
+    assert create_kwargs(spec, {"k": "vol"})["mounts"] == [own, bound]  # no key: a path
+    keyed = dataclasses.replace(spec, data=(DataBind("/cache/abc", "/d", "abc"),))
+    assert create_kwargs(keyed, {"abc": "mad-data-abc-1"})["mounts"] == [
+        own, docker.types.Mount("/d", "mad-data-abc-1", type="volume", read_only=True)
+    ]
+    missing = {"x": {"local": {"path": str(tmp_path / "nowhere")}}}
+    with pytest.raises(DataMissing, match=r"data .x.: no provider serves it \(local: .*nowhere"):
+        resolve_data("x", missing)
+    assert not (tmp_path / "nowhere").exists()
     with pytest.raises(MadError, match=r"data 'y': no such entry in data.json"):
         resolve_data("y", {})

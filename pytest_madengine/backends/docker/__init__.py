@@ -14,9 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import docker
+import docker.errors
 
 from pytest_madengine.backends import (
+    CONTROLLER_LABEL,
+    SESSION_LABEL,
     BackendSetup,
+    DataBind,
     ImageRequest,
     OutputSink,
     RunHandle,
@@ -31,13 +35,14 @@ from pytest_madengine.backends.docker.containers import (
     remove_orphans,
     remove_session,
 )
+from pytest_madengine.backends.docker.datavolumes import data_volume
 from pytest_madengine.backends.docker.engines import Engines
 from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
 from pytest_madengine.backends.docker.links import HostLinks, check_hosts
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.errors import HostLost, MadError, UsageProblem
 from pytest_madengine.resources.hosts import Host, load_hosts, local_host
-from pytest_madengine.resources.once import Once
+from pytest_madengine.resources.once import Once, note_key
 
 SWEEP_TIMEOUT_S = 20
 DOWN_KEY = "hosts_down"
@@ -134,12 +139,54 @@ class DockerBackend:
 
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
         try:
-            return _CheckedRun(ContainerRun(self.engines.client(host), spec, host.name, on_output),
-                               self.engines, host)  # fmt: skip
+            volumes = self._data_volumes(spec, host)
+            run = ContainerRun(self.engines.client(host), spec, host.name, on_output, volumes)
+            return _CheckedRun(run, self.engines, host)
         except HostLost:
             raise
         except EngineError as exc:
             raise self._lost_or(host, exc) from None
+
+    def _data_volumes(self, spec: RunSpec, host: Host) -> dict[str, str]:
+        """Content key -> volume, for the fetched data of a host that is not this machine
+        (its engine cannot see our cache): copied there once per host and dataset."""
+        if not spec.data or not _elsewhere(host):
+            return {}
+        volumes = {}
+        # The copying container carries the run's session labels: sweeps find it.
+        labels = {key: value for key, value in spec.labels.items()
+                  if key in (SESSION_LABEL, CONTROLLER_LABEL)}  # fmt: skip
+        for bind in spec.data:
+            key = bind.content_key
+            if key is None or key in volumes:
+                continue
+
+            def copy(bind: DataBind = bind) -> dict[str, Any]:
+                try:
+                    client = self.engines.client(host)
+                    volume, copied = data_volume(client, bind, spec.image, labels)
+                except ENGINE_FAILURES as exc:
+                    doing = f"copying data '{bind.name}' to a volume"
+                    raise self.engines.failure(host, exc, doing) from None
+                return {"volume": volume, "copied": copied}
+
+            once_key = note_key("data", host.name, key)
+            result, _ = self._once.run(once_key, copy)
+            if not self._volume_there(host, str(result["volume"])):
+                # Removed since (docker volume rm): a mount of it would make it anew, empty.
+                self._once.forget(once_key)
+                result, _ = self._once.run(once_key, copy)
+            volumes[key] = str(result["volume"])
+        return volumes
+
+    def _volume_there(self, host: Host, name: str) -> bool:
+        try:
+            self.engines.client(host).volumes.get(name)
+        except docker.errors.NotFound:
+            return False
+        except ENGINE_FAILURES as exc:
+            raise self.engines.failure(host, exc, f"looking for volume {name}") from None
+        return True
 
     def _lost_or(self, host: Host, exc: MadError) -> MadError:
         return exc if self.engines.answers(host) else HostLost(host.name, str(exc))
@@ -195,6 +242,12 @@ class _CheckedRun:
 
     def cancel(self) -> None:
         self.run.cancel()
+
+
+def _elsewhere(host: Host) -> bool:
+    """Whether the host's engine runs on another machine (ssh://, tcp://): it cannot
+    bind-mount a path of this one."""
+    return host.docker is not None and not host.docker.startswith("unix://")
 
 
 def create(setup: BackendSetup) -> DockerBackend:

@@ -10,6 +10,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,8 +51,10 @@ class EngineError(MadError):
     """The Docker Engine failed us (unreachable, gone mid-run, refused the container)."""
 
 
-def create_kwargs(spec: RunSpec) -> dict[str, Any]:
-    """The arguments of `containers.create` for a spec (kept pure so tests can read them)."""
+def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The arguments of `containers.create` for a spec (kept pure so tests can read them).
+    `data_volumes`: content key -> the volume holding that data on the engine (a host
+    other than this machine); the other data are bound from the host's paths."""
     kwargs: dict[str, Any] = {
         "image": spec.image_id or spec.image,
         "command": list(spec.command),
@@ -78,6 +81,16 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
     if spec.memory:
         # No swap beyond the limit, so that a model over it is killed rather than slowed.
         kwargs["mem_limit"] = kwargs["memswap_limit"] = spec.memory
+    if spec.data:
+        # Read-only; a copy on another host is a volume there, anything else a path.
+        volumes = data_volumes or {}
+        kwargs.setdefault("mounts", []).extend([
+            docker.types.Mount(bind.container_path, volumes[bind.content_key], type="volume",
+                               read_only=True)
+            if bind.content_key in volumes
+            else docker.types.Mount(bind.container_path, bind.source, type="bind", read_only=True)
+            for bind in spec.data
+        ])  # fmt: skip
     if spec.nvidia_gpu_ids is not None:
         kwargs["device_requests"] = [
             docker.types.DeviceRequest(
@@ -117,10 +130,13 @@ def tar_directories(
 class _LogPump(threading.Thread):
     """Copies the container's output to the log file as it comes: memory stays flat."""
 
-    def __init__(self, container: Any, log_path: Path, on_output: OutputSink | None) -> None:
+    def __init__(
+        self, container: Any, log_path: Path, on_output: OutputSink | None, header: bytes = b""
+    ) -> None:
         super().__init__(daemon=True, name=f"mad-log-{log_path.stem}")
         self.container = container
         self.log_path = log_path
+        self.header = header  # our lines before the container's output
         self.on_output = on_output
         self.broken = False
 
@@ -152,6 +168,7 @@ class _LogPump(threading.Thread):
         file: a stuck stream that wakes up later writes to the old one, not into this)."""
         fresh = self.log_path.with_name(self.log_path.name + ".reread")
         with fresh.open("wb") as log:
+            log.write(self.header)
             for chunk in self.container.logs(stream=True, follow=False):
                 log.write(chunk)
         fresh.replace(self.log_path)
@@ -166,6 +183,7 @@ class ContainerRun:
         spec: RunSpec,
         host: str,
         on_output: OutputSink | None = None,
+        data_volumes: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.host = host
@@ -174,15 +192,18 @@ class ContainerRun:
         self.cancelled = False
         self.lost = False  # the engine stopped answering: nothing more is asked of it
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        spec.log_path.write_bytes(b"")
+        header = "".join(f"{line}\n" for line in spec.log_notes).encode()
+        spec.log_path.write_bytes(header)
+        if on_output is not None and header:
+            on_output(header)
         try:
-            self.container = client.containers.create(**create_kwargs(spec))
+            self.container = client.containers.create(**create_kwargs(spec, data_volumes))
             if spec.copies:
                 with tar_directories(spec.copies, spec.copy_excludes) as archive:
                     self.container.put_archive("/", archive)
             self.started = time.time()
             self.container.start()
-            self.pump = _LogPump(self.container, spec.log_path, on_output)
+            self.pump = _LogPump(self.container, spec.log_path, on_output, header)
             self.pump.start()
         except BaseException as exc:
             if self.container is not None:
