@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
+from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
 from tests.conftest import entry
@@ -38,12 +38,17 @@ echo "performance: $value fps"
 """
 
 
+def ours(client: docker.DockerClient) -> set[str]:
+    return {c.id for c in client.containers.list(all=True, filters={"label": SESSION_LABEL})}
+
+
 @pytest.fixture(autouse=True)
 def nothing_left(docker_client: docker.DockerClient) -> Iterator[None]:
-    """After each test, no container of ours on the local engine."""
+    """After each test, no container of its sessions on the local engine (sessions that
+    run beside this suite may have theirs)."""
+    before = ours(docker_client)
     yield
-    left = docker_client.containers.list(all=True, filters={"label": SESSION_LABEL})
-    assert left == [], [container.labels for container in left]
+    assert ours(docker_client) - before == set()
 
 
 def pytest_session(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
@@ -53,13 +58,16 @@ def pytest_session(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[st
 
 
 def wait_for_container(client: docker.DockerClient, session: subprocess.Popen[str]) -> str:
-    """The session id of the first container of ours to run."""
+    """The session id of the first container of this session (its controller's pid) to
+    run: other sessions may run beside this suite."""
     deadline = time.monotonic() + 120
-    while not (found := client.containers.list(filters={"label": TEST_LABEL})):
+    while True:
+        for container in client.containers.list(filters={"label": CONTROLLER_LABEL}):
+            if container.labels[CONTROLLER_LABEL].split(":")[1] == str(session.pid):
+                return container.labels[SESSION_LABEL]
         assert time.monotonic() < deadline, "no test ever started"
         assert session.poll() is None, session.communicate()[0]
         time.sleep(0.1)
-    return found[0].labels[SESSION_LABEL]
 
 
 def test_ids_that_read_alike_keep_their_own_logs_and_values(pytester: pytest.Pytester) -> None:
@@ -79,6 +87,7 @@ def test_ids_that_read_alike_keep_their_own_logs_and_values(pytester: pytest.Pyt
 def test_two_sessions_in_one_tree_read_only_their_own_output(pytester: pytest.Pytester) -> None:
     unique_tree(pytester, [entry("alpha", scripts="scripts/dummy/by_arg.sh")],
                 scripts(by_arg=BY_ARGUMENT))  # fmt: skip
+
     def context(value: int) -> str:
         return f'{{"docker_env_vars": {{"VALUE": "{value}", "NAP": "2"}}}}'
 
@@ -135,7 +144,7 @@ def test_three_quick_ctrl_c_end_cleanly(pytester: pytest.Pytester, docker_client
     unique_tree(pytester, [entry("sleepy", scripts="scripts/dummy/sleeper.sh", args="120")],
                 scripts(sleeper=SLEEPER))  # fmt: skip
     session = pytest_session(pytester, "--mad-tags", "sleepy")
-    wait_for_container(docker_client, session)
+    session_id = wait_for_container(docker_client, session)
     for _ in range(3):
         session.send_signal(signal.SIGINT)
         time.sleep(0.15)
@@ -143,7 +152,10 @@ def test_three_quick_ctrl_c_end_cleanly(pytester: pytest.Pytester, docker_client
     assert session.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "Traceback" not in output and "KeyboardInterrupt" in output
     # At once, not seconds later: the cleanup was not cut short.
-    assert docker_client.containers.list(all=True, filters={"label": SESSION_LABEL}) == []
+    assert (
+        docker_client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={session_id}"})
+        == []
+    )
 
 
 @pytest.fixture
