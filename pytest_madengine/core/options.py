@@ -135,21 +135,8 @@ def _writable_file(path: Path, option: str) -> Path:
     return path
 
 
-def _output_dir(path: Path) -> Path:
-    if path.exists() and not path.is_dir():
-        raise UsageProblem(f"--mad-output {path}: exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageProblem(f"--mad-output {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise UsageProblem(f"--mad-output {path}: not writable")
-    return path
-
-
-def _mirror_dir(path: Path) -> Path:
-    """--mad-force-mirror-local: made when missing, and writable."""
-    option = "--mad-force-mirror-local"
+def _writable_dir(path: Path, option: str) -> Path:
+    """A directory we write to (made when missing): checked now, before any test."""
     if path.exists() and not path.is_dir():
         raise UsageProblem(f"{option} {path}: exists and is not a directory")
     try:
@@ -231,7 +218,7 @@ def _parse(raw: RawOptions) -> Options:
         live_output=raw.live_output,
         baseline=baseline,
         tolerance=tolerance,
-        output_dir=_output_dir(_path(raw, raw.output or DEFAULT_OUTPUT)),
+        output_dir=_writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
         perf_csv=_writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
         summary=_writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None,
         hosts_file=_path(raw, raw.hosts) if raw.hosts else None,
@@ -243,6 +230,8 @@ def _parse(raw: RawOptions) -> Options:
         git_commit=git_commit(root),
         data_cache=default_cache_dir(raw.environ),
         force_mirror_local=(
-            _mirror_dir(_path(raw, raw.force_mirror_local)) if raw.force_mirror_local else None
+            _writable_dir(_path(raw, raw.force_mirror_local), "--mad-force-mirror-local")
+            if raw.force_mirror_local
+            else None
         ),
     )
