@@ -33,6 +33,10 @@ class NoHost(MadError):
     """No host can ever run the test (too many GPUs, wrong vendor...): it is skipped."""
 
 
+class NotRun(MadError):
+    """The backend did not run the test on purpose (a dry run): it is skipped, saying so."""
+
+
 def first_line(problem: BaseException | str) -> str:
     """The first line of an error's text (engines and SSH say more below it), or its type."""
     lines = str(problem).strip().splitlines()

@@ -87,6 +87,8 @@ class RunSpec:
     devices: tuple[Device, ...] = ()
     group_add: tuple[str, ...] = ()
     nvidia_gpu_ids: tuple[int, ...] | None = None  # a GPU device request for these ids
+    # GPUs the run holds: a backend whose scheduler picks them (slurm) asks for this many.
+    gpu_count: int = 0
     timeout_s: float | None = None  # None: no limit
     result_files: tuple[str, ...] = ()  # container paths read back after the run
     privileged: bool = False
@@ -118,6 +120,11 @@ class RunOutcome:
     # Backend facts worth a JUnit property (a job id, a pod name...).
     properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     oom_killed: bool = False  # the kernel killed it for memory
+    # Why the backend's scheduler ended the run (a SLURM time limit, a node failure): the
+    # test fails with this line whatever the exit code.
+    failure: str | None = None
+    # The host GPU ids the run had, when a scheduler chose them; None: the placement's.
+    gpus: tuple[int, ...] | None = None
 
     @property
     def duration(self) -> float:

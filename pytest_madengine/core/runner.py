@@ -43,7 +43,7 @@ from pytest_madengine.data import (
     ProgressSink,
     resolve_data,
 )
-from pytest_madengine.errors import HostLost, MadError
+from pytest_madengine.errors import HostLost, MadError, NotRun
 from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.placement import Placement
 from pytest_madengine.tools import apply_tools
@@ -80,6 +80,8 @@ def measure(test: PlannedTest, outcome: RunOutcome) -> list[Measurement]:
 
 
 def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
+    if outcome.failure:
+        return outcome.failure
     if outcome.timed_out:
         return f"timeout after {timeout_s:g} s"
     if outcome.oom_killed:
@@ -253,7 +255,8 @@ class TestRunner:
 
     def _run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
         host, gpus = placement.host, placement.gpus
-        gpu_ids = tuple(gpu.index for gpu in gpus)
+        # On a scheduled host the lease only counts GPUs: the scheduler says which ones.
+        gpu_ids = () if host.scheduled else tuple(gpu.index for gpu in gpus)
         facts = model_facts(test, self.options)
         if host.architecture:
             facts = dataclasses.replace(facts, gpu_architecture=host.architecture)
@@ -278,6 +281,10 @@ class TestRunner:
             outcome = self.backend.start(spec, host, self.on_output).wait()
         except HostLost:
             raise
+        except NotRun as exc:
+            return dataclasses.replace(
+                skipped_record(test, self.options, str(exc)), image=image, host=host.name
+            )
         except MadError as exc:
             reason, _, detail = str(exc).partition("\n")
             record = failed_record(
@@ -285,6 +292,8 @@ class TestRunner:
             )
             detail = self.options.credentials.redact(detail)
             return dataclasses.replace(record, facts=facts, detail=detail, data=data_facts)
+        if outcome.gpus is not None:
+            gpu_ids = outcome.gpus
         placed = {
             "image": image, "host": outcome.host, "gpus": gpu_ids, "started_at": outcome.started_at,
             "ended_at": outcome.ended_at, "log_path": str(outcome.log_path),

@@ -166,6 +166,7 @@ def build_run_spec(
         devices=devices,
         group_add=group_add,
         nvidia_gpu_ids=nvidia_ids,
+        gpu_count=len(gpus),
         timeout_s=effective_timeout(
             model.timeout, options.timeout, float(context.get("timeout_multiplier") or 1.0)
         ),

@@ -37,6 +37,9 @@ class Host:
     labels: tuple[str, ...] = ()
     device_root: str | None = None
     tls: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # A scheduler (SLURM) picks the GPUs on its nodes: the pool checks that a test fits
+    # (n_gpus against `gpus`, one node's worth) but holds no lease on them.
+    scheduled: bool = False
 
     @property
     def vendor(self) -> str | None:

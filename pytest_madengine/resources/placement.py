@@ -3,7 +3,8 @@
 The pool's state (GPU leases, running tests per host, hosts found down) lives in a
 JSON file under a file lock in a directory that every xdist worker of the session
 shares, so placement holds across processes. Each lease records the holder's pid:
-the leases of a worker that died are taken back by the next caller.
+the leases of a worker that died are taken back by the next caller. A `scheduled`
+host (a SLURM partition) is only checked for fit: its scheduler hands out the GPUs.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class HostPool:
                 load[entry["host"]] = load.get(entry["host"], 0) + 1
             options = []
             for host in candidates:
-                free = [gpu for gpu in host.gpus.gpus if (host.name, gpu.index) not in held]
+                free = [gpu for gpu in host.gpus.gpus
+                        if host.scheduled or (host.name, gpu.index) not in held]  # fmt: skip
                 wanted = min(self._wanted(host, n_gpus), host.gpus.count)
                 if len(free) >= wanted:
                     busy = load[host.name] / max(host.gpus.count, 1)
