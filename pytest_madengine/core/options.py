@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
@@ -55,6 +56,8 @@ class RawOptions:
     retries: str | int = 1
     deploy: str | None = None
     force_mirror_local: str | None = None
+    # Write the SLURM batch scripts, submit nothing (implies deploy slurm).
+    slurm_dry_run: bool = False
     # Relative paths are taken from here (pytest: the invocation directory).
     base_dir: Path = field(default_factory=Path.cwd)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
@@ -171,6 +174,16 @@ def load_data_sources(root: Path) -> dict[str, Any]:
     return data
 
 
+def _slurm_dry_run(raw: RawOptions, context: RunContext) -> tuple[RunContext, str]:
+    """--mad-slurm-dry-run: the context's `slurm.dry_run`, which the backend reads."""
+    chosen = raw.deploy or context.get("deploy")
+    if chosen not in (None, "slurm"):
+        raise UsageProblem(f"--mad-slurm-dry-run: the session deploys with '{chosen}', not slurm")
+    values = dict(context.values)
+    values["slurm"] = {**(context.get("slurm") or {}), "dry_run": True}
+    return RunContext(MappingProxyType(values)), "slurm"
+
+
 def parse_options(raw: RawOptions) -> Options:
     """The checked options; UsageProblem (one line, naming the option) for any bad one."""
     try:
@@ -207,6 +220,8 @@ def _parse(raw: RawOptions) -> Options:
         raise UsageProblem(f"--mad-tolerance: {exc}") from None
     baseline = load_baseline(_path(raw, raw.baseline)) if raw.baseline else {}
     deploy = str(raw.deploy or context.get("deploy") or DEFAULT_DEPLOY)
+    if raw.slurm_dry_run:
+        context, deploy = _slurm_dry_run(raw, context)
     check_backend_name(deploy, "--mad-deploy" if raw.deploy else "context 'deploy'")
     return Options(
         root=root,

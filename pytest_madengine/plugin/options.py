@@ -109,6 +109,12 @@ def add_options(parser: pytest.Parser) -> None:
         help="keep the fetched copy of every dataset (nas, minio, aws) in DIR, over any"
         " mirrorlocal of data.json; later sessions reuse it (ini: mad_force_mirror_local)",
     )
+    group.addoption(
+        "--mad-slurm-dry-run",
+        action="store_true",
+        help="write each test's SLURM batch script under --mad-output and submit nothing"
+        " (implies --mad-deploy slurm; the tests are skipped, naming their scripts)",
+    )
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
     parser.addini("mad_context_file", "run context JSON file", default=None)
@@ -163,5 +169,6 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         retries=config.getoption("mad_retries"),
         deploy=config.getoption("mad_deploy"),
         force_mirror_local=_option(config, "force_mirror_local"),
+        slurm_dry_run=bool(config.getoption("mad_slurm_dry_run")),
         base_dir=config.invocation_params.dir,
     )
