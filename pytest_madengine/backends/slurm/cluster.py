@@ -185,6 +185,52 @@ def parse_squeue(text: str) -> list[JobState]:
     return jobs
 
 
+@dataclass(frozen=True)
+class Partition:
+    """A partition as sinfo lists it: one line per group of alike nodes."""
+
+    name: str
+    default: bool
+    up: bool
+    gpus_per_node: dict[str | None, int]  # GRES type (None: untyped) -> most GPUs on a node
+
+    def gpus(self, gpu_type: str | None = None) -> int:
+        """The most GPUs (of the type, when given) any one node of the partition has."""
+        if gpu_type is not None:
+            return self.gpus_per_node.get(gpu_type, 0)
+        return max(self.gpus_per_node.values(), default=0)
+
+
+GRES_GPU = re.compile(r"gpu(?::(?P<type>[^:(,]+))?:(?P<count>\d+)")
+
+
+def parse_sinfo(text: str) -> list[Partition]:
+    """Partitions from `sinfo --noheader --format=%P|%a|%G|%D`: lines of one partition
+    (nodes with different GRES) are merged."""
+    found: dict[str, Partition] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) != 4:
+            continue
+        name, state, gres, _ = (field.strip() for field in fields)
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        gpus: dict[str | None, int] = {}
+        # e.g. gpu:4, gpu:mi300x:8(S:0-1), gpu:a100:2,gpu:v100:4
+        for match in GRES_GPU.finditer(gres):
+            kind = match["type"]
+            gpus[kind] = max(gpus.get(kind, 0), int(match["count"]))
+            if kind is not None:  # a typed GRES counts as an untyped one too
+                gpus[None] = max(gpus.get(None, 0), int(match["count"]))
+        known = found.get(name)
+        if known is not None:
+            for kind, count in known.gpus_per_node.items():
+                gpus[kind] = max(gpus.get(kind, 0), count)
+        found[name] = Partition(name, default or bool(known and known.default),
+                                state == "up" or bool(known and known.up), gpus)  # fmt: skip
+    return list(found.values())
+
+
 def scontrol_fields(line: str) -> dict[str, str]:
     """Key=Value pairs of one `scontrol --oneliner show job` line (values may hold blanks;
     the first occurrence of a key wins)."""
@@ -333,6 +379,29 @@ class SlurmCluster:
             or JobState(job_id, "UNKNOWN", reason="no longer known to slurmctld (MinJobAge)")
             for job_id in job_ids
         }
+
+    def comments(self, user: str | None = None) -> dict[str, str]:
+        """Job id -> comment of every job in the queue (of the user, when given): one
+        squeue call. Sessions mark their jobs in the comment, so that they can be found."""
+        argv = ["squeue", "--noheader", "--format=%i|%k"]
+        if user:
+            argv.append(f"--user={user}")
+        result = self._run(argv)
+        if result.returncode != 0:
+            raise MadError(f"squeue: {_summary(result)}")
+        jobs = {}
+        for line in result.stdout.splitlines():
+            job_id, sep, comment = line.partition("|")
+            if sep and job_id.strip():
+                jobs[job_id.strip()] = "" if comment.strip() == "(null)" else comment.strip()
+        return jobs
+
+    def partitions(self) -> list[Partition]:
+        """Every partition with its state and the GRES of its nodes: one sinfo call."""
+        result = self._run(["sinfo", "--noheader", "--format=%P|%a|%G|%D"])
+        if result.returncode != 0:
+            raise MadError(f"sinfo: {_summary(result)}")
+        return parse_sinfo(result.stdout)
 
     def cancel(self, job_ids: Iterable[str]) -> None:
         """Cancels the jobs (one scancel call); a job that already ended is no error."""

@@ -26,6 +26,8 @@ PLAIN_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 # sbatch splits an #SBATCH line at blanks and stops at `#`, unless inside double quotes.
 NEEDS_SBATCH_QUOTES = re.compile(r'[\s"\\#]')
 LINE_BREAKS = ("\n", "\r", "\0")
+# Optional fields written as `#SBATCH --<name>=<value>`, in this order.
+SBATCH_FIELDS = ("partition", "account", "qos", "constraint", "nodelist", "exclude", "comment")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class SlurmJobSpec:
     constraint: str | None = None
     nodelist: str | None = None
     exclude: str | None = None
+    comment: str | None = None  # squeue shows it (%k): a session marks its jobs here
     nodes: int = 1
     gpus_per_node: int = 0  # as GRES: --gres=gpu[:gpu_type]:N
     gpu_type: str | None = None
@@ -90,7 +93,7 @@ def _check_spec(spec: SlurmJobSpec) -> None:
     for name in ("job_name", "output"):
         if not _check_line(name, getattr(spec, name)):
             raise MadError(f"slurm job {name}: empty")
-    for name in ("partition", "account", "qos", "constraint", "nodelist", "exclude", "workdir"):
+    for name in (*SBATCH_FIELDS, "workdir"):
         value = getattr(spec, name)
         if value is not None and not _check_line(name, value):
             raise MadError(f"slurm job {name}: empty (leave it None for the cluster's default)")
@@ -128,7 +131,7 @@ def _check_spec(spec: SlurmJobSpec) -> None:
 def _options(spec: SlurmJobSpec) -> list[str]:
     """The #SBATCH options after job name, output and node count."""
     options = []
-    for name in ("partition", "account", "qos", "constraint", "nodelist", "exclude"):
+    for name in SBATCH_FIELDS:
         value = getattr(spec, name)
         if value is not None:
             options.append(f"--{name}={sbatch_quote(value)}")
