@@ -153,7 +153,8 @@ def _distributed(block: Any) -> Distributed:
 
 def parse_settings(context: Mapping[str, Any]) -> SlurmSettings:
     """The settings of a run context; UsageProblem naming the key for a bad value."""
-    block = context.get("slurm") or {}
+    block = context.get("slurm")
+    block = {} if block is None else block
     where = "context 'slurm'"
     if not isinstance(block, dict):
         raise UsageProblem(f"{where}: expected an object, got {block!r}")

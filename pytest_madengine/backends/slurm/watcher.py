@@ -151,7 +151,8 @@ class JobWatcher:
         try:
             states = self.cluster.poll([watch.job_id for watch in watches])
         except MadError as exc:
-            self._failing_since = self._failing_since or now
+            if self._failing_since is None:
+                self._failing_since = now
             if now - self._failing_since >= POLL_ERROR_GRACE_S:
                 for watch in watches:
                     watch.error = f"{exc} (for {now - self._failing_since:.0f} s)"
