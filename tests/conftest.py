@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pwd
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -262,3 +263,39 @@ def data_servers() -> DataServers:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return servers
+
+
+SLURM_CLUSTER_FILE = Path("/var/lib/pytest-madengine/slurm/cluster.json")
+SLURM_UP_STATES = {"idle", "mixed", "allocated", "completing"}
+
+
+def sinfo_nodes(partition: str) -> dict[str, tuple[str, str]]:
+    """node -> (state, GRES) as sinfo reports them."""
+    done = subprocess.run(
+        ["sinfo", "--noheader", "--Node", f"--partition={partition}", "--format=%N %T %G"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    if done.returncode != 0:
+        raise OSError(f"sinfo: {done.stderr.strip() or done.returncode}")
+    return {name: (state, gres) for name, state, gres in map(str.split, done.stdout.splitlines())}
+
+
+@pytest.fixture(scope="module")
+def slurm() -> dict[str, Any]:
+    """The facts (cluster.json) of the Slurm cluster of `scripts/bootstrap slurm` once all
+    its nodes are up; skipped when there is no cluster, failed under CI."""
+    try:
+        facts = json.loads(SLURM_CLUSTER_FILE.read_text())
+        nodes = sinfo_nodes(facts["partition"])
+        down = [n for n in facts["nodes"] if nodes.get(n, ("missing",))[0] not in SLURM_UP_STATES]
+        problem = f"nodes not up: {', '.join(down)} ({nodes})" if down else None
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        problem = str(exc)
+    if problem:
+        message = f"Slurm cluster needed (run scripts/bootstrap slurm): {problem}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return facts

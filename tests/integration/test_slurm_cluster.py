@@ -4,8 +4,6 @@ each): GRES, the container-removing Epilog, and SlurmCluster's submit, poll and 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,44 +14,9 @@ import pytest
 
 from pytest_madengine.backends.slurm import SlurmCluster, SlurmJobSpec, write_script
 from pytest_madengine.errors import MadError
-from tests.conftest import BUSYBOX_BASE
+from tests.conftest import BUSYBOX_BASE, sinfo_nodes
 
 pytestmark = pytest.mark.slurm
-
-CLUSTER_FILE = Path("/var/lib/pytest-madengine/slurm/cluster.json")
-UP_STATES = {"idle", "mixed", "allocated", "completing"}
-
-
-def sinfo_nodes(partition: str) -> dict[str, tuple[str, str]]:
-    """node -> (state, GRES) as sinfo reports them."""
-    done = subprocess.run(
-        ["sinfo", "--noheader", "--Node", f"--partition={partition}", "--format=%N %T %G"],
-        capture_output=True,
-        text=True,
-        timeout=15,
-    )
-    if done.returncode != 0:
-        raise OSError(f"sinfo: {done.stderr.strip() or done.returncode}")
-    return {name: (state, gres) for name, state, gres in map(str.split, done.stdout.splitlines())}
-
-
-@pytest.fixture(scope="module")
-def slurm() -> dict[str, Any]:
-    """The cluster's facts (cluster.json) once all its nodes are up; skipped when there is
-    no cluster, failed under CI."""
-    try:
-        facts = json.loads(CLUSTER_FILE.read_text())
-        nodes = sinfo_nodes(facts["partition"])
-        down = [n for n in facts["nodes"] if nodes.get(n, ("missing",))[0] not in UP_STATES]
-        problem = f"nodes not up: {', '.join(down)} ({nodes})" if down else None
-    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
-        problem = str(exc)
-    if problem:
-        message = f"Slurm cluster needed (run scripts/bootstrap slurm): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return facts
 
 
 @pytest.fixture
