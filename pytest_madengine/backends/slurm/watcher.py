@@ -15,14 +15,19 @@ from collections.abc import Callable
 
 from pytest_madengine.backends.slurm.cluster import (
     POLL_BACKOFF,
-    POLL_INTERVAL_MAX_S,
-    POLL_INTERVAL_MIN_S,
     JobState,
     SlurmCluster,
     stuck_reason,
 )
 from pytest_madengine.errors import MadError
 
+# A job just submitted is first asked about after FIRST_POLL_S, then at intervals growing
+# to POLL_MAX_S: slurmctld is shared, and squeue is what loads it. A job that ends is
+# noticed through its hint (below) long before the next of those polls.
+FIRST_POLL_S = 1.0
+POLL_MAX_S = 10.0
+# After a hint, the poller asks again at this pace, backing off from it.
+POLL_MIN_S = 0.2
 # How often the cheap local hints (a file the job writes as it ends) are looked at.
 HINT_TICK_S = 0.1
 # After a hint, SLURM is asked this soon: the job's last lines and its Epilog still run.
@@ -65,7 +70,7 @@ class JobWatcher:
         self._clock = clock
         self._watches: dict[str, JobWatch] = {}
         self._wake = threading.Condition()
-        self._interval = POLL_INTERVAL_MIN_S
+        self._interval = FIRST_POLL_S
         self._next_poll = 0.0  # time.monotonic() of the next round
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -78,11 +83,14 @@ class JobWatcher:
         with self._wake:
             if self._closed:
                 raise MadError("slurm: the session is closing; no job is watched any more")
-            soon = time.monotonic() + POLL_INTERVAL_MIN_S
-            # A new job may be short: look soon, whatever the backoff had reached, but
-            # not at once (nothing just submitted has ended) and not later than planned.
-            self._next_poll = min(self._next_poll, soon) if self._outstanding() else soon
-            self._interval = POLL_INTERVAL_MIN_S
+            soon = time.monotonic() + FIRST_POLL_S
+            # A new job may be short or refused: look soon, whatever the backoff had
+            # reached, but not at once (nothing just submitted has ended).
+            if self._outstanding():
+                self._next_poll = min(self._next_poll, soon)
+                self._interval = min(self._interval, FIRST_POLL_S)
+            else:
+                self._next_poll, self._interval = soon, FIRST_POLL_S
             watch = self._watches.setdefault(job_id, JobWatch(job_id, ending))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mad-slurm-poll",
@@ -126,7 +134,7 @@ class JobWatcher:
                         break
                     self._wake.wait(min(delay, HINT_TICK_S))
                 watches = self._outstanding()
-                self._interval = min(self._interval * POLL_BACKOFF, POLL_INTERVAL_MAX_S)
+                self._interval = min(self._interval * POLL_BACKOFF, POLL_MAX_S)
                 self._next_poll = time.monotonic() + self._interval
             self.poll_round(watches)
 
@@ -141,7 +149,7 @@ class JobWatcher:
                     continue
                 news = news or watch.hinted
         if news:
-            self._interval = POLL_INTERVAL_MIN_S
+            self._interval = POLL_MIN_S
         return news
 
     def poll_round(self, watches: list[JobWatch]) -> None:
