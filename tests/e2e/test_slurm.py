@@ -241,6 +241,25 @@ def test_an_interrupted_session_leaves_no_job_and_no_container(
     assert containers_of(docker_client, session_id) == [], output
 
 
+def test_the_jobs_of_a_controller_that_is_gone_are_cancelled_by_the_next_session(
+    pytester: pytest.Pytester, slurm
+) -> None:
+    """kill -9 leaves jobs queued or running: the next session cancels them."""
+    gone = f"{os.uname().nodename}:{2**22 + 7}:1"  # above any pid this machine gives
+    comment = f"pytest-madengine session=gone1 controller={gone}"
+    argv = ["sbatch", "--parsable", f"--partition={slurm['partition']}", f"--comment={comment}",
+            "--output=/dev/null", "--wrap", "sleep 300"]  # fmt: skip
+    submitted = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    try:
+        assert our_jobs("gone1") == [job_id]
+        unique_tree(pytester, [entry("dummy")])
+        slurm_run(pytester, "--mad-tags", "dummy").assert_outcomes(passed=1)
+        assert our_jobs("gone1") == []
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+
+
 # ---- several nodes ----
 
 
