@@ -135,11 +135,14 @@ def perf_rows(
 ) -> list[dict[str, object]]:
     """The perf.csv rows of one test: one per result (a failed or skipped test has one)."""
     facts, image, data = record.facts, record.image, record.data
-    n_gpus = len(record.gpus) if record.gpus else max(facts.n_gpus, 0)
+    per_node = len(record.gpus) if record.gpus else max(facts.n_gpus, 0)
+    # A backend that ran the test over several nodes says so in its properties (slurm).
+    nodes_text = str(record.properties.get("nnodes", "1"))
+    nnodes = int(nodes_text) if nodes_text.isdigit() and int(nodes_text) > 0 else 1
     common: dict[str, object] = {
-        "n_gpus": n_gpus,
-        "nnodes": 1,
-        "gpus_per_node": n_gpus,
+        "n_gpus": per_node * nnodes,
+        "nnodes": nnodes,
+        "gpus_per_node": per_node,
         "training_precision": facts.training_precision,
         "pipeline": "",
         "args": facts.args,
@@ -151,7 +154,7 @@ def perf_rows(
         "git_commit": git_commit,
         "machine_name": record.host or machine,
         "deployment_type": "local" if record.backend == "docker" else record.backend,
-        "launcher": "",
+        "launcher": record.properties.get("launcher", ""),
         "gpu_architecture": facts.gpu_architecture,
         "build_duration": _seconds(image.build_duration if image else None),
         "test_duration": _seconds(record.duration),

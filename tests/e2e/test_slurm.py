@@ -282,6 +282,9 @@ def test_a_two_node_torchrun_job_has_two_ranks_and_one_master(pytester: pytest.P
     ranks = dict(pair.split(":") for pair in props["slurm_node_ranks"].split())
     assert ranks["0"] != ranks["1"] and ranks["0"] == props["slurm_master"]
     assert "--nproc_per_node=2" in lines[1] and props["host"] == props["slurm_nodes"]
+    (row,) = read_perf(pytester.path / "perf.csv")
+    assert (row["nnodes"], row["gpus_per_node"], row["n_gpus"]) == ("2", "2", "4")
+    assert (row["launcher"], row["deployment_type"]) == ("torchrun", "slurm")
 
 
 # ---- jobs that cannot run ----

@@ -345,3 +345,23 @@ def test_the_thread_serves_jobs_submitted_side_by_side() -> None:
     squeues = slurm.calls("squeue")
     assert len(squeues) == watcher.rounds
     assert squeues[0][-1] == "--jobs=0,1,2,3"
+
+
+def test_perf_csv_counts_the_nodes_of_a_distributed_run() -> None:
+    from pytest_madengine.core.records import ModelFacts, ResultRow, Status, TestRecord
+    from pytest_madengine.reporting.perf_csv import perf_rows
+
+    record = TestRecord(
+        "dist", Status.SUCCESS, ModelFacts("dist", 2),
+        rows=(ResultRow("dist", Status.SUCCESS, 2.0),), backend="slurm", host="n[1-2]", gpus=(0, 1),
+        properties={"nnodes": "2", "launcher": "torchrun"},
+    )  # fmt: skip
+    (row,) = perf_rows(record, machine="here")
+    assert (row["nnodes"], row["gpus_per_node"], row["n_gpus"]) == (2, 2, 4)
+    assert (row["launcher"], row["deployment_type"], row["machine_name"]) == (
+        "torchrun", "slurm", "n[1-2]"
+    )  # fmt: skip
+    single = perf_rows(TestRecord("one", Status.FAILURE, ModelFacts("one", 1), gpus=(3,),
+                                  rows=(ResultRow("one", Status.FAILURE),),
+                                  properties={"nnodes": "x"}), machine="here")  # fmt: skip
+    assert (single[0]["nnodes"], single[0]["n_gpus"], single[0]["launcher"]) == (1, 1, "")

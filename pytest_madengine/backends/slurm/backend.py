@@ -100,6 +100,7 @@ class JobFiles:
     node_script: Path  # node.sh, run on each node of the job
     nnodes: int
     time_limit_s: int | None = None  # the job's --time (None: the partition's default)
+    launcher: str | None = None  # of a distributed run (torchrun)
 
 
 class SlurmBackend:
@@ -327,7 +328,7 @@ class SlurmBackend:
         if spec.copies:
             (directory / "copies.tar").write_bytes(tar_copies(spec.copies))
         time_limit = settings.job_time_limit(spec.timeout_s)
-        files = JobFiles(directory, directory / "job.sh", node_script, nnodes, time_limit)
+        files = JobFiles(directory, directory / "job.sh", node_script, nnodes, time_limit, launcher)
         # The test's own part of its id (models.json::dummy3[bs=8] -> dummy3[bs=8]).
         test_id = spec.labels.get(TEST_LABEL) or spec.log_path.stem
         test_name = test_id.rpartition("::")[2]
@@ -570,6 +571,10 @@ def job_outcome(
         properties["slurm_run_time"] = f"{max((job_end or now) - job_start, 0.0):.2f}"
     if any(fact.gpus for fact in facts):
         properties["slurm_gpus"] = _gpu_text(facts)
+    if files.launcher:
+        # perf.csv's nnodes and launcher columns read these.
+        properties["nnodes"] = str(files.nnodes)
+        properties["launcher"] = files.launcher
     if files.nnodes > 1:
         properties["slurm_node_ranks"] = " ".join(f"{f.rank}:{f.node}" for f in facts)
         masters = sorted({f.master for f in facts if f.master})
