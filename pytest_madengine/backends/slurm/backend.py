@@ -46,7 +46,7 @@ from pytest_madengine.backends.slurm.node import (
     read_facts,
     read_result,
     render_node_script,
-    tar_copies,
+    write_copies,
 )
 from pytest_madengine.backends.slurm.script import SlurmJobSpec, slurm_time, write_script
 from pytest_madengine.backends.slurm.settings import SlurmSettings, parse_settings
@@ -326,7 +326,7 @@ class SlurmBackend:
         node_script.chmod(0o755)
         _write_private(directory / "container.env", env_file_text(spec.env))
         if spec.copies:
-            (directory / "copies.tar").write_bytes(tar_copies(spec.copies))
+            write_copies(spec, directory / "copies.tar")
         time_limit = settings.job_time_limit(spec.timeout_s)
         files = JobFiles(directory, directory / "job.sh", node_script, nnodes, time_limit, launcher)
         # The test's own part of its id (models.json::dummy3[bs=8] -> dummy3[bs=8]).
@@ -473,6 +473,9 @@ class SlurmRun:
                 self.on_output(chunk)
 
     def outcome(self) -> RunOutcome:
+        # The runner masks known secrets in the test's log; the other ranks' logs here.
+        for rank in range(1, self.files.nnodes):
+            self.backend.options.credentials.redact_file(Path(f"{self.spec.log_path}.rank{rank}"))
         return job_outcome(
             self.spec, self.files, self.job_id, self.watch, self.backend.partition,
             self.submitted, cancelled=self.cancelled,

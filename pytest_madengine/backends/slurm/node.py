@@ -9,12 +9,12 @@ the job's output file must): the script reads its files there and writes its fac
 from __future__ import annotations
 
 import functools
-import io
 import math
 import re
 import shlex
+import shutil
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -152,6 +152,9 @@ def render_node_script(spec: RunSpec, node: NodeScript) -> str:
     return _template().render(
         job_dir=q(str(job_dir)),
         image=q(spec.image),
+        # The id where it is known (a built image): a tag another session moves meanwhile
+        # cannot swap the image under the test.
+        run_image=q(spec.image_id or spec.image),
         log=q(str(spec.log_path)),
         nnodes=node.nnodes,
         gpu_count=spec.gpu_count,
@@ -174,14 +177,14 @@ def render_node_script(spec: RunSpec, node: NodeScript) -> str:
     )
 
 
-def tar_copies(copies: Sequence[tuple[Path, str]]) -> bytes:
-    """The host directories of a spec as one tar, placed at their container paths
-    (`docker cp -` extracts it at `/`)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for host_dir, container_dir in copies:
-            archive.add(str(host_dir), arcname=container_dir.lstrip("/"))
-    return buffer.getvalue()
+def write_copies(spec: RunSpec, path: Path) -> None:
+    """The host directories of a spec as one tar at `path`, placed at their container
+    paths (`docker cp -` extracts it at `/`), without the spec's excluded paths: the
+    same archive the docker backend puts into its containers."""
+    from pytest_madengine.backends.docker.containers import tar_directories
+
+    with tar_directories(spec.copies, spec.copy_excludes) as archive, path.open("wb") as out:
+        shutil.copyfileobj(archive, out)
 
 
 @dataclass(frozen=True)
