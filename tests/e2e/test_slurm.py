@@ -23,7 +23,8 @@ import pytest
 
 from pytest_madengine.backends import SESSION_LABEL
 from pytest_madengine.backends.slurm.node import JOB_LABEL
-from tests.conftest import entry, write_tree
+from tests.conftest import DUMMY_URL, DataServers, entry, write_tree
+from tests.e2e.test_data import COUNT, data_tree, isolated_cache, log_of  # noqa: F401 - a fixture
 from tests.e2e.test_manifest import manifest, pushed  # noqa: F401 - a fixture used here
 from tests.e2e.test_run import junit_properties, read_perf, run, scripts, unique_tree
 
@@ -359,6 +360,34 @@ def test_a_manifest_image_is_pulled_on_the_nodes_once_each(
     assert not list(session_dir.glob("auth-*"))
     everything = result.stdout.str() + "".join(p.read_text() for p in session_dir.rglob("*.sh"))
     assert login["password"] not in everything
+
+
+# ---- data ----
+
+
+def test_local_and_fetched_data_reach_the_jobs_read_only(
+    pytester: pytest.Pytester,
+    data_servers: DataServers,
+    isolated_cache: Path,  # noqa: F811 - the fixture imported above
+    real_home: None,
+) -> None:
+    local = pytester.path / "local-data"
+    (local / "sub").mkdir(parents=True)
+    (local / "sub" / "one.txt").write_text("1")
+    models = [entry(f"with_{kind}", data=f"dummy_{kind}", scripts="scripts/dummy/count.sh")
+              for kind in ("local", "minio")]  # fmt: skip
+    data = {"dummy_local": {"local": {"path": str(local)}, "home": "/data"},
+            "dummy_minio": {"minio": {"path": DUMMY_URL}}}  # fmt: skip
+    data_tree(pytester, data_servers, models, data)
+    result = slurm_run(pytester, "--mad-tags", "dummies", "-n", "2")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines_random(["with_local*SUCCESS*1*files*",
+                                        "with_minio*SUCCESS*4*files*"])  # fmt: skip
+    # The session's note on the data comes first, then what the job printed.
+    minio = log_of(pytester, "with_minio")
+    assert minio[0].startswith("data 'dummy_minio': minio "), minio
+    assert "MAD_DATAHOME=/data_dlm_0 MAD_DATANAME=dummy_minio" in minio
+    assert "MAD_DATAHOME=/data MAD_DATANAME=dummy_local" in log_of(pytester, "with_local")
 
 
 # ---- checked last (tests run in file order): the job over its time limit ----

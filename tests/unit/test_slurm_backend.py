@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.backends import Bind, Device, RunSpec
+from pytest_madengine.backends import Bind, DataBind, Device, RunSpec
 from pytest_madengine.backends.slurm import JobState, parse_sinfo
 from pytest_madengine.backends.slurm.backend import JobFiles, job_failure, job_outcome
 from pytest_madengine.backends.slurm.node import (
@@ -116,6 +116,7 @@ def test_create_args_mirror_the_docker_backend(tmp_path: Path) -> None:
             tmp_path,
             labels={"org.pytest-madengine.session": "s1", "org.pytest-madengine.test": "a b"},
             binds=(Bind("/data,1", "/data"), Bind("/ro", "/in", read_only=True)),
+            data=(DataBind("/cache/ab12", "/data_dlm_0/dummy", "ab12"),),
             devices=(Device("/dev/x", "/dev/y"),),
             group_add=("video",),
             privileged=True,
@@ -132,6 +133,7 @@ def test_create_args_mirror_the_docker_backend(tmp_path: Path) -> None:
         "--privileged", "--device", "/dev/x:/dev/y:rwm", "--group-add", "video",
         "--mount", 'type=bind,"source=/data,1",target=/data',
         "--mount", "type=bind,source=/ro,target=/in,readonly",
+        "--mount", "type=bind,source=/cache/ab12,target=/data_dlm_0/dummy,readonly",
         "--memory", "2g", "--memory-swap", "2g", "--cap-add", "SYS_PTRACE",
         "--cpuset-cpus", "0-1",
     ]  # fmt: skip

@@ -285,7 +285,8 @@ class SlurmBackend:
             gpu_type=settings.gpu_type,
             time_limit_s=files.time_limit_s,
             workdir=str(files.directory),
-            extra_sbatch=settings.extra_sbatch,
+            # The log starts with the session's notes (its data); the job adds to them.
+            extra_sbatch=("--open-mode=append", *settings.extra_sbatch),
             modules=settings.modules,
             env=settings.env,
         )
@@ -339,7 +340,8 @@ class SlurmBackend:
         files = self.write_job(spec)
         if self.settings.dry_run:
             raise NotRun(f"slurm dry run: wrote {files.script}")
-        spec.log_path.write_bytes(b"")  # sbatch appends to it
+        # What became of the test's data first; the job appends (--open-mode=append).
+        spec.log_path.write_bytes("".join(f"{line}\n" for line in spec.log_notes).encode())
         submitted = time.time()
         job_id = self.cluster.submit(files.script)
         watch = self.watcher.watch(job_id, functools.partial(_says_done, files.directory))

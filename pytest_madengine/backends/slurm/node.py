@@ -86,6 +86,10 @@ def create_args(spec: RunSpec) -> list[str]:
     for bind in spec.binds:
         # --mount, not -v: a host path that does not exist is an error, not a new directory.
         args += ["--mount", _mount(bind.host_path, bind.container_path, bind.read_only)]
+    for data in spec.data:
+        # Read-only, from this machine's path: the nodes share its filesystem (a fetched
+        # copy's cache as well as a `local` path).
+        args += ["--mount", _mount(data.source, data.container_path, read_only=True)]
     if spec.memory:
         args += ["--memory", spec.memory, "--memory-swap", spec.memory]
     for capability in spec.cap_add:
