@@ -87,7 +87,8 @@ class RunSpec:
     devices: tuple[Device, ...] = ()
     group_add: tuple[str, ...] = ()
     nvidia_gpu_ids: tuple[int, ...] | None = None  # a GPU device request for these ids
-    # GPUs the run holds: a backend whose scheduler picks them (slurm) asks for this many.
+    # GPUs the run holds: a backend whose scheduler picks them (slurm, k8s) asks for this
+    # many.
     gpu_count: int = 0
     timeout_s: float | None = None  # None: no limit
     result_files: tuple[str, ...] = ()  # container paths read back after the run

@@ -103,6 +103,13 @@ def build_run_spec(
     )
     container_dir = posixpath.join(WORKSPACE, posixpath.basename(copy_dir))
     vendor = options.gpu_vendor
+    if host.scheduler_checks_fit:
+        # The cluster's scheduler judges the request, and its device plugin sets the
+        # visibility variables: the test asks for its n_gpus, -1 being a whole node's.
+        gpu_count = host.gpus.count if model.n_gpus < 0 else model.n_gpus
+        gpus = ()
+    else:
+        gpu_count = len(gpus)
     device_root = host.device_root or (None if host.gpus.virtual else "/dev")
     # Whether the container really gets the devices (else the GPUs are virtual to it).
     if vendor == "NVIDIA":
@@ -114,7 +121,7 @@ def build_run_spec(
         "MAD_MODEL_NAME": model.name,
         "MAD_GPU_VENDOR": vendor,
         "MAD_SYSTEM_NGPUS": str(host.gpus.count),
-        "MAD_RUNTIME_NGPUS": str(len(gpus)),
+        "MAD_RUNTIME_NGPUS": str(gpu_count),
         "MAD_SYSTEM_GPU_ARCHITECTURE": host.architecture or context.gpu_architecture or "",
         "MAD_GUEST_OS": str(context.get("guest_os") or ""),
     }
@@ -166,7 +173,7 @@ def build_run_spec(
         devices=devices,
         group_add=group_add,
         nvidia_gpu_ids=nvidia_ids,
-        gpu_count=len(gpus),
+        gpu_count=gpu_count,
         timeout_s=effective_timeout(
             model.timeout, options.timeout, float(context.get("timeout_multiplier") or 1.0)
         ),

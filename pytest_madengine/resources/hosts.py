@@ -40,6 +40,10 @@ class Host:
     # A scheduler (SLURM) picks the GPUs on its nodes: the pool checks that a test fits
     # (n_gpus against `gpus`, one node's worth) but holds no lease on them.
     scheduled: bool = False
+    # With `scheduled`: the scheduler also judges whether a request can ever fit
+    # (Kubernetes says why not): the pool does not check n_gpus against `gpus`, and a
+    # test asks for its n_gpus as written (-1: `gpus`, one node's worth).
+    scheduler_checks_fit: bool = False
 
     @property
     def vendor(self) -> str | None:

@@ -96,7 +96,8 @@ class HostPool:
                 reasons.append(f"{host.name}: down ({down[host.name]})")
                 continue
             why = fits(host) if fits else None
-            if why is None and self._wanted(host, n_gpus) > host.gpus.count and host.gpus.count:
+            too_many = self._wanted(host, n_gpus) > host.gpus.count and host.gpus.count
+            if why is None and too_many and not host.scheduler_checks_fit:
                 why = f"needs {n_gpus} GPUs, has {host.gpus.count}"
             if why is None:
                 found.append(host)
