@@ -58,6 +58,8 @@ class RawOptions:
     force_mirror_local: str | None = None
     # Write the SLURM batch scripts, submit nothing (implies deploy slurm).
     slurm_dry_run: bool = False
+    # Write the Kubernetes manifests there, apply nothing (implies deploy k8s).
+    k8s_dry_run: str | None = None
     # Relative paths are taken from here (pytest: the invocation directory).
     base_dir: Path = field(default_factory=Path.cwd)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
@@ -95,6 +97,9 @@ class Options:
     # mirrorlocal, else in data_cache (the user's cache, shared by later sessions).
     data_cache: Path = field(default_factory=default_cache_dir)
     force_mirror_local: Path | None = None
+    registry: str | None = None  # --mad-registry: where images are pushed (and pulled)
+    # --mad-k8s-dry-run: the k8s backend writes its manifests here instead of applying them
+    k8s_dry_run: Path | None = None
 
     @property
     def gpu_vendor(self) -> str:
@@ -184,6 +189,16 @@ def _slurm_dry_run(raw: RawOptions, context: RunContext) -> tuple[RunContext, st
     return RunContext(MappingProxyType(values)), "slurm"
 
 
+def _k8s_dry_run(raw: RawOptions, context: RunContext) -> str:
+    """--mad-k8s-dry-run: the session deploys with k8s (or says why it cannot)."""
+    if raw.slurm_dry_run:
+        raise UsageProblem("--mad-k8s-dry-run with --mad-slurm-dry-run: give one")
+    chosen = raw.deploy or context.get("deploy")
+    if chosen not in (None, "k8s", "kubernetes"):
+        raise UsageProblem(f"--mad-k8s-dry-run: the session deploys with '{chosen}', not k8s")
+    return str(chosen or "k8s")
+
+
 def parse_options(raw: RawOptions) -> Options:
     """The checked options; UsageProblem (one line, naming the option) for any bad one."""
     try:
@@ -222,6 +237,8 @@ def _parse(raw: RawOptions) -> Options:
     deploy = str(raw.deploy or context.get("deploy") or DEFAULT_DEPLOY)
     if raw.slurm_dry_run:
         context, deploy = _slurm_dry_run(raw, context)
+    if raw.k8s_dry_run:
+        deploy = _k8s_dry_run(raw, context)
     check_backend_name(deploy, "--mad-deploy" if raw.deploy else "context 'deploy'")
     return Options(
         root=root,
@@ -249,4 +266,6 @@ def _parse(raw: RawOptions) -> Options:
             if raw.force_mirror_local
             else None
         ),
+        registry=raw.registry or None,
+        k8s_dry_run=_path(raw, raw.k8s_dry_run) if raw.k8s_dry_run else None,
     )

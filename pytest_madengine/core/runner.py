@@ -282,9 +282,8 @@ class TestRunner:
         except HostLost:
             raise
         except NotRun as exc:
-            return dataclasses.replace(
-                skipped_record(test, self.options, str(exc)), image=image, host=host.name
-            )
+            record = skipped_record(test, self.options, str(exc))
+            return dataclasses.replace(record, facts=facts, image=image, host=host.name)
         except MadError as exc:
             reason, _, detail = str(exc).partition("\n")
             record = failed_record(

@@ -89,7 +89,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--mad-registry",
         metavar="HOST:PORT",
-        help="pull the manifest's images from this registry instead of the one it names",
+        help="pull the manifest's images from this registry instead of the one it names;"
+        " with --mad-deploy k8s, where built images are pushed for the cluster to pull",
     )
     group.addoption(
         "--mad-retries",
@@ -114,6 +115,13 @@ def add_options(parser: pytest.Parser) -> None:
         action="store_true",
         help="write each test's SLURM batch script under --mad-output and submit nothing"
         " (implies --mad-deploy slurm; the tests are skipped, naming their scripts)",
+    )
+    group.addoption(
+        "--mad-k8s-dry-run",
+        metavar="DIR",
+        help="write each test's Kubernetes manifests (YAML) to DIR instead of applying them"
+        " (implies --mad-deploy k8s; images are still built and pushed; the tests are"
+        " skipped, naming their files)",
     )
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
@@ -170,5 +178,6 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         deploy=config.getoption("mad_deploy"),
         force_mirror_local=_option(config, "force_mirror_local"),
         slurm_dry_run=bool(config.getoption("mad_slurm_dry_run")),
+        k8s_dry_run=config.getoption("mad_k8s_dry_run"),
         base_dir=config.invocation_params.dir,
     )
