@@ -43,6 +43,8 @@ from pytest_madengine.backends.kubernetes.api import (
     api_message,
     cluster_name,
     connect,
+    knows_indexed_jobs,
+    server_version,
 )
 from pytest_madengine.backends.kubernetes.config import (
     K8sSettings,
@@ -72,7 +74,7 @@ from pytest_madengine.resources.processes import identity_gone, process_identity
 DOCKERHUB_AUTH_KEY = "https://index.docker.io/v1/"
 DRY_RUN_PULL_SECRET = "pytest-madengine-registry"
 SWEEP_WAIT_S = 60.0
-SHARED_KEYS = ("cluster", "largest_node_gpus", "pull_secret")
+SHARED_KEYS = ("cluster", "largest_node_gpus", "pull_secret", "indexed_jobs")
 
 
 class KubernetesBackend:
@@ -107,6 +109,10 @@ class KubernetesBackend:
             shared.setdefault("largest_node_gpus", self.settings.gpus_per_node)
             auths = self._registry_auths()
             shared.setdefault("pull_secret", DRY_RUN_PULL_SECRET if auths else None)
+            if "indexed_jobs" not in shared:
+                # One question to a server that answers (the YAML is for it): does it
+                # know Indexed Jobs? Without an answer, assume a current one.
+                shared["indexed_jobs"] = self._indexed_jobs_offline()
         else:
             try:
                 self.api, cluster = connect(self.settings)
@@ -154,7 +160,18 @@ class KubernetesBackend:
             "cluster": cluster,
             "largest_node_gpus": largest,
             "pull_secret": self._make_pull_secret(core),
+            "indexed_jobs": knows_indexed_jobs(server_version(self.api)),
         }
+
+    def _indexed_jobs_offline(self) -> bool:
+        try:
+            api, _ = connect(self.settings)
+        except MadError:
+            return True
+        try:
+            return knows_indexed_jobs(server_version(api, timeout=2.0))
+        finally:
+            api.close()
 
     def _largest_node_gpus(self, core: client.CoreV1Api) -> int | None:
         """The most GPUs a node can give a pod; None when nodes may not be listed."""
@@ -342,6 +359,7 @@ class KubernetesBackend:
             pull_secrets=((pull,) if pull else ()) + self.settings.image_pull_secrets,
             secret_env=secret_env,
             nnodes=nnodes,
+            indexed_jobs=bool(self.shared.get("indexed_jobs", True)),
             labels=labels,
             annotations=annotations,
         )

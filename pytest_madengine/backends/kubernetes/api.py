@@ -112,3 +112,17 @@ def cluster_name(path: Path, context: str | None) -> str:
     chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
     chosen = chosen or {}
     return str((chosen.get("context") or {}).get("cluster") or chosen.get("name") or "cluster")
+
+
+def server_version(api: Any, timeout: float = 5.0) -> tuple[int, int] | None:
+    """(major, minor) of the API server, or None when it does not say."""
+    try:
+        info = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout))
+        return int(info.major), int("".join(c for c in info.minor if c.isdigit()))
+    except (ApiException, *CONNECTION_FAILURES, ValueError):
+        return None
+
+
+def knows_indexed_jobs(version: tuple[int, int] | None) -> bool:
+    """Whether Jobs may say completionMode (1.21+; an unknown server: assume a current one)."""
+    return version is None or version >= (1, 21)

@@ -131,6 +131,7 @@ class JobPlan:
     pull_secrets: tuple[str, ...] = ()
     secret_env: tuple[str, ...] = ()  # names of variables read from the Job's Secret
     nnodes: int = 1
+    indexed_jobs: bool = True  # the server knows completionMode (Kubernetes 1.21+)
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -198,7 +199,8 @@ def script_map(host_dir: Path, container_dir: str, session_id: str) -> ScriptMap
         files.append(ScriptFile(f"f{len(files)}", relative, content, executable))
         for part in (relative.encode(), b"\0", content, b"\0", b"x" if executable else b"-"):
             digest.update(part)
-    name = f"mad-scripts-{label_value(session_id)}-{digest.hexdigest()[:12]}".lower()
+    session = f"{label_value(session_id)}-" if session_id else ""
+    name = f"mad-scripts-{session}{digest.hexdigest()[:12]}".lower()
     return ScriptMap(name, container_dir, tuple(files))
 
 
@@ -441,7 +443,7 @@ def job(plan: JobPlan) -> client.V1Job:
         priority_class_name=settings.priority_class,
         enable_service_links=False,
     )
-    indexed = plan.nnodes > 1
+    several = plan.nnodes > 1
     return client.V1Job(
         api_version="batch/v1",
         kind="Job",
@@ -453,11 +455,11 @@ def job(plan: JobPlan) -> client.V1Job:
         ),
         spec=client.V1JobSpec(
             backoff_limit=0,
-            completions=plan.nnodes if indexed else None,
-            parallelism=plan.nnodes if indexed else None,
-            # Each pod's index is its node rank (Kubernetes 1.21+; older servers drop the
-            # field and the ranks follow the pods' names).
-            completion_mode="Indexed" if indexed else None,
+            completions=plan.nnodes if several else None,
+            parallelism=plan.nnodes if several else None,
+            # Each pod's index is its node rank (Kubernetes 1.21+; on older servers, which
+            # do not know the field, the ranks follow the pods' names).
+            completion_mode="Indexed" if several and plan.indexed_jobs else None,
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(
                     labels=dict(plan.labels), annotations=dict(plan.annotations)

@@ -59,9 +59,14 @@ class LogFilter:
         return b"".join(self._line(line) for line in lines)
 
     def close(self) -> bytes:
+        """The rest: a last line without its newline stays without one."""
         rest, self._partial = self._partial, b""
-        out = self._line(rest) if rest else b""
-        return out + (b"\n" if self._blank else b"")
+        if self._capture is not None:
+            return b""  # a result file cut short: not read back
+        if rest:
+            return self._line(rest)[:-1]  # with a held blank line before it
+        held, self._blank = (b"\n" if self._blank else b""), False
+        return held
 
     def _line(self, line: bytes) -> bytes:
         if self._capture is not None:
@@ -126,7 +131,7 @@ class LogFollower(threading.Thread):
                 for chunk in self._response.stream(64 * 1024, decode_content=True):
                     self._write(log, self.filter.feed(chunk))
                 self._write(log, self.filter.close())
-        except Exception:  # noqa: BLE001 - whatever broke the stream, the log is read again
+        except Exception:
             self.broken = True  # whole, once the container has ended
 
     def _write(self, log: Any, data: bytes) -> None:
