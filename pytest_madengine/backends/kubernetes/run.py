@@ -38,7 +38,7 @@ WAKE_S = 1.0  # a run looks at its clocks at least this often
 # A followed log may be silent for as long as the model computes; a stream that
 # breaks anyway is read again, whole, once the container has ended.
 FOLLOW_READ_TIMEOUT_S = 7 * 24 * 3600
-EVENTS_EVERY_S = 10.0  # a pod that does not start: its events are read this often
+EVENTS_EVERY_S = 5.0  # a pod that does not start: its events are read this often
 
 
 class LogFilter:
