@@ -22,8 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+try:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+except ImportError as exc:  # said when the backend is chosen, not at every pytest start
+    raise ImportError(
+        f"{exc}: the k8s backend needs the kubernetes client (pip install 'pytest-madengine[k8s]')"
+    ) from exc
 
 from pytest_madengine.backends import (
     CONTROLLER_LABEL,
