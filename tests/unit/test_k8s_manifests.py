@@ -58,11 +58,18 @@ def plan(tmp_path: Path, block: dict | None = None, **fields: object) -> JobPlan
     settings = parse_settings(block or {})
     labels, annotations = manifests.object_labels(run, settings)
     values: dict = dict(
-        name=manifests.job_name(run.labels[TEST_LABEL], "0a1b2c3d"), namespace="bench",
-        image=run.image, spec=run, settings=settings, gpu_resource="amd.com/gpu",
-        gpus_per_pod=run.gpu_count, token="tok", pull_secrets=("mad-pull-abc123",),
-        labels=labels, annotations=annotations,
-    )  # fmt: skip
+        name=manifests.job_name(run.labels[TEST_LABEL], "0a1b2c3d"),
+        namespace="bench",
+        image=run.image,
+        spec=run,
+        settings=settings,
+        gpu_resource="amd.com/gpu",
+        gpus_per_pod=run.gpu_count,
+        token="tok",
+        pull_secrets=("mad-pull-abc123",),
+        labels=labels,
+        annotations=annotations,
+    )
     values.update(fields)
     return JobPlan(**values)
 
@@ -119,19 +126,32 @@ def test_names_and_labels_are_what_kubernetes_accepts(tmp_path: Path) -> None:
 
 def test_the_k8s_block_reaches_the_pod(tmp_path: Path) -> None:
     block = {
-        "namespace": "bench", "node_selector": {"gpu": "mi300x"},
-        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule",
-                         "tolerationSeconds": 30}],
-        "service_account": "runner", "host_network": True, "env": {"NCCL_DEBUG": "WARN"},
-        "labels": {"team": "perf"}, "memory": "64Gi", "cpu_limit": 16,
-        "resources": {"limits": {"example.com/fpga": 1}}, "priority_class": "batch",
-        "image_pull_secrets": ["corp-registry"], "termination_grace_period": 3,
-        "shm_size": "8Gi", "gpu_count": 8, "backoff_limit": 3,  # madengine's, ignored
-    }  # fmt: skip
+        "namespace": "bench",
+        "node_selector": {"gpu": "mi300x"},
+        "tolerations": [
+            {"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}
+        ],
+        "service_account": "runner",
+        "host_network": True,
+        "env": {"NCCL_DEBUG": "WARN"},
+        "labels": {"team": "perf"},
+        "memory": "64Gi",
+        "cpu_limit": 16,
+        "resources": {"limits": {"example.com/fpga": 1}},
+        "priority_class": "batch",
+        "image_pull_secrets": ["corp-registry"],
+        "termination_grace_period": 3,
+        "shm_size": "8Gi",
+        "gpu_count": 8,
+        "backoff_limit": 3,  # madengine's, ignored
+    }
     job_plan = plan(tmp_path, block)
-    job = job_dict(dataclasses.replace(
-        job_plan, pull_secrets=job_plan.pull_secrets + job_plan.settings.image_pull_secrets,
-    ))  # fmt: skip
+    job = job_dict(
+        dataclasses.replace(
+            job_plan,
+            pull_secrets=job_plan.pull_secrets + job_plan.settings.image_pull_secrets,
+        )
+    )
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "mi300x"}
     assert pod["tolerations"] == [
@@ -188,15 +208,17 @@ def test_several_nodes_an_indexed_job_meeting_at_rank_0(tmp_path: Path) -> None:
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
     by_name = {item["name"]: item for item in env}
     assert by_name["MASTER_ADDR"]["valueFrom"]["configMapKeyRef"] == {
-        "name": job_plan.rendezvous_name, "key": "master_addr"
+        "name": job_plan.rendezvous_name,
+        "key": "master_addr",
     }
     assert by_name["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert by_name["WORLD_SIZE"]["value"] == "12" and by_name["MASTER_PORT"]["value"] == "29500"
     # A server without Indexed Jobs (1.20) is not sent the field it does not know.
     old = job_dict(dataclasses.replace(job_plan, indexed_jobs=False))
     assert "completionMode" not in old["spec"] and old["spec"]["completions"] == 3
-    rendezvous = manifests.plain([manifests.rendezvous_map(job_plan, {"p-b": 1, "p-a": 0},
-                                                           "10.0.0.7")])[0]  # fmt: skip
+    rendezvous = manifests.plain(
+        [manifests.rendezvous_map(job_plan, {"p-b": 1, "p-a": 0}, "10.0.0.7")]
+    )[0]
     assert rendezvous["data"] == {"master_addr": "10.0.0.7", "ranks": "p-a=0 p-b=1"}
 
 
@@ -216,7 +238,8 @@ def test_scripts_travel_in_a_configmap_shared_by_equal_directories(tmp_path: Pat
     pod = job_dict(job_plan)["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "copy-0")["configMap"]
     assert volume["items"] == [
-        {"key": "f0", "path": "run.sh", "mode": 0o755}, {"key": "f1", "path": "sub/blob.bin"}
+        {"key": "f0", "path": "run.sh", "mode": 0o755},
+        {"key": "f1", "path": "sub/blob.bin"},
     ]
     (scripts / "run.sh").write_text("echo changed\n")
     assert manifests.script_map(scripts, "/myworkspace/dummy", "abc123").name != first.name
@@ -234,20 +257,30 @@ def test_secrets_go_to_a_secret_and_never_into_the_job(tmp_path: Path) -> None:
     text = manifests.to_yaml([manifests.job(job_plan)])
     assert "hunter2-secret" not in text
     env = job_dict(job_plan)["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": job_plan.secret_name, "key": "HF_TOKEN"}}} in env  # fmt: skip
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": job_plan.secret_name, "key": "HF_TOKEN"}},
+    } in env
     secret = manifests.plain([manifests.env_secret(job_plan, {"HF_TOKEN": "hunter2-secret"})])
     assert secret[0]["stringData"] == {"HF_TOKEN": "hunter2-secret"}
 
 
 def test_binds_are_host_paths_never_created(tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("x")
-    binds = (Bind(str(tmp_path), "/data", True), Bind(str(tmp_path / "data.txt"), "/d.txt"),
-             Bind("/not/here", "/missing"))  # fmt: skip
+    binds = (
+        Bind(str(tmp_path), "/data", True),
+        Bind(str(tmp_path / "data.txt"), "/d.txt"),
+        Bind("/not/here", "/missing"),
+    )
     pod = job_dict(plan(tmp_path, spec={"binds": binds}))["spec"]["template"]["spec"]
-    paths = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
-    assert paths == {str(tmp_path): "Directory", str(tmp_path / "data.txt"): "File",
-                     "/not/here": "Directory"}  # fmt: skip
+    paths = {
+        v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v
+    }
+    assert paths == {
+        str(tmp_path): "Directory",
+        str(tmp_path / "data.txt"): "File",
+        "/not/here": "Directory",
+    }
     mounts = pod["containers"][0]["volumeMounts"]
     assert {"name": "bind-0", "mountPath": "/data", "readOnly": True} in mounts
 
@@ -286,8 +319,16 @@ def test_a_test_asks_the_cluster_for_its_n_gpus(tmp_path: Path) -> None:
     options = parse_options(RawOptions(root=str(root), tags=("dummies",), base_dir=tmp_path))
     host = cluster_host(8)
     specs = {
-        test.name: build_run_spec(test, options, host, image="i", gpus=(), session_id="s",
-                                  test_id=test.name, log_path=tmp_path / "l")  # fmt: skip
+        test.name: build_run_spec(
+            test,
+            options,
+            host,
+            image="i",
+            gpus=(),
+            session_id="s",
+            test_id=test.name,
+            log_path=tmp_path / "l",
+        )
         for test in MadSession(options).plan.tests
     }
     assert specs["two"].gpu_count == 2 and specs["two"].env["MAD_RUNTIME_NGPUS"] == "2"

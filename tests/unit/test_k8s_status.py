@@ -18,8 +18,13 @@ JOB = "mad-dummy-0a1b2c3d"
 UNSCHEDULABLE = "0/1 nodes are available: 1 Insufficient amd.com/gpu."
 
 
-def pod(name: str = f"{JOB}-x1", phase: str = "Pending", node: str | None = None,
-        state: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:  # fmt: skip
+def pod(
+    name: str = f"{JOB}-x1",
+    phase: str = "Pending",
+    node: str | None = None,
+    state: dict[str, Any] | None = None,
+    **status: Any,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "metadata": {"name": name, "labels": {"job-name": JOB}},
         "spec": {"nodeName": node} if node else {},
@@ -32,21 +37,33 @@ def pod(name: str = f"{JOB}-x1", phase: str = "Pending", node: str | None = None
 
 def tracker(**fields: Any) -> JobTracker:
     values: dict[str, Any] = dict(
-        name=JOB, nnodes=1, gpus=1, gpu_resource="amd.com/gpu", created=100.0,
-        start_timeout_s=300.0, timeout_s=60.0, largest_node_gpus=4,
-    )  # fmt: skip
+        name=JOB,
+        nnodes=1,
+        gpus=1,
+        gpu_resource="amd.com/gpu",
+        created=100.0,
+        start_timeout_s=300.0,
+        timeout_s=60.0,
+        largest_node_gpus=4,
+    )
     values.update(fields)
     return JobTracker(**values)
 
 
 def snap(*pods: dict[str, Any], job: dict[str, Any] | None = None, **fields: Any) -> Snapshot:
-    return Snapshot(job or {"metadata": {"name": JOB}}, pods={p["metadata"]["name"]: p for p in pods},
-                    **fields)  # fmt: skip
+    return Snapshot(
+        job or {"metadata": {"name": JOB}}, pods={p["metadata"]["name"]: p for p in pods}, **fields
+    )
 
 
-TERMINATED = {"terminated": {"exitCode": 0, "reason": "Completed",
-                             "startedAt": "2026-01-01T00:00:01Z",
-                             "finishedAt": "2026-01-01T00:00:04Z"}}  # fmt: skip
+TERMINATED = {
+    "terminated": {
+        "exitCode": 0,
+        "reason": "Completed",
+        "startedAt": "2026-01-01T00:00:01Z",
+        "finishedAt": "2026-01-01T00:00:04Z",
+    }
+}
 
 
 def test_a_pod_that_ran_to_its_end() -> None:
@@ -60,29 +77,55 @@ def test_a_pod_that_ran_to_its_end() -> None:
 
 def test_queued_then_running_then_done_with_the_clocks() -> None:
     watch = tracker()
-    queued = pod(conditions=[{"type": "PodScheduled", "status": "False",
-                              "reason": "Unschedulable", "message": UNSCHEDULABLE}])  # fmt: skip
+    queued = pod(
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": UNSCHEDULABLE,
+            }
+        ]
+    )
     # Busy GPUs (the request fits a node): wait in the queue, not a failure.
     assert watch.step(snap(queued), 110.0).phase is Phase.WAIT
     creating = pod(node="n1", state={"waiting": {"reason": "ContainerCreating"}})
     assert watch.step(snap(creating), 111.0).phase is Phase.WAIT and watch.scheduled_at == 111.0
-    running = pod(phase="Running", node="n1",
-                  state={"running": {"startedAt": "2026-01-01T00:00:01Z"}})  # fmt: skip
+    running = pod(
+        phase="Running", node="n1", state={"running": {"startedAt": "2026-01-01T00:00:01Z"}}
+    )
     assert watch.step(snap(running), 112.5).phase is Phase.RUN and watch.running_at == 112.5
 
 
 def test_more_gpus_than_any_node_fails_with_the_schedulers_reason() -> None:
-    queued = pod(conditions=[{"type": "PodScheduled", "status": "False",
-                              "reason": "Unschedulable", "message": UNSCHEDULABLE}])  # fmt: skip
+    queued = pod(
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": UNSCHEDULABLE,
+            }
+        ]
+    )
     step = tracker(gpus=9).step(snap(queued), 101.0)
     assert step.phase is Phase.FAIL
-    assert step.reason == (f"unschedulable: {UNSCHEDULABLE} (asks 9 amd.com/gpu;"
-                           " the largest node has 4)")  # fmt: skip
+    assert step.reason == (
+        f"unschedulable: {UNSCHEDULABLE} (asks 9 amd.com/gpu; the largest node has 4)"
+    )
 
 
 def test_unschedulable_past_the_start_timeout_fails_with_the_schedulers_reason() -> None:
-    queued = pod(conditions=[{"type": "PodScheduled", "status": "False",
-                              "reason": "Unschedulable", "message": "node(s) had taint"}])  # fmt: skip
+    queued = pod(
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "node(s) had taint",
+            }
+        ]
+    )
     watch = tracker(largest_node_gpus=None, start_timeout_s=30.0)
     assert watch.step(snap(queued), 129.0).phase is Phase.WAIT
     step = watch.step(snap(queued), 131.0)
@@ -101,20 +144,32 @@ def test_image_pull_backoff_fails_with_the_registrys_message() -> None:
     error = "failed to pull: 401 Unauthorized"
     pulling = pod(node="n1", state={"waiting": {"reason": "ErrImagePull", "message": error}})
     assert watch.step(snap(pulling), 101.0).phase is Phase.WAIT  # may still come
-    backoff = pod(node="n1", state={"waiting": {"reason": "ImagePullBackOff",
-                                                "message": 'Back-off pulling image "x"'}})  # fmt: skip
+    backoff = pod(
+        node="n1",
+        state={"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}},
+    )
     step = watch.step(snap(backoff), 102.0)
     assert step.phase is Phase.FAIL
     assert step.reason == f"ImagePullBackOff: the image could not be pulled: {error}"
 
 
 def test_oom_killed_and_deadline_exceeded_are_told_apart() -> None:
-    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled",
-                          "startedAt": "2026-01-01T00:00:01Z", "finishedAt": "2026-01-01T00:00:02Z"}}  # fmt: skip
+    oom = {
+        "terminated": {
+            "exitCode": 137,
+            "reason": "OOMKilled",
+            "startedAt": "2026-01-01T00:00:01Z",
+            "finishedAt": "2026-01-01T00:00:02Z",
+        }
+    }
     state = pod_state(pod(phase="Failed", node="n1", state=oom))
     assert state.ended_reason == "OOMKilled" and state.exit_code == 137 and not state.timed_out
-    late = pod(phase="Failed", node="n1", reason="DeadlineExceeded",
-               message="Pod was active on the node longer than the specified deadline")  # fmt: skip
+    late = pod(
+        phase="Failed",
+        node="n1",
+        reason="DeadlineExceeded",
+        message="Pod was active on the node longer than the specified deadline",
+    )
     assert pod_state(late).timed_out
     assert tracker().step(snap(late), 101.0).phase is Phase.DONE
 
@@ -137,8 +192,12 @@ def test_a_run_past_its_timeout_that_the_kubelet_did_not_stop() -> None:
 
 def test_several_nodes_rank_by_index_or_name_once_every_pod_has_an_ip() -> None:
     watch = tracker(nnodes=2, rendezvous=f"{JOB}-rdzv")
-    waiting = {"waiting": {"reason": "CreateContainerConfigError",
-                           "message": f'configmap "{JOB}-rdzv" not found'}}  # fmt: skip
+    waiting = {
+        "waiting": {
+            "reason": "CreateContainerConfigError",
+            "message": f'configmap "{JOB}-rdzv" not found',
+        }
+    }
     b = pod(f"{JOB}-b", node="n2", state=waiting)
     a = pod(f"{JOB}-a", node="n1", state=waiting)
     assert watch.step(snap(a, b), 101.0).ranks == {}  # no IPs yet
@@ -149,15 +208,20 @@ def test_several_nodes_rank_by_index_or_name_once_every_pod_has_an_ip() -> None:
     a["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": "1"}
     assert watch.step(snap(a, b), 103.0).ranks == {f"{JOB}-b": 0, f"{JOB}-a": 1}
     # Another config error is not the rendezvous: it fails.
-    a["status"]["containerStatuses"][0]["state"] = {"waiting": {
-        "reason": "CreateContainerConfigError", "message": 'secret "x" not found'}}  # fmt: skip
+    a["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": "CreateContainerConfigError", "message": 'secret "x" not found'}
+    }
     assert watch.step(snap(a, b), 104.0).phase is Phase.FAIL
 
 
 def test_the_log_filter_takes_result_files_out() -> None:
     log = LogFilter("tok")
-    chunks = [b"model line 1\nperformance: 1 x\n", b"\ntok begin /w/perf.csv\nbW9kZWws",
-              b"cGVyZm9ybWFuY2UK\ntok end\n", b"after"]  # fmt: skip
+    chunks = [
+        b"model line 1\nperformance: 1 x\n",
+        b"\ntok begin /w/perf.csv\nbW9kZWws",
+        b"cGVyZm9ybWFuY2UK\ntok end\n",
+        b"after",
+    ]
     out = b"".join(log.feed(chunk) for chunk in chunks) + log.close()
     assert out == b"model line 1\nperformance: 1 x\nafter"
     assert log.results == {"/w/perf.csv": "model,performance\n"}
