@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL, TEST_LABEL, Bind, RunSpec
+from pytest_madengine.backends import (
+    CONTROLLER_LABEL,
+    SESSION_LABEL,
+    TEST_LABEL,
+    Bind,
+    DataBind,
+    RunSpec,
+)
 from pytest_madengine.backends.kubernetes import manifests, pinned
 from pytest_madengine.backends.kubernetes.config import parse_distributed, parse_settings
 from pytest_madengine.backends.kubernetes.manifests import JobPlan
@@ -335,3 +342,23 @@ def test_a_test_asks_the_cluster_for_its_n_gpus(tmp_path: Path) -> None:
     assert specs["all"].gpu_count == 8 and specs["all"].env["MAD_SYSTEM_NGPUS"] == "8"
     # The device plugin sets GPU visibility on a cluster; we set none.
     assert "HIP_VISIBLE_DEVICES" not in specs["two"].env
+
+
+def test_secrets_and_our_output_stay_out_of_the_scripts_configmap(tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("echo hi\n")
+    (tmp_path / "credential.json").write_text('{"reg": {"password": "hunter2"}}')
+    (tmp_path / "mad_output" / "logs").mkdir(parents=True)
+    (tmp_path / "mad_output" / "logs" / "old.log").write_text("old")
+    scripts = manifests.script_map(
+        tmp_path, "/w", "s", (tmp_path / "credential.json", tmp_path / "mad_output")
+    )
+    assert [item.path for item in scripts.files] == ["run.sh"]
+
+
+def test_datasets_are_read_only_paths_on_the_node(tmp_path: Path) -> None:
+    data = (DataBind("/cache/imagenet", "/data_dlm_0", "key1", "imagenet"),)
+    pod = job_dict(plan(tmp_path, spec={"data": data}))["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "data-0")
+    assert volume["hostPath"] == {"path": "/cache/imagenet", "type": "Directory"}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data-0")
+    assert mount == {"name": "data-0", "mountPath": "/data_dlm_0", "readOnly": True}

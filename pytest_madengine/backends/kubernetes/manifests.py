@@ -179,13 +179,28 @@ def session_labels(session_id: str, controller: str) -> tuple[dict[str, str], di
     return labels, {CONTROLLER_LABEL: controller, SESSION_LABEL: session_id}
 
 
-def script_map(host_dir: Path, container_dir: str, session_id: str) -> ScriptMap:
-    """The directory's files (symbolic links followed) as a ConfigMap of the session;
-    MadError when they do not fit in one."""
+def _files(host_dir: Path, excludes: Iterable[Path]) -> list[Path]:
+    """The directory's files (symbolic links followed), in a stable order, without the
+    excluded paths and what is below them (secrets, our own output)."""
+    skipped = {*excludes, *(path.resolve() for path in excludes)}
+    found = []
+    for path in sorted(p for p in host_dir.rglob("*") if p.is_file()):
+        # As written and as resolved: the tree may sit behind a symbolic link.
+        if any(form in skipped or skipped & set(form.parents) for form in (path, path.resolve())):
+            continue
+        found.append(path)
+    return found
+
+
+def script_map(
+    host_dir: Path, container_dir: str, session_id: str, excludes: Iterable[Path] = ()
+) -> ScriptMap:
+    """The directory's files as a ConfigMap of the session; MadError when they do not
+    fit in one."""
     files: list[ScriptFile] = []
     digest = hashlib.sha256()
     total = 0
-    for path in sorted(p for p in host_dir.rglob("*") if p.is_file()):
+    for path in _files(host_dir, tuple(excludes)):
         relative = path.relative_to(host_dir).as_posix()
         content = path.read_bytes()
         total += len(content) + len(relative)
@@ -389,6 +404,21 @@ def _volumes(plan: JobPlan) -> tuple[list[client.V1Volume], list[client.V1Volume
                 name=f"bind-{index}",
                 mount_path=bind.container_path,
                 read_only=bind.read_only,
+            )
+        )
+    for index, data in enumerate(plan.spec.data):
+        # A dataset is a path on the node: a shared filesystem mounted alike on every
+        # node, as madengine's `local` (a fetched copy is on this machine's disk, which
+        # a node of a one-machine cluster shares).
+        volumes.append(
+            client.V1Volume(
+                name=f"data-{index}",
+                host_path=client.V1HostPathVolumeSource(path=data.source, type="Directory"),
+            )
+        )
+        mounts.append(
+            client.V1VolumeMount(
+                name=f"data-{index}", mount_path=data.container_path, read_only=True
             )
         )
     if not plan.settings.host_ipc:

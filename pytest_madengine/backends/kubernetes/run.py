@@ -105,6 +105,7 @@ class LogFollower(threading.Thread):
         path: Path,
         token: str,
         on_output: OutputSink | None,
+        header: bytes = b"",
     ) -> None:
         super().__init__(daemon=True, name=f"mad-k8s-log-{pod}")
         self.core = core
@@ -114,6 +115,7 @@ class LogFollower(threading.Thread):
         self.token = token
         self.on_output = on_output
         self.filter = LogFilter(token)
+        self.header = header  # our lines above the container's output (on a reread too)
         self.broken = False
         self._response: Any = None
 
@@ -170,6 +172,7 @@ class LogFollower(threading.Thread):
             _request_timeout=(REQUEST_TIMEOUT[0], 120),
         )
         with fresh.open("wb") as log:
+            log.write(self.header)
             for chunk in response.stream(64 * 1024, decode_content=True):
                 log.write(self.filter.feed(chunk))
             log.write(self.filter.close())
@@ -205,7 +208,10 @@ class JobRun:
         self._deleted = False
         spec = plan.spec
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        spec.log_path.write_bytes(b"")
+        self.header = "".join(f"{line}\n" for line in spec.log_notes).encode()
+        spec.log_path.write_bytes(self.header)  # our lines first (what became of the data)
+        if on_output is not None and self.header:
+            on_output(self.header)
         self.submitted = time.time()
         try:
             if before_create is not None:
@@ -270,13 +276,15 @@ class JobRun:
     def _start_logs(self, pods: tuple[PodState, ...]) -> None:
         for pod in pods:
             if pod.has_log and pod.name not in self.followers:
+                first = self._is_first(pod, pods)
                 follower = LogFollower(
                     self.core,
                     self.plan.namespace,
                     pod.name,
                     self._log_path(pod, pods),
                     self.plan.token,
-                    self.on_output if self._is_first(pod, pods) else None,
+                    self.on_output if first else None,
+                    self.header if first else b"",
                 )
                 self.followers[pod.name] = follower
                 follower.start()
