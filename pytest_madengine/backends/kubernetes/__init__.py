@@ -111,13 +111,10 @@ class KubernetesBackend:
             path = default_kubeconfig(self.settings, os.environ)
             cluster = cluster_name(path, self.settings.context) if path and path.exists() else "k8s"
             shared.setdefault("cluster", cluster)
-            shared.setdefault("largest_node_gpus", self.settings.gpus_per_node)
             auths = self._registry_auths()
             shared.setdefault("pull_secret", DRY_RUN_PULL_SECRET if auths else None)
             if "indexed_jobs" not in shared:
-                # One question to a server that answers (the YAML is for it): does it
-                # know Indexed Jobs? Without an answer, assume a current one.
-                shared["indexed_jobs"] = self._indexed_jobs_offline()
+                shared.update(self._read_cluster())
         else:
             try:
                 self.api, cluster = connect(self.settings)
@@ -168,21 +165,30 @@ class KubernetesBackend:
             "indexed_jobs": knows_indexed_jobs(server_version(self.api)),
         }
 
-    def _indexed_jobs_offline(self) -> bool:
+    def _read_cluster(self) -> dict[str, Any]:
+        """A dry run asks a cluster that answers (the YAML is for it) whether it knows
+        Indexed Jobs and how many GPUs its nodes have; it changes nothing there.
+        Without an answer: a current server, and the k8s block's gpus_per_node."""
+        facts: dict[str, Any] = {"indexed_jobs": True, "largest_node_gpus": None}
         try:
             api, _ = connect(self.settings)
         except MadError:
-            return True
-        try:
-            return knows_indexed_jobs(server_version(api, timeout=2.0))
-        finally:
-            api.close()
+            api = None
+        if api is not None:
+            try:
+                facts["indexed_jobs"] = knows_indexed_jobs(server_version(api, timeout=2.0))
+                facts["largest_node_gpus"] = self._largest_node_gpus(client.CoreV1Api(api))
+            finally:
+                api.close()
+        if self.settings.gpus_per_node is not None:
+            facts["largest_node_gpus"] = self.settings.gpus_per_node
+        return facts
 
     def _largest_node_gpus(self, core: client.CoreV1Api) -> int | None:
         """The most GPUs a node can give a pod; None when nodes may not be listed."""
         resource = self.settings.gpu_resource(self.options.gpu_vendor)
         try:
-            nodes = core.list_node(_request_timeout=REQUEST_TIMEOUT).items
+            nodes = core.list_node(_request_timeout=(2, 10)).items
         except (ApiException, *CONNECTION_FAILURES):
             return None
         counts = [int((node.status.allocatable or {}).get(resource, "0") or 0) for node in nodes]
