@@ -293,7 +293,7 @@ class JobRun:
         """Rank 0 (the only pod of a single-node test) writes the test's log."""
         if self.plan.nnodes < 2:
             return True
-        ranks = self.tracker._ranks([p for p in pods if not p.deleted])
+        ranks = self.tracker.ranks([p for p in pods if not p.deleted])
         return ranks.get(pod.name, pod.index if pod.index is not None else -1) == 0
 
     def _log_path(self, pod: PodState, pods: tuple[PodState, ...]) -> Path:
@@ -358,7 +358,7 @@ class JobRun:
             self._delete(wait=True)
         timed_out = step.phase is Phase.TIMEOUT or any(pod.timed_out for pod in pods)
         self._finish_logs()
-        ranks = self.tracker._ranks(pods) if self.plan.nnodes > 1 else {}
+        ranks = self.tracker.ranks(pods) if self.plan.nnodes > 1 else {}
         ordered = sorted(pods, key=lambda p: ranks.get(p.name, p.index or 0))
         exit_code: int | None = None
         if not timed_out and step.phase is Phase.DONE:

@@ -194,7 +194,7 @@ class JobTracker:
             return Step(Phase.RUN, pods)
         if self.start_timeout_s and now - self.created > self.start_timeout_s:
             return Step(Phase.FAIL, pods, self._not_started(live))
-        return Step(Phase.WAIT, pods, ranks=self._ranks(live))
+        return Step(Phase.WAIT, pods, ranks=self.ranks(live))
 
     def _fatal(self, live: list[PodState]) -> str | None:
         for pod in live:
@@ -237,7 +237,7 @@ class JobTracker:
         waiting = ", ".join(f"{p.name} {p.waiting or p.phase}" for p in live)
         return f"{limit}: {waiting}"
 
-    def _ranks(self, live: list[PodState]) -> dict[str, int]:
+    def ranks(self, live: list[PodState]) -> dict[str, int]:
         """Each pod's node rank once all pods of a multi-node test have an IP: the
         completion index where the server has Indexed Jobs, else the order of names."""
         if self.nnodes < 2 or len(live) < self.nnodes or not all(p.ip for p in live):
