@@ -212,7 +212,6 @@ class JobRun:
         spec.log_path.write_bytes(self.header)  # our lines first (what became of the data)
         if on_output is not None and self.header:
             on_output(self.header)
-        self.submitted = time.time()
         try:
             if before_create is not None:
                 before_create()
