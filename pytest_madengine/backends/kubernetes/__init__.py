@@ -5,8 +5,8 @@ Images are built once per session on the local Docker Engine and pushed to a reg
 (--mad-registry, or the k8s block's `registry`) that the cluster pulls from with a
 secret made from credential.json; a build manifest's registry images are used as they
 are. Kubernetes places the pods and their GPUs: the cluster is one pseudo-host whose
-GPUs our pool neither leases nor checks (Host.scheduled, scheduler_checks_fit), so tests of a session queue in
-the cluster's scheduler, not in ours.
+GPUs our pool neither leases nor checks (Host.scheduled, scheduler_checks_fit), so the
+tests of a session queue in the cluster's scheduler, not in ours.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ class KubernetesBackend:
             f"k8s:{self.shared['cluster']}",
             None,
             GpuInventory(gpus, f"k8s nodes ({self.gpu_resource})", virtual=True),
-            scheduled=True, scheduler_checks_fit=True,
+            scheduled=True,
+            scheduler_checks_fit=True,
         )
 
     # ---- session start (controller) ----
