@@ -181,7 +181,9 @@ def test_more_gpus_than_the_node_has_fails_with_the_schedulers_reason(
 ) -> None:
     k8s_tree([entry("huge", n_gpus=9)])
     started = time.monotonic()
-    result = run(pytester, "--mad-tags", "huge", *k8s_args(namespace, registry))
+    result = run(
+        pytester, "--mad-tags", "huge", "--junitxml", "r.xml", *k8s_args(namespace, registry)
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -191,6 +193,9 @@ def test_more_gpus_than_the_node_has_fails_with_the_schedulers_reason(
         ]
     )
     assert time.monotonic() - started < 60  # not a hang
+    properties = junit_properties(pytester.path / "r.xml")["huge"]
+    assert properties["k8s_pod"].startswith(properties["k8s_job"]) and not properties["k8s_node"]
+    assert properties["k8s_gpus"] == "9 amd.com/gpu"
     assert left_in(k8s_cluster, namespace) == []
 
 
@@ -416,4 +421,6 @@ def test_two_nodes_meet_at_rank_0(
     assert "--nnodes=2 --nproc_per_node=1 --node_rank=0 --master_addr=" in rank0
     (rank1,) = log.parent.glob(f"{log.stem}.{pods[1]}.log")
     assert "rank 1 of 2" in rank1.read_text()
+    (row,) = read_perf(pytester.path / "perf.csv")
+    assert (row["nnodes"], row["launcher"], row["deployment_type"]) == ("2", "torchrun", "k8s")
     assert left_in(k8s_cluster, namespace) == []

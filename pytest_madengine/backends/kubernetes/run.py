@@ -350,10 +350,10 @@ class JobRun:
     def _outcome(self, step: Step) -> RunOutcome:
         spec = self.plan.spec
         pods = [pod for pod in step.pods if not pod.deleted] or list(step.pods)
-        if step.phase is Phase.FAIL:
-            self._finish_logs()
-            raise MadError(step.reason)
-        if step.phase is Phase.TIMEOUT:  # the kubelet did not stop it: we do
+        # A failure of the cluster's (unschedulable, an image that does not come) still
+        # returns an outcome: its pod, node and waits reach JUnit.
+        failure = step.reason if step.phase is Phase.FAIL else None
+        if step.phase in (Phase.TIMEOUT, Phase.FAIL):  # the kubelet did not stop it: we do
             self._delete(wait=True)
         timed_out = step.phase is Phase.TIMEOUT or any(pod.timed_out for pod in pods)
         self._finish_logs()
@@ -367,7 +367,7 @@ class JobRun:
             if exit_code is None:
                 failed = next((p for p in ordered if p.exit_code is None), ordered[0])
                 why = failed.message or failed.reason or failed.phase
-                raise MadError(f"pod {failed.name} ended without running its container: {why}")
+                failure = f"pod {failed.name} ended without running its container: {why}"
         first = ordered[0] if ordered else None
         now = time.time()
         started = min((p.started_at for p in ordered if p.started_at), default=None)
@@ -386,6 +386,7 @@ class JobRun:
             results=results,
             properties=self._properties(ordered, started, ended),
             oom_killed=any(pod.ended_reason == "OOMKilled" for pod in ordered),
+            failure=failure,
         )
 
     def _properties(
@@ -405,6 +406,9 @@ class JobRun:
             properties["k8s_start_wait"] = f"{tracker.running_at - tracker.scheduled_at:.2f}"
         if started is not None and ended is not None:
             properties["k8s_run_time"] = f"{max(0.0, ended - started):.0f}"
+        if self.plan.nnodes > 1:  # perf.csv's nnodes and launcher columns read these
+            properties["nnodes"] = str(self.plan.nnodes)
+            properties["launcher"] = "torchrun"
         return properties
 
     def _finish_logs(self) -> None:
