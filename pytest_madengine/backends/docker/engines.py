@@ -126,9 +126,12 @@ class Engines:
         result, _ = self.once.run(note_key("pull", host.name, reference), pull)
         return result["id"]
 
-    def push(self, name: str, reference: str, auth: dict[str, str] | None) -> str:
-        """Pushes the build engine's image `name` as `reference` (repository[:tag]),
-        once per session across workers; the digest the registry gave it."""
+    def push(
+        self, name: str, reference: str, auth: dict[str, str] | None, image_id: str | None = None
+    ) -> str:
+        """Pushes the build engine's image `name` (the one of `image_id`, when given: a
+        tag another session moves cannot swap it) as `reference` (repository[:tag]), once
+        per session across workers; the digest the registry gave it."""
         repository, tag = reference, "latest"
         if reference.rfind(":") > reference.rfind("/"):
             repository, _, tag = reference.rpartition(":")
@@ -136,7 +139,7 @@ class Engines:
         def push() -> dict[str, str]:
             digest, error = "", None
             try:
-                self.build_client.images.get(name).tag(repository, tag)
+                self.build_client.images.get(pushed_id).tag(repository, tag)
                 events = self.build_client.api.push(
                     repository, tag=tag, auth_config=auth, stream=True, decode=True
                 )
@@ -150,8 +153,8 @@ class Engines:
                 raise EngineError(f"pushing {name} to {reference} failed: {error or 'no digest'}")
             return {"digest": digest}
 
-        image_id = self.local_image_id(name)
-        result, _ = self.once.run(note_key("push", reference, image_id), push)
+        pushed_id = image_id or self.local_image_id(name)
+        result, _ = self.once.run(note_key("push", reference, pushed_id), push)
         return result["digest"]
 
     def close(self) -> None:

@@ -289,7 +289,7 @@ class KubernetesBackend:
                 )
             reference = f"{self.registry.rstrip('/')}/{facts.name}"
             auth = self.options.credentials.registry_auth(self.registry)
-            digest = engines.push(facts.name, reference, auth)
+            digest = engines.push(facts.name, reference, auth, facts.docker_sha or None)
         except ENGINE_FAILURES as exc:
             raise MadError(f"k8s: preparing {request.name}: {first_line(exc)}") from None
         # Pinned by digest: a node never runs a stale image of the same tag.
