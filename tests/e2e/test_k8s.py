@@ -424,3 +424,32 @@ def test_two_nodes_meet_at_rank_0(
     (row,) = read_perf(pytester.path / "perf.csv")
     assert (row["nnodes"], row["launcher"], row["deployment_type"]) == ("2", "torchrun", "k8s")
     assert left_in(k8s_cluster, namespace) == []
+
+
+def test_an_image_the_registry_lacks_fails_at_the_first_pull_error(
+    pytester: pytest.Pytester,
+    k8s_tree: Callable[..., Path],
+    registry: Any,
+    namespace: str,
+    k8s_cluster: Any,
+) -> None:
+    """A build manifest naming an image the registry does not have: the node's pull is
+    refused, the test fails with the registry's word at once, and its pod goes at once."""
+    address, _ = registry
+    model = entry("ghost")
+    k8s_tree([model])
+    image = "ci-ghost_dummy.ubuntu.amd"
+    built = {
+        "model": "ghost",
+        "docker_image": image,
+        "registry": address,
+        "registry_image": f"{address}/pytest-madengine-test/no-such-image:v1",
+    }
+    manifest = {"built_images": {image: built}, "built_models": {image: model}, "context": {}}
+    (pytester.path / "build_manifest.json").write_text(json.dumps(manifest))
+    started = time.monotonic()
+    result = run(pytester, "--mad-manifest", "build_manifest.json", *k8s_args(namespace, registry))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["ErrImagePull: the image could not be pulled: *not found*"])
+    assert time.monotonic() - started < 30
+    assert left_in(k8s_cluster, namespace) == []

@@ -141,7 +141,7 @@ def test_no_pod_at_all_within_the_start_timeout() -> None:
 
 def test_image_pull_backoff_fails_with_the_registrys_message() -> None:
     watch = tracker()
-    error = "failed to pull: 401 Unauthorized"
+    error = "failed to pull: i/o timeout"
     pulling = pod(node="n1", state={"waiting": {"reason": "ErrImagePull", "message": error}})
     assert watch.step(snap(pulling), 101.0).phase is Phase.WAIT  # may still come
     backoff = pod(
@@ -229,3 +229,12 @@ def test_the_log_filter_takes_result_files_out() -> None:
     for text in (b"a\n\nb\n", b"a\n\nb", b"a\n\n"):
         keep = LogFilter("tok")
         assert keep.feed(text) + keep.close() == text
+
+
+def test_a_pull_that_cannot_succeed_fails_at_the_first_error() -> None:
+    for message in ('failed to resolve reference "r/x:v1": r/x:v1: not found',
+                    "pull access denied", "401 Unauthorized"):  # fmt: skip
+        pulling = pod(node="n1", state={"waiting": {"reason": "ErrImagePull", "message": message}})
+        step = tracker().step(snap(pulling), 101.0)
+        assert step.phase is Phase.FAIL
+        assert step.reason == f"ErrImagePull: the image could not be pulled: {message}"

@@ -354,7 +354,7 @@ class JobRun:
         # returns an outcome: its pod, node and waits reach JUnit.
         failure = step.reason if step.phase is Phase.FAIL else None
         if step.phase in (Phase.TIMEOUT, Phase.FAIL):  # the kubelet did not stop it: we do
-            self._delete(wait=True)
+            self._delete(wait=True, failed=step.phase is Phase.FAIL)
         timed_out = step.phase is Phase.TIMEOUT or any(pod.timed_out for pod in pods)
         self._finish_logs()
         ranks = self.tracker.ranks(pods) if self.plan.nnodes > 1 else {}
@@ -418,9 +418,10 @@ class JobRun:
                 with contextlib.suppress(ApiException, *CONNECTION_FAILURES, OSError):
                     follower.reread()
 
-    def _delete(self, wait: bool) -> None:
+    def _delete(self, wait: bool, failed: bool = False) -> None:
         """Deletes the Job with Foreground propagation (it goes once its pods have, and a
-        pod once its container has stopped); `wait`: until it is gone."""
+        pod once its container has stopped); `wait`: until it is gone. `failed`: the run
+        failed before its container started, so its pods go at once."""
         if not self._deleted:
             self._deleted = True
             for follower in self.followers.values():
@@ -441,6 +442,8 @@ class JobRun:
             self._remove_secret()
             if self.plan.nnodes > 1:
                 self._remove(self.core.delete_namespaced_config_map, self.plan.rendezvous_name)
+            if failed:
+                self._force_unstarted()
         if wait:
             deadline = time.monotonic() + self.plan.settings.termination_grace_s + DELETE_WAIT_S
             generation = -1
@@ -450,6 +453,25 @@ class JobRun:
                     break
                 self.watch.wait(generation, WAKE_S)
         self.watch.forget(self.plan.name)
+
+    def _force_unstarted(self) -> None:
+        """Pods whose container never started (a pull that failed, a mount refused) are
+        removed at once: nothing of the model runs there, and a kubelet may keep such a
+        pod terminating for most of a minute. (Not on an interrupt: a container may be
+        starting just then, and the pod must stay until it has stopped.)"""
+        snapshot, _ = self.watch.snapshot(self.plan.name)
+        pods = self.tracker.pods(snapshot)
+        if not pods or any(pod.has_log for pod in pods):
+            return
+        for pod in pods:
+            if not pod.deleted:
+                with contextlib.suppress(ApiException, *CONNECTION_FAILURES):
+                    self.core.delete_namespaced_pod(
+                        pod.name,
+                        self.plan.namespace,
+                        grace_period_seconds=0,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
 
     def _remove_secret(self) -> None:
         if self.plan.secret_env:

@@ -6,6 +6,7 @@ did not start in time). Pure: the unit tests feed it the API's own JSON shapes."
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,10 @@ FATAL_WAITING = {
     "CreateContainerError": "the container could not be created",
     "RunContainerError": "the container could not be started",
 }
+# Pull errors that a retry does not cure: fail at the first, not at the back-off after.
+PERMANENT_PULL = re.compile(
+    r"NotFound|not found|manifest unknown|unauthorized|denied|\b40[13]\b", re.I
+)
 # After the pod deadline (activeDeadlineSeconds), the kubelet needs a moment to kill:
 # only past this much more do we delete the Job ourselves.
 TIMEOUT_SLACK_S = 15.0
@@ -208,6 +213,8 @@ class JobTracker:
                     f" the largest node has {self.largest_node_gpus})"
                 )
             reason = pod.waiting
+            if reason == "ErrImagePull" and PERMANENT_PULL.search(pod.waiting_message or ""):
+                return f"{reason}: the image could not be pulled: {pod.waiting_message}"
             if reason not in FATAL_WAITING:
                 continue
             message = pod.waiting_message or ""
