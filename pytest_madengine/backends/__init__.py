@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.errors import MadError, UsageProblem
@@ -39,6 +39,8 @@ MODEL_LABEL = f"{LABEL_PREFIX}.model"
 CONTROLLER_LABEL = f"{LABEL_PREFIX}.controller"
 
 OutputSink = Callable[[bytes], None]
+# One line of push progress (a layer's new state, the pushed digest).
+PushProgressSink = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,29 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ImagePublisher(Protocol):
+    """What a backend adds to serve build-only sessions (`--mad-build-only`): images
+    built where the backend builds them, and pushed to a registry. Optional: a backend
+    without these methods runs tests but cannot build for a registry."""
+
+    def build(self, request: ImageRequest) -> ImageFacts:
+        """Builds the image (or reuses one of the same content), on no run host;
+        MadError with a one-line reason and the build log's tail when it fails."""
+        ...
+
+    def push(
+        self,
+        image: str,
+        reference: str,
+        auth: Mapping[str, str] | None,
+        on_progress: PushProgressSink | None = None,
+    ) -> str:
+        """Tags the built image as `reference` and pushes it; the pushed digest.
+        MadError with the registry's one-line reason when the push fails."""
+        ...
 
 
 @dataclass(frozen=True)

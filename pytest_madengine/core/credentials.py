@@ -134,6 +134,12 @@ class Credentials:
             return None
         return {"username": str(username), "password": str(password)}
 
+    def repository(self, registry: str | None) -> str | None:
+        """The entry's `repository` (images are pushed as `<registry>/<repository>:<name>`)."""
+        entry = self.entries.get(registry_key(registry))
+        value = field_of(entry, "repository") if isinstance(entry, Mapping) else None
+        return str(value) if isinstance(value, str | int) and str(value) else None
+
     def secrets(self) -> tuple[str, ...]:
         return self._secrets
 

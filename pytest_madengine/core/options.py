@@ -7,6 +7,7 @@ with what the user wrote; `parse_options` turns it into a frozen `Options` or ra
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
+from pytest_madengine.core.build import BatchEntry, load_batch_manifest
 from pytest_madengine.core.context import RunContext, build_context
 from pytest_madengine.core.credentials import Credentials, load_credentials
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
@@ -31,6 +33,9 @@ DEFAULT_TOLERANCE = "5%"
 DEFAULT_OUTPUT = "mad_output"
 DEFAULT_PERF_CSV = "perf.csv"
 DEFAULT_DEPLOY = DEFAULT_BACKEND
+DEFAULT_MANIFEST_OUTPUT = "build_manifest.json"  # madengine's name
+# What an HTML report needs beyond the plugin's own dependencies (the `report` extra).
+REPORT_MODULES = ("jinja2", "pandas")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class RawOptions:
     slurm_dry_run: bool = False
     # Write the Kubernetes manifests there, apply nothing (implies deploy k8s).
     k8s_dry_run: str | None = None
+    build_only: bool = False
+    manifest_output: str | None = None
+    batch_manifest: str | None = None
+    html_report: str | None = None
     # Relative paths are taken from here (pytest: the invocation directory).
     base_dir: Path = field(default_factory=Path.cwd)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
@@ -67,7 +76,7 @@ class RawOptions:
     @property
     def active(self) -> bool:
         """Whether the session has anything of ours to do (tags or a manifest)."""
-        return bool(self.tags or self.manifest)
+        return bool(self.tags or self.manifest or self.batch_manifest or self.build_only)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,10 @@ class Options:
     registry: str | None = None  # --mad-registry: where images are pushed (and pulled)
     # --mad-k8s-dry-run: the k8s backend writes its manifests here instead of applying them
     k8s_dry_run: Path | None = None
+    build_only: bool = False  # build (and push) the images, run nothing
+    manifest_output: Path | None = None  # build-only: the build_manifest.json written
+    batch: tuple[BatchEntry, ...] | None = None  # build-only: a batch manifest's entries
+    html_report: Path | None = None
 
     @property
     def gpu_vendor(self) -> str:
@@ -209,12 +222,49 @@ def parse_options(raw: RawOptions) -> Options:
         raise UsageProblem(str(exc)) from None
 
 
+def _check_build_only(raw: RawOptions) -> None:
+    """Options that only make sense with, or never with, --mad-build-only."""
+    if raw.build_only and raw.manifest:
+        raise UsageProblem(
+            "--mad-build-only with --mad-manifest: a build-only session writes a manifest,"
+            " it does not run one"
+        )
+    if not raw.build_only:
+        for option, value in (("--mad-batch-manifest", raw.batch_manifest),
+                              ("--mad-manifest-output", raw.manifest_output)):  # fmt: skip
+            if value:
+                raise UsageProblem(f"{option} needs --mad-build-only")
+    if raw.batch_manifest and raw.tags:
+        raise UsageProblem(
+            "--mad-batch-manifest with --mad-tags: give one (the batch names the models)"
+        )
+
+
+def _html_report(raw: RawOptions) -> Path | None:
+    if not raw.html_report:
+        return None
+    missing = [name for name in REPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageProblem(
+            f"--mad-html needs {', '.join(missing)}: pip install 'pytest-madengine[report]'"
+        )
+    return _writable_file(_path(raw, raw.html_report), "--mad-html")
+
+
 def _parse(raw: RawOptions) -> Options:
+    _check_build_only(raw)
     root_text = raw.root or raw.environ.get("MODEL_DIR")
     root = (_path(raw, root_text) if root_text else raw.base_dir).resolve()
     manifest_path = _path(raw, raw.manifest) if raw.manifest else None
     manifest = load_manifest(manifest_path, raw.registry) if manifest_path else None
-    tags = tuple(split_tags(raw.tags))
+    batch = None
+    if raw.batch_manifest:
+        batch = load_batch_manifest(_path(raw, raw.batch_manifest))
+        if not batch:
+            raise UsageProblem(f"--mad-batch-manifest {raw.batch_manifest}: lists no model")
+    tags = tuple(split_tags(raw.tags)) or tuple(
+        dict.fromkeys(entry.model_name for entry in batch or ())
+    )
     if not tags and manifest is not None:
         tags = manifest.model_names
         if not tags:
@@ -268,4 +318,12 @@ def _parse(raw: RawOptions) -> Options:
         ),
         registry=raw.registry or None,
         k8s_dry_run=_path(raw, raw.k8s_dry_run) if raw.k8s_dry_run else None,
+        build_only=raw.build_only,
+        manifest_output=_writable_file(
+            _path(raw, raw.manifest_output or DEFAULT_MANIFEST_OUTPUT), "--mad-manifest-output"
+        )
+        if raw.build_only
+        else None,
+        batch=batch,
+        html_report=_html_report(raw),
     )

@@ -21,7 +21,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.backends import Backend, BackendSetup, OutputSink, create_backend
+from pytest_madengine.backends import (
+    Backend,
+    BackendSetup,
+    OutputSink,
+    PushProgressSink,
+    create_backend,
+)
+from pytest_madengine.core.build import (
+    BuildPlan,
+    BuildRecord,
+    BuildTarget,
+    build_target,
+    check_publisher,
+    plan_builds,
+)
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
 from pytest_madengine.core.records import TestRecord
@@ -56,6 +70,12 @@ class MadSession:
         context = dict(self.options.effective_context.values)
         return plan_tests(self.tree, self.options.tags, context, self.dockerfiles)
 
+    @functools.cached_property
+    def builds(self) -> BuildPlan:
+        """The images of a build-only session, once each, with where they are pushed."""
+        options = self.options
+        return plan_builds(self.plan, options.registry, options.batch, options.credentials)
+
 
 class Session:
     """Runs the planned tests of one process through its backend, placing each on a
@@ -76,6 +96,8 @@ class Session:
         self._closed = False
         self.backend: Backend = create_backend(self.options.deploy, setup)
         try:
+            if self.options.build_only:
+                check_publisher(self.backend)
             self.pool = HostPool(
                 self.backend.hosts(), setup.session_dir / "placement", self.backend.hosts_down()
             )
@@ -144,6 +166,15 @@ class Session:
             return dataclasses.replace(record, retried_after=tuple(lost))
         reason = f"{'; '.join(lost)}; no retry left (--mad-retries {retries})"
         return failed_record(test, self.options, reason, retried_after=tuple(lost))
+
+    def build(
+        self, target: BuildTarget, on_progress: PushProgressSink | None = None
+    ) -> BuildRecord:
+        """Builds a build-only session's image and pushes it where the target says."""
+        publisher = check_publisher(self.backend)
+        return build_target(
+            target, publisher, self.runner.image_request, self.options.credentials, on_progress
+        )
 
     def close(self, sweep: bool = False) -> None:
         """Gives the backend's connections back; `sweep` (the controller, at the end)

@@ -22,17 +22,18 @@ from typing import Any
 import pytest
 
 from pytest_madengine.backends import BackendSetup
+from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.options import Options, parse_options
-from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.runner import failed_record, skipped_record
 from pytest_madengine.core.session import MadSession, Session, new_session_id
 from pytest_madengine.data import DataProgress, ProgressSink
 from pytest_madengine.errors import MadError
 from pytest_madengine.plugin import fixtures, hookspec
-from pytest_madengine.plugin.collection import MadItem, MadTree
+from pytest_madengine.plugin.collection import MadBuildItem, MadItem, MadTree
 from pytest_madengine.plugin.options import add_options, raw_options
-from pytest_madengine.plugin.reporter import RECORD_ATTRIBUTE, MadReporter
-from pytest_madengine.plugin.state import RECORD, STATE, PluginState, plugin_state
+from pytest_madengine.plugin.reporter import BUILD_ATTRIBUTE, RECORD_ATTRIBUTE, MadReporter
+from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginState, plugin_state
 from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.processes import process_identity
 
@@ -263,18 +264,37 @@ def _record_of(item: MadItem, report: pytest.TestReport, options: Options) -> Te
     return failed_record(item.planned, options, reason)
 
 
+def _build_record_of(item: MadBuildItem, report: pytest.TestReport) -> BuildRecord:
+    """The build item's record: the one its build made, else one that says why not."""
+    record = item.stash.get(BUILD_RECORD, None)
+    if record is not None:
+        return record
+    target = item.target
+    if report.skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else "skipped"
+        status, why = Status.SKIPPED, str(reason).removeprefix("Skipped: ")
+    else:
+        status, why = Status.FAILURE, f"failed in {report.when} before the image was built"
+    return BuildRecord(target.name, target.test.model.name, status, why,
+                       registry=target.registry, reference=target.reference)  # fmt: skip
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     state = plugin_state(item.config)
-    if state is None or not isinstance(item, MadItem):
+    if state is None or not isinstance(item, MadItem | MadBuildItem):
         return
     finished = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
-    if finished:
-        record = _record_of(item, report, state.options)
-        # A plain attribute survives xdist's report serialisation to the controller.
-        setattr(report, RECORD_ATTRIBUTE, record.to_dict())
+    if not finished:
+        return
+    # A plain attribute survives xdist's report serialisation to the controller.
+    if isinstance(item, MadBuildItem):
+        setattr(report, BUILD_ATTRIBUTE, _build_record_of(item, report).to_dict())
+    else:
+        setattr(report, RECORD_ATTRIBUTE, _record_of(item, report, state.options).to_dict())
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pytest_madengine.core.build import BuildTarget
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.session import MadSession
 from pytest_madengine.core.tree.discovery import SourceModels, display_path
@@ -35,12 +36,15 @@ class MadTree(pytest.Dir):
 
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         plan = self.mad.plan
+        build_only = self.mad.options.build_only
         self._register_tag_markers()
         for loaded in self.mad.tree.sources:
-            tests = plan.for_source(loaded.source.path)
-            if tests or loaded.errors:
+            path = loaded.source.path
+            tests = [] if build_only else plan.for_source(path)
+            builds = self.mad.builds.for_source(path) if build_only else []
+            if tests or builds or loaded.errors:
                 yield MadSourceFile.from_parent(
-                    self, path=loaded.source.path, loaded=loaded, tests=tests
+                    self, path=path, loaded=loaded, tests=tests, builds=builds
                 )
         for problem in plan.tag_problems:
             yield MadProblem.from_parent(self, name="--mad-tags", problem=problem)
@@ -75,10 +79,18 @@ class MadTree(pytest.Dir):
 class MadSourceFile(pytest.File):
     """One models.json or get_models_json.py, with the tests selected from it."""
 
-    def __init__(self, *, loaded: SourceModels, tests: list[PlannedTest], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        loaded: SourceModels,
+        tests: list[PlannedTest],
+        builds: list[BuildTarget] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.loaded = loaded
         self.tests = tests
+        self.builds = builds or []
 
     def collect(self) -> Iterator[pytest.Item]:
         if self.loaded.errors:
@@ -96,6 +108,10 @@ class MadSourceFile(pytest.File):
             # one go away, each item resolves its own again: slower, still right.
             fixtureinfo = getattr(item, "_fixtureinfo", None)
             yield item
+        for target in self.builds:
+            yield MadBuildItem.from_parent(
+                self, name=target.name, callobj=_build_body(target), target=target
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         return _one_line_failure(excinfo) or super().repr_failure(excinfo)  # type: ignore[return-value]
@@ -177,3 +193,31 @@ class MadItem(pytest.Function):
         except ImportError:
             return own
         return coerce_node_id(str(own))
+
+def _build_body(target: BuildTarget) -> Callable[..., None]:
+    """The test function of one image build (and push)."""
+
+    def build_image(mad_build: Callable[[], Any]) -> None:
+        mad_build()
+
+    reference = f", pushed to {target.reference}" if target.reference else ""
+    dockerfile = target.test.dockerfile.relpath if target.test.dockerfile else "no Dockerfile"
+    build_image.__doc__ = f"build {target.name} from {dockerfile}{reference}"
+    build_image.__name__ = target.name
+    return build_image
+
+
+class MadBuildItem(pytest.Function):
+    """One image of a build-only session (--mad-build-only) as a test."""
+
+    def __init__(self, *, target: BuildTarget, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+        self.planned = target.test  # what a failed record is made from
+        for tag in target.test.model.tags:
+            self.add_marker(_tag_marker(tag))
+        if target.skip_reason:
+            self.add_marker(pytest.mark.skip(reason=target.skip_reason))
+
+    def reportinfo(self) -> tuple[str, int, str]:
+        return display_path(self.target.test.model.source), 0, self.name

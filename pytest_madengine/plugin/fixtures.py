@@ -6,16 +6,19 @@ The MAD items use `mad_benchmark`; user-written tests can use the same pieces
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_madengine.backends import PushProgressSink
+from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.session import MadSession, Session
-from pytest_madengine.plugin.state import RECORD, PluginState, plugin_state
+from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, PluginState, plugin_state
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.placement import HostPool, Placement
 
@@ -124,3 +127,41 @@ def mad_benchmark(request: pytest.FixtureRequest, mad_runtime: Session) -> Calla
         return record
 
     return run
+
+
+def terminal_lines(config: pytest.Config) -> PushProgressSink | None:
+    """Writes lines straight to the terminal, around pytest's capture; None on an xdist
+    worker, which has no terminal (the controller reports its results)."""
+    if hasattr(config, "workerinput"):
+        return None
+
+    def write(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        quiet = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        with quiet:
+            reporter.write_line(line)
+            reporter.flush()
+
+    return write
+
+
+@pytest.fixture
+def mad_build(request: pytest.FixtureRequest, mad_runtime: Session) -> Callable[[], BuildRecord]:
+    """Builds this build item's image and pushes it (push progress in the terminal);
+    a failed build or push fails the test in one line."""
+    item = request.node
+
+    def build() -> BuildRecord:
+        record = mad_runtime.build(item.target, terminal_lines(request.config))
+        item.stash[BUILD_RECORD] = record
+        item.user_properties.extend(record.junit_properties())
+        if record.status is Status.SKIPPED:
+            pytest.skip(record.reason or "skipped")
+        if record.status is Status.FAILURE:
+            pytest.fail(record.failure_text, pytrace=False)
+        return record
+
+    return build

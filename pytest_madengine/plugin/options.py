@@ -89,8 +89,32 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--mad-registry",
         metavar="HOST:PORT",
-        help="pull the manifest's images from this registry instead of the one it names;"
-        " with --mad-deploy k8s, where built images are pushed for the cluster to pull",
+        help="with --mad-build-only: push the images there; with --mad-manifest: pull them"
+        " from there instead of the registry the manifest names; with --mad-deploy k8s,"
+        " where built images are pushed for the cluster to pull",
+    )
+    group.addoption(
+        "--mad-build-only",
+        action="store_true",
+        help="build (and with --mad-registry push) the selected images, one test per image,"
+        " and write a build manifest; run nothing",
+    )
+    group.addoption(
+        "--mad-manifest-output",
+        metavar="JSON",
+        help="the build manifest a --mad-build-only session writes (default build_manifest.json)",
+    )
+    group.addoption(
+        "--mad-batch-manifest",
+        metavar="JSON",
+        help="with --mad-build-only: madengine's batch.json; builds its build_new entries"
+        " and lists all in the manifest",
+    )
+    group.addoption(
+        "--mad-html",
+        metavar="HTML",
+        help="write an HTML report of perf.csv (charts across runs, regressions against"
+        " --mad-baseline) at the end of the session; needs the 'report' extra",
     )
     group.addoption(
         "--mad-retries",
@@ -179,5 +203,9 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         force_mirror_local=_option(config, "force_mirror_local"),
         slurm_dry_run=bool(config.getoption("mad_slurm_dry_run")),
         k8s_dry_run=config.getoption("mad_k8s_dry_run"),
+        build_only=bool(config.getoption("mad_build_only")),
+        manifest_output=config.getoption("mad_manifest_output"),
+        batch_manifest=config.getoption("mad_batch_manifest"),
+        html_report=config.getoption("mad_html"),
         base_dir=config.invocation_params.dir,
     )

@@ -1,4 +1,5 @@
-"""The controller's reports: perf.csv rows as results arrive, the table, the summary."""
+"""The controller's reports: perf.csv rows as results arrive, the table, the summary;
+in a build-only session the build manifest; the HTML report at the end."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ from typing import Any
 
 import pytest
 
+from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.data import DataProgress
+from pytest_madengine.errors import MadError
 from pytest_madengine.plugin.state import PluginState
+from pytest_madengine.reporting.build_manifest import (
+    build_summary,
+    manifest_document,
+    write_json,
+)
 from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
-from pytest_madengine.reporting.summary import results_table, summary_document
+from pytest_madengine.reporting.summary import build_table, results_table, summary_document
 
 RECORD_ATTRIBUTE = "mad_record"  # on a TestReport: the record as a dict (crosses xdist)
+BUILD_ATTRIBUTE = "mad_build_record"  # the same for a build item's BuildRecord
 
 
 class MadReporter:
@@ -27,9 +36,16 @@ class MadReporter:
         self.perf_csv = PerfCsv(state.options.perf_csv, fallback)
         self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
         self.data_notes: list[tuple[str, bool]] = []  # (line, whether a warning)
+        self.builds: list[BuildRecord] = []
+        # Lines for the terminal summary (written at sessionfinish, which runs before it).
+        self.notes: list[str] = []
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        build = getattr(report, BUILD_ATTRIBUTE, None)
+        if build:
+            self.builds.append(BuildRecord.from_dict(build))
+            return
         data = getattr(report, RECORD_ATTRIBUTE, None)
         if not data:
             return
@@ -84,10 +100,48 @@ class MadReporter:
             terminalreporter.section("madengine results")
             for line in results_table([record for _, record in self.records]):
                 terminalreporter.write_line(line)
+        if self.builds:
+            terminalreporter.section("madengine builds")
+            for line in build_table(self.builds):
+                terminalreporter.write_line(line)
+        for line in self.notes:
+            terminalreporter.write_line(f"madengine: {line}")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        path = self.state.options.summary
+        options = self.state.options
+        if self.config.option.collectonly:
+            return
+        if options.build_only and options.manifest_output is not None:
+            self._write_manifest(options.manifest_output)
+        path = options.summary
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            document = summary_document(self.records, self.state.session_id)
+            if options.build_only:
+                document = build_summary(self.builds, self.state.session_id)
+            else:
+                document = summary_document(self.records, self.state.session_id)
             path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        if options.html_report is not None:
+            self._write_html(options.html_report)
+
+    def _write_manifest(self, path: Any) -> None:
+        """Written even when builds failed, as madengine does: the others still run."""
+        plan = self.state.mad.builds
+        document = manifest_document(self.builds, plan.targets, plan.listed, self.state.options)
+        write_json(path, document)
+        images = len(document["built_images"])
+        self.notes.append(f"build manifest {path}: {images} image(s)")
+
+    def _write_html(self, path: Any) -> None:
+        from pytest_madengine.reporting.html import write_report  # the `report` extra
+
+        options = self.state.options
+        if not options.perf_csv.exists():
+            self.notes.append(f"no HTML report: {options.perf_csv} has no results")
+            return
+        try:
+            write_report(path, [options.perf_csv], options.baseline, options.tolerance)
+        except MadError as exc:
+            self.notes.append(f"no HTML report: {exc}")
+            return
+        self.notes.append(f"HTML report {path}")

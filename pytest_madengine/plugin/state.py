@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends import OutputSink
+from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.core.session import MadSession, Session
@@ -26,6 +27,7 @@ class PluginState:
 
 STATE = pytest.StashKey[PluginState]()
 RECORD = pytest.StashKey[TestRecord]()  # on an item, once its benchmark ran
+BUILD_RECORD = pytest.StashKey[BuildRecord]()  # on a build item, once its image was built
 
 
 def plugin_state(config: pytest.Config) -> PluginState | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.records import Status, TestRecord
 
 COLUMNS = ("model", "status", "performance", "metric", "vs baseline", "duration")
@@ -42,12 +43,15 @@ def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]  # fmt: skip
+
+
 def results_table(records: Sequence[TestRecord]) -> list[str]:
     """Aligned lines: a header, a row per result, and how many images were built."""
-    rows = [COLUMNS, *table_rows(records)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
+    lines = _aligned([COLUMNS, *table_rows(records)])
     built, reused = build_counts(records)
     lines.append(f"images: {built} built, {reused} reused")
     return lines
@@ -86,3 +90,23 @@ def summary_document(
             for row in record.rows
         ],
     }
+
+
+BUILD_COLUMNS = ("image", "status", "build", "duration", "registry image")
+
+
+def build_table(records: Sequence[BuildRecord]) -> list[str]:
+    """Aligned lines of a build-only session: a row per image, then the counts."""
+    rows = [BUILD_COLUMNS]
+    for record in records:
+        image = record.image
+        how = "" if image is None else ("built" if image.built else "reused")
+        duration = f"{image.build_duration:.1f}s" if image and image.built else ""
+        where = record.registry_image or (f"not pushed: {record.reference}" if record.reference
+                                          else "local")  # fmt: skip
+        rows.append((record.name, record.status.value, how, duration, where))
+    lines = _aligned(rows)
+    built = sum(1 for record in records if record.image and record.image.built)
+    pushed = sum(1 for record in records if record.pushed)
+    lines.append(f"images: {built} built, {len(records) - built} not built, {pushed} pushed")
+    return lines

@@ -23,6 +23,7 @@ from pytest_madengine.backends import (
     DataBind,
     ImageRequest,
     OutputSink,
+    PushProgressSink,
     RunHandle,
     RunSpec,
 )
@@ -39,8 +40,9 @@ from pytest_madengine.backends.docker.datavolumes import data_volume
 from pytest_madengine.backends.docker.engines import Engines
 from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
 from pytest_madengine.backends.docker.links import HostLinks, check_hosts
+from pytest_madengine.backends.docker.publish import ImagePusher
 from pytest_madengine.core.records import ImageFacts
-from pytest_madengine.errors import HostLost, MadError, UsageProblem
+from pytest_madengine.errors import HostLost, MadError, UsageProblem, first_line
 from pytest_madengine.resources.hosts import Host, load_hosts, local_host
 from pytest_madengine.resources.once import Once, note_key
 
@@ -101,6 +103,10 @@ class DockerBackend:
         skip = (self._log_dir.parent, self._perf_csv)
         return ImageBuilder(self._build_client, self._log_dir, self._once, self._no_cache, skip)
 
+    @functools.cached_property
+    def pusher(self) -> ImagePusher:
+        return ImagePusher(self._build_client, self._once)
+
     def hosts(self) -> tuple[Host, ...]:
         return self._hosts
 
@@ -136,6 +142,25 @@ class DockerBackend:
             pulled=request.pull,
             build_duration=request.build_duration,
         )
+
+    def build(self, request: ImageRequest) -> ImageFacts:
+        """The image built on the build engine (build-only sessions): shipped nowhere."""
+        if request.dockerfile is None or request.context_dir is None:
+            raise MadError(f"{request.name}: nothing to build (no Dockerfile)")
+        spec = ImageSpec(request.name, request.dockerfile, request.context_dir, request.build_args)
+        try:
+            return self.builder.ensure(spec)
+        except ENGINE_FAILURES as exc:
+            raise EngineError(f"building {request.name} failed: {first_line(exc)}") from None
+
+    def push(
+        self,
+        image: str,
+        reference: str,
+        auth: Mapping[str, str] | None,
+        on_progress: PushProgressSink | None = None,
+    ) -> str:
+        return self.pusher.push(image, reference, auth, on_progress)
 
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
         try:
