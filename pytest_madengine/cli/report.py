@@ -1,0 +1,118 @@
+"""`madengine report`: HTML from perf.csv files, and merges of the JUnit and perf.csv
+files that many nodes wrote. madengine's own `to-html` and `to-email` are here too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pytest_madengine.cli.driver import ExitCode
+from pytest_madengine.cli.output import console, fail
+from pytest_madengine.errors import MadError
+
+report_app = typer.Typer(
+    name="report",
+    help="Reports from perf.csv files; merges of JUnit and perf.csv files.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+Inputs = Annotated[list[Path], typer.Argument(help="input files, in order", show_default=False)]
+
+
+def _html(output: Path, inputs: list[Path], baseline: Path | None, tolerance: str,
+          title: str, lower_is_better: list[str] | None) -> None:  # fmt: skip
+    from pytest_madengine.core.results import ResultError, load_baseline, parse_tolerance
+    from pytest_madengine.reporting.html import write_report
+
+    try:
+        fraction = parse_tolerance(tolerance)
+    except ValueError as exc:
+        raise fail(f"--tolerance: {exc}", ExitCode.INVALID_ARGS) from None
+    try:
+        values = load_baseline(baseline) if baseline else {}
+        write_report(output, inputs, values, fraction, title=title,
+                     lower_is_better=tuple(lower_is_better or ()))  # fmt: skip
+    except (MadError, ResultError) as exc:
+        raise fail(str(exc), ExitCode.FAILURE) from None
+    console.print(f"HTML report: {output}")
+
+
+@report_app.command("html")
+def html(
+    inputs: Inputs,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file")] = Path(
+        "report.html"
+    ),
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="perf.csv of the runs to compare with")
+    ] = None,
+    tolerance: Annotated[
+        str, typer.Option("--tolerance", help="allowed regression against the baseline")
+    ] = "5%",
+    title: Annotated[str, typer.Option("--title")] = "MAD benchmark report",
+    lower_is_better: Annotated[
+        list[str] | None,
+        typer.Option("--lower-is-better", help="a metric where lower is better (repeatable)"),
+    ] = None,
+) -> None:
+    """One HTML page from perf.csv files (each file, in order, a later run): pass/fail
+    counts, a table per model and host, charts across runs, regressions highlighted."""
+    _html(output, inputs, baseline, tolerance, title, lower_is_better)
+
+
+@report_app.command("to-html")
+def to_html(
+    csv_file_path: Annotated[Path, typer.Option("--csv-file-path", "--csv-file")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """madengine's: the report of one CSV, written beside it as <name>.html."""
+    _html(csv_file_path.with_suffix(".html"), [csv_file_path], None, "5%",
+          f"MAD benchmark report: {csv_file_path.name}", None)  # fmt: skip
+
+
+@report_app.command("to-email")
+def to_email(
+    directory: Annotated[Path, typer.Option("--directory", "--dir")] = Path("."),
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("run_results.html"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """madengine's: one report of every CSV in a directory (by name), for a mail."""
+    inputs = sorted(directory.glob("*.csv"))
+    if not inputs:
+        raise fail(f"--directory {directory}: no CSV file", ExitCode.FAILURE)
+    _html(output, inputs, None, "5%", "MAD benchmark report", None)
+
+
+@report_app.command("junit-merge")
+def junit_merge(
+    inputs: Inputs,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the merged file")],
+) -> None:
+    """One JUnit XML file from many (each node's): all their test suites, recounted."""
+    from pytest_madengine.reporting.merge import merge_junit
+
+    try:
+        totals = merge_junit(inputs, output)
+    except MadError as exc:
+        raise fail(str(exc), ExitCode.FAILURE) from None
+    console.print(f"{output}: {totals.suites} suite(s), {totals.tests} test(s),"
+                  f" {totals.failures} failure(s), {totals.errors} error(s),"
+                  f" {totals.skipped} skipped")  # fmt: skip
+
+
+@report_app.command("csv-merge")
+def csv_merge(
+    inputs: Inputs,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the merged perf.csv")],
+) -> None:
+    """One perf.csv from many: rows in file order, every column of every file."""
+    from pytest_madengine.reporting.merge import merge_csv
+
+    try:
+        rows = merge_csv(inputs, output)
+    except MadError as exc:
+        raise fail(str(exc), ExitCode.FAILURE) from None
+    console.print(f"{output}: {rows} row(s)")
