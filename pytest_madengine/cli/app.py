@@ -77,15 +77,21 @@ def _version() -> str:
         return "unknown"
 
 
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        console.print(f"madengine (pytest-madengine {_version()})")
+        raise typer.Exit(ExitCode.SUCCESS)
+
+
 @app.callback()
 def _main(
     show_version: Annotated[
-        bool, typer.Option("--version", help="show the version and exit", is_eager=True)
+        bool,
+        typer.Option("--version", help="show the version and exit", is_eager=True,
+                     callback=_show_version),
     ] = False,
 ) -> None:
-    if show_version:
-        console.print(f"madengine (pytest-madengine {_version()})")
-        raise typer.Exit(ExitCode.SUCCESS)
+    """Build and run MAD models in Docker, as madengine does (on pytest-madengine)."""
 
 
 def _tags(tags: Sequence[str] | None) -> list[str]:
@@ -300,7 +306,7 @@ def invoke(argv: Sequence[str] | None = None) -> int:
         if "Abort" in names:
             return ExitCode.FAILURE
         raise
-    if code in (None, True):
+    if code is None or isinstance(code, bool):  # a command that returned, not exited
         return ExitCode.SUCCESS
     if code == 130:  # Ctrl-C: a failure, as madengine says it
         return ExitCode.FAILURE
