@@ -1,0 +1,120 @@
+"""The HTML report's data and charts, and the JUnit and perf.csv merges."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from pytest_madengine.errors import MadError
+from pytest_madengine.reporting.charts import Point, line_chart, nice_ticks
+from pytest_madengine.reporting.html import load_results, render_report, report_data
+from pytest_madengine.reporting.merge import merge_csv, merge_junit
+from pytest_madengine.reporting.perf_csv import PERF_COLUMNS
+
+
+def perf_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PERF_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def row(model: str, host: str, value: str, status: str = "SUCCESS", metric: str = "fps") -> dict:
+    return {"model": model, "machine_name": host, "performance": value, "metric": metric,
+            "status": status}  # fmt: skip
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> list[Path]:
+    first = perf_csv(tmp_path / "run1.csv", [row("a", "n1", "100"), row("a", "n2", "90"),
+                                             row("lat", "n1", "5", metric="ms"),
+                                             row("b", "n1", "", "FAILURE", "")])  # fmt: skip
+    second = perf_csv(tmp_path / "run2.csv", [row("a", "n1", "104"), row("a", "n2", "80"),
+                                              row("lat", "n1", "6", metric="ms"),
+                                              row("b", "n1", "", "FAILURE", ""),
+                                              row("c", "n1", "0-1")])  # fmt: skip
+    return [first, second]
+
+
+def test_latest_result_per_model_and_host_with_changes_and_regressions(two_runs) -> None:
+    results = load_results(two_runs)
+    assert list(results[results["model"] == "a"]["run"]) == [1, 1, 2, 2]
+    data = report_data(results, {"a": 100.0, "lat": 5.0}, 0.05, lower_is_better={"ms"})
+    rows = {(r.model, r.host): r for r in data.rows}
+    assert rows["a", "n1"].change_vs_previous == pytest.approx(0.04)
+    assert not rows["a", "n1"].regression
+    assert rows["a", "n2"].regression and rows["a", "n2"].change_vs_baseline == pytest.approx(-0.2)
+    assert rows["lat", "n1"].regression  # 6 ms against 5 ms, where lower is better
+    assert rows["c", "n1"].performance == "0-1" and rows["c", "n1"].change_vs_previous is None
+    assert data.counts == {"SUCCESS": 4, "FAILURE": 1, "SKIPPED": 0}
+    assert [chart.model for chart in data.charts] == ["a", "lat"]  # numbers only
+    assert {r.model for r in data.regressions} == {"a", "lat"}
+
+
+def test_the_page_is_self_contained_and_marks_regressions(two_runs) -> None:
+    html = render_report(two_runs, {"a": 100.0}, 0.05, title="Nightly <MI300>")
+    assert "Nightly &lt;MI300&gt;" in html  # escaped
+    assert html.count('<tr class="regression">') == 1
+    assert html.count("<svg") == 2
+    for external in ("http://", "https://", "<script", "src="):
+        assert external not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_a_file_that_is_not_a_perf_csv_is_named(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("name,value\na,1\n")
+    with pytest.raises(MadError, match=r"x.csv: missing column\(s\) model, performance"):
+        load_results([tmp_path / "x.csv"])
+    with pytest.raises(MadError, match=r"nope\.csv: no such file"):
+        load_results([tmp_path / "nope.csv"])
+
+
+def test_chart_is_valid_svg_with_escaped_labels_and_ticks_covering_the_values() -> None:
+    assert nice_ticks(80, 104) == [80, 90, 100, 110]
+    assert nice_ticks(5.1, 5.5) == [5.0, 5.2, 5.4, 5.6]
+    svg = line_chart({"host <1>": [Point(1, 80), Point(2, 104, "build 7")]}, title="a & b",
+                     y_label="fps", reference=100)  # fmt: skip
+    root = ElementTree.fromstring(svg)
+    titles = [element.text for element in root.iter("{http://www.w3.org/2000/svg}title")]
+    assert titles == ["a & b", "host <1>, run 1: 80 fps", "host <1>, run 2: 104 fps (build 7)"]
+
+
+def junit(path: Path, name: str, host: str, failures: int) -> Path:
+    cases = "".join(
+        f'<testcase classname="models.json" name="{name}{i}" time="1.0">'
+        f'<properties><property name="performance" value="{i}"/></properties>'
+        + ('<failure message="exit code 1">tail</failure>' if i < failures else "")
+        + "</testcase>"
+        for i in range(2)
+    )
+    path.write_text(
+        f'<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" '
+        f'hostname="{host}" tests="2" failures="{failures}" errors="0" skipped="0" time="2">'
+        f"{cases}</testsuite></testsuites>"
+    )
+    return path
+
+
+def test_junit_merge_keeps_every_suite_and_property_and_recounts(tmp_path: Path) -> None:
+    files = [junit(tmp_path / "a.xml", "a", "node1", 1), junit(tmp_path / "b.xml", "b", "node2", 0)]
+    totals = merge_junit(files, tmp_path / "all.xml")
+    assert (totals.suites, totals.tests, totals.failures) == (2, 4, 1)
+    root = ElementTree.parse(tmp_path / "all.xml").getroot()
+    assert root.tag == "testsuites" and root.get("tests") == "4"
+    assert [s.get("hostname") for s in root.iter("testsuite")] == ["node1", "node2"]
+    assert len(list(root.iter("property"))) == 4
+    (tmp_path / "bad.xml").write_text("<testsuites>")
+    with pytest.raises(MadError, match=r"bad\.xml: not a JUnit XML file"):
+        merge_junit([tmp_path / "bad.xml"], tmp_path / "x.xml")
+
+
+def test_csv_merge_keeps_rows_in_order_and_every_column(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("model,performance\na,1\n")
+    (tmp_path / "b.csv").write_text("model,performance,temperature\nb,2,70\n")
+    assert merge_csv([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "all.csv") == 2
+    assert (tmp_path / "all.csv").read_text().splitlines() == [
+        "model,performance,temperature", "a,1,", "b,2,70"
+    ]  # fmt: skip
