@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,11 +206,13 @@ def render_report(
     *,
     lower_is_better: Collection[str] = (),
     title: str = DEFAULT_TITLE,
+    source_labels: Sequence[str] | None = None,
 ) -> str:
     """The report's HTML."""
     results = load_results(paths)
+    labels = source_labels or [str(path) for path in paths]
     data = report_data(results, baseline or {}, tolerance, lower_is_better=lower_is_better,
-                       title=title, sources=[str(path) for path in paths])  # fmt: skip
+                       title=title, sources=labels)  # fmt: skip
     return _environment().get_template("report.html.j2").render(report=data)
 
 
@@ -220,7 +223,14 @@ def write_report(
     tolerance: float = 0.05,
     **options: Any,
 ) -> Path:
-    html = render_report(paths, baseline, tolerance, **options)
+    # Inputs named as seen from the report, so the page reads the same wherever it is.
+    labels = [_relative(path, output.parent) for path in paths]
+    html = render_report(paths, baseline, tolerance, source_labels=labels, **options)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     return output
+
+
+def _relative(path: Path, start: Path) -> str:
+    relative = os.path.relpath(path.resolve(), start.resolve())
+    return str(path) if relative.startswith("..") else relative
