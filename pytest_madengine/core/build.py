@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.backends import Backend, ImagePublisher, PushProgressSink
+from pytest_madengine.backends import (
+    Backend,
+    ImagePublisher,
+    ImageRequest,
+    PushProgressSink,
+)
 from pytest_madengine.core.credentials import DOCKERHUB, Credentials, registry_key, registry_of
 from pytest_madengine.core.planning import Plan, PlannedTest
 from pytest_madengine.core.records import ImageFacts, Status, _plain
@@ -218,7 +223,7 @@ def check_publisher(backend: Backend) -> ImagePublisher:
 def build_target(
     target: BuildTarget,
     publisher: ImagePublisher,
-    request_of: Any,  # PlannedTest -> ImageRequest (the runner's, so builds match runs)
+    request_of: Callable[[PlannedTest], ImageRequest],  # the runner's: builds match runs
     credentials: Credentials,
     on_progress: PushProgressSink | None = None,
 ) -> BuildRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,7 +125,7 @@ class MadReporter:
         if options.html_report is not None:
             self._write_html(options.html_report)
 
-    def _write_manifest(self, path: Any) -> None:
+    def _write_manifest(self, path: Path) -> None:
         """Written even when builds failed, as madengine does: the others still run."""
         plan = self.state.mad.builds
         document = manifest_document(self.builds, plan.targets, plan.listed, self.state.options)
@@ -132,7 +133,7 @@ class MadReporter:
         images = len(document["built_images"])
         self.notes.append(f"build manifest {path}: {images} image(s)")
 
-    def _write_html(self, path: Any) -> None:
+    def _write_html(self, path: Path) -> None:
         from pytest_madengine.reporting.html import write_report  # the `report` extra
 
         options = self.state.options
