@@ -251,8 +251,8 @@ def build_target(
     record = dataclasses.replace(record, image=image)
     if target.reference is None:
         return dataclasses.replace(record, ended_at=time.time())
-    auth = credentials.registry_auth(registry_of(target.reference))
     try:
+        auth = credentials.registry_auth(registry_of(target.reference))
         digest = publisher.push(target.name, target.reference, auth, on_progress)
     except MadError as exc:
         return _failed(record, credentials, str(exc).partition("\n")[0], "")
