@@ -92,6 +92,24 @@ def _secret_values(value: Any, secret: bool = False) -> Iterator[str]:
         yield str(value)
 
 
+def _scalar(value: Any) -> str | None:
+    """A value as text when it is one (a string or a number), else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+@dataclass(frozen=True)
+class GitLogin:
+    """What a `url` model's clone uses from its `cred` entry."""
+
+    username: str | None = None
+    password: str | None = None
+    ssh_key_file: str | None = None
+
+
 def _login_of(entry: Any) -> tuple[str | None, str | None]:
     """(username, password) of an object entry, as strings, else Nones."""
     if not isinstance(entry, Mapping):
@@ -139,6 +157,39 @@ class Credentials:
         entry = self.entries.get(registry_key(registry))
         value = field_of(entry, "repository") if isinstance(entry, Mapping) else None
         return str(value) if isinstance(value, str | int) and str(value) else None
+
+    def _flat(self, name: str, use: str) -> dict[str, str]:
+        """Entry `name` as an object of strings (numbers written as text), for `use`."""
+        entry = self.entry(name)
+        if entry is None:
+            raise MadError(f"{use}: no entry '{name}' in {self.source}")
+        where = f"{self.source}: credential '{name}'"
+        if not isinstance(entry, Mapping):
+            kind = "a list" if isinstance(entry, list) else type(entry).__name__
+            raise MadError(f"{where} ({use}): must be an object, not {kind}")
+        flat = {}
+        for key, value in entry.items():
+            text = _scalar(value)
+            if text is None:
+                # The values are secrets: name the key, never show the value.
+                raise MadError(f"{where} ({use}): '{key}' must be a string or a number")
+            flat[str(key)] = text
+        return flat
+
+    def model_variables(self, name: str, model: str) -> dict[str, str]:
+        """`cred: name` of a model: each key of the entry as `<name>_<KEY>` (madengine's
+        names), given to the model's build as build args and to its run as variables."""
+        entry = self._flat(name, f"model '{model}': cred")
+        return {f"{name}_{key.upper()}": value for key, value in entry.items()}
+
+    def git_login(self, name: str, model: str) -> GitLogin:
+        """The clone login of a `url` model from its `cred` entry."""
+        entry = self._flat(name, f"model '{model}': cred")
+        return GitLogin(
+            username=field_of(entry, "username", "user"),
+            password=field_of(entry, "password", "token"),
+            ssh_key_file=field_of(entry, "ssh_key_file"),
+        )
 
     def secrets(self) -> tuple[str, ...]:
         return self._secrets

@@ -1,0 +1,68 @@
+"""Secrets taken out of every text we show or write: failure lines, logs, live output.
+
+`mask_text` is for whole texts. `StreamMask` is for output that arrives in chunks (a
+container's log, a build's output): a secret split across two chunks is still caught,
+because the few bytes at a chunk's end that could start one are held back until more
+arrives (never a finished line, unless a secret spans lines).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MASK = "***"
+
+
+def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
+    # Longest first, so that a secret that contains another is not left half shown.
+    return tuple(sorted({secret for secret in secrets if secret}, key=len, reverse=True))
+
+
+def mask_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in _ordered(secrets):
+        text = text.replace(secret, MASK)
+    return text
+
+
+class StreamMask:
+    """Masks a byte stream chunk by chunk; `flush` gives what was held back at the end."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        ordered = [secret.encode() for secret in _ordered(secrets)]
+        # Longest first at each position, so "s3cret-value" wins over "s3cret".
+        self._pattern = re.compile(b"|".join(re.escape(s) for s in ordered)) if ordered else None
+        self._longest = max((len(secret) for secret in ordered), default=0)
+        self._lines_safe = not any(b"\n" in secret for secret in ordered)
+        self._held = b""
+
+    @property
+    def active(self) -> bool:
+        return self._pattern is not None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._pattern is None:
+            return chunk
+        data = self._held + chunk
+        # A secret starting before `limit` lies whole in `data` if it is there at all:
+        # at most the longest secret less one byte can be the start of one, and (when no
+        # secret holds a newline) nothing before the last newline can.
+        limit = len(data) - (self._longest - 1)
+        if self._lines_safe:
+            limit = max(limit, data.rfind(b"\n") + 1)
+        out, done = [], 0
+        for found in self._pattern.finditer(data):
+            if found.start() >= limit:
+                break
+            out += [data[done : found.start()], MASK.encode()]
+            done = found.end()
+        end = max(done, limit)
+        out.append(data[done:end])
+        self._held = data[end:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        if self._pattern is None:
+            return held
+        return self._pattern.sub(MASK.encode(), held)

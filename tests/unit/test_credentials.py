@@ -1,0 +1,111 @@
+"""credential.json of any shape: loaded whole, checked when used, never shown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_madengine.core.credentials import MASK, GitLogin, load_credentials
+from pytest_madengine.errors import MadError
+from pytest_madengine.masking import StreamMask, mask_text
+
+# Our conformance tree's file: the shapes real MAD trees hold.
+CONFORMANCE_CREDENTIALS = Path(__file__).parents[1] / "mad_conformance" / "credential.json"
+SECRETS = (
+    "hub-Pa55-not-real", "conf-Pa55-word-not-real", "minio-Pa55-not-real",
+    "nas-Pa55-a-not-real", "nas-Pa55-b-not-real",
+)  # fmt: skip
+
+
+@pytest.fixture
+def credentials(tmp_path: Path):
+    shutil.copy(CONFORMANCE_CREDENTIALS, tmp_path / "credential.json")
+    return load_credentials(tmp_path, environ={})
+
+
+def test_every_real_world_shape_loads_and_every_secret_is_known(credentials) -> None:
+    assert set(credentials.entries) == {"dockerhub", "CONF_CRED", "MAD_MINIO", "NAS_NODES",
+                                        "GIT_SSH"}  # fmt: skip
+    # Secrets under any key that names one, at any depth (the NAS_NODES list included).
+    assert set(SECRETS) <= set(credentials.secrets())
+    assert "conf-user" not in credentials.secrets()  # a username is no secret
+    text = " ".join(SECRETS)
+    assert credentials.redact(text) == " ".join([MASK] * len(SECRETS))
+
+
+def test_cred_gives_variables_named_as_madengine_names_them(credentials) -> None:
+    assert credentials.model_variables("CONF_CRED", "m") == {
+        "CONF_CRED_USERNAME": "conf-user",
+        "CONF_CRED_PASSWORD": "conf-Pa55-word-not-real",
+    }
+    assert credentials.model_variables("MAD_MINIO", "m")["MAD_MINIO_MINIO_ENDPOINT"] == (
+        "http://127.0.0.1:9999"
+    )
+
+
+def test_an_entry_is_checked_only_when_used_and_errors_show_no_value(credentials) -> None:
+    with pytest.raises(MadError) as caught:
+        credentials.model_variables("NAS_NODES", "nasmodel")
+    message = str(caught.value)
+    assert message.endswith(
+        "credential.json: credential 'NAS_NODES' (model 'nasmodel': cred): must be an object,"
+        " not a list"
+    )
+    assert not any(secret in message for secret in SECRETS)
+    with pytest.raises(MadError, match=r"model 'm': cred: no entry 'NOPE' in .*credential.json"):
+        credentials.model_variables("NOPE", "m")
+
+
+def test_nested_values_are_refused_by_key_never_shown(tmp_path: Path) -> None:
+    (tmp_path / "credential.json").write_text(json.dumps({"x": {"token": {"v": "t0ken-x"}}}))
+    credentials = load_credentials(tmp_path, environ={})
+    assert "t0ken-x" in credentials.secrets()
+    with pytest.raises(MadError) as caught:
+        credentials.model_variables("x", "m")
+    assert "'token' must be a string or a number" in str(caught.value)
+    assert "t0ken-x" not in str(caught.value)
+
+
+def test_registry_logins_take_upper_case_keys(tmp_path: Path) -> None:
+    (tmp_path / "credential.json").write_text(
+        json.dumps({"reg:5000": {"USERNAME": "u", "PASSWORD": "p4ss"}})
+    )
+    credentials = load_credentials(tmp_path, environ={})
+    assert credentials.registry_auth("reg:5000") == {"username": "u", "password": "p4ss"}
+
+
+def test_git_login_of_a_url_model(credentials) -> None:
+    assert credentials.git_login("CONF_CRED", "m") == GitLogin(
+        "conf-user", "conf-Pa55-word-not-real", None
+    )
+    assert credentials.git_login("GIT_SSH", "m") == GitLogin(
+        "git", None, "/nonexistent/conformance/id_ed25519"
+    )
+
+
+def test_a_file_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "credential.json").write_text("[1, 2]")
+    with pytest.raises(MadError, match=r"credential.json: expected an object of named"):
+        load_credentials(tmp_path, environ={})
+
+
+def test_stream_mask_catches_a_secret_split_across_chunks() -> None:
+    mask = StreamMask(["s3cret-value", "s3cret"])
+    chunks = [b"line one\nthe s3c", b"ret-val", b"ue is here\nand s3cret", b" too\n", b"tail s3"]
+    out = b"".join(mask.feed(chunk) for chunk in chunks) + mask.flush()
+    assert out == b"line one\nthe *** is here\nand *** too\ntail s3"
+
+
+def test_stream_mask_lets_whole_lines_through_at_once() -> None:
+    mask = StreamMask(["abcdef"])
+    # Only what could still start a secret is held: the longest secret less one byte.
+    assert mask.feed(b"first line\nsecond") == b"first line\ns"
+    assert mask.feed(b" line\n") == b"econd line\n"
+    assert StreamMask([]).feed(b"no secrets, no holding back") == b"no secrets, no holding back"
+
+
+def test_mask_text_takes_the_longest_secret_first() -> None:
+    assert mask_text("key=abc123 and abc", ["abc", "abc123"]) == "key=*** and ***"
