@@ -109,6 +109,22 @@ class RunSpec:
     ipc: str | None = "host"
     # Lines the log starts with, before the container's output (what became of its data).
     log_notes: tuple[str, ...] = ()
+    # Values the backend masks in everything it writes or streams (logs, live output).
+    secrets: tuple[str, ...] = field(default=(), compare=False, hash=False, repr=False)
+    # After the run, the files of `workdir` that the run left (all but `collect_skip`)
+    # are brought to this host directory, as madengine's bind-mounted workspace had them.
+    collect_to: Path | None = None
+    # Relative paths not brought back; one that ends with "/" stands for all below it.
+    collect_skip: frozenset[str] = field(default_factory=frozenset, compare=False, hash=False)
+    # Leave the container running after the command ends (for `docker exec`), unremoved.
+    keep_alive: bool = False
+
+
+def collected(relative: str, skip: frozenset[str]) -> bool:
+    """Whether a relative path of the workspace is brought back (see `RunSpec.collect_skip`)."""
+    if relative in skip:
+        return False
+    return not any(prefix.endswith("/") and relative.startswith(prefix) for prefix in skip)
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,10 @@ class ImageRequest:
     auth: Mapping[str, str] | None = field(default=None, compare=False, hash=False, repr=False)
     base_docker: str = ""
     build_duration: float = 0.0  # of a ready image, as its manifest says
+    # A `reference` that is not on the engine is pulled (madengine's MAD_CONTAINER_IMAGE).
+    pull_if_missing: bool = False
+    # Values the backend masks in the build's log and live output (cred build args).
+    secrets: tuple[str, ...] = field(default=(), compare=False, hash=False, repr=False)
 
 
 class RunHandle(Protocol):
@@ -180,9 +200,12 @@ class Backend(Protocol):
         """What the controller's backend hands its xdist workers' (JSON-able)."""
         ...
 
-    def prepare(self, request: ImageRequest, host: Host) -> ImageFacts:
-        """Makes the image available on the host; MadError (HostLost when the host
-        does not answer) with a one-line reason when it cannot."""
+    def prepare(
+        self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
+    ) -> ImageFacts:
+        """Makes the image available on the host, streaming a build's output to
+        `on_output`; MadError (HostLost when the host does not answer) with a one-line
+        reason when it cannot."""
         ...
 
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:

@@ -27,7 +27,11 @@ class ProcessRun:
         self.spec = spec
         self.workspace = tempfile.mkdtemp(prefix="procbackend-")
         for source, target in spec.copies:
-            shutil.copytree(source, self.workspace + target)
+            os.makedirs(os.path.dirname(self.workspace + target), exist_ok=True)
+            if os.path.isdir(source):
+                shutil.copytree(source, self.workspace + target, dirs_exist_ok=True)
+            else:
+                shutil.copy(source, self.workspace + target)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = spec.log_path.open("wb")
         self.started = time.time()
@@ -62,7 +66,7 @@ class ProcessBackend:
         return {}
     def shared_state(self):
         return {}
-    def prepare(self, request, host):
+    def prepare(self, request, host, on_output=None):
         return ImageFacts(request.name, "sha256:none")
     def start(self, spec, host, on_output):
         return ProcessRun(spec)
@@ -138,7 +142,9 @@ def usage_error(pytester: pytest.Pytester, *args: str) -> str:
         (("--mad-perf-csv", "."), "--mad-perf-csv *: is a directory"),
         (("--mad-tags", ""), "--mad-tags: no tag given*"),
         (("--mad-tags", "alpha:batch_size"), "--mad-tags: 'alpha:batch_size': expected key=value*"),
-        (("--mad-context", '{"tools": [{"name": "rocprof"}]}'), "*unknown tool 'rocprof'*"),
+        (("--mad-context", '{"tools": [{"name": "nvprof9"}]}'), "*unknown tool 'nvprof9' in *"),
+        (("--mad-tools-file", "none.json"), "--mad-tools-file */none.json: No such file*"),
+        (("--mad-context", '{"docker_gpus": "2-1"}'), "context 'docker_gpus' '2-1': range*"),
     ],
 )
 def test_a_bad_option_is_one_usage_line_before_any_test(

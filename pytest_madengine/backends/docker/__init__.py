@@ -116,18 +116,23 @@ class DockerBackend:
     def shared_state(self) -> dict[str, Any]:
         return {DOWN_KEY: dict(self._down), TUNNELS_KEY: self.links.urls}
 
-    def prepare(self, request: ImageRequest, host: Host) -> ImageFacts:
+    def prepare(
+        self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
+    ) -> ImageFacts:
         try:
             if request.dockerfile is not None:
                 assert request.context_dir is not None
                 spec = ImageSpec(
-                    request.name, request.dockerfile, request.context_dir, request.build_args
-                )
-                facts = self.builder.ensure(spec)
+                    request.name, request.dockerfile, request.context_dir, request.build_args,
+                    request.secrets,
+                )  # fmt: skip
+                facts = self.builder.ensure(spec, on_output)
                 self.engines.ship(facts.name, facts.docker_sha, host)
                 return facts
             reference = request.reference or request.name
-            if request.pull:
+            if request.pull_if_missing:
+                image_id = self.engines.provide(reference, host)
+            elif request.pull:
                 auth = dict(request.auth) if request.auth else None
                 image_id = self.engines.pull(reference, host, auth)
             else:

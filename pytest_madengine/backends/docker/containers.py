@@ -1,5 +1,10 @@
 """Benchmark containers on one Docker Engine through the Docker SDK: create, copy the
-scripts in, start, stream the log, wait with the timeout, read results back, remove."""
+scripts in, start, stream the log (secrets masked), wait with the timeout, read results
+back, bring the workspace back, remove.
+
+Under keep-alive the container idles instead and the command runs in it as an exec, so
+that it is still running for `docker exec` when the run is over; it is not removed.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +26,15 @@ import requests.exceptions
 
 from pytest_madengine.backends import (
     CONTROLLER_LABEL,
+    LABEL_PREFIX,
     SESSION_LABEL,
     OutputSink,
     RunOutcome,
     RunSpec,
 )
+from pytest_madengine.backends.collect import extract_workspace
 from pytest_madengine.errors import MadError, first_line
+from pytest_madengine.masking import StreamMask
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.processes import identity_gone
 
@@ -45,6 +53,12 @@ SPOOL_BYTES = 8 * 1024 * 1024
 CLIENT_TIMEOUT_S = 60
 WAIT_SLICE_S = 10
 PING_TIMEOUT_S = 5
+# A kept container carries this label (with the session id) instead of the session and
+# controller labels, so that neither the session's sweep nor a later session's removal
+# of orphans takes it: it is the user's.
+KEEP_ALIVE_LABEL = f"{LABEL_PREFIX}.keep-alive"
+# What a kept container runs while the benchmark runs in it as an exec, and after.
+IDLE_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 
 
 class EngineError(MadError):
@@ -55,12 +69,16 @@ def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) 
     """The arguments of `containers.create` for a spec (kept pure so tests can read them).
     `data_volumes`: content key -> the volume holding that data on the engine (a host
     other than this machine); the other data are bound from the host's paths."""
+    labels = dict(spec.labels)
+    if spec.keep_alive:
+        labels.pop(CONTROLLER_LABEL, None)
+        labels[KEEP_ALIVE_LABEL] = labels.pop(SESSION_LABEL, "")
     kwargs: dict[str, Any] = {
         "image": spec.image_id or spec.image,
-        "command": list(spec.command),
+        "command": IDLE_COMMAND if spec.keep_alive else list(spec.command),
         "working_dir": spec.workdir,
         "environment": dict(spec.env),
-        "labels": dict(spec.labels),
+        "labels": labels,
         "detach": True,
         "privileged": spec.privileged,
         "network_mode": spec.network,
@@ -128,26 +146,47 @@ def tar_directories(
 
 
 class _LogPump(threading.Thread):
-    """Copies the container's output to the log file as it comes: memory stays flat."""
+    """Copies the run's output to the log file as it comes (memory stays flat), with
+    the spec's secrets masked in the file and the live output alike."""
 
     def __init__(
-        self, container: Any, log_path: Path, on_output: OutputSink | None, header: bytes = b""
+        self,
+        container: Any,
+        log_path: Path,
+        on_output: OutputSink | None,
+        header: bytes = b"",
+        secrets: tuple[str, ...] = (),
+        source: Any = None,
     ) -> None:
         super().__init__(daemon=True, name=f"mad-log-{log_path.stem}")
         self.container = container
         self.log_path = log_path
         self.header = header  # our lines before the container's output
         self.on_output = on_output
+        self.secrets = secrets
+        # The container's log by default; an exec's output stream under keep-alive.
+        self.source = source
         self.broken = False
 
+    def _write(self, log: Any, data: bytes) -> None:
+        if data:
+            log.write(data)
+            log.flush()
+            if self.on_output is not None:
+                self.on_output(data)
+
     def run(self) -> None:
+        mask = StreamMask(self.secrets)
         try:
             with self.log_path.open("ab") as log:
-                for chunk in self.container.logs(stream=True, follow=True):
-                    log.write(chunk)
-                    log.flush()
-                    if self.on_output is not None:
-                        self.on_output(chunk)
+                source = self.source
+                if source is None:
+                    source = self.container.logs(stream=True, follow=True)
+                try:
+                    for chunk in source:
+                        self._write(log, mask.feed(chunk))
+                finally:
+                    self._write(log, mask.flush())
         except ENGINE_FAILURES:
             self.broken = True  # the run reads the log again once the container ended
 
@@ -166,11 +205,15 @@ class _LogPump(threading.Thread):
     def reread(self) -> None:
         """The whole log of the ended container, streamed into the file anew (a new
         file: a stuck stream that wakes up later writes to the old one, not into this)."""
+        if self.source is not None:
+            return  # an exec's output cannot be read again; the log keeps what came
         fresh = self.log_path.with_name(self.log_path.name + ".reread")
+        mask = StreamMask(self.secrets)
         with fresh.open("wb") as log:
             log.write(self.header)
             for chunk in self.container.logs(stream=True, follow=False):
-                log.write(chunk)
+                log.write(mask.feed(chunk))
+            log.write(mask.flush())
         fresh.replace(self.log_path)
 
 
@@ -191,6 +234,7 @@ class ContainerRun:
         self.container: Any = None
         self.cancelled = False
         self.lost = False  # the engine stopped answering: nothing more is asked of it
+        self.exec_id: str | None = None
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         header = "".join(f"{line}\n" for line in spec.log_notes).encode()
         spec.log_path.write_bytes(header)
@@ -203,7 +247,16 @@ class ContainerRun:
                     self.container.put_archive("/", archive)
             self.started = time.time()
             self.container.start()
-            self.pump = _LogPump(self.container, spec.log_path, on_output, header)
+            source = None
+            if spec.keep_alive:
+                created = client.api.exec_create(
+                    self.container.id, list(spec.command), workdir=spec.workdir
+                )
+                self.exec_id = created["Id"]
+                source = client.api.exec_start(self.exec_id, stream=True)
+            self.pump = _LogPump(
+                self.container, spec.log_path, on_output, header, spec.secrets, source
+            )
             self.pump.start()
         except BaseException as exc:
             if self.container is not None:
@@ -214,13 +267,28 @@ class ContainerRun:
 
     def wait(self) -> RunOutcome:
         spec = self.spec
+        properties: dict[str, str] = {}
         try:
-            exit_code, timed_out = self._wait(spec.timeout_s)
+            if self.exec_id is not None:
+                exit_code, timed_out = self._wait_exec(spec.timeout_s)
+            else:
+                exit_code, timed_out = self._wait(spec.timeout_s)
             ended = time.time()
             self.pump.finish()
             if self.pump.broken:
                 self.pump.reread()
             results = {path: self._read_file(path) for path in spec.result_files}
+            if spec.collect_to is not None:
+                stream, _ = self.container.get_archive(spec.workdir)
+                extract_workspace(stream, spec.collect_to, spec.collect_skip)
+            if spec.keep_alive and not self.cancelled:
+                self.container.reload()
+                properties["container"] = self.container.name
+                with spec.log_path.open("a", encoding="utf-8") as log:
+                    log.write(
+                        f"keep-alive: container {self.container.name} left running"
+                        f" (docker exec -it {self.container.name} bash)\n"
+                    )
             return RunOutcome(
                 exit_code,
                 timed_out,
@@ -229,12 +297,13 @@ class ContainerRun:
                 ended,
                 self.host,
                 results,
+                properties,
                 oom_killed=getattr(self, "_oom_killed", False),
             )
         except ENGINE_FAILURES as exc:
             raise _engine_error(exc, spec, self.host) from None
         finally:
-            if not self.lost:
+            if not self.lost and (not spec.keep_alive or self.cancelled):
                 with deferred_interrupts():  # a second Ctrl-C must not leave it running
                     _remove(self.container)
 
@@ -271,6 +340,18 @@ class ContainerRun:
             self.container.reload()
             return bool(self.container.attrs.get("State", {}).get("OOMKilled"))
         return False
+
+    def _wait_exec(self, timeout_s: float | None) -> tuple[int | None, bool]:
+        """The exec ends when its output does; on a timeout every process but the idle
+        one is killed (the container stays, as keep-alive asks)."""
+        self.pump.join(timeout_s)
+        if self.pump.is_alive():
+            with contextlib.suppress(*ENGINE_FAILURES):
+                self.container.exec_run(["sh", "-c", "kill -KILL -1"])
+            self.pump.join(LOG_JOIN_TIMEOUT_S)
+            return None, True
+        code = self.client.api.exec_inspect(self.exec_id).get("ExitCode")
+        return (int(code) if code is not None else None), False
 
     def _read_file(self, path: str) -> str | None:
         """Text of a file in the (stopped) container, or None when it is not there."""

@@ -96,6 +96,19 @@ class Engines:
         result, ran = self.once.run(note_key("ship", host.name, name, image_id), stream)
         return ran and bool(result["shipped"])
 
+    def provide(self, name: str, host: Host) -> str:
+        """A ready image on the host (madengine's MAD_CONTAINER_IMAGE): shipped from the
+        build engine when it has it, else the host's own, else pulled; its id."""
+        try:
+            image_id = str(self.build_client.images.get(name).id)
+        except docker.errors.ImageNotFound:
+            try:
+                return str(self.client(host).images.get(name).id)
+            except docker.errors.ImageNotFound:
+                return self.pull(name, host, None)
+        self.ship(name, image_id, host)
+        return image_id
+
     def local_image_id(self, name: str) -> str:
         """The id of an image on the build engine (a manifest's image with no registry)."""
         try:

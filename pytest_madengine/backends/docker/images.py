@@ -22,10 +22,11 @@ import docker
 import docker.errors
 import docker.utils.build
 
-from pytest_madengine.backends import LABEL_PREFIX
+from pytest_madengine.backends import LABEL_PREFIX, OutputSink
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.core.tree.dockerfiles import base_docker_of
 from pytest_madengine.errors import MadError
+from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.once import Once
 
 CONTENT_HASH_LABEL = f"{LABEL_PREFIX}.content-hash"
@@ -39,6 +40,8 @@ class ImageSpec:
     dockerfile: Path
     context_dir: Path
     build_args: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Masked in the build log and live output (a cred's build args may be echoed).
+    secrets: tuple[str, ...] = field(default=(), compare=False, hash=False, repr=False)
 
     @property
     def base_docker(self) -> str:
@@ -113,12 +116,12 @@ class ImageBuilder:
         self._tagged: set[tuple[str, str]] = set()  # (name, image id) this process tagged
         self._hashes: dict[tuple[object, ...], str] = {}
 
-    def ensure(self, spec: ImageSpec) -> ImageFacts:
+    def ensure(self, spec: ImageSpec, on_output: OutputSink | None = None) -> ImageFacts:
         """The image of the spec, built now unless this session or an earlier one has.
 
         Images are keyed by content: models sharing a Dockerfile and context share one
         build, and each gets its own name as a tag of it. `built` is True for the one
-        test that built it.
+        test that built it, and only its build streams to `on_output`.
         """
         # Hashed once per process: a context that holds files changing as the session
         # runs (logs, when the context is the tree) must not give each test a build.
@@ -132,7 +135,7 @@ class ImageBuilder:
             existing = None if self.no_cache else self._existing(wanted)
             if existing is not None:
                 return {"id": existing.id, "built": False, "duration": 0.0, "log": None}
-            return self._build(spec, wanted)
+            return self._build(spec, wanted, on_output)
 
         result, ran = self.once.run(f"build-{wanted[:24]}", build_or_reuse)
         self._tag(spec.name, result["id"])
@@ -160,7 +163,9 @@ class ImageBuilder:
         found = self.client.images.list(filters={"label": f"{CONTENT_HASH_LABEL}={wanted}"})
         return found[0] if found else None
 
-    def _build(self, spec: ImageSpec, wanted: str) -> dict[str, Any]:
+    def _build(
+        self, spec: ImageSpec, wanted: str, on_output: OutputSink | None = None
+    ) -> dict[str, Any]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.build.log"
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -185,13 +190,18 @@ class ImageBuilder:
                         error = str(chunk["error"]).strip()
                         text = f"ERROR: {error}\n"
                     if text:
+                        # The engine sends whole lines, so masking each chunk is enough.
+                        text = mask_text(text, spec.secrets)
                         log.write(text)
                         tail.append(text if text.endswith("\n") else text + "\n")
+                        if on_output is not None:
+                            on_output(text.encode())
             except (docker.errors.APIError, docker.errors.BuildError, OSError) as exc:
-                error = str(exc).strip()
+                error = mask_text(str(exc).strip(), spec.secrets)
                 log.write(f"ERROR: {error}\n")
         duration = time.monotonic() - start
         if error is not None:
+            error = mask_text(error, spec.secrets)
             first = error.splitlines()[0] if error else "unknown error"
             raise BuildError(
                 f"image {spec.name} failed to build: {first} (log: {log_path})\n{_tail(tail)}"
