@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import posixpath
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +32,20 @@ from pytest_madengine.core.results import (
     ResultError,
     bounded_lines,
     find_performance,
-    judge,
+    judge_measurement,
     parse_multiple_results,
 )
-from pytest_madengine.core.runspec import build_run_spec
+from pytest_madengine.core.runspec import build_model_run
 from pytest_madengine.core.tree.dockerfiles import base_docker_of
+from pytest_madengine.core.workspace import (
+    FAILED_FILE,
+    GIT_COMMIT_FILE,
+    WORKSPACE,
+    ModelRun,
+    read_result,
+    render,
+    step_failure,
+)
 from pytest_madengine.data import (
     DataMissing,
     DataMount,
@@ -46,7 +56,6 @@ from pytest_madengine.data import (
 from pytest_madengine.errors import HostLost, MadError, NotRun
 from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.placement import Placement
-from pytest_madengine.tools import apply_tools
 
 LOG_TAIL_LINES = 25
 TAIL_LINE_CHARS = 2000
@@ -66,11 +75,12 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return f"--- last lines of {path} ---\n{tail}" if tail else f"--- {path} is empty ---"
 
 
-def measure(test: PlannedTest, outcome: RunOutcome) -> list[Measurement]:
-    """The results of a finished run: its multiple_results CSV, else its performance line."""
+def measure(test: PlannedTest, outcome: RunOutcome, run: ModelRun) -> list[Measurement]:
+    """The results of a finished run: its multiple_results CSV (in the workspace, else
+    in the model directory, as madengine looks), else its performance line."""
     model = test.model
     if model.multiple_results:
-        text = next(iter(outcome.results.values()), None)
+        text = read_result(outcome.results, run.result_paths)
         if text is None:
             raise ResultError(f"{model.multiple_results}: multiple_results CSV was not written")
         return parse_multiple_results(text, test.name, model.multiple_results)
@@ -80,6 +90,8 @@ def measure(test: PlannedTest, outcome: RunOutcome) -> list[Measurement]:
 
 
 def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
+    """Why the run failed, if it did: the backend's own reason, a step of the run that
+    said so (a pre script by its name), the timeout, or the exit code."""
     if outcome.failure:
         return outcome.failure
     if outcome.timed_out:
@@ -89,6 +101,9 @@ def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
             f"killed for memory (out of memory, exit code {outcome.exit_code}); the limit is"
             " the host's, or the context's docker_memory"
         )
+    failed = step_failure(outcome.results.get(posixpath.join(WORKSPACE, FAILED_FILE)))
+    if failed is not None:
+        return failed.reason()
     if outcome.exit_code != 0:
         return f"exit code {outcome.exit_code}"
     return None
@@ -101,8 +116,10 @@ def model_facts(test: PlannedTest, options: Options) -> ModelFacts:
     args = " ".join(
         part for part in (context.get("model_args") or model.args, test.selected.extra_args) if part
     )
+    distributed = context.get("distributed") or {}
+    launcher = distributed.get("launcher") if isinstance(distributed, dict) else None
     return ModelFacts(
-        model=test.name,
+        model=model.name,  # madengine's name; the test's id keeps parameters and variant
         n_gpus=model.n_gpus,
         args=args,
         tags=model.tags,
@@ -111,6 +128,8 @@ def model_facts(test: PlannedTest, options: Options) -> ModelFacts:
         training_precision=model.training_precision or "",
         gpu_architecture=context.gpu_architecture or "",
         dataname=model.data or "",
+        # madengine's launcher of a local run is docker.
+        launcher=str(launcher or ("docker" if options.deploy == "docker" else "")),
     )
 
 
@@ -129,10 +148,14 @@ def data_note(data_name: str, mount: DataMount) -> str:
     return f"data '{data_name}': {where}: {how}, at MAD_DATAHOME={home}"
 
 
-def skipped_record(test: PlannedTest, options: Options, reason: str) -> TestRecord:
-    row = ResultRow(test.name, Status.SKIPPED, reason=reason)
-    facts = model_facts(test, options)
-    return TestRecord(test.name, Status.SKIPPED, facts, reason, rows=(row,), backend=options.deploy)
+def skipped_record(
+    test: PlannedTest, options: Options, reason: str, **facts: object
+) -> TestRecord:
+    row = ResultRow(test.name, Status.SKIPPED, reason=reason, perf_model=test.model.name)
+    return TestRecord(
+        test.name, Status.SKIPPED, model_facts(test, options), reason, rows=(row,),
+        backend=options.deploy, **facts,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecord:
@@ -141,6 +164,7 @@ def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecor
         dataclasses.replace(
             row, metric=redact(row.metric), reason=redact(row.reason) if row.reason else None,
             name=redact(row.name), extra={key: redact(value) for key, value in row.extra.items()},
+            text=redact(row.text) if row.text else row.text,
         )
         for row in record.rows
     )  # fmt: skip
@@ -152,7 +176,7 @@ def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecor
 
 def failed_record(test: PlannedTest, options: Options, reason: str, **facts: object) -> TestRecord:
     reason = options.credentials.redact(reason)  # an engine's message may quote a secret
-    row = ResultRow(test.name, Status.FAILURE, reason=reason)
+    row = ResultRow(test.name, Status.FAILURE, reason=reason, perf_model=test.model.name)
     return TestRecord(
         test.name, Status.FAILURE, model_facts(test, options), reason, rows=(row,),
         backend=options.deploy, **facts,  # type: ignore[arg-type]
@@ -198,20 +222,30 @@ class TestRunner:
         return self.log_dir / f"{safe}.{digest}.log"
 
     def image_request(self, test: PlannedTest) -> ImageRequest:
-        """Build the test's Dockerfile, or, with a build manifest, take its image."""
-        assert test.image is not None and test.dockerfile is not None
-        manifest = self.options.manifest
+        """Build the test's Dockerfile, or take the context's MAD_CONTAINER_IMAGE, or,
+        with a build manifest, its image."""
+        assert test.image is not None
+        options = self.options
+        if test.image_override:
+            return ImageRequest(name=test.image, reference=test.image, pull_if_missing=True)
+        manifest = options.manifest
         if manifest is None:
+            assert test.dockerfile is not None
             build_args = {
                 str(key): str(value)
-                for key, value in self.options.effective_context.get("docker_build_arg").items()
+                for key, value in options.effective_context.get("docker_build_arg").items()
             }
+            if test.model.cred:  # madengine's cred build args, over the context's
+                build_args.update(
+                    options.credentials.model_variables(test.model.cred, test.model.name)
+                )
             return ImageRequest(
                 name=test.image,
                 dockerfile=test.dockerfile.path,
-                context_dir=self.options.root / test.model.dockercontext,
+                context_dir=options.root / test.model.dockercontext,
                 build_args=build_args,
                 base_docker=base_docker_of(test.dockerfile.path, build_args),
+                secrets=options.credentials.secrets(),
             )
         entry = manifest.image_for(test.image, test.model.name)
         if entry is None:
@@ -263,19 +297,20 @@ class TestRunner:
         image: ImageFacts | None = None
         data_facts: DataFacts | None = None
         try:
-            image = self.backend.prepare(self.image_request(test), host)
+            image = self.backend.prepare(self.image_request(test), host, self.on_output)
             data: DataMount | None = None
             notes: tuple[str, ...] = ()
             if test.model.data:
                 data, data_facts, notes = self.resolve_data(test.model.data)
                 facts = dataclasses.replace(facts, data_provider=data_facts.provider)
-            spec = build_run_spec(
+            run = build_model_run(
                 test, self.options, host,
                 image=image.name, image_id=image.docker_sha or None, gpus=gpus,
                 session_id=self.session_id, test_id=test_id, log_path=self.log_path(test, test_id),
                 data=data, controller=self.controller, log_notes=notes,
             )  # fmt: skip
-            spec = apply_tools(spec, self.options.effective_context.get("tools") or [])
+            run = self.options.tools.apply(run, self.options.effective_context.get("tools") or [])
+            spec = render(run)
             if self.spec_hook is not None:
                 spec = self.spec_hook(spec, test)
             outcome = self.backend.start(spec, host, self.on_output).wait()
@@ -298,18 +333,25 @@ class TestRunner:
             "ended_at": outcome.ended_at, "log_path": str(outcome.log_path),
             "properties": dict(outcome.properties), "data": data_facts,
         }  # fmt: skip
+        cloned = (outcome.results.get(posixpath.join(WORKSPACE, GIT_COMMIT_FILE)) or "").strip()
+        if cloned:
+            facts = dataclasses.replace(facts, git_commit=cloned)
         tail = log_tail(outcome.log_path)
         failure = run_failure(outcome, spec.timeout_s)
+        if failure is None and run.skip_model:
+            reason = "skip-model-run: the container and its scripts ran, the model did not"
+            record = skipped_record(test, self.options, reason, **placed)
+            return dataclasses.replace(record, facts=facts)
         if failure is None:
             try:
-                measurements = measure(test, outcome)
+                measurements = measure(test, outcome, run)
             except ResultError as exc:
                 failure = str(exc)
         if failure is not None:
             record = failed_record(test, self.options, failure, **placed)
             redacted = self.options.credentials.redact(tail)
             return dataclasses.replace(record, facts=facts, detail=redacted)
-        rows, misses = self._judge(test, measurements)
+        rows, misses = self._judge(test, measurements, facts)
         status = Status.FAILURE if misses else Status.SUCCESS
         return TestRecord(
             test.name, status, facts, "; ".join(misses) or None, rows=tuple(rows),
@@ -317,15 +359,19 @@ class TestRunner:
         )  # fmt: skip
 
     def _judge(
-        self, test: PlannedTest, measurements: list[Measurement]
+        self, test: PlannedTest, measurements: list[Measurement], facts: ModelFacts
     ) -> tuple[list[ResultRow], list[str]]:
+        """A row per measurement. A row with an empty value fails alone (madengine marks
+        it FAILURE in perf.csv and the run stands); a missed expectation or baseline
+        fails the test."""
         rows, misses = [], []
         for measurement in measurements:
-            verdict = judge(
-                measurement.performance,
-                measurement.metric,
+            model = test.model.name
+            perf_model = f"{model}_{measurement.row_model}" if measurement.row_model else model
+            verdict = judge_measurement(
+                measurement,
                 test.model.expectation,
-                self.options.baseline.get(measurement.name),
+                self.options.baseline.lookup(perf_model, facts.args, facts.docker_file),
                 self.options.tolerance,
             )
             status = Status.SUCCESS if verdict.passed else Status.FAILURE
@@ -333,9 +379,11 @@ class TestRunner:
                 ResultRow(
                     measurement.name, status, measurement.performance, measurement.metric,
                     verdict.relative_change, verdict.reason, dict(measurement.extra),
+                    text=measurement.text, perf_model=perf_model,
                 )
             )  # fmt: skip
-            if not verdict.passed:
+            empty = measurement.performance is None and not measurement.text
+            if not verdict.passed and not empty:
                 prefix = f"{measurement.name}: " if test.model.multiple_results else ""
                 misses.append(f"{prefix}{verdict.reason}")
         return rows, misses

@@ -1,10 +1,11 @@
-"""From a planned test, the run context and its GPU lease to a backend-neutral RunSpec."""
+"""From a planned test, the run context and its GPU lease to the steps of its run
+(`ModelRun`) and the backend-neutral `RunSpec` they render to."""
 
 from __future__ import annotations
 
 import posixpath
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_madengine.backends import (
@@ -18,12 +19,20 @@ from pytest_madengine.backends import (
 )
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
+from pytest_madengine.core.workspace import (
+    RUN_DIRECTORY,
+    STATE_DIR,
+    WORKSPACE,
+    ModelRun,
+    Script,
+    parse_scripts,
+    timeout_line,
+)
 from pytest_madengine.data import DataMount
 from pytest_madengine.errors import MadError
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.hosts import Host
 
-WORKSPACE = "/myworkspace"
 AMD_RENDER_MINOR_BASE = 128  # GPU i is /dev/dri/renderD(128+i) on ROCm hosts
 
 
@@ -73,7 +82,59 @@ def amd_devices(device_root: str, gpus: Sequence[Gpu]) -> tuple[Device, ...]:
     return tuple(devices)
 
 
-def build_run_spec(
+def _secret_env(test: PlannedTest, options: Options) -> dict[str, str]:
+    """`cred: X` of the model as `X_<KEY>` variables; its git login for a `url` clone."""
+    model = test.model
+    if not model.cred:
+        return {}
+    env = options.credentials.model_variables(model.cred, model.name)
+    if model.url:
+        login = options.credentials.git_login(model.cred, model.name)
+        if login.username:
+            env["MAD_GIT_USERNAME"] = login.username
+        if login.password:
+            env["MAD_GIT_PASSWORD"] = login.password
+        if login.ssh_key_file and not Path(login.ssh_key_file).expanduser().is_file():
+            # Not on this host: a path inside the image, as madengine takes it.
+            env["MAD_GIT_SSH_KEY"] = login.ssh_key_file
+    return env
+
+
+def _ssh_key(test: PlannedTest, options: Options) -> Path | None:
+    model = test.model
+    if not (model.url and model.cred):
+        return None
+    key = options.credentials.git_login(model.cred, model.name).ssh_key_file
+    path = Path(key).expanduser() if key else None
+    return path if path is not None and path.is_file() else None
+
+
+def clone_dir(url: str) -> str:
+    """The directory a `url` model runs in: the repository's name, as madengine has it."""
+    name = url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    name = name.removesuffix(".git")
+    if not name or name in (".", "..") or name == STATE_DIR:
+        raise MadError(f"url '{url}': no repository name in it")
+    return name
+
+
+def model_scripts(
+    test: PlannedTest, options: Options
+) -> tuple[tuple[Script, ...], tuple[Script, ...]]:
+    """Pre and post scripts of the context and of the model entry: the context's pre
+    scripts first and its post scripts last, so that they enclose the model's own."""
+    context = options.effective_context
+    root = options.root
+    entry = test.model.entry
+    model_where = f"model '{test.model.name}'"
+    pre = parse_scripts(context.get("pre_scripts"), "context 'pre_scripts'", root)
+    pre += parse_scripts(entry.get("pre_scripts"), f"{model_where}: 'pre_scripts'", root)
+    post = parse_scripts(entry.get("post_scripts"), f"{model_where}: 'post_scripts'", root)
+    post += parse_scripts(context.get("post_scripts"), "context 'post_scripts'", root)
+    return pre, post
+
+
+def build_model_run(
     test: PlannedTest,
     options: Options,
     host: Host,
@@ -86,22 +147,22 @@ def build_run_spec(
     log_path: Path,
     data: DataMount | None = None,
     controller: str = "",
-    secrets_env: Mapping[str, str] | None = None,
     log_notes: Sequence[str] = (),
-) -> RunSpec:
-    """The container of one test on its host: the host's own GPU facts (device root,
-    architecture) come from `host`, the user's settings from `options`."""
+) -> ModelRun:
+    """The container of one test on its host, and the steps run in it: the host's own
+    GPU facts (device root, architecture) come from `host`, the user's settings from
+    `options`."""
     model = test.model
     context = options.effective_context
     root = options.root
-    script_path = root / model.scripts
-    copy_dir, argv = script_command(
+    script_dir, argv = script_command(
         model.scripts,
         shlex.split(context.get("model_args") or model.args)
         + shlex.split(test.selected.extra_args),
-        script_path.is_dir(),
+        # A url model's scripts may come with its repository: madengine's rule then.
+        (root / model.scripts).is_dir()
+        or (model.url is not None and not model.scripts.endswith((".sh", ".py"))),
     )
-    container_dir = posixpath.join(WORKSPACE, posixpath.basename(copy_dir))
     vendor = options.gpu_vendor
     if host.scheduler_checks_fit:
         # The cluster's scheduler judges the request, and its device plugin sets the
@@ -127,14 +188,12 @@ def build_run_spec(
     }
     if gpus:
         env.update(visibility_env(vendor, gpus, mapped))
-    result_files: tuple[str, ...] = ()
     if model.multiple_results:
         env["MAD_OUTPUT_CSV"] = model.multiple_results
-        result_files = (posixpath.join(container_dir, model.multiple_results),)
     binds: tuple[Bind, ...] = ()
     env.update(data.env if data else {})
     env.update({key: str(value) for key, value in context.get("docker_env_vars", {}).items()})
-    env.update(secrets_env or {})
+    env.update(_secret_env(test, options))
     binds += tuple(
         Bind(str(host), str(container))
         for container, host in context.get("docker_mounts", {}).items()
@@ -148,11 +207,14 @@ def build_run_spec(
     elif mapped:
         devices, group_add = amd_devices(str(device_root), gpus), ("video",)
 
-    return RunSpec(
+    timeout_s = effective_timeout(
+        model.timeout, options.timeout, float(context.get("timeout_multiplier") or 1.0)
+    )
+    spec = RunSpec(
         image=image,
         image_id=image_id,
         command=argv,
-        workdir=container_dir,
+        workdir=WORKSPACE,
         log_path=log_path,
         env=env,
         labels={
@@ -161,7 +223,6 @@ def build_run_spec(
             MODEL_LABEL: model.name,
             CONTROLLER_LABEL: controller,
         },
-        copies=((root / copy_dir, container_dir),),
         # A script at the tree's root copies the whole tree: never its secrets, its git
         # history, or our own output (logs of earlier sessions).
         copy_excludes=(
@@ -174,10 +235,7 @@ def build_run_spec(
         group_add=group_add,
         nvidia_gpu_ids=nvidia_ids,
         gpu_count=gpu_count,
-        timeout_s=effective_timeout(
-            model.timeout, options.timeout, float(context.get("timeout_multiplier") or 1.0)
-        ),
-        result_files=result_files,
+        timeout_s=timeout_s,
         privileged=bool(context.get("docker_privileged", False)),
         cap_add=tuple(context.get("docker_cap_add", ())),
         cpuset_cpus=str(context.get("docker_cpus")) if context.get("docker_cpus") else None,
@@ -185,4 +243,26 @@ def build_run_spec(
         network=context.get("docker_network") or "host",
         ipc=context.get("docker_ipc") or "host",
         log_notes=tuple(log_notes),
+        secrets=options.credentials.secrets(),
+        collect_to=options.workspace,
+        keep_alive=options.keep_alive,
+    )
+    pre, post = model_scripts(test, options)
+    # madengine's context key: a command prefix of every model, inside the tools' own.
+    encapsulate = str(context.get("encapsulate_script") or "").strip()
+    return ModelRun(
+        spec=spec,
+        tree_root=root,
+        script_dir=script_dir,
+        argv=argv,
+        timeout_line=timeout_line(timeout_s),
+        model_dir=clone_dir(model.url) if model.url else RUN_DIRECTORY,
+        keep_model_dir=options.keep_model_dir or options.keep_alive,
+        clone_url=model.url,
+        ssh_key=_ssh_key(test, options),
+        pre_scripts=pre,
+        post_scripts=post,
+        wrappers=(encapsulate,) if encapsulate else (),
+        skip_model=options.skip_model_run,
+        result_file=model.multiple_results,
     )

@@ -1,8 +1,14 @@
 """Tools that wrap a model's run (profilers, tracers): one interface and a registry.
 
-The context's `tools: [{"name": ...}]` names them; each changes the run spec of every
-test (a command prefix, variables, scripts around the model), in the order given.
-Tools are found by name in the entry-point group `pytest_madengine.tools`:
+The context's `tools: [{"name": ...}]` names them; each changes the steps of every
+test's run (`ModelRun`: pre and post scripts, a command prefix, variables, the
+container), in the order given. A tool comes from one of two places:
+
+- a tools file in madengine's format (`{"tools": {name: {pre_scripts, cmd, env_vars,
+  post_scripts}}}`): ours (`tools.json` beside this module) unless the run option
+  `--mad-tools-file` names another; see `files.py`;
+- a Python class in the entry-point group `pytest_madengine.tools`, which wins over a
+  tools file entry of the same name:
 
     [project.entry-points."pytest_madengine.tools"]
     mytracer = "mypackage.tools:MyTracer"     # a class: MyTracer() -> Tool
@@ -12,45 +18,63 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_madengine.backends import RunSpec
+from pytest_madengine.core.workspace import ModelRun
 from pytest_madengine.errors import MadError
+from pytest_madengine.tools.files import load_tools_file
 
 ENTRY_POINT_GROUP = "pytest_madengine.tools"
+DEFAULT_TOOLS_FILE = Path(__file__).with_name("tools.json")
 
 
 class Tool(Protocol):
     name: str
 
-    def apply(self, spec: RunSpec, settings: Mapping[str, Any]) -> RunSpec:
-        """The spec as the tool runs it; `settings` is the tool's entry in the context."""
+    def apply(self, run: ModelRun, settings: Mapping[str, Any]) -> ModelRun:
+        """The run as the tool makes it; `settings` is the tool's item in the context."""
         ...
 
 
 @functools.cache
-def installed_tools() -> dict[str, Tool]:
+def entry_point_tools() -> dict[str, Tool]:
     return {point.name: point.load()() for point in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def tool_names(requested: Sequence[Any], origin: str = "context 'tools'") -> tuple[str, ...]:
-    """The names the context asks for; MadError for a malformed or unknown one."""
-    names = []
-    for position, item in enumerate(requested, start=1):
-        name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str) or not name:
-            raise MadError(f"{origin}: item {position}: expected {{\"name\": ...}}, got {item!r}")
-        if name not in installed_tools():
-            known = ", ".join(sorted(installed_tools())) or "none installed"
-            raise MadError(f"{origin}: unknown tool '{name}' (known: {known})")
-        names.append(name)
-    return tuple(names)
+@dataclass(frozen=True)
+class ToolBox:
+    """The tools a session can name: its tools file's, then the installed classes."""
+
+    tools: Mapping[str, Tool] = field(default_factory=dict)
+    source: str = ""  # the tools file, for messages
+
+    def names(self, requested: Sequence[Any], origin: str = "context 'tools'") -> tuple[str, ...]:
+        """The names the context asks for; MadError for a malformed or unknown one."""
+        names = []
+        for position, item in enumerate(requested, start=1):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                raise MadError(f'{origin}: item {position}: expected {{"name": ...}}, got {item!r}')
+            if name not in self.tools:
+                known = ", ".join(sorted(self.tools)) or "none"
+                raise MadError(f"{origin}: unknown tool '{name}' in {self.source} (known: {known})")
+            names.append(name)
+        return tuple(names)
+
+    def apply(self, run: ModelRun, requested: Sequence[Any]) -> ModelRun:
+        """The run with each requested tool applied in order: with [A, B] that gives
+        madengine's stacking (pre B, pre A, `cmd_B cmd_A model`, post A, post B)."""
+        for name, item in zip(self.names(requested), requested, strict=True):
+            run = self.tools[name].apply(run, item)
+        return run
 
 
-def apply_tools(spec: RunSpec, requested: Sequence[Any]) -> RunSpec:
-    """The spec with each requested tool applied in order."""
-    tools = installed_tools()
-    for name, item in zip(tool_names(requested), requested, strict=True):
-        spec = tools[name].apply(spec, item)
-    return spec
+def load_toolbox(tools_file: Path | None = None) -> ToolBox:
+    """The tools of a tools file (ours by default) and of the installed classes."""
+    path = tools_file or DEFAULT_TOOLS_FILE
+    tools: dict[str, Tool] = dict(load_tools_file(path))
+    tools.update(entry_point_tools())
+    return ToolBox(tools, str(path))

@@ -252,6 +252,14 @@ def test_scripts_travel_in_a_configmap_shared_by_equal_directories(tmp_path: Pat
     assert manifests.script_map(scripts, "/myworkspace/dummy", "abc123").name != first.name
 
 
+def test_a_single_file_copy_lands_at_its_container_path(tmp_path: Path) -> None:
+    runner = tmp_path / "run.sh"
+    runner.write_text("echo steps\n")
+    single = manifests.script_map(runner, "/myworkspace/.madengine/run.sh", "abc123")
+    assert single.container_dir == "/myworkspace/.madengine"
+    assert [(f.path, f.content) for f in single.files] == [("run.sh", b"echo steps\n")]
+
+
 def test_scripts_too_big_for_a_configmap_say_so(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(b"\0" * (manifests.CONFIGMAP_BYTES + 1))
     with pytest.raises(MadError, match="more than a ConfigMap carries"):

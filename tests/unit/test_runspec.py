@@ -12,12 +12,13 @@ from pytest_madengine.backends import SESSION_LABEL, DataBind, Device
 from pytest_madengine.backends.docker.containers import create_kwargs
 from pytest_madengine.core.options import RawOptions, parse_options
 from pytest_madengine.core.runspec import (
-    build_run_spec,
+    build_model_run,
     effective_timeout,
     script_command,
     visibility_env,
 )
 from pytest_madengine.core.session import MadSession
+from pytest_madengine.core.workspace import render
 from pytest_madengine.data import DataMissing, DataMount, resolve_data
 from pytest_madengine.errors import MadError
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
@@ -25,16 +26,20 @@ from pytest_madengine.resources.hosts import local_host
 from tests.conftest import entry, write_tree
 
 
-def spec_for(tmp_path: Path, context: str, gpus: GpuInventory, lease: int = 1, **fields):
+def run_for(tmp_path: Path, context: str, gpus: GpuInventory, lease: int = 1, **fields):
     root = write_tree(tmp_path, [entry("alpha", **fields)])
     raw = RawOptions(root=str(root), tags=("alpha",), context_json=context, base_dir=tmp_path)
     options = dataclasses.replace(parse_options(raw), gpus=gpus)
     test = MadSession(options).plan.tests[0]
     host = local_host(gpus, options.context.get("gpu_device_root"))
-    return build_run_spec(
+    return build_model_run(
         test, options, host, image="img", gpus=gpus.gpus[:lease], session_id="s1",
         test_id="models.json::alpha", log_path=tmp_path / "alpha.log",
     )  # fmt: skip
+
+
+def spec_for(tmp_path: Path, context: str, gpus: GpuInventory, lease: int = 1, **fields):
+    return render(run_for(tmp_path, context, gpus, lease, **fields))
 
 
 def amd(count: int, virtual: bool = True) -> GpuInventory:
@@ -79,13 +84,15 @@ def test_visibility_counts_from_zero_when_devices_are_mapped() -> None:
 
 
 def test_spec_env_labels_command_and_copies(tmp_path: Path) -> None:
-    spec = spec_for(
+    run = run_for(
         tmp_path, '{"docker_env_vars": {"EXTRA": "1"}, "timeout_multiplier": 2}', amd(2),
         args="--batch_size 8", timeout=30,
     )  # fmt: skip
-    assert spec.command == ("bash", "run.sh", "--batch_size", "8")
-    assert spec.workdir == "/myworkspace/dummy"
-    assert spec.copies == ((tmp_path / "scripts/dummy", "/myworkspace/dummy"),)
+    assert run.argv == ("bash", "run.sh", "--batch_size", "8")
+    assert run.timeout_line == "Setting timeout to 60 seconds."
+    spec = render(run)
+    assert spec.command[:2] == ("sh", ".madengine/run.sh") and spec.workdir == "/myworkspace"
+    assert (tmp_path / "scripts/dummy", "/myworkspace/scripts/dummy") in spec.copies
     assert spec.timeout_s == 60
     assert spec.labels[SESSION_LABEL] == "s1"
     assert {k: spec.env[k] for k in ("MAD_MODEL_NAME", "MAD_GPU_VENDOR", "MAD_SYSTEM_NGPUS",
@@ -98,9 +105,37 @@ def test_spec_env_labels_command_and_copies(tmp_path: Path) -> None:
     assert not spec.privileged and spec.cap_add == ()
 
 
+def test_encapsulate_script_of_the_context_is_the_innermost_prefix(tmp_path: Path) -> None:
+    run = run_for(tmp_path, '{"encapsulate_script": "numactl --interleave=all"}', amd(1))
+    assert run.wrappers == ("numactl --interleave=all",)
+
+
+def test_cred_variables_and_git_login_reach_the_run(tmp_path: Path) -> None:
+    (tmp_path / "credential.json").write_text(
+        '{"GITLAB": {"username": "ci", "password": "t0ken-not-real"}}'
+    )
+    run = run_for(tmp_path, "{}", amd(1), cred="GITLAB", url="https://git.example/team/m.git")
+    env = run.spec.env
+    assert (env["GITLAB_USERNAME"], env["GITLAB_PASSWORD"]) == ("ci", "t0ken-not-real")
+    assert (env["MAD_GIT_USERNAME"], env["MAD_GIT_PASSWORD"]) == ("ci", "t0ken-not-real")
+    assert "t0ken-not-real" in run.spec.secrets
+    assert (run.model_dir, run.clone_url) == ("m", "https://git.example/team/m.git")
+
+
+def test_an_ssh_key_file_on_this_host_is_copied_in_for_the_clone(tmp_path: Path) -> None:
+    key = tmp_path / "id_test"
+    key.write_text("not a real key\n")
+    (tmp_path / "credential.json").write_text(
+        f'{{"GIT": {{"username": "git", "ssh_key_file": "{key}"}}}}'
+    )
+    spec = spec_for(tmp_path, "{}", amd(1), cred="GIT", url="ssh://git@example/m.git")
+    assert (key, "/myworkspace/.madengine/ssh_key") in spec.copies
+    assert spec.env["MAD_GIT_SSH_KEY"] == "/myworkspace/.madengine/ssh_key"
+
+
 def test_model_args_from_context_replace_the_entry_args(tmp_path: Path) -> None:
-    spec = spec_for(tmp_path, '{"model_args": "--epochs 1"}', amd(1), args="--batch_size 8")
-    assert spec.command == ("bash", "run.sh", "--epochs", "1")
+    run = run_for(tmp_path, '{"model_args": "--epochs 1"}', amd(1), args="--batch_size 8")
+    assert run.argv == ("bash", "run.sh", "--epochs", "1")
 
 
 def test_amd_devices_from_a_device_root(tmp_path: Path) -> None:

@@ -253,7 +253,9 @@ class KubernetesBackend:
         )
         return engines, builder
 
-    def prepare(self, request: ImageRequest, host: Host) -> ImageFacts:
+    def prepare(
+        self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
+    ) -> ImageFacts:
         if request.dockerfile is None and request.pull:
             assert request.reference is not None
             return ImageFacts(
@@ -271,9 +273,10 @@ class KubernetesBackend:
             if request.dockerfile is not None:
                 assert request.context_dir is not None
                 spec = ImageSpec(
-                    request.name, request.dockerfile, request.context_dir, request.build_args
-                )
-                facts = builder.ensure(spec)
+                    request.name, request.dockerfile, request.context_dir, request.build_args,
+                    request.secrets,
+                )  # fmt: skip
+                facts = builder.ensure(spec, on_output)
             else:
                 name = request.reference or request.name
                 facts = ImageFacts(

@@ -196,11 +196,18 @@ def script_map(
     host_dir: Path, container_dir: str, session_id: str, excludes: Iterable[Path] = ()
 ) -> ScriptMap:
     """The directory's files as a ConfigMap of the session; MadError when they do not
-    fit in one."""
+    fit in one. A single file (a pre script, our runner) is a directory of one file,
+    placed in its container path's directory."""
     files: list[ScriptFile] = []
     digest = hashlib.sha256()
     total = 0
-    for path in _files(host_dir, tuple(excludes)):
+    if host_dir.is_file():
+        found = [host_dir]
+        container_dir = posixpath.dirname(container_dir.rstrip("/")) or "/"
+        host_dir = host_dir.parent
+    else:
+        found = _files(host_dir, tuple(excludes))
+    for path in found:
         relative = path.relative_to(host_dir).as_posix()
         content = path.read_bytes()
         total += len(content) + len(relative)

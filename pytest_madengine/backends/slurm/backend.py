@@ -211,7 +211,9 @@ class SlurmBackend:
         log_dir = self.options.output_dir / "builds"
         return ImageBuilder(self._docker, log_dir, self._once, self.options.clean_cache)
 
-    def prepare(self, request: ImageRequest, host: Host) -> ImageFacts:
+    def prepare(
+        self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
+    ) -> ImageFacts:
         reference = request.reference or request.name
         if request.pull:
             # The job pulls it on its node, once per node: nothing to do here.
@@ -226,8 +228,8 @@ class SlurmBackend:
 
             assert request.context_dir is not None
             spec = ImageSpec(request.name, request.dockerfile, request.context_dir,
-                             request.build_args)  # fmt: skip
-            return self._builder.ensure(spec)  # type: ignore[no-any-return]
+                             request.build_args, request.secrets)  # fmt: skip
+            return self._builder.ensure(spec, on_output)  # type: ignore[no-any-return]
         try:
             image_id = str(self._docker.images.get(reference).id)
         except Exception as exc:  # the SDK's NotFound, or the engine going away
