@@ -51,6 +51,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "distributed": ((dict,), "an object"),
     "docker_privileged": ((bool,), "true or false"),
     "docker_cap_add": ((list,), 'a list of capabilities such as ["SYS_PTRACE"]'),
+    "MAD_CONTAINER_IMAGE": ((str,), "an image name such as rocm/pytorch:latest"),
+    "ctx_test": ((str,), "a string"),
+    "encapsulate_script": ((str,), "a command prefix such as 'numactl --interleave=all'"),
 }
 # Values checked beyond their type, so that a typo fails the session at its start, not
 # every test at the engine: key -> (pattern, description).

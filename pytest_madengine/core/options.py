@@ -21,12 +21,12 @@ from pytest_madengine.core.build import BatchEntry, load_batch_manifest
 from pytest_madengine.core.context import RunContext, build_context
 from pytest_madengine.core.credentials import Credentials, load_credentials
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
-from pytest_madengine.core.results import load_baseline, parse_tolerance
+from pytest_madengine.core.results import Baseline, load_baseline, parse_tolerance
 from pytest_madengine.core.tree.tags import parse_tag, split_tags
 from pytest_madengine.data import default_cache_dir
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 from pytest_madengine.resources.gpus import GpuInventory, inventory
-from pytest_madengine.tools import tool_names
+from pytest_madengine.tools import ToolBox, load_toolbox
 
 DEFAULT_GPU_VENDOR = "AMD"
 DEFAULT_TOLERANCE = "5%"
@@ -60,6 +60,11 @@ class RawOptions:
     registry: str | None = None
     retries: str | int = 1
     deploy: str | None = None
+    # madengine's run options.
+    keep_alive: bool = False
+    keep_model_dir: bool = False
+    skip_model_run: bool = False
+    disable_skip_gpu_arch: bool = False
     force_mirror_local: str | None = None
     # Write the SLURM batch scripts, submit nothing (implies deploy slurm).
     slurm_dry_run: bool = False
@@ -69,6 +74,7 @@ class RawOptions:
     manifest_output: str | None = None
     batch_manifest: str | None = None
     html_report: str | None = None
+    tools_file: str | None = None
     # Relative paths are taken from here (pytest: the invocation directory).
     base_dir: Path = field(default_factory=Path.cwd)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
@@ -90,7 +96,7 @@ class Options:
     timeout: int | None  # over every model's own; 0: none
     clean_cache: bool
     live_output: bool
-    baseline: Mapping[str, float]
+    baseline: Baseline
     tolerance: float
     output_dir: Path
     perf_csv: Path
@@ -102,6 +108,10 @@ class Options:
     credentials: Credentials
     data_sources: Mapping[str, Any]
     git_commit: str  # of the MAD tree, for perf.csv
+    tools: ToolBox  # the tools the context may name
+    # Where what a run leaves in its workspace lands, and where `ctx_test` is read:
+    # the session's working directory, as madengine's is its own.
+    workspace: Path
     # Fetched datasets: in force_mirror_local when given, else in a data.json entry's
     # mirrorlocal, else in data_cache (the user's cache, shared by later sessions).
     data_cache: Path = field(default_factory=default_cache_dir)
@@ -113,6 +123,11 @@ class Options:
     manifest_output: Path | None = None  # build-only: the build_manifest.json written
     batch: tuple[BatchEntry, ...] | None = None  # build-only: a batch manifest's entries
     html_report: Path | None = None
+    ctx_test: str = "None"  # madengine's detected context key (the file ctx_test, else None)
+    keep_alive: bool = False  # leave each container running after its run
+    keep_model_dir: bool = False  # bring the run directory back to the workspace
+    skip_model_run: bool = False  # start the container and its scripts, not the model
+    disable_skip_gpu_arch: bool = False  # run models whose skip_gpu_arch matches
 
     @property
     def gpu_vendor(self) -> str:
@@ -122,7 +137,9 @@ class Options:
     def effective_context(self) -> RunContext:
         """The context with what the host tells us filled in where the user said nothing."""
         return self.context.with_defaults(
-            gpu_vendor=self.gpu_vendor, gpu_architecture=self.gpus.architecture
+            gpu_vendor=self.gpu_vendor,
+            gpu_architecture=self.gpus.architecture,
+            ctx_test=self.ctx_test,
         )
 
 
@@ -179,6 +196,16 @@ def git_commit(root: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def detect_ctx_test(directory: Path) -> str:
+    """madengine's `ctx_test`: the text of the file `ctx_test` in the working
+    directory, else the string None (a Dockerfile header may ask for either)."""
+    path = directory / "ctx_test"
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return "None"
 
 
 def load_data_sources(root: Path) -> dict[str, Any]:
@@ -276,14 +303,21 @@ def _parse(raw: RawOptions) -> Options:
     context = build_context(
         raw.context_json, _path(raw, raw.context_file) if raw.context_file else None
     )
-    tool_names(context.get("tools") or [])
-    gpus = inventory(raw.gpus, context.gpu_vendor, context.gpu_architecture)
+    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None)
+    tools.names(context.get("tools") or [])
+    # --mad-gpus over the context's docker_gpus: the GPUs the runs may have.
+    declared, origin, ids_only = raw.gpus, "--mad-gpus", False
+    if declared is None and context.get("docker_gpus") not in (None, ""):
+        declared, origin, ids_only = str(context.get("docker_gpus")), "context 'docker_gpus'", True
+    gpus = inventory(
+        declared, context.gpu_vendor, context.gpu_architecture, origin=origin, ids_only=ids_only
+    )
     tolerance_text = raw.tolerance if raw.tolerance is not None else DEFAULT_TOLERANCE
     try:
         tolerance = parse_tolerance(tolerance_text)
     except ValueError as exc:
         raise UsageProblem(f"--mad-tolerance: {exc}") from None
-    baseline = load_baseline(_path(raw, raw.baseline)) if raw.baseline else {}
+    baseline = load_baseline(_path(raw, raw.baseline)) if raw.baseline else Baseline()
     deploy = str(raw.deploy or context.get("deploy") or DEFAULT_DEPLOY)
     if raw.slurm_dry_run:
         context, deploy = _slurm_dry_run(raw, context)
@@ -310,6 +344,13 @@ def _parse(raw: RawOptions) -> Options:
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),
         git_commit=git_commit(root),
+        tools=tools,
+        workspace=raw.base_dir,
+        ctx_test=detect_ctx_test(raw.base_dir),
+        keep_alive=raw.keep_alive,
+        keep_model_dir=raw.keep_model_dir,
+        skip_model_run=raw.skip_model_run,
+        disable_skip_gpu_arch=raw.disable_skip_gpu_arch,
         data_cache=default_cache_dir(raw.environ),
         force_mirror_local=(
             _writable_dir(_path(raw, raw.force_mirror_local), "--mad-force-mirror-local")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,13 @@ MATCH_KEYS_SHOWN = ("gpu_vendor", "guest_os")
 def image_name(model: Model, dockerfile: Dockerfile) -> str:
     """`ci-<model name, '/'->'_', lower case>_<Dockerfile name without .Dockerfile>`."""
     return f"ci-{model.name.replace('/', '_').lower()}_{dockerfile.stem}"
+
+
+def dockerfile_variant(model: Model, dockerfile: Dockerfile) -> str:
+    """What tells a model's Dockerfiles apart: `ubuntu.amd` of docker/dummy.ubuntu.amd."""
+    prefix = posixpath.basename(model.dockerfile) + "."
+    stem = dockerfile.stem
+    return stem[len(prefix) :] if stem.startswith(prefix) and stem != prefix else stem
 
 
 def arch_skip_reason(model: Model, architecture: str | None) -> str | None:
@@ -36,12 +44,12 @@ def arch_skip_reason(model: Model, architecture: str | None) -> str | None:
 
 def host_unfit_reason(
     model: Model, vendor: str, host_vendor: str | None, host_arch: str | None,
-    host_labels: Sequence[str],
+    host_labels: Sequence[str], ignore_skip_gpu_arch: bool = False,
 ) -> str | None:  # fmt: skip
     """Why a host cannot run the model (vendor, skip_gpu_arch, our `host_labels`), or None."""
     if host_vendor and host_vendor != vendor:
         return f"{host_vendor} GPUs, the run needs {vendor}"
-    reason = arch_skip_reason(model, host_arch)
+    reason = None if ignore_skip_gpu_arch else arch_skip_reason(model, host_arch)
     if reason:
         return reason
     wanted = model.entry.get("host_labels") or []
@@ -54,6 +62,10 @@ class PlannedTest:
     selected: Selected
     dockerfile: Dockerfile | None
     skip_reason: str | None = None
+    # Set when several Dockerfiles of the model fit: each is a test, its id says which.
+    variant: str | None = None
+    # The context's MAD_CONTAINER_IMAGE: run this image, build nothing.
+    image_override: str | None = None
 
     @property
     def model(self) -> Model:
@@ -61,18 +73,32 @@ class PlannedTest:
 
     @property
     def name(self) -> str:
-        return self.selected.test_name
+        """`dummy`, `dummy[ubuntu.amd]`, `dummy3[batch_size=512]`,
+        `dummy3[batch_size=512,ubuntu.amd]`: stable across sessions."""
+        if self.variant is None:
+            return self.selected.test_name
+        params = [f"{key}={value}" for key, value in self.selected.params]
+        return f"{self.model.name}[{','.join([*params, self.variant])}]"
 
     @property
     def image(self) -> str | None:
+        if self.image_override:
+            return self.image_override
         return image_name(self.model, self.dockerfile) if self.dockerfile else None
 
+    @property
+    def runnable(self) -> bool:
+        return self.image is not None
+
     def describe(self) -> str:
-        if self.dockerfile is None:
+        if not self.runnable:
             return f"skipped: {self.skip_reason}"
-        return (
-            f"dockerfile {self.dockerfile.relpath}, image {self.image}, n_gpus {self.model.n_gpus}"
+        source = (
+            f"dockerfile {self.dockerfile.relpath}, image {self.image}"
+            if self.dockerfile
+            else f"image {self.image} (MAD_CONTAINER_IMAGE)"
         )
+        return f"{source}, n_gpus {self.model.n_gpus}"
 
 
 @dataclass(frozen=True)
@@ -101,17 +127,28 @@ def plan_tests(
     tags: Sequence[str],
     context: Mapping[str, Any],
     dockerfiles: DockerfileIndex,
+    *,
+    ignore_skip_gpu_arch: bool = False,
 ) -> Plan:
+    """A test per selected model and fitting Dockerfile (madengine builds and runs every
+    one that fits), or one per model running the context's MAD_CONTAINER_IMAGE."""
     selected, tag_problems = select(tree.models, tags)
-    architecture = context.get("gpu_architecture")
+    architecture = None if ignore_skip_gpu_arch else context.get("gpu_architecture")
+    override = context.get("MAD_CONTAINER_IMAGE") or None
     tests = []
     for item in selected:
         model = item.model
+        skip = arch_skip_reason(model, architecture)
+        if override:
+            tests.append(PlannedTest(item, None, skip, image_override=override))
+            continue
         fitting = dockerfiles.choose(model.dockerfile, context)
         if not fitting:
             candidates = len(dockerfiles.candidates(model.dockerfile))
             reason = _no_dockerfile_reason(model, context, candidates)
             tests.append(PlannedTest(item, None, reason))
             continue
-        tests.append(PlannedTest(item, fitting[0], arch_skip_reason(model, architecture)))
+        for dockerfile in fitting:
+            variant = dockerfile_variant(model, dockerfile) if len(fitting) > 1 else None
+            tests.append(PlannedTest(item, dockerfile, skip, variant))
     return Plan(tuple(tests), tuple(tag_problems))

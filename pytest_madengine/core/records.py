@@ -26,13 +26,22 @@ class Status(str, enum.Enum):
 class ResultRow:
     """One measured (or failed) result: a perf.csv row and a line of the summary."""
 
-    name: str
+    name: str  # the test's name, with `_<row model>` for a multiple_results row
     status: Status
     performance: float | None = None
     metric: str = ""
     relative_change: float | None = None
     reason: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # more multiple_results columns
+    text: str | None = None  # a value that is no number, as the CSV wrote it
+    perf_model: str = ""  # perf.csv's `model`: `<model>` or `<model>_<row model>`
+
+    @property
+    def shown_performance(self) -> str:
+        """The value as perf.csv and JUnit write it: a number compact, a text as written."""
+        if self.performance is not None:
+            return f"{self.performance:g}"
+        return self.text or ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,8 @@ class ModelFacts:
     gpu_architecture: str = ""
     dataname: str = ""
     data_provider: str = ""
+    git_commit: str = ""  # a `url` model's cloned commit, over the tree's
+    launcher: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ class TestRecord:
         image = self.image
         properties = [
             ("status", self.status.value),
-            ("performance", "" if main is None else _number(main.performance)),
+            ("performance", "" if main is None else main.shown_performance),
             ("metric", main.metric if main else ""),
             ("image", image.name if image else ""),
             ("docker_sha", image.docker_sha if image else ""),
@@ -187,10 +198,6 @@ class TestRecord:
         if self.retried_after:
             properties.append(("retried_after", "; ".join(self.retried_after)))
         return properties
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
 
 
 def _plain(value: Any) -> Any:

@@ -53,10 +53,12 @@ class ResultError(MadError):
 
 @dataclass(frozen=True)
 class Measurement:
-    name: str
-    performance: float
+    name: str  # the test's name, with `_<row model>` for a multiple_results row
+    performance: float | None  # None: a text value (kept as written) or an empty cell
     metric: str
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    text: str | None = None  # the value as written, when it is not a number
+    row_model: str = ""  # the row's `model` (multiple_results)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,12 @@ def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
 
 
 def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Measurement]:
-    """One Measurement per row of a multiple_results CSV, named `<model_name>_<row model>`."""
+    """One Measurement per row of a multiple_results CSV, named `<model_name>_<row model>`.
+
+    As madengine reads it: a value that is no number (a CPU list `0-1`) is kept as
+    written; extra columns are kept with the row; an empty value makes that row a
+    failure, and only a CSV whose every row is empty fails as a whole.
+    """
     # utf-8-sig files read as text keep their BOM, which would spoil the first column name.
     records = _records(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
     first = next(records, None)
@@ -193,16 +200,18 @@ def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Me
             )
         row = dict(zip(header, (cell.strip() for cell in cells), strict=True))
         value = _number(row["performance"])
-        if value is None:
-            shown = row["performance"][:_SHOWN]
-            raise ResultError(f"{csv_name}: row {number}: non-numeric performance '{shown}'")
         # Unnamed columns (a trailing comma in the header) carry nothing worth keeping.
         extra = {key: cell for key, cell in row.items() if key and key not in CSV_COLUMNS}
         measurements.append(
-            Measurement(f"{model_name}_{row['model']}", value, row["metric"], extra)
-        )
+            Measurement(
+                f"{model_name}_{row['model']}", value, row["metric"], extra,
+                text=None if value is not None else row["performance"], row_model=row["model"],
+            )
+        )  # fmt: skip
     if not measurements:
         raise ResultError(f"{csv_name}: no result rows")
+    if all(m.performance is None and not m.text for m in measurements):
+        raise ResultError(f"{csv_name}: performance is empty in every row")
     return measurements
 
 
@@ -277,8 +286,30 @@ def parse_expectation(value: object) -> Expectation | None:
 # Baselines
 
 
-def load_baseline(path: Path) -> dict[str, float]:
-    """model -> performance of its last SUCCESS row with a number, from an earlier perf.csv."""
+@dataclass(frozen=True)
+class Baseline:
+    """Performance of the last SUCCESS row with a number, by (model, args, docker_file).
+
+    perf.csv names a model as madengine does, so its variants (tag parameters, several
+    Dockerfiles) are told apart by args and docker_file. A row that leaves those blank
+    (a baseline written by hand) stands for every variant of its model.
+    """
+
+    values: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def lookup(self, model: str, args: str = "", docker_file: str = "") -> float | None:
+        for key in ((model, args, docker_file), (model, args, ""), (model, "", docker_file),
+                    (model, "", "")):  # fmt: skip
+            if key in self.values:
+                return self.values[key]
+        return None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def load_baseline(path: Path) -> Baseline:
+    """The baseline of an earlier perf.csv (ours or madengine's)."""
     if not path.exists():
         raise ResultError(f"--mad-baseline {path}: no such file")
     if not path.is_file():
@@ -289,8 +320,8 @@ def load_baseline(path: Path) -> dict[str, float]:
         raise ResultError(f"--mad-baseline {path}: unreadable CSV: {exc}") from None
 
 
-def _read_baseline(path: Path) -> dict[str, float]:
-    baseline: dict[str, float] = {}
+def _read_baseline(path: Path) -> Baseline:
+    values: dict[tuple[str, str, str], float] = {}
     # Streamed: a perf.csv grows by a row per test and run, over months of CI.
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.DictReader(handle)
@@ -303,8 +334,9 @@ def _read_baseline(path: Path) -> dict[str, float]:
             row = {key.strip(): (cell or "").strip() for key, cell in raw.items() if key}
             value = _number(row["performance"])
             if row["status"] == "SUCCESS" and value is not None:
-                baseline[row["model"]] = value
-    return baseline
+                key = (row["model"], row.get("args", ""), row.get("docker_file", ""))
+                values[key] = value
+    return Baseline(values)
 
 
 # The verdict
@@ -366,3 +398,21 @@ def judge(
                 f" ({_signed_percent(change)}, tolerance {_tolerance_text(tolerance)})"
             )
     return Verdict(True, None, change)
+
+
+def judge_measurement(
+    measurement: Measurement,
+    expectation: Expectation | None,
+    baseline: float | None,
+    tolerance: float,
+) -> Verdict:
+    """`judge` for a number; a text value passes as written unless an expectation
+    needs a number, and an empty one fails."""
+    if measurement.performance is not None:
+        return judge(measurement.performance, measurement.metric, expectation, baseline, tolerance)
+    if not measurement.text:
+        return Verdict(False, "empty performance")
+    if expectation is not None:
+        shown = measurement.text[:_SHOWN]
+        return Verdict(False, f"performance '{shown}' is not a number; 'expect' needs one")
+    return Verdict(True)

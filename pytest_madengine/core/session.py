@@ -68,7 +68,10 @@ class MadSession:
     @functools.cached_property
     def plan(self) -> Plan:
         context = dict(self.options.effective_context.values)
-        return plan_tests(self.tree, self.options.tags, context, self.dockerfiles)
+        return plan_tests(
+            self.tree, self.options.tags, context, self.dockerfiles,
+            ignore_skip_gpu_arch=self.options.disable_skip_gpu_arch,
+        )  # fmt: skip
 
     @functools.cached_property
     def builds(self) -> BuildPlan:
@@ -135,7 +138,10 @@ class Session:
     def fits(self, test: PlannedTest, host: Host) -> str | None:
         model = test.model
         vendor = self.options.gpu_vendor
-        return host_unfit_reason(model, vendor, host.vendor, host.architecture, host.labels)
+        return host_unfit_reason(
+            model, vendor, host.vendor, host.architecture, host.labels,
+            ignore_skip_gpu_arch=self.options.disable_skip_gpu_arch,
+        )  # fmt: skip
 
     def run(self, test: PlannedTest, test_id: str | None = None) -> TestRecord:
         """The test's record. A host lost mid-run is left out for the rest of the session

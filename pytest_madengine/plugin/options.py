@@ -147,6 +147,41 @@ def add_options(parser: pytest.Parser) -> None:
         " (implies --mad-deploy k8s; images are still built and pushed; the tests are"
         " skipped, naming their files)",
     )
+    # madengine's run options; each also an ini key (mad_keep_alive = true, ...).
+    group.addoption(
+        "--mad-keep-alive",
+        action="store_true",
+        default=None,
+        help="leave each container running after its run, for docker exec (and keep its"
+        " run directory) (ini: mad_keep_alive)",
+    )
+    group.addoption(
+        "--mad-keep-model-dir",
+        action="store_true",
+        default=None,
+        help="bring each run's run_directory back to the working directory"
+        " (ini: mad_keep_model_dir)",
+    )
+    group.addoption(
+        "--mad-skip-model-run",
+        action="store_true",
+        default=None,
+        help="build and start each container and run its scripts, but not the model"
+        " (ini: mad_skip_model_run)",
+    )
+    group.addoption(
+        "--mad-disable-skip-gpu-arch",
+        action="store_true",
+        default=None,
+        help="run models whose skip_gpu_arch names this GPU (ini: mad_disable_skip_gpu_arch)",
+    )
+    group.addoption(
+        "--mad-tools-file",
+        metavar="JSON",
+        help="tools file (madengine's tools.json format) that the context's 'tools' name;"
+        " default: the profilers and tracers shipped with pytest-madengine"
+        " (ini: mad_tools_file)",
+    )
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
     parser.addini("mad_context_file", "run context JSON file", default=None)
@@ -158,6 +193,23 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(
         "mad_force_mirror_local", "directory for the fetched copies of all data", default=None
     )
+    for name, help_text in RUN_FLAGS.items():
+        parser.addini(f"mad_{name}", help_text, type="bool", default=False)
+    parser.addini("mad_tools_file", "tools file the context's 'tools' name", default=None)
+
+
+RUN_FLAGS = {
+    "keep_alive": "leave each container running after its run",
+    "keep_model_dir": "bring each run's run_directory back",
+    "skip_model_run": "start each container and its scripts, not the model",
+    "disable_skip_gpu_arch": "run models whose skip_gpu_arch names this GPU",
+}
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    """A command-line flag, else the ini key of the same name."""
+    value = config.getoption(f"mad_{name}")
+    return bool(value) if value is not None else bool(config.getini(f"mad_{name}"))
 
 
 def _option(config: pytest.Config, name: str) -> str | None:
@@ -200,6 +252,10 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         registry=config.getoption("mad_registry"),
         retries=config.getoption("mad_retries"),
         deploy=config.getoption("mad_deploy"),
+        keep_alive=_flag(config, "keep_alive"),
+        keep_model_dir=_flag(config, "keep_model_dir"),
+        skip_model_run=_flag(config, "skip_model_run"),
+        disable_skip_gpu_arch=_flag(config, "disable_skip_gpu_arch"),
         force_mirror_local=_option(config, "force_mirror_local"),
         slurm_dry_run=bool(config.getoption("mad_slurm_dry_run")),
         k8s_dry_run=config.getoption("mad_k8s_dry_run"),
@@ -207,5 +263,6 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         manifest_output=config.getoption("mad_manifest_output"),
         batch_manifest=config.getoption("mad_batch_manifest"),
         html_report=config.getoption("mad_html"),
+        tools_file=_path_option(config, "tools_file"),
         base_dir=config.invocation_params.dir,
     )

@@ -20,7 +20,13 @@ from pytest_madengine.reporting.build_manifest import (
     manifest_document,
     write_json,
 )
-from pytest_madengine.reporting.perf_csv import PerfCsv, perf_rows
+from pytest_madengine.reporting.perf_csv import (
+    PERF_SUPER_COLUMNS,
+    PerfCsv,
+    perf_rows,
+    perf_super_path,
+    perf_super_rows,
+)
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
 
 RECORD_ATTRIBUTE = "mad_record"  # on a TestReport: the record as a dict (crosses xdist)
@@ -33,8 +39,15 @@ class MadReporter:
     def __init__(self, state: PluginState, config: pytest.Config) -> None:
         self.state = state
         self.config = config
-        fallback = state.options.output_dir / f"perf.{state.session_id}.csv"
-        self.perf_csv = PerfCsv(state.options.perf_csv, fallback)
+        options = state.options
+        fallback = options.output_dir / f"perf.{state.session_id}.csv"
+        self.perf_csv = PerfCsv(options.perf_csv, fallback)
+        self.perf_super = PerfCsv(
+            perf_super_path(options.perf_csv),
+            options.output_dir / f"perf_super.{state.session_id}.csv",
+            PERF_SUPER_COLUMNS,
+            "perf_super.csv",
+        )
         self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
         self.data_notes: list[tuple[str, bool]] = []  # (line, whether a warning)
         self.builds: list[BuildRecord] = []
@@ -58,6 +71,9 @@ class MadReporter:
             build_number=self.build_number,
         )
         problem = self.perf_csv.append(rows)  # now, so Ctrl-C later loses no finished row
+        if problem:
+            self._say(problem)
+        problem = self.perf_super.append(perf_super_rows(record, rows))
         if problem:
             self._say(problem)
         for lost in record.retried_after:

@@ -1,8 +1,16 @@
-"""madengine-compatible perf.csv: appended one row per result, header written once."""
+"""madengine-compatible perf.csv, and perf_super.csv beside it: appended one row per
+result, header written once.
+
+perf.csv has madengine's columns and no others. perf_super.csv (madengine writes one
+too) has the same rows with two columns more: `configs` (madengine's parsed config
+files; we parse none, so it stays empty) and `multi_results`, the extra columns of a
+multiple_results row as a JSON object (empty for other rows), as madengine writes it.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +25,12 @@ PERF_COLUMNS = (
     "data_provider_type", "data_size", "data_download_duration", "build_number",
     "additional_docker_run_options",
 )  # fmt: skip
+PERF_SUPER_COLUMNS = (*PERF_COLUMNS, "configs", "multi_results")
+PERF_SUPER_NAME = "perf_super.csv"
+
+
+def perf_super_path(perf_csv: Path) -> Path:
+    return perf_csv.with_name(PERF_SUPER_NAME)
 
 
 # Existing files may hold any bytes: they are kept as they are when the file is rewritten.
@@ -62,9 +76,17 @@ class PerfCsv:
     written mid-session the rows go to `fallback` instead, and `append` says so.
     """
 
-    def __init__(self, path: Path, fallback: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fallback: Path | None = None,
+        columns: tuple[str, ...] = PERF_COLUMNS,
+        label: str = "perf.csv",
+    ) -> None:
         self.path = path
         self.fallback = fallback
+        self.columns = columns
+        self.label = label  # what the file is, in messages
         self._header: list[str] | None = None
 
     def append(self, rows: Iterable[Mapping[str, object]]) -> str | None:
@@ -76,7 +98,7 @@ class PerfCsv:
             self._append(self.path, rows)
         except (OSError, csv.Error) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
-            problem = f"perf.csv {self.path}: cannot write ({why})"
+            problem = f"{self.label} {self.path}: cannot write ({why})"
             if self.fallback is None:
                 return problem
             self._header = None
@@ -91,10 +113,10 @@ class PerfCsv:
             if existing is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with path.open("w", newline="", encoding="utf-8") as handle:
-                    csv.writer(handle).writerow(PERF_COLUMNS)
-                self._header = list(PERF_COLUMNS)
+                    csv.writer(handle).writerow(self.columns)
+                self._header = list(self.columns)
             else:
-                missing = [column for column in PERF_COLUMNS if column not in existing]
+                missing = [column for column in self.columns if column not in existing]
                 self._header = existing + missing
                 if missing:
                     _widen(path, self._header)
@@ -151,10 +173,10 @@ def perf_rows(
         "base_docker": image.base_docker if image else "",
         "docker_sha": image.docker_sha if image else "",
         "docker_image": facts.docker_image,
-        "git_commit": git_commit,
+        "git_commit": facts.git_commit or git_commit,
         "machine_name": record.host or machine,
         "deployment_type": "local" if record.backend == "docker" else record.backend,
-        "launcher": record.properties.get("launcher", ""),
+        "launcher": record.properties.get("launcher") or facts.launcher,
         "gpu_architecture": facts.gpu_architecture,
         "build_duration": _seconds(image.build_duration if image else None),
         "test_duration": _seconds(record.duration),
@@ -171,11 +193,24 @@ def perf_rows(
     return [
         {
             **common,
-            "model": row.name,
-            "performance": _number(row.performance),
+            "model": row.perf_model or row.name,
+            "performance": row.shown_performance,
             "metric": row.metric,
             "relative_change": _number(row.relative_change),
             "status": row.status.value,
         }
         for row in record.rows
+    ]
+
+
+def perf_super_rows(record: TestRecord, perf: list[dict[str, object]]) -> list[dict[str, object]]:
+    """perf_super.csv rows: the record's perf.csv rows `perf` with `configs` and
+    `multi_results` (see the module's docstring)."""
+    return [
+        {
+            **row,
+            "configs": "",
+            "multi_results": json.dumps(dict(result.extra)) if result.extra else "",
+        }
+        for row, result in zip(perf, record.rows, strict=True)
     ]

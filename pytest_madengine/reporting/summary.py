@@ -34,7 +34,7 @@ def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
                 (
                     row.name,
                     row.status.value,
-                    "" if row.performance is None else f"{row.performance:g}",
+                    row.shown_performance,
                     row.metric,
                     "" if change is None else f"{change * 100:+.1f}%",
                     "" if duration is None else f"{duration:.1f}s",
@@ -81,7 +81,8 @@ def summary_document(
             {
                 "model": row.name,
                 "status": row.status.value,
-                "performance": row.performance,
+                # A number, or a text value as written (a CPU list such as 0-1).
+                "performance": row.performance if row.performance is not None else row.text,
                 "metric": row.metric,
                 "relative_change": row.relative_change,
                 "reason": row.reason,

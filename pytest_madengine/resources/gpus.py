@@ -60,14 +60,15 @@ class GpuInventory:
 MAX_GPUS = 1024  # per host: more is a typo, and would take memory and time to lease
 
 
-def parse_gpu_ids(spec: str) -> tuple[int, ...]:
-    """`4` is a count (ids 0-3); `0,2-3` is a list of ids."""
+def parse_gpu_ids(spec: str, origin: str = "--mad-gpus", ids_only: bool = False) -> tuple[int, ...]:
+    """`4` is a count (ids 0-3), unless `ids_only` (madengine's docker_gpus: `1` is GPU 1);
+    `0,2-3` is a list of ids. `origin` names where the text came from in errors."""
     text = spec.strip()
     if not text:
         return ()
-    if text.isdigit():
+    if text.isdigit() and not ids_only:
         if int(text) > MAX_GPUS:
-            raise MadError(f"--mad-gpus {spec!r}: at most {MAX_GPUS} GPUs per host")
+            raise MadError(f"{origin} {spec!r}: at most {MAX_GPUS} GPUs per host")
         return tuple(range(int(text)))
     ids: list[int] = []
     for part in text.split(","):
@@ -79,15 +80,15 @@ def parse_gpu_ids(spec: str) -> tuple[int, ...]:
             first, last = (int(low), int(high)) if dash else (int(part), int(part))
         except ValueError:
             raise MadError(
-                f"--mad-gpus {spec!r}: expected a count or ids like 0,2-3, got {part!r}"
+                f"{origin} {spec!r}: expected a count or ids like 0,2-3, got {part!r}"
             ) from None
         if first > last:
-            raise MadError(f"--mad-gpus {spec!r}: range {part!r} runs backwards")
+            raise MadError(f"{origin} {spec!r}: range {part!r} runs backwards")
         if last >= MAX_GPUS:
-            raise MadError(f"--mad-gpus {spec!r}: GPU ids go up to {MAX_GPUS - 1}")
+            raise MadError(f"{origin} {spec!r}: GPU ids go up to {MAX_GPUS - 1}")
         ids.extend(range(first, last + 1))
     if len(set(ids)) != len(ids) or any(index < 0 for index in ids):
-        raise MadError(f"--mad-gpus {spec!r}: ids must be distinct and not negative")
+        raise MadError(f"{origin} {spec!r}: ids must be distinct and not negative")
     return tuple(ids)
 
 
@@ -173,18 +174,20 @@ def inventory(
     vendor: str | None,
     architecture: str | None,
     probe: Probe = run_probe,
+    origin: str = "--mad-gpus",
+    ids_only: bool = False,
 ) -> GpuInventory:
     """Detected GPUs, narrowed to the declared ids; or virtual ones when none are detected."""
     found = detect(probe)
     if declared is None:
         return found
-    ids = parse_gpu_ids(declared)
+    ids = parse_gpu_ids(declared, origin, ids_only)
     if found.gpus:
         by_id = {gpu.index: gpu for gpu in found.gpus}
         missing = [index for index in ids if index not in by_id]
         if missing:
             raise MadError(
-                f"--mad-gpus {declared!r}: no GPU {missing[0]} on this host ({found.describe()})"
+                f"{origin} {declared!r}: no GPU {missing[0]} on this host ({found.describe()})"
             )
         return GpuInventory(tuple(by_id[index] for index in ids), found.source)
     virtual = tuple(Gpu(index, vendor or "AMD", architecture) for index in ids)

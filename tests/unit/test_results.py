@@ -17,6 +17,7 @@ from pytest_madengine.core.results import (
     find_performance,
     format_number,
     judge,
+    judge_measurement,
     load_baseline,
     parse_expectation,
     parse_multiple_results,
@@ -179,15 +180,15 @@ def test_result_errors_are_mad_errors_and_always_one_line() -> None:
 def test_multiple_results_rows_are_named_after_the_model() -> None:
     text = "model,performance,metric\nresnet,812.4,images_per_second\nbert,95,seqs_per_second\n"
     assert parse_multiple_results(text, "dummy_multi", "perf_multi.csv") == [
-        Measurement("dummy_multi_resnet", 812.4, "images_per_second"),
-        Measurement("dummy_multi_bert", 95.0, "seqs_per_second"),
+        Measurement("dummy_multi_resnet", 812.4, "images_per_second", row_model="resnet"),
+        Measurement("dummy_multi_bert", 95.0, "seqs_per_second", row_model="bert"),
     ]
 
 
 def test_multiple_results_keep_extra_columns() -> None:
     text = "batch,model,performance,metric,precision\n64,resnet,812.4,fps,fp16\n"
     [row] = parse_multiple_results(text, "m", "p.csv")
-    assert row == Measurement("m_resnet", 812.4, "fps")
+    assert row == Measurement("m_resnet", 812.4, "fps", row_model="resnet")
     assert row.extra == {"batch": "64", "precision": "fp16"}
 
 
@@ -197,7 +198,29 @@ def test_measurements_compare_without_their_extra_columns() -> None:
 
 def test_multiple_results_tolerate_spaces_quotes_blank_lines_and_a_bom() -> None:
     text = '\ufeff model , performance , metric \n\n"resnet", 1e3 ,fps\n\n'
-    assert parse_multiple_results(text, "m", "p.csv") == [Measurement("m_resnet", 1000.0, "fps")]
+    assert parse_multiple_results(text, "m", "p.csv") == [
+        Measurement("m_resnet", 1000.0, "fps", row_model="resnet")
+    ]
+
+
+def test_multiple_results_keep_text_values_as_written_and_empty_ones_as_failures() -> None:
+    text = "model,performance,metric\ncpus,0-1,cpu_list\nodd,nan,fps\nnone,,fps\nok,5,fps\n"
+    rows = parse_multiple_results(text, "m", "p.csv")
+    assert [(row.performance, row.text) for row in rows] == [
+        (None, "0-1"), (None, "nan"), (None, ""), (5.0, None)
+    ]  # fmt: skip
+    verdicts = [judge_measurement(row, None, None, 0.05) for row in rows]
+    assert [v.passed for v in verdicts] == [True, True, False, True]
+    assert verdicts[2].reason == "empty performance"
+    # A text value cannot meet an expectation, and says so.
+    verdict = judge_measurement(rows[0], Expectation(minimum=1), None, 0.05)
+    assert verdict == Verdict(False, "performance '0-1' is not a number; 'expect' needs one")
+
+
+def test_multiple_results_with_every_value_empty_fail_as_a_whole() -> None:
+    with pytest.raises(ResultError) as exc:
+        parse_multiple_results("model,performance,metric\na,,fps\nb, ,fps\n", "m", "p.csv")
+    assert str(exc.value) == "p.csv: performance is empty in every row"
 
 
 @pytest.mark.parametrize(
@@ -206,10 +229,6 @@ def test_multiple_results_tolerate_spaces_quotes_blank_lines_and_a_bom() -> None
         ("", "p.csv: empty multiple_results CSV"),
         ("\n\n", "p.csv: empty multiple_results CSV"),
         ("model,perf\nx,1\n", "p.csv: missing column(s) metric, performance (have: model, perf)"),
-        ("model,performance,metric\nx,1,fps\ny,abc,fps\n",
-         "p.csv: row 3: non-numeric performance 'abc'"),
-        ("model,performance,metric\nx,,fps\n", "p.csv: row 2: non-numeric performance ''"),
-        ("model,performance,metric\nx,nan,fps\n", "p.csv: row 2: non-numeric performance 'nan'"),
         ("model,performance,metric\nx,1\n", "p.csv: row 2: expected 3 fields, got 2"),
         ("model,performance,metric\nx,1,fps,extra\n", "p.csv: row 2: expected 3 fields, got 4"),
         ("model,performance,metric\n", "p.csv: no result rows"),
@@ -224,8 +243,8 @@ def test_malformed_multiple_results(text: str, message: str) -> None:
 
 def test_a_quoted_line_break_in_a_cell_keeps_the_reason_one_line() -> None:
     with pytest.raises(ResultError) as exc:
-        parse_multiple_results('model,performance,metric\nx,"1\n2",fps\n', "m", "p.csv")
-    assert str(exc.value) == "p.csv: row 2: non-numeric performance '1 2'"
+        parse_multiple_results('model,performance,metric\nx,"1\n2",fps,x\n', "m", "p.csv")
+    assert str(exc.value) == "p.csv: row 2: expected 3 fields, got 4"
 
 
 # Expectations
@@ -330,13 +349,32 @@ def test_baseline_takes_the_last_success_row_of_each_model(tmp_path: Path) -> No
             ("llama", "", "FAILURE"),
         ],
     )
-    assert load_baseline(path) == {"resnet": 1000.0, "bert": 50.0}
+    baseline = load_baseline(path)
+    assert (baseline.lookup("resnet"), baseline.lookup("bert"), baseline.lookup("llama")) == (
+        1000.0, 50.0, None
+    )  # fmt: skip
+
+
+def test_baseline_tells_variants_apart_by_args_and_dockerfile(tmp_path: Path) -> None:
+    path = tmp_path / "perf.csv"
+    path.write_text(
+        "model,args,docker_file,performance,status\n"
+        "m,--batch_size 256,docker/m.amd.Dockerfile,100,SUCCESS\n"
+        "m,--batch_size 512,docker/m.amd.Dockerfile,200,SUCCESS\n"
+        "m,--batch_size 512,docker/m.rocm7.Dockerfile,300,SUCCESS\n"
+        "other,,,7,SUCCESS\n"  # written by hand: any variant of `other`
+    )
+    baseline = load_baseline(path)
+    assert baseline.lookup("m", "--batch_size 512", "docker/m.amd.Dockerfile") == 200
+    assert baseline.lookup("m", "--batch_size 512", "docker/m.rocm7.Dockerfile") == 300
+    assert baseline.lookup("m", "--batch_size 1", "docker/m.amd.Dockerfile") is None
+    assert baseline.lookup("other", "--x 1", "docker/o.Dockerfile") == 7
 
 
 def test_baseline_of_a_perf_csv_with_only_a_header_is_empty(tmp_path: Path) -> None:
     path = tmp_path / "perf.csv"
     write_perf_csv(path, [])
-    assert load_baseline(path) == {}
+    assert len(load_baseline(path)) == 0
 
 
 def test_missing_baseline_file(tmp_path: Path) -> None:
