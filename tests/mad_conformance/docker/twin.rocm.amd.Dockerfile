@@ -1,0 +1,4 @@
+# CONTEXT {'gpu_vendor': 'AMD'}
+ARG BASE_DOCKER=mad-base/busybox:latest
+FROM $BASE_DOCKER
+ENV TWIN_FLAVOUR=rocm

@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "refusing to set up: $*" >&2
+exit 3

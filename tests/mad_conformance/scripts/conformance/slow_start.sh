@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "model starts"
+echo "performance: 4 timeout_line_ok"
