@@ -80,10 +80,12 @@ def outputs(pytester: pytest.Pytester, result: pytest.RunResult) -> list[str]:
 
 
 def log_of(pytester: pytest.Pytester, model: str) -> list[str]:
-    """The lines of the latest log of a model."""
+    """The lines of the latest log of a model, but madengine's `Setting timeout to N
+    seconds.` that every run prints (tests/e2e/test_conformance.py checks that one)."""
     logs = sorted(pytester.path.glob(f"mad_output/logs/*/{model}.*.log"),
                   key=lambda path: path.stat().st_mtime)  # fmt: skip
-    return logs[-1].read_text().splitlines()
+    lines = logs[-1].read_text().splitlines()
+    return [line for line in lines if not line.startswith("Setting timeout to ")]
 
 
 def test_data_from_local_nas_minio_and_aws_and_a_second_session_downloads_nothing(
