@@ -129,9 +129,10 @@ def test_examples_dummies_under_xdist_end_as_on_docker(pytester: pytest.Pytester
         assert props["slurm_gpus"] == f"{props['host']}:{props['gpus']}", (name, props)
         assert float(props["slurm_queue_wait"]) >= 0 and float(props["slurm_run_time"]) >= 0
     assert properties["dummy2/model2"]["gpus"].count(",") == 1  # n_gpus 2
-    rows = {row["model"]: row for row in read_perf(pytester.path / "perf.csv")}
-    assert rows["dummy_multi_resnet50"]["performance"] == "812.4"
-    assert rows["dummy3[batch_size=512]"]["performance"] == "5120.5"
+    # perf.csv names models as madengine does; a tag's parameters are in args.
+    rows = {(row["model"], row["args"]): row for row in read_perf(pytester.path / "perf.csv")}
+    assert rows[("dummy_multi_resnet50", "")]["performance"] == "812.4"
+    assert rows[("dummy3", "--batch_size 128 --batch_size 512")]["performance"] == "5120.5"
     assert our_jobs(session_of(properties)) == []
 
 
