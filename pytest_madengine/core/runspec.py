@@ -7,6 +7,7 @@ import posixpath
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pytest_madengine.backends import (
     CONTROLLER_LABEL,
@@ -26,6 +27,7 @@ from pytest_madengine.core.workspace import (
     ModelRun,
     Script,
     parse_scripts,
+    render,
     timeout_line,
 )
 from pytest_madengine.data import DataMount
@@ -266,3 +268,9 @@ def build_model_run(
         skip_model=options.skip_model_run,
         result_file=model.multiple_results,
     )
+
+
+def build_run_spec(test: PlannedTest, options: Options, host: Host, **facts: Any) -> RunSpec:
+    """The backend's spec of a test, its steps rendered, without tools (see
+    build_model_run for the arguments)."""
+    return render(build_model_run(test, options, host, **facts))

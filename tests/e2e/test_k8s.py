@@ -385,7 +385,9 @@ def test_dry_run_manifests_apply_on_the_server(
         check=False,
     )
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("(server dry run)") == 4  # a ConfigMap and a Job each
+    # A Job each, with its ConfigMaps: the model's scripts and our runner's two files.
+    assert applied.stdout.count("job.batch/") == 2
+    assert applied.stdout.count("(server dry run)") == 8
 
 
 def test_two_nodes_meet_at_rank_0(

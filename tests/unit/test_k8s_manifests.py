@@ -253,7 +253,7 @@ def test_scripts_travel_in_a_configmap_shared_by_equal_directories(tmp_path: Pat
 
 
 def test_a_single_file_copy_lands_at_its_container_path(tmp_path: Path) -> None:
-    runner = tmp_path / "run.sh"
+    runner = tmp_path / "container_run.sh"
     runner.write_text("echo steps\n")
     single = manifests.script_map(runner, "/myworkspace/.madengine/run.sh", "abc123")
     assert single.container_dir == "/myworkspace/.madengine"

@@ -202,13 +202,15 @@ def script_map(
     digest = hashlib.sha256()
     total = 0
     if host_dir.is_file():
-        found = [host_dir]
+        # Named as the container path names it (our runner is container_run.sh here).
+        found = [(host_dir, posixpath.basename(container_dir.rstrip("/")))]
         container_dir = posixpath.dirname(container_dir.rstrip("/")) or "/"
-        host_dir = host_dir.parent
     else:
-        found = _files(host_dir, tuple(excludes))
-    for path in found:
-        relative = path.relative_to(host_dir).as_posix()
+        found = [
+            (path, path.relative_to(host_dir).as_posix())
+            for path in _files(host_dir, tuple(excludes))
+        ]
+    for path, relative in found:
         content = path.read_bytes()
         total += len(content) + len(relative)
         if total > CONFIGMAP_BYTES:
