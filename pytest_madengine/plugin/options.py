@@ -176,11 +176,11 @@ def add_options(parser: pytest.Parser) -> None:
         help="run models whose skip_gpu_arch names this GPU (ini: mad_disable_skip_gpu_arch)",
     )
     group.addoption(
-        "--mad-tools-file",
+        "--mad-tools-config",
         metavar="JSON",
         help="tools file (madengine's tools.json format) that the context's 'tools' name;"
         " default: the profilers and tracers shipped with pytest-madengine"
-        " (ini: mad_tools_file)",
+        " (ini: mad_tools_config)",
     )
     parser.addini("mad_root", "MAD tree to collect", default=None)
     parser.addini("mad_tags", "models to run, as for --mad-tags", type="args", default=[])
@@ -195,7 +195,7 @@ def add_options(parser: pytest.Parser) -> None:
     )
     for name, help_text in RUN_FLAGS.items():
         parser.addini(f"mad_{name}", help_text, type="bool", default=False)
-    parser.addini("mad_tools_file", "tools file the context's 'tools' name", default=None)
+    parser.addini("mad_tools_config", "tools file the context's 'tools' name", default=None)
 
 
 RUN_FLAGS = {
@@ -263,6 +263,6 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         manifest_output=config.getoption("mad_manifest_output"),
         batch_manifest=config.getoption("mad_batch_manifest"),
         html_report=config.getoption("mad_html"),
-        tools_file=_path_option(config, "tools_file"),
+        tools_file=_path_option(config, "tools_config"),
         base_dir=config.invocation_params.dir,
     )

@@ -6,7 +6,7 @@ container), in the order given. A tool comes from one of two places:
 
 - a tools file in madengine's format (`{"tools": {name: {pre_scripts, cmd, env_vars,
   post_scripts}}}`): ours (`tools.json` beside this module) unless the run option
-  `--mad-tools-file` names another; see `files.py`;
+  `--mad-tools-config` names another; see `files.py`;
 - a Python class in the entry-point group `pytest_madengine.tools`, which wins over a
   tools file entry of the same name:
 

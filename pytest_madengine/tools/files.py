@@ -97,7 +97,7 @@ class FileTool:
 
 def load_tools_file(path: Path) -> dict[str, FileTool]:
     """Every tool of a tools file; MadError naming the file and the tool when malformed."""
-    data = read_json(path, "--mad-tools-file")
+    data = read_json(path, "--mad-tools-config")
     tools = data.get("tools") if isinstance(data, dict) else None
     if not isinstance(tools, dict):
         raise MadError(f'{path}: expected {{"tools": {{name: {{...}}}}}}')

@@ -157,7 +157,7 @@ def test_pre_and_post_scripts_and_tools_run_in_madengines_order(
         "post_scripts": [{"path": "scripts/common/post_scripts/note.sh", "args": "ctx post"}],
     }
     result = run(pytester, "--mad-tags", "scripts", "--mad-context", json.dumps(context),
-                 "--mad-tools-file", "tools/echo_tools.json")  # fmt: skip
+                 "--mad-tools-config", "tools/echo_tools.json")  # fmt: skip
     result.assert_outcomes(passed=1, failed=1)
     assert (root / "order_scripted.txt").read_text().splitlines() == [
         "pre B", "pre A", "ctx pre", "model pre", "cmd_B", "cmd_A",

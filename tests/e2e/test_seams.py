@@ -143,7 +143,7 @@ def usage_error(pytester: pytest.Pytester, *args: str) -> str:
         (("--mad-tags", ""), "--mad-tags: no tag given*"),
         (("--mad-tags", "alpha:batch_size"), "--mad-tags: 'alpha:batch_size': expected key=value*"),
         (("--mad-context", '{"tools": [{"name": "nvprof9"}]}'), "*unknown tool 'nvprof9' in *"),
-        (("--mad-tools-file", "none.json"), "--mad-tools-file */none.json: No such file*"),
+        (("--mad-tools-config", "none.json"), "--mad-tools-config */none.json: No such*"),
         (("--mad-context", '{"docker_gpus": "2-1"}'), "context 'docker_gpus' '2-1': range*"),
     ],
 )
