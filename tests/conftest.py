@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -25,6 +25,14 @@ FROM $BASE_DOCKER
 """
 NVIDIA_DOCKERFILE = AMD_DOCKERFILE.replace("AMD", "NVIDIA")
 RUN_SH = "#!/bin/sh\necho 'performance: 42.0 samples_per_second'\n"
+
+
+def component_missing(message: str) -> NoReturn:
+    """A test's component (engine, hosts, registry, cluster...) is not there: skipped on
+    a developer's machine, a failure under CI, which must have started everything."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 def entry(name: str, **fields: Any) -> dict[str, Any]:
@@ -83,9 +91,7 @@ def docker_client():
         client.images.get(BUSYBOX_BASE)
     except docker.errors.DockerException as exc:
         message = f"Docker Engine with {BUSYBOX_BASE} needed (run scripts/bootstrap): {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing(message)
     yield client
     remove_test_images(client)
     client.close()
@@ -122,9 +128,7 @@ def _answering_hosts(inventory: Path, component: str) -> Iterator[Path]:
         problem = "; ".join(f"{name}: {why}" for name, why in down.items()) or None
     if problem:
         message = f"test hosts needed (run scripts/bootstrap {component}): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing(message)
     yield inventory
     with HostLinks() as links:
         for host in load_hosts(inventory):
@@ -170,9 +174,7 @@ def registry() -> tuple[str, dict[str, str]]:
         problem = str(exc)
     if problem:
         message = f"registry needed (run scripts/bootstrap registry): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing(message)
     return address, {"username": login["username"], "password": login["password"]}
 
 
@@ -201,9 +203,7 @@ def k8s_cluster():
         problem = f"{exc} (pip install -e '.[k8s]')"
     if problem:
         message = f"Kubernetes cluster needed (run scripts/bootstrap k8s): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing(message)
     yield api
     api.close()
 
@@ -259,9 +259,7 @@ def data_servers() -> DataServers:
         problem = f"{type(exc).__name__}: {exc}"
     if problem:
         message = f"data servers needed (run scripts/bootstrap data): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing(message)
     return servers
 
 
@@ -295,7 +293,5 @@ def slurm() -> dict[str, Any]:
         problem = str(exc)
     if problem:
         message = f"Slurm cluster needed (run scripts/bootstrap slurm): {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing(message)
     return facts

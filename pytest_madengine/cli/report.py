@@ -32,7 +32,7 @@ def _html(output: Path, inputs: list[Path], baseline: Path | None, tolerance: st
     except ValueError as exc:
         raise fail(f"--tolerance: {exc}", ExitCode.INVALID_ARGS) from None
     try:
-        values = load_baseline(baseline) if baseline else {}
+        values = load_baseline(baseline).by_model() if baseline else {}
         write_report(output, inputs, values, fraction, title=title,
                      lower_is_better=tuple(lower_is_better or ()))  # fmt: skip
     except (MadError, ResultError) as exc:

@@ -307,6 +307,11 @@ class Baseline:
     def __len__(self) -> int:
         return len(self.values)
 
+    def by_model(self) -> dict[str, float]:
+        """model -> its last value, whatever the variant: for views that show models only
+        (the HTML report)."""
+        return {model: value for (model, _, _), value in self.values.items()}
+
 
 def load_baseline(path: Path) -> Baseline:
     """The baseline of an earlier perf.csv (ours or madengine's)."""

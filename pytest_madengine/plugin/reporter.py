@@ -157,7 +157,7 @@ class MadReporter:
             self.notes.append(f"no HTML report: {options.perf_csv} has no results")
             return
         try:
-            write_report(path, [options.perf_csv], options.baseline, options.tolerance)
+            write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance)
         except MadError as exc:
             self.notes.append(f"no HTML report: {exc}")
             return

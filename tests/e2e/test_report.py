@@ -11,7 +11,7 @@ from lxml import etree
 
 from pytest_madengine.cli.app import invoke
 from tests.browser import chromium_path, visit
-from tests.conftest import entry
+from tests.conftest import component_missing, entry
 from tests.e2e.test_run import FAIL, VALUE, run, scripts, unique_tree
 from tests.unit.test_report import perf_csv, row
 
@@ -23,10 +23,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def chromium() -> str:
     path = chromium_path()
     if path is None:
-        message = "chromium needed (run scripts/bootstrap chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        component_missing("chromium needed (run scripts/bootstrap chromium)")
     return path
 
 
