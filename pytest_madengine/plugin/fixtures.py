@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -107,6 +107,17 @@ def mad_gpus(mad_host: Placement) -> tuple[Gpu, ...]:
     return mad_host.gpus
 
 
+def _conclude(item: pytest.Item, key: Any, record: Any) -> None:
+    """Keeps an item's record (for its report) and its JUnit properties, then ends the
+    test as the record says: skipped or failed in one line."""
+    item.stash[key] = record
+    item.user_properties.extend(record.junit_properties())
+    if record.status is Status.SKIPPED:
+        pytest.skip(record.reason or "skipped")
+    if record.status is Status.FAILURE:
+        pytest.fail(record.failure_text, pytrace=False)
+
+
 @pytest.fixture
 def mad_benchmark(request: pytest.FixtureRequest, mad_runtime: Session) -> Callable[[], TestRecord]:
     """Runs this item's benchmark on a placed host; a miss fails the test in one line.
@@ -118,12 +129,7 @@ def mad_benchmark(request: pytest.FixtureRequest, mad_runtime: Session) -> Calla
 
     def run() -> TestRecord:
         record = mad_runtime.run(item.planned, item.nodeid)
-        item.stash[RECORD] = record
-        item.user_properties.extend(record.junit_properties())
-        if record.status is Status.SKIPPED:
-            pytest.skip(record.reason or "skipped")
-        if record.status is Status.FAILURE:
-            pytest.fail(record.failure_text, pytrace=False)
+        _conclude(item, RECORD, record)
         return record
 
     return run
@@ -156,12 +162,7 @@ def mad_build(request: pytest.FixtureRequest, mad_runtime: Session) -> Callable[
 
     def build() -> BuildRecord:
         record = mad_runtime.build(item.target, terminal_lines(request.config))
-        item.stash[BUILD_RECORD] = record
-        item.user_properties.extend(record.junit_properties())
-        if record.status is Status.SKIPPED:
-            pytest.skip(record.reason or "skipped")
-        if record.status is Status.FAILURE:
-            pytest.fail(record.failure_text, pytrace=False)
+        _conclude(item, BUILD_RECORD, record)
         return record
 
     return build
