@@ -309,10 +309,13 @@ k8s_spawn() {  # name binary args...: a daemon that outlives this script
 }
 
 k8s_wait() {  # name seconds what command...: until the command succeeds
-  local name=$1 limit=$2 what=$3 deadline=$((SECONDS + $2))
+  local name=$1 limit=$2 what=$3 deadline=$((SECONDS + $2)) pid
   shift 3
+  pid=$(cat "$K8S_RUN/$name.pid" 2>/dev/null) || pid=""
   until "$@"; do
-    if ! k8s_pid "$name" >/dev/null; then
+    # By pid alone, not k8s_pid's binary check: a daemon spawned a moment ago may not
+    # have exec'd its binary yet (it is still setsid), and it is ours either way.
+    if [ -z "$pid" ] || ! k8s_alive "$pid"; then
       echo "--- tail of $K8S_LOGDIR/$name.log:" >&2
       tail -n 25 "$K8S_LOGDIR/$name.log" >&2 2>/dev/null || true
       die "k8s: $name exited before $what (log $K8S_LOGDIR/$name.log)"
