@@ -71,3 +71,7 @@ def parse_json(text: str, where: str) -> Any:
 def read_json(path: Path, option: str = "") -> Any:
     """A JSON file's data; one-line MadError naming the file for any problem."""
     return parse_json(read_text(path, option), str(path))
+
+
+class Stopped(MadError):
+    """The session is stopping (Ctrl-C, -x, the end): a test waiting to start gives up."""

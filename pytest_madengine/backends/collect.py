@@ -12,11 +12,16 @@ import io
 import posixpath
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pytest_madengine.backends import collected
 from pytest_madengine.errors import MadError
+
+# Files read back into memory (result CSVs, state files) are small; larger ones are not.
+MAX_READ_BYTES = 64 * 1024 * 1024
 
 
 class _ChunkReader(io.RawIOBase):
@@ -49,33 +54,60 @@ def _relative(name: str) -> str | None:
     return "/".join(parts)
 
 
+@dataclass(frozen=True)
+class Extracted:
+    written: list[str]  # workspace-relative paths of the files written to the host
+    read: dict[str, str]  # of the paths asked for: the text of those found (files only)
+
+
 def extract_workspace(
-    chunks: Iterable[bytes], destination: Path, skip: frozenset[str]
-) -> list[str]:
-    """Writes the archive's files (all but `skip`) below `destination`; their paths."""
-    written = []
+    chunks: Iterable[bytes],
+    destination: Path,
+    skip: frozenset[str],
+    read: Collection[str] = (),
+    max_read_bytes: int = MAX_READ_BYTES,
+) -> Extracted:
+    """Writes the archive's files (all but `skip`) below `destination`, and keeps the
+    text of the files `read` names (workspace-relative; skipped or not, none larger
+    than `max_read_bytes`): one pass over the stream serves both."""
+    written: list[str] = []
+    texts: dict[str, str] = {}
     stream = io.BufferedReader(_ChunkReader(chunks), buffer_size=1024 * 1024)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
                 relative = _relative(member.name)
-                if relative is None or not member.isfile() or not collected(relative, skip):
+                if relative is None or not member.isfile():
                     continue
-                target = destination / relative
-                if target.is_dir() or target.is_symlink():
+                if relative in read and member.size <= max_read_bytes:
+                    source = archive.extractfile(member)
+                    data = source.read() if source is not None else b""
+                    texts[relative] = data.decode("utf-8", errors="replace")
+                    if collected(relative, skip) and _write(destination, relative, member,
+                                                            io.BytesIO(data)):  # fmt: skip
+                        written.append(relative)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if not collected(relative, skip):
+                    continue
                 source = archive.extractfile(member)
-                if source is None:
-                    continue
-                with target.open("wb") as out:
-                    shutil.copyfileobj(source, out)
-                target.chmod(member.mode & 0o755 | 0o600)
-                written.append(relative)
+                if source is not None and _write(destination, relative, member, source):
+                    written.append(relative)
     except OSError as exc:
         raise MadError(
             f"the run's workspace files could not be written to {destination}: {exc}"
         ) from None
     except tarfile.TarError as exc:
         raise MadError(f"the run's workspace came back unreadable: {exc}") from None
-    return written
+    return Extracted(written, texts)
+
+
+def _write(destination: Path, relative: str, member: tarfile.TarInfo, source: IO[bytes]) -> bool:
+    """Writes one file below `destination`; False when a directory or link is in its way."""
+    target = destination / relative
+    if target.is_dir() or target.is_symlink():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        shutil.copyfileobj(source, out)
+    target.chmod(member.mode & 0o755 | 0o600)
+    return True

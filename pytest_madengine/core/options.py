@@ -59,6 +59,7 @@ class RawOptions:
     manifest: str | None = None
     registry: str | None = None
     retries: str | int = 1
+    concurrency: str | int | None = None  # tests run at once in this process; "auto"
     deploy: str | None = None
     # madengine's run options.
     keep_alive: bool = False
@@ -128,6 +129,8 @@ class Options:
     keep_model_dir: bool = False  # bring the run directory back to the workspace
     skip_model_run: bool = False  # start the container and its scripts, not the model
     disable_skip_gpu_arch: bool = False  # run models whose skip_gpu_arch matches
+    # Tests one process runs at once (--mad-concurrency); None: auto, the GPU slots.
+    concurrency: int | None = 1
 
     @property
     def gpu_vendor(self) -> str:
@@ -158,6 +161,18 @@ def _int(text: str | int | None, option: str, minimum: int = 0) -> int | None:
     if value < minimum:
         raise UsageProblem(f"{option}: must be at least {minimum}, got {value}")
     return value
+
+
+def _concurrency(text: str | int | None) -> int | None:
+    """--mad-concurrency: a whole number from 1, or `auto` (None: the GPU slots)."""
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        return None
+    try:
+        return _int(text, "--mad-concurrency", minimum=1) or 1
+    except UsageProblem:
+        raise UsageProblem(
+            f"--mad-concurrency: expected a whole number from 1, or auto, got {text!r}"
+        ) from None
 
 
 def _writable_file(path: Path, option: str) -> Path:
@@ -340,6 +355,7 @@ def _parse(raw: RawOptions) -> Options:
         hosts_file=_path(raw, raw.hosts) if raw.hosts else None,
         manifest=manifest,
         retries=_int(raw.retries, "--mad-retries") or 0,
+        concurrency=_concurrency(raw.concurrency),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),

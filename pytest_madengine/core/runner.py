@@ -11,11 +11,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import posixpath
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_madengine.backends import Backend, ImageRequest, OutputSink, RunOutcome, RunSpec
+from pytest_madengine.backends import (
+    Backend,
+    ImageRequest,
+    OutputSink,
+    RunHandle,
+    RunOutcome,
+    RunSpec,
+)
 from pytest_madengine.core.credentials import registry_of
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
@@ -53,7 +61,7 @@ from pytest_madengine.data import (
     ProgressSink,
     resolve_data,
 )
-from pytest_madengine.errors import HostLost, MadError, NotRun
+from pytest_madengine.errors import HostLost, MadError, NotRun, Stopped
 from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.placement import Placement
 
@@ -205,6 +213,10 @@ class TestRunner:
         self.controller = controller
         self.spec_hook = spec_hook
         self.on_output = on_output
+        # Containers running now, from any thread, so that `stop` can end them all.
+        self._running: set[RunHandle] = set()
+        self._running_lock = threading.Lock()
+        self._stopped = False
         self.log_dir = options.output_dir / "logs" / session_id
         self.data_settings = DataSettings(
             credentials=options.credentials,
@@ -279,15 +291,48 @@ class TestRunner:
         )  # fmt: skip
         return mount, facts, (redact(data_note(data_name, mount)),)
 
-    def run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
-        """Prepares, runs and judges; HostLost when the placed host went away. No known
-        secret is left in the record or the log, whatever the model printed."""
-        record = self._run(test, test_id, placement)
+    def stop(self) -> None:
+        """Ends every container running now and starts no more (Stopped instead): a
+        session that stops while tests run on other threads leaves none behind."""
+        with self._running_lock:
+            self._stopped = True
+            running = list(self._running)
+        for handle in running:
+            handle.cancel()
+
+    def _wait(self, handle: RunHandle) -> RunOutcome:
+        with self._running_lock:
+            stopped = self._stopped
+            if not stopped:
+                self._running.add(handle)
+        if stopped:  # stop came while it started: it must not run on
+            handle.cancel()
+        try:
+            return handle.wait()
+        finally:
+            with self._running_lock:
+                self._running.discard(handle)
+
+    def run(
+        self,
+        test: PlannedTest,
+        test_id: str,
+        placement: Placement,
+        on_output: OutputSink | None = None,
+    ) -> TestRecord:
+        """Prepares, runs and judges; HostLost when the placed host went away, Stopped
+        when the runner was stopped first. No known secret is left in the record or the
+        log, whatever the model printed. `on_output` is this run's, over the runner's."""
+        if self._stopped:
+            raise Stopped(f"{test_id}: the session is stopping")
+        record = self._run(test, test_id, placement, on_output or self.on_output)
         if record.log_path:
             self.options.credentials.redact_file(Path(record.log_path))
         return redact_record(record, self.options.credentials.redact)
 
-    def _run(self, test: PlannedTest, test_id: str, placement: Placement) -> TestRecord:
+    def _run(
+        self, test: PlannedTest, test_id: str, placement: Placement, sink: OutputSink | None
+    ) -> TestRecord:
         host, gpus = placement.host, placement.gpus
         # On a scheduled host the lease only counts GPUs: the scheduler says which ones.
         gpu_ids = () if host.scheduled else tuple(gpu.index for gpu in gpus)
@@ -297,7 +342,7 @@ class TestRunner:
         image: ImageFacts | None = None
         data_facts: DataFacts | None = None
         try:
-            image = self.backend.prepare(self.image_request(test), host, self.on_output)
+            image = self.backend.prepare(self.image_request(test), host, sink)
             data: DataMount | None = None
             notes: tuple[str, ...] = ()
             if test.model.data:
@@ -313,8 +358,8 @@ class TestRunner:
             spec = render(run)
             if self.spec_hook is not None:
                 spec = self.spec_hook(spec, test)
-            outcome = self.backend.start(spec, host, self.on_output).wait()
-        except HostLost:
+            outcome = self._wait(self.backend.start(spec, host, sink))
+        except (HostLost, Stopped):
             raise
         except NotRun as exc:
             record = skipped_record(test, self.options, str(exc))

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from pytest_madengine.core.build import (
     check_publisher,
     plan_builds,
 )
+from pytest_madengine.core.concurrency import RunsAhead, SinkFor
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
 from pytest_madengine.core.records import TestRecord
@@ -48,6 +49,10 @@ from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.placement import HostPool
 from pytest_madengine.resources.processes import process_identity
+
+# How long stopping waits for the threads of tests running ahead (their containers are
+# already told to stop; the sweep removes whatever is left).
+STOP_JOIN_S = 30.0
 
 
 def new_session_id() -> str:
@@ -107,6 +112,7 @@ class Session:
         except BaseException:
             self.backend.close()
             raise
+        self._ahead: RunsAhead | None = None
         self.runner = TestRunner(
             self.options, self.backend, session_id=self.session_id,
             controller=setup.controller or process_identity(),
@@ -143,10 +149,41 @@ class Session:
             ignore_skip_gpu_arch=self.options.disable_skip_gpu_arch,
         )  # fmt: skip
 
-    def run(self, test: PlannedTest, test_id: str | None = None) -> TestRecord:
+    @property
+    def concurrency(self) -> int:
+        """How many tests this process runs at once: --mad-concurrency, where `auto`
+        is the GPUs of all hosts (a test holds at least one)."""
+        if self.options.concurrency is not None:
+            return self.options.concurrency
+        return max(1, sum(host.gpus.count for host in self.pool.hosts))
+
+    def run_ahead(
+        self, tests: Iterable[tuple[PlannedTest, str]], sink_for: SinkFor | None = None
+    ) -> None:
+        """Starts the tests (test, id) on threads in that order, as many at once as
+        `concurrency` and the GPU leases allow; `run` then waits for a test's record.
+        More can be handed later; each id runs once."""
+        if self._ahead is None:
+            self._ahead = RunsAhead(self._run_now, self.concurrency, sink_for)
+        self._ahead.submit(tests)
+
+    def run(
+        self,
+        test: PlannedTest,
+        test_id: str | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> TestRecord:
         """The test's record. A host lost mid-run is left out for the rest of the session
-        and the test placed again, up to `retries` times."""
+        and the test placed again, up to `retries` times. A test handed to `run_ahead`
+        is not run again: its record is waited for, calling `on_wait` now and then."""
         test_id = test_id or test.name
+        if self._ahead is not None and test_id in self._ahead:
+            return self._ahead.result(test_id, on_wait)
+        return self._run_now(test, test_id)
+
+    def _run_now(
+        self, test: PlannedTest, test_id: str, on_output: OutputSink | None = None
+    ) -> TestRecord:
         if test.skip_reason:
             return skipped_record(test, self.options, test.skip_reason)
         lost: list[str] = []
@@ -162,7 +199,7 @@ class Session:
                                          retried_after=tuple(lost))  # fmt: skip
                 return skipped_record(test, self.options, str(exc))
             try:
-                record = self.runner.run(test, test_id, placement)
+                record = self.runner.run(test, test_id, placement, on_output)
             except HostLost as exc:
                 self.pool.mark_down(exc.host, exc.reason)
                 lost.append(str(exc))
@@ -182,14 +219,24 @@ class Session:
             target, publisher, self.runner.image_request, self.options.credentials, on_progress
         )
 
+    def stop(self) -> None:
+        """Starts no more tests and ends the running ones (their records say so): for
+        Ctrl-C, -x, or the end of a session whose later items will not run."""
+        self.pool.stop()
+        self.runner.stop()
+        if self._ahead is not None:
+            self._ahead.stop(join_s=STOP_JOIN_S)
+
     def close(self, sweep: bool = False) -> None:
-        """Gives the backend's connections back; `sweep` (the controller, at the end)
-        also removes every container of the session still on a host."""
+        """Stops what runs, gives the backend's connections back; `sweep` (the
+        controller, at the end) also removes every container of the session still on
+        a host."""
         if self._closed:
             return
         self._closed = True
         with deferred_interrupts():  # Ctrl-C again must not leave containers behind
             try:
+                self.stop()
                 if sweep:
                     self.backend.sweep(self.session_id)
             finally:

@@ -31,6 +31,7 @@ from pytest_madengine.data import DataProgress, ProgressSink
 from pytest_madengine.errors import MadError
 from pytest_madengine.plugin import fixtures, hookspec
 from pytest_madengine.plugin.collection import MadBuildItem, MadItem, MadTree
+from pytest_madengine.plugin.concurrency import LiveLines, RunAhead, xdist_controller
 from pytest_madengine.plugin.options import add_options, raw_options
 from pytest_madengine.plugin.reporter import BUILD_ATTRIBUTE, RECORD_ATTRIBUTE, MadReporter
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginState, plugin_state
@@ -165,7 +166,12 @@ def pytest_configure(config: pytest.Config) -> None:
                               on_data_progress=progress)  # fmt: skip
         except MadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    state = PluginState(options, mad, session_id, session_dir, worker, runtime)
+    on_wait = None
+    if runtime is not None and runtime.concurrency > 1 and not xdist_controller(config):
+        lines = LiveLines(config, options.credentials.redact) if options.live_output else None
+        on_wait = lines.drain if lines else None
+        config.pluginmanager.register(RunAhead(runtime, lines), "madengine-run-ahead")
+    state = PluginState(options, mad, session_id, session_dir, worker, runtime, on_wait)
     config.stash[STATE] = state
     config.pluginmanager.register(fixtures, "madengine-fixtures")
     if not worker:
@@ -197,7 +203,9 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto`: one worker per GPU of all hosts, since every test holds at least one."""
+    """`-n auto`: one worker per GPU of all hosts, since every test holds at least one;
+    with a --mad-concurrency other than 1, one worker per host (each runs its tests at
+    once on threads)."""
     if not raw_options(config).active:
         return None
     try:
@@ -205,6 +213,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         hosts = load_hosts(options.hosts_file, options.gpu_vendor) if options.hosts_file else None
     except MadError:
         return None  # pytest_configure reports it
+    if options.concurrency != 1:
+        return len(hosts) if hosts else 1
     count = sum(host.gpus.count for host in hosts) if hosts else options.gpus.count
     return count or None
 

@@ -126,9 +126,10 @@ def mad_benchmark(request: pytest.FixtureRequest, mad_runtime: Session) -> Calla
     placed again, up to --mad-retries times.
     """
     item = request.node
+    on_wait = _state(request.config).on_wait
 
     def run() -> TestRecord:
-        record = mad_runtime.run(item.planned, item.nodeid)
+        record = mad_runtime.run(item.planned, item.nodeid, on_wait)
         _conclude(item, RECORD, record)
         return record
 

@@ -176,6 +176,12 @@ def add_options(parser: pytest.Parser) -> None:
         help="run models whose skip_gpu_arch names this GPU (ini: mad_disable_skip_gpu_arch)",
     )
     group.addoption(
+        "--mad-concurrency",
+        metavar="N|auto",
+        help="MAD tests this process runs at once, started ahead of their turn as GPUs"
+        " free up; auto: one per GPU of all hosts (default 1; ini: mad_concurrency)",
+    )
+    group.addoption(
         "--mad-tools-config",
         metavar="JSON",
         help="tools file (madengine's tools.json format) that the context's 'tools' name;"
@@ -196,6 +202,7 @@ def add_options(parser: pytest.Parser) -> None:
     for name, help_text in RUN_FLAGS.items():
         parser.addini(f"mad_{name}", help_text, type="bool", default=False)
     parser.addini("mad_tools_config", "tools file the context's 'tools' name", default=None)
+    parser.addini("mad_concurrency", "MAD tests run at once, as --mad-concurrency", default=None)
 
 
 RUN_FLAGS = {
@@ -251,6 +258,7 @@ def raw_options(config: pytest.Config, root: Path | None = None) -> RawOptions:
         manifest=_path_option(config, "manifest"),
         registry=config.getoption("mad_registry"),
         retries=config.getoption("mad_retries"),
+        concurrency=_option(config, "concurrency"),
         deploy=config.getoption("mad_deploy"),
         keep_alive=_flag(config, "keep_alive"),
         keep_model_dir=_flag(config, "keep_model_dir"),

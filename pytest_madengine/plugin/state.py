@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pytest_madengine.backends import OutputSink
 from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.records import TestRecord
@@ -22,7 +22,8 @@ class PluginState:
     session_dir: Path  # shared by the controller and its workers
     worker: bool
     runtime: Session | None  # None under --collect-only: nothing runs
-    live_output: OutputSink | None = None
+    # Called while an item waits for a test that runs ahead (writes its live output).
+    on_wait: Callable[[], None] | None = None
 
 
 STATE = pytest.StashKey[PluginState]()

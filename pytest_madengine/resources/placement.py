@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from pytest_madengine.errors import MadError, NoHost
+from pytest_madengine.errors import MadError, NoHost, Stopped
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.hosts import Host
 
@@ -53,6 +54,10 @@ class HostPool:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "placement.json"
         self._lock = FileLock(str(state_dir / "placement.lock"))
+        # Tests of this process waiting for GPUs wake on a release here at once; other
+        # processes' releases are seen by polling.
+        self._released = threading.Condition()
+        self._stopped = False
         if down:
             with self._lock:
                 state = self._read()
@@ -148,17 +153,31 @@ class HostPool:
         fits: HostFilter | None = None,
         timeout_s: float | None = None,
     ) -> Placement:
-        """Waits (with backoff) for a placement; NoHost when none can ever come."""
+        """Waits (with backoff) for a placement; NoHost when none can ever come, Stopped
+        once the pool is stopped."""
         delay, start = POLL_S, time.monotonic()
-        while (placement := self.try_acquire(n_gpus, holder, fits)) is None:
+        while True:
+            if self._stopped:
+                raise Stopped(f"{holder}: the session is stopping")
+            if (placement := self.try_acquire(n_gpus, holder, fits)) is not None:
+                return placement
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 raise MadError(f"{holder}: no host with {n_gpus} free GPUs within {timeout_s:g} s")
-            time.sleep(delay)
+            with self._released:
+                if not self._stopped:
+                    self._released.wait(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
-        return placement
 
     def release(self, placement: Placement) -> None:
         with self._lock:
             state = self._read()
             state["running"].pop(placement.holder, None)
             self._write(state)
+        with self._released:
+            self._released.notify_all()
+
+    def stop(self) -> None:
+        """Whoever waits for GPUs in this process gives up (Stopped), now and later."""
+        with self._released:
+            self._stopped = True
+            self._released.notify_all()

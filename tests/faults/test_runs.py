@@ -169,13 +169,19 @@ def host1(test_hosts: Path, real_home: None) -> Iterator[docker.DockerClient]:
         client.close()
 
 
+@pytest.mark.parametrize(
+    "at_once", [("-n", "2"), ("--mad-concurrency", "2")], ids=["xdist", "in-process"]
+)
 def test_a_frozen_host_is_lost_in_time_and_its_tests_placed_again(
-    pytester: pytest.Pytester, test_hosts: Path, host1: docker.DockerClient
+    pytester: pytest.Pytester,
+    test_hosts: Path,
+    host1: docker.DockerClient,
+    at_once: tuple[str, ...],
 ) -> None:
     models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="3") for i in range(2)]
     unique_tree(pytester, models, scripts(sleeper=SLEEPER))
     pid = int((HOST_DIR / "host1" / "docker.pid").read_text())
-    session = pytest_session(pytester, "-n", "2", "--mad-tags", "dummies",
+    session = pytest_session(pytester, *at_once, "--mad-tags", "dummies",
                              f"--mad-hosts={test_hosts}", "--junitxml=r.xml")  # fmt: skip
     try:
         frozen = wait_for_container(host1, session)

@@ -234,7 +234,7 @@ def test_workspace_extraction_brings_back_only_safe_new_files(tmp_path: Path) ->
     })  # fmt: skip
     chunks = [archive[i : i + 100] for i in range(0, len(archive), 100)]
     skip = frozenset({"scripts/m/run.sh", "run_directory/"})
-    written = extract_workspace(chunks, tmp_path / "host", skip)
+    written = extract_workspace(chunks, tmp_path / "host", skip).written
     assert sorted(written) == ["left.txt", "sub/deep.csv"]
     assert (tmp_path / "host/sub/deep.csv").read_bytes() == b"a,b"
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "host/link").exists()

@@ -31,6 +31,7 @@ from pytest_madengine.backends.docker.containers import (
     ENGINE_FAILURES,
     ContainerRun,
     EngineError,
+    Reaper,
     answers,
     connect,
     remove_orphans,
@@ -59,6 +60,7 @@ class DockerBackend:
         shared = setup.shared or {}
         self.links = HostLinks(shared.get(TUNNELS_KEY))
         self._once = Once(setup.session_dir / "once")
+        self.reaper = Reaper()
         self._log_dir = options.output_dir / "builds"
         self._no_cache = options.clean_cache
         self._perf_csv = options.perf_csv
@@ -170,7 +172,8 @@ class DockerBackend:
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
         try:
             volumes = self._data_volumes(spec, host)
-            run = ContainerRun(self.engines.client(host), spec, host.name, on_output, volumes)
+            client = self.engines.client(host)
+            run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper)
             return _CheckedRun(run, self.engines, host)
         except HostLost:
             raise
@@ -224,6 +227,7 @@ class DockerBackend:
     def sweep(self, session_id: str) -> int:
         """Removes, on every host, any container of the session that a killed or
         interrupted worker could not remove."""
+        self.reaper.drain()
         return sum(self._on_each_host(lambda client: remove_session(client, session_id)))
 
     def _on_each_host(self, action: Callable[[docker.DockerClient], int]) -> list[int]:
@@ -249,6 +253,7 @@ class DockerBackend:
             return list(pool.map(one, reachable))
 
     def close(self) -> None:
+        self.reaper.drain()
         if "engines" in self.__dict__:
             self.engines.close()
         self.links.close()

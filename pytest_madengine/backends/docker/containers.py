@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import posixpath
+import queue
 import tarfile
 import tempfile
 import threading
@@ -53,12 +55,19 @@ SPOOL_BYTES = 8 * 1024 * 1024
 CLIENT_TIMEOUT_S = 60
 WAIT_SLICE_S = 10
 PING_TIMEOUT_S = 5
+# How long the end of a session waits for finished containers to be removed.
+REAP_TIMEOUT_S = 60
 # A kept container carries this label (with the session id) instead of the session and
 # controller labels, so that neither the session's sweep nor a later session's removal
 # of orphans takes it: it is the user's.
 KEEP_ALIVE_LABEL = f"{LABEL_PREFIX}.keep-alive"
 # What a kept container runs while the benchmark runs in it as an exec, and after.
 IDLE_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+
+
+# Connections kept per engine: each running container holds two (its wait and its log
+# stream), and a session runs up to --mad-concurrency of them from one client.
+MAX_POOL_SIZE = 64
 
 
 class EngineError(MadError):
@@ -217,6 +226,44 @@ class _LogPump(threading.Thread):
         fresh.replace(self.log_path)
 
 
+class Reaper:
+    """Removes finished containers on a thread of its own, so that a test's result does
+    not wait for its container's removal (tens of ms each). `drain` waits until all
+    are gone; the session drains before it sweeps and closes."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, container: Any) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="mad-reaper", daemon=True)
+                self._thread.start()
+        self._queue.put(container)
+
+    def _work(self) -> None:
+        while True:
+            container = self._queue.get()
+            try:
+                _remove(container)
+            finally:
+                self._queue.task_done()
+
+    def drain(self, timeout_s: float = REAP_TIMEOUT_S) -> bool:
+        """Waits until every container handed over is removed; False after `timeout_s`
+        (a frozen engine): the sweep, or the next session, removes the rest."""
+        deadline = time.monotonic() + timeout_s
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
+
 class ContainerRun:
     """A started container (see `RunHandle`); created, filled and started in __init__."""
 
@@ -227,8 +274,10 @@ class ContainerRun:
         host: str,
         on_output: OutputSink | None = None,
         data_volumes: Mapping[str, str] | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self.spec = spec
+        self.reaper = reaper  # removes the container once it is done; else `wait` does
         self.host = host
         self.client = client
         self.container: Any = None
@@ -277,10 +326,7 @@ class ContainerRun:
             self.pump.finish()
             if self.pump.broken:
                 self.pump.reread()
-            results = {path: self._read_file(path) for path in spec.result_files}
-            if spec.collect_to is not None:
-                stream, _ = self.container.get_archive(spec.workdir)
-                extract_workspace(stream, spec.collect_to, spec.collect_skip)
+            results = self._collect(spec)
             if spec.keep_alive and not self.cancelled:
                 self.container.reload()
                 properties["container"] = self.container.name
@@ -304,8 +350,33 @@ class ContainerRun:
             raise _engine_error(exc, spec, self.host) from None
         finally:
             if not self.lost and (not spec.keep_alive or self.cancelled):
-                with deferred_interrupts():  # a second Ctrl-C must not leave it running
-                    _remove(self.container)
+                if self.reaper is not None:
+                    self.reaper.remove(self.container)
+                else:
+                    with deferred_interrupts():  # a second Ctrl-C must not leave it running
+                        _remove(self.container)
+
+    def _collect(self, spec: RunSpec) -> dict[str, str | None]:
+        """The result files' texts (None: not there); the workspace comes back to the
+        host in the same archive, which holds the result files inside it (each archive
+        call mounts the container's file system: one is cheaper than three)."""
+        inside = {
+            path: posixpath.relpath(path, spec.workdir)
+            for path in spec.result_files
+            if spec.collect_to is not None
+            and posixpath.normpath(path).startswith(spec.workdir.rstrip("/") + "/")
+        }
+        results: dict[str, str | None] = {}
+        if spec.collect_to is not None:
+            stream, _ = self.container.get_archive(spec.workdir)
+            extracted = extract_workspace(
+                stream, spec.collect_to, spec.collect_skip, set(inside.values()), MAX_RESULT_BYTES
+            )
+            results = {path: extracted.read.get(relative) for path, relative in inside.items()}
+        for path in spec.result_files:
+            if path not in results:
+                results[path] = self._read_file(path)
+        return results
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -332,8 +403,10 @@ class ContainerRun:
                         f"Docker Engine on {self.host} stopped answering: {first_line(exc)}"
                     ) from None
                 continue  # only the slice ended
-            self._oom_killed = self._was_oom_killed()
-            return int(status.get("StatusCode", -1)), False
+            code = int(status.get("StatusCode", -1))
+            # An OOM kill never leaves exit code 0: no inspect for the runs that pass.
+            self._oom_killed = code != 0 and self._was_oom_killed()
+            return code, False
 
     def _was_oom_killed(self) -> bool:
         with contextlib.suppress(*ENGINE_FAILURES):
@@ -416,9 +489,9 @@ def connect(base_url: str | None = None, timeout: int = CLIENT_TIMEOUT_S) -> doc
     """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
     try:
         client = (
-            docker.DockerClient(base_url=base_url, timeout=timeout)
+            docker.DockerClient(base_url=base_url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
             if base_url
-            else docker.from_env(timeout=timeout)
+            else docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)
         )
         client.ping()
     except docker.errors.DockerException as exc:

@@ -4,6 +4,7 @@ each host once per session (across xdist workers, through `Once`)."""
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import docker
 import docker.errors
@@ -26,11 +27,16 @@ class Engines:
         self.links = links
         self._clients: dict[str, docker.DockerClient] = {}
         self._ids: dict[str, str] = {}
+        self._connecting = threading.RLock()
 
     def client(self, host: Host) -> docker.DockerClient:
         """The host's client; HostLost when its engine cannot be reached."""
         if host.docker is None:
             return self.build_client
+        with self._connecting:  # tests running at once on threads open one client a host
+            return self._client(host)
+
+    def _client(self, host: Host) -> docker.DockerClient:
         if host.name not in self._clients:
             try:
                 client = self.links.client(host)

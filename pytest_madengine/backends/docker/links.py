@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import docker.tls
 
-from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S
+from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S, MAX_POOL_SIZE
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.resources.hosts import Host
 
@@ -52,9 +52,11 @@ def client_for(host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClie
     per connection): slow, but it needs no socket on the far side.
     """
     if host.docker is None:
-        return docker.from_env(timeout=timeout)
+        return docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)
     if host.docker.startswith("ssh://"):
-        return docker.DockerClient(base_url=host.docker, use_ssh_client=True, timeout=timeout)
+        return docker.DockerClient(
+            base_url=host.docker, use_ssh_client=True, timeout=timeout, max_pool_size=MAX_POOL_SIZE
+        )
     tls: docker.tls.TLSConfig | bool = False
     if host.tls:
         tls = docker.tls.TLSConfig(
@@ -63,8 +65,12 @@ def client_for(host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClie
             verify=bool(host.tls.get("ca", True)),
         )
         if "ca" in host.tls:
-            return _OwnCaDockerClient(base_url=host.docker, tls=tls, timeout=timeout)
-    return docker.DockerClient(base_url=host.docker, tls=tls, timeout=timeout)
+            return _OwnCaDockerClient(
+                base_url=host.docker, tls=tls, timeout=timeout, max_pool_size=MAX_POOL_SIZE
+            )
+    return docker.DockerClient(
+        base_url=host.docker, tls=tls, timeout=timeout, max_pool_size=MAX_POOL_SIZE
+    )
 
 
 TUNNEL_START_S = 20
@@ -211,7 +217,7 @@ class HostLinks:
         url = self.urls.get(host.name)
         if url is None:
             return client_for(host, timeout)
-        return docker.DockerClient(base_url=url, timeout=timeout)
+        return docker.DockerClient(base_url=url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
 
     def forget(self, host: Host) -> None:
         """Closes this process's tunnel to a host that stopped answering (a new one is

@@ -1,0 +1,143 @@
+"""--mad-concurrency in pytest: which items run ahead of their turn, and when they are
+handed to the core's Session (which runs them on threads as GPU leases allow).
+
+An item runs ahead only when nothing of the user's could take part in its run: a MAD
+item whose fixtures are ours alone (no autouse fixture of a conftest, no override of
+`mad_benchmark` or `mad_runtime`) and that carries no skip, skipif or xfail marker.
+Any other item runs in its turn, as in a serial session.
+
+Without xdist every such item is handed over when pytest's loop starts, in item order.
+An xdist worker knows only the items its controller has sent it: each time one of its
+items starts, the worker hands over that item and those queued behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from pytest_madengine.core.concurrency import PrefixedLines
+from pytest_madengine.core.planning import PlannedTest
+from pytest_madengine.core.session import Session
+from pytest_madengine.plugin import fixtures
+from pytest_madengine.plugin.collection import MadItem
+
+OUR_FIXTURES = frozenset({"mad_benchmark", "mad_runtime", "request", "pytestconfig"})
+OUTCOME_MARKERS = ("skip", "skipif", "xfail")
+OVERRIDABLE = ("mad_benchmark", "mad_runtime")
+
+
+def fixtures_overridden(config: pytest.Config) -> bool:
+    """Whether a conftest or another plugin defines a fixture MAD items run through."""
+    return any(
+        hasattr(plugin, name)
+        for plugin in config.pluginmanager.get_plugins()
+        if plugin is not fixtures
+        for name in OVERRIDABLE
+    )
+
+
+def runs_ahead(item: pytest.Item) -> bool:
+    """Whether the item may run before its turn (see the module's docstring)."""
+    return (
+        isinstance(item, MadItem)
+        and set(item.fixturenames) <= OUR_FIXTURES
+        and not any(next(item.iter_markers(name), None) for name in OUTCOME_MARKERS)
+    )
+
+
+def xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands tests to xdist workers (and runs none itself)."""
+    if hasattr(config, "workerinput"):
+        return False
+    return bool(getattr(config.option, "numprocesses", None)) or (
+        getattr(config.option, "dist", "no") not in ("no", None)
+    )
+
+
+class LiveLines:
+    """Live output of tests running at once: their threads queue whole lines, each
+    with the test's name in front, and the main thread writes them while an item waits
+    (writing to the terminal means lifting pytest's capture, which is not for threads)."""
+
+    def __init__(self, config: pytest.Config, redact: Callable[[str], str]) -> None:
+        self._config = config
+        self._redact = redact
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def sink_for(self, test: PlannedTest, test_id: str) -> PrefixedLines:
+        return PrefixedLines(self._put, f"[{test.name}] ")
+
+    def _put(self, line: str) -> None:
+        self._lines.put(self._redact(line))
+
+    def drain(self) -> None:
+        lines = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                lines.append(self._lines.get_nowait())
+        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+        capture = self._config.pluginmanager.get_plugin("capturemanager")
+        if not lines or reporter is None:
+            return
+        quiet = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        with quiet:
+            reporter.ensure_newline()
+            for line in lines:
+                reporter.write_line(line)
+            reporter.flush()
+
+
+class RunAhead:
+    """The hooks that hand items to the session to run ahead (registered only when
+    this process runs tests with a concurrency above 1)."""
+
+    def __init__(self, runtime: Session, live: LiveLines | None) -> None:
+        self.runtime = runtime
+        self.live = live
+        self._overridden: bool | None = None
+
+    def _hand_over(self, config: pytest.Config, items: Iterable[pytest.Item]) -> None:
+        if self._overridden is None:
+            self._overridden = fixtures_overridden(config)
+        if self._overridden:
+            return
+        tests = [(item.planned, item.nodeid) for item in items if runs_ahead(item)]
+        if tests:
+            self.runtime.run_ahead(tests, self.live.sink_for if self.live else None)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+            return
+        self._hand_over(session.config, session.items)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if hasattr(item.config, "workerinput"):
+            self._hand_over(item.config, [item, *_xdist_queued(item)])
+
+
+def _xdist_queued(item: pytest.Item) -> list[pytest.Item]:
+    """The items an xdist worker was sent and has not started yet, in order. xdist has
+    no public name for them: without it, a worker runs ahead only the item it starts.
+    Under --dist worksteal a queued item may be taken back: none is handed over."""
+    if getattr(item.config.option, "dist", None) == "worksteal":
+        return []
+    worker = next(
+        (plugin for plugin in item.config.pluginmanager.get_plugins()
+         if type(plugin).__name__ == "WorkerInteractor"),
+        None,
+    )  # fmt: skip
+    try:
+        upcoming: list[Any] = [worker.nextitem_index]  # type: ignore[union-attr]
+        with worker.torun.lock() as queued:  # type: ignore[union-attr]
+            upcoming.extend(queued)
+    except (AttributeError, TypeError):
+        return []
+    items = item.session.items
+    return [items[index] for index in upcoming if isinstance(index, int) and index < len(items)]

@@ -1,0 +1,199 @@
+"""Running tests ahead of their turn (RunsAhead), their output (PrefixedLines), and the
+host pool's part: waiters woken by a release, and given up when the pool stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_madengine.core.concurrency import MAX_LINE_BYTES, PrefixedLines, RunsAhead
+from pytest_madengine.core.options import RawOptions, parse_options
+from pytest_madengine.errors import Stopped, UsageProblem
+from pytest_madengine.resources.gpus import Gpu, GpuInventory
+from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.placement import HostPool
+
+
+class FakeTest:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Gate:
+    """A run that blocks until released, noting the order runs began and how many ran at
+    once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[str] = []
+        self.running = 0
+        self.most = 0
+        self.release = threading.Event()
+
+    def __call__(self, test: Any, test_id: str, sink: Any) -> Any:
+        with self.lock:
+            self.started.append(test_id)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.release.wait(10)
+        with self.lock:
+            self.running -= 1
+        if test_id == "boom":
+            raise RuntimeError("the run broke")
+        return f"record of {test_id}"
+
+
+def queued(*names: str) -> list[tuple[Any, str]]:
+    return [(FakeTest(name), name) for name in names]
+
+
+def test_runs_start_in_the_order_given_and_never_more_than_the_limit() -> None:
+    gate = Gate()
+    ahead = RunsAhead(gate, limit=2)
+    ahead.submit(queued("a", "b", "c", "d", "e"))
+    deadline = time.monotonic() + 10
+    while gate.running < 2 and time.monotonic() < deadline:  # both threads at work
+        time.sleep(0.01)
+    gate.release.set()
+    assert [ahead.result(name) for name in "abcde"] == [f"record of {n}" for n in "abcde"]
+    assert gate.started[:2] == ["a", "b"] and sorted(gate.started) == list("abcde")
+    assert gate.most == 2
+
+
+def test_a_run_that_raises_raises_in_whoever_waits_for_its_record() -> None:
+    gate = Gate()
+    gate.release.set()
+    ahead = RunsAhead(gate, limit=3)
+    ahead.submit(queued("ok", "boom"))
+    assert ahead.result("ok") == "record of ok"
+    with pytest.raises(RuntimeError, match="the run broke"):
+        ahead.result("boom")
+
+
+def test_each_id_runs_once_and_later_submits_start_new_threads() -> None:
+    gate = Gate()
+    gate.release.set()
+    ahead = RunsAhead(gate, limit=2)
+    ahead.submit(queued("a"))
+    assert ahead.result("a") == "record of a"
+    ahead.submit(queued("a", "b"))  # a is not run again; b starts though a's thread ended
+    assert ahead.result("b") == "record of b"
+    assert gate.started == ["a", "b"]
+    assert "a" in ahead and "z" not in ahead
+
+
+def test_waiting_calls_on_wait_until_the_record_is_there() -> None:
+    gate = Gate()
+    ahead = RunsAhead(gate, limit=1)
+    ahead.submit(queued("a"))
+    calls = []
+
+    def on_wait() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            gate.release.set()
+
+    assert ahead.result("a", on_wait) == "record of a"
+    assert len(calls) >= 3  # twice while waiting, once more at the end
+
+
+def test_stop_ends_queued_tests_with_stopped_and_starts_nothing_more() -> None:
+    gate = Gate()
+    ahead = RunsAhead(gate, limit=1)
+    ahead.submit(queued("a", "b", "c"))
+    threading.Timer(0.2, gate.release.set).start()
+    ahead.stop(join_s=10)
+    assert ahead.result("a") == "record of a"  # it was running: it ran to its end
+    for name in "bc":
+        with pytest.raises(Stopped, match=f"{name}: the session is stopping"):
+            ahead.result(name)
+    ahead.submit(queued("d"))
+    assert "d" not in ahead and gate.started == ["a"]
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        RunsAhead(Gate(), limit=0)
+
+
+def test_prefixed_lines_come_whole_with_the_test_name_in_front() -> None:
+    lines: list[str] = []
+    sink = PrefixedLines(lines.append, "[m1] ")
+    sink(b"first li")
+    assert lines == []  # half a line waits for its end
+    sink(b"ne\nsecond\nthi")
+    sink(b"rd \xe2\x82")  # half a UTF-8 character too
+    sink(b"\xac\n")
+    sink(b"no end")
+    sink.flush()
+    sink.flush()  # nothing left: nothing more written
+    assert lines == ["[m1] first line", "[m1] second", "[m1] third \u20ac", "[m1] no end"]
+
+
+def test_a_line_without_end_is_shown_in_pieces_not_kept_whole() -> None:
+    lines: list[str] = []
+    sink = PrefixedLines(lines.append, "")
+    sink(b"x" * (MAX_LINE_BYTES * 2 + 5))
+    assert [len(line) for line in lines] == [MAX_LINE_BYTES, MAX_LINE_BYTES]
+    sink.flush()
+    assert len(lines[-1]) == 5
+
+
+def pool_of(tmp_path: Path, gpus: int) -> HostPool:
+    inventory = GpuInventory(tuple(Gpu(i, "AMD", "gfx942") for i in range(gpus)), "declared")
+    host = Host("local", None, inventory)
+    return HostPool([host], tmp_path / "placement")
+
+
+def test_a_waiter_gets_the_gpu_a_release_frees(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, 1)
+    first = pool.acquire(1, "first")
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire(1, "second")))
+    waiter.start()
+    pool.release(first)
+    waiter.join(10)
+    assert [placement.holder for placement in got] == ["second"]
+    assert got[0].gpus == first.gpus
+
+
+def test_a_stopped_pool_wakes_its_waiters_with_stopped(tmp_path: Path) -> None:
+    pool = pool_of(tmp_path, 1)
+    pool.acquire(1, "holder")
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            pool.acquire(1, "waiter")
+        except Stopped as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    pool.stop()
+    waiter.join(10)
+    assert [str(exc) for exc in raised] == ["waiter: the session is stopping"]
+    with pytest.raises(Stopped):
+        pool.acquire(1, "later")
+
+
+@pytest.mark.parametrize(("given", "parsed"), [(None, 1), ("1", 1), ("4", 4), ("auto", None),
+                                               (" AUTO ", None), (8, 8)])  # fmt: skip
+def test_concurrency_is_a_count_or_auto(tmp_path: Path, given: Any, parsed: int | None) -> None:
+    (tmp_path / "models.json").write_text("[]")
+    raw = RawOptions(root=str(tmp_path), tags=("all",), concurrency=given, base_dir=tmp_path)
+    assert parse_options(raw).concurrency == parsed
+
+
+
+@pytest.mark.parametrize("given", ["0", "-2", "many", "2.5"])
+def test_other_concurrency_values_are_usage_errors(tmp_path: Path, given: str) -> None:
+    (tmp_path / "models.json").write_text("[]")
+    with pytest.raises(UsageProblem, match=rf"--mad-concurrency: .* or auto, got '{given}'"):
+        parse_options(
+            RawOptions(root=str(tmp_path), tags=("all",), concurrency=given, base_dir=tmp_path)
+        )
