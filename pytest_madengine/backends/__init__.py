@@ -183,6 +183,16 @@ class RunHandle(Protocol):
         ...
 
 
+@runtime_checkable
+class ExitWaiter(Protocol):
+    """A handle that can also tell when its command ended, before `wait` reads the
+    results back: the runner gives the GPUs back at that moment (optional)."""
+
+    def wait_exit(self) -> None:
+        """Until the command ended; what it raises, `wait` raises again."""
+        ...
+
+
 class Backend(Protocol):
     """Runs the containers of one session, in one process (an xdist worker has its own)."""
 

@@ -39,13 +39,14 @@ class _Queued:
 
 
 class RunsAhead:
-    """Up to `limit` tests of the session running at once, taken in the order given."""
+    """Tests of the session run on up to `threads` threads, taken in the order given
+    (what bounds the runs at once beyond that, GPUs say, is the run function's part)."""
 
-    def __init__(self, run: RunTest, limit: int, sink_for: SinkFor | None = None) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+    def __init__(self, run: RunTest, threads: int, sink_for: SinkFor | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self._run = run
-        self._limit = limit
+        self._limit = threads
         self._sink_for = sink_for
         self._queue: deque[_Queued] = deque()
         self._records: dict[str, Future[TestRecord]] = {}
@@ -55,7 +56,7 @@ class RunsAhead:
 
     def submit(self, tests: Iterable[tuple[PlannedTest, str]]) -> None:
         """Queues tests (each id once) behind those already queued, and starts threads
-        for them up to the limit."""
+        for them, up to `threads`."""
         with self._lock:
             if self._stopping:
                 return

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pytest_madengine.backends import (
     Backend,
+    ExitWaiter,
     ImageRequest,
     OutputSink,
     RunHandle,
@@ -300,7 +301,7 @@ class TestRunner:
         for handle in running:
             handle.cancel()
 
-    def _wait(self, handle: RunHandle) -> RunOutcome:
+    def _wait(self, handle: RunHandle, on_exit: Callable[[], None] | None) -> RunOutcome:
         with self._running_lock:
             stopped = self._stopped
             if not stopped:
@@ -308,6 +309,12 @@ class TestRunner:
         if stopped:  # stop came while it started: it must not run on
             handle.cancel()
         try:
+            if on_exit is not None and isinstance(handle, ExitWaiter):
+                try:
+                    handle.wait_exit()
+                except BaseException:
+                    return handle.wait()  # raises it again, after removing the container
+                on_exit()
             return handle.wait()
         finally:
             with self._running_lock:
@@ -319,19 +326,27 @@ class TestRunner:
         test_id: str,
         placement: Placement,
         on_output: OutputSink | None = None,
+        on_exit: Callable[[], None] | None = None,
     ) -> TestRecord:
         """Prepares, runs and judges; HostLost when the placed host went away, Stopped
         when the runner was stopped first. No known secret is left in the record or the
-        log, whatever the model printed. `on_output` is this run's, over the runner's."""
+        log, whatever the model printed. `on_output` is this run's, over the runner's;
+        `on_exit` is called once the command ended, before the results are read back
+        (when the backend can tell)."""
         if self._stopped:
             raise Stopped(f"{test_id}: the session is stopping")
-        record = self._run(test, test_id, placement, on_output or self.on_output)
+        record = self._run(test, test_id, placement, on_output or self.on_output, on_exit)
         if record.log_path:
             self.options.credentials.redact_file(Path(record.log_path))
         return redact_record(record, self.options.credentials.redact)
 
     def _run(
-        self, test: PlannedTest, test_id: str, placement: Placement, sink: OutputSink | None
+        self,
+        test: PlannedTest,
+        test_id: str,
+        placement: Placement,
+        sink: OutputSink | None,
+        on_exit: Callable[[], None] | None = None,
     ) -> TestRecord:
         host, gpus = placement.host, placement.gpus
         # On a scheduled host the lease only counts GPUs: the scheduler says which ones.
@@ -358,7 +373,7 @@ class TestRunner:
             spec = render(run)
             if self.spec_hook is not None:
                 spec = self.spec_hook(spec, test)
-            outcome = self._wait(self.backend.start(spec, host, sink))
+            outcome = self._wait(self.backend.start(spec, host, sink), on_exit)
         except (HostLost, Stopped):
             raise
         except NotRun as exc:

@@ -164,7 +164,10 @@ class Session:
         `concurrency` and the GPU leases allow; `run` then waits for a test's record.
         More can be handed later; each id runs once."""
         if self._ahead is None:
-            self._ahead = RunsAhead(self._run_now, self.concurrency, sink_for)
+            # The pool bounds the tests running at once; threads beyond that bound wait
+            # for GPUs with their test's turn, and take them the moment a run ends.
+            self.pool.limit_running(self.concurrency)
+            self._ahead = RunsAhead(self._run_now, 2 * self.concurrency, sink_for)
         self._ahead.submit(tests)
 
     def run(
@@ -199,7 +202,8 @@ class Session:
                                          retried_after=tuple(lost))  # fmt: skip
                 return skipped_record(test, self.options, str(exc))
             try:
-                record = self.runner.run(test, test_id, placement, on_output)
+                on_exit = functools.partial(self.pool.release, placement)
+                record = self.runner.run(test, test_id, placement, on_output, on_exit)
             except HostLost as exc:
                 self.pool.mark_down(exc.host, exc.reason)
                 lost.append(str(exc))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from pytest_madengine.errors import MadError
+from pytest_madengine.resources.locks import SharedLock
 
 Result = dict[str, Any]  # JSON-able, so it can be noted for the other processes
 
@@ -34,6 +34,8 @@ class Once:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._memo: dict[str, Result] = {}  # this process's answers: no lock on a re-ask
+        self._locks: dict[str, SharedLock] = {}
+        self._locks_lock = threading.Lock()
 
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         base = self.directory / key
@@ -47,7 +49,11 @@ class Once:
         self.directory.mkdir(parents=True, exist_ok=True)
         lock, done, failed = self._paths(key)
         ran = False
-        with FileLock(str(lock)):
+        with self._locks_lock:
+            if key not in self._locks:
+                self._locks[key] = SharedLock(str(lock))
+            shared = self._locks[key]
+        with shared:
             if failed.exists():
                 raise MadError(failed.read_text(encoding="utf-8"))
             if done.exists():

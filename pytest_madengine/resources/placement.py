@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from pytest_madengine.errors import MadError, NoHost, Stopped
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.locks import SharedLock
 
 POLL_S = 0.05
 POLL_MAX_S = 1.0
@@ -53,11 +52,12 @@ class HostPool:
         self.hosts = list(hosts)
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "placement.json"
-        self._lock = FileLock(str(state_dir / "placement.lock"))
+        self._lock = SharedLock(str(state_dir / "placement.lock"))
         # Tests of this process waiting for GPUs wake on a release here at once; other
         # processes' releases are seen by polling.
         self._released = threading.Condition()
         self._stopped = False
+        self._most: int | None = None
         if down:
             with self._lock:
                 state = self._read()
@@ -119,12 +119,21 @@ class HostPool:
             return str(exc)
         return None
 
+    def limit_running(self, most: int | None) -> None:
+        """At most `most` placements held by this process at once (None: no bound but
+        the GPUs): a process running tests on threads runs no more than it was told."""
+        self._most = most
+
     def try_acquire(self, n_gpus: int, holder: str, fits: HostFilter | None = None):
         """A placement on the least loaded fitting host with enough free GPUs, or None."""
         with self._lock:
             state = self._read()
             candidates = self._candidates(n_gpus, fits, state["down"])
             running = state["running"]
+            if self._most is not None:
+                mine = sum(entry.get("pid") == os.getpid() for entry in running.values())
+                if mine >= self._most:
+                    return None
             held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
             load = {host.name: 0 for host in self.hosts}
             for entry in running.values():
@@ -169,6 +178,7 @@ class HostPool:
             delay = min(delay * 1.5, POLL_MAX_S)
 
     def release(self, placement: Placement) -> None:
+        """Gives the placement's GPUs back (again: nothing more happens)."""
         with self._lock:
             state = self._read()
             state["running"].pop(placement.holder, None)

@@ -51,9 +51,9 @@ def queued(*names: str) -> list[tuple[Any, str]]:
     return [(FakeTest(name), name) for name in names]
 
 
-def test_runs_start_in_the_order_given_and_never_more_than_the_limit() -> None:
+def test_runs_start_in_the_order_given_and_never_more_than_the_threads() -> None:
     gate = Gate()
-    ahead = RunsAhead(gate, limit=2)
+    ahead = RunsAhead(gate, threads=2)
     ahead.submit(queued("a", "b", "c", "d", "e"))
     deadline = time.monotonic() + 10
     while gate.running < 2 and time.monotonic() < deadline:  # both threads at work
@@ -67,7 +67,7 @@ def test_runs_start_in_the_order_given_and_never_more_than_the_limit() -> None:
 def test_a_run_that_raises_raises_in_whoever_waits_for_its_record() -> None:
     gate = Gate()
     gate.release.set()
-    ahead = RunsAhead(gate, limit=3)
+    ahead = RunsAhead(gate, threads=3)
     ahead.submit(queued("ok", "boom"))
     assert ahead.result("ok") == "record of ok"
     with pytest.raises(RuntimeError, match="the run broke"):
@@ -77,7 +77,7 @@ def test_a_run_that_raises_raises_in_whoever_waits_for_its_record() -> None:
 def test_each_id_runs_once_and_later_submits_start_new_threads() -> None:
     gate = Gate()
     gate.release.set()
-    ahead = RunsAhead(gate, limit=2)
+    ahead = RunsAhead(gate, threads=2)
     ahead.submit(queued("a"))
     assert ahead.result("a") == "record of a"
     ahead.submit(queued("a", "b"))  # a is not run again; b starts though a's thread ended
@@ -88,7 +88,7 @@ def test_each_id_runs_once_and_later_submits_start_new_threads() -> None:
 
 def test_waiting_calls_on_wait_until_the_record_is_there() -> None:
     gate = Gate()
-    ahead = RunsAhead(gate, limit=1)
+    ahead = RunsAhead(gate, threads=1)
     ahead.submit(queued("a"))
     calls = []
 
@@ -103,7 +103,7 @@ def test_waiting_calls_on_wait_until_the_record_is_there() -> None:
 
 def test_stop_ends_queued_tests_with_stopped_and_starts_nothing_more() -> None:
     gate = Gate()
-    ahead = RunsAhead(gate, limit=1)
+    ahead = RunsAhead(gate, threads=1)
     ahead.submit(queued("a", "b", "c"))
     threading.Timer(0.2, gate.release.set).start()
     ahead.stop(join_s=10)
@@ -115,9 +115,9 @@ def test_stop_ends_queued_tests_with_stopped_and_starts_nothing_more() -> None:
     assert "d" not in ahead and gate.started == ["a"]
 
 
-def test_a_limit_below_one_is_refused() -> None:
+def test_no_threads_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        RunsAhead(Gate(), limit=0)
+        RunsAhead(Gate(), threads=0)
 
 
 def test_prefixed_lines_come_whole_with_the_test_name_in_front() -> None:

@@ -267,9 +267,15 @@ class _CheckedRun:
         self.engines = engines
         self.host = host
 
+    def wait_exit(self) -> None:
+        self._checked(self.run.wait_exit)
+
     def wait(self) -> Any:
+        return self._checked(self.run.wait)
+
+    def _checked(self, waiting: Callable[[], Any]) -> Any:
         try:
-            return self.run.wait()
+            return waiting()
         except EngineError as exc:
             if not self.engines.answers(self.host):
                 raise HostLost(self.host.name, str(exc)) from None

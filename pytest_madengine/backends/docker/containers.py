@@ -284,6 +284,8 @@ class ContainerRun:
         self.cancelled = False
         self.lost = False  # the engine stopped answering: nothing more is asked of it
         self.exec_id: str | None = None
+        # (exit code, timed out, when it ended) once it ended, or what waiting raised.
+        self._exit: tuple[int | None, bool, float] | BaseException | None = None
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         header = "".join(f"{line}\n" for line in spec.log_notes).encode()
         spec.log_path.write_bytes(header)
@@ -314,15 +316,29 @@ class ContainerRun:
                 raise _engine_error(exc, spec, host) from None
             raise
 
+    def wait_exit(self) -> None:
+        """Until the command has ended (or was killed at its timeout): its GPUs are free
+        from then on, while `wait` still reads the results back. What it raises, `wait`
+        raises again (and removes the container)."""
+        if self._exit is None:
+            try:
+                if self.exec_id is not None:
+                    waited = self._wait_exec(self.spec.timeout_s)
+                else:
+                    waited = self._wait(self.spec.timeout_s)
+                self._exit = (*waited, time.time())
+            except BaseException as exc:
+                self._exit = exc
+        if isinstance(self._exit, BaseException):
+            raise self._exit
+
     def wait(self) -> RunOutcome:
         spec = self.spec
         properties: dict[str, str] = {}
         try:
-            if self.exec_id is not None:
-                exit_code, timed_out = self._wait_exec(spec.timeout_s)
-            else:
-                exit_code, timed_out = self._wait(spec.timeout_s)
-            ended = time.time()
+            self.wait_exit()
+            assert isinstance(self._exit, tuple)
+            exit_code, timed_out, ended = self._exit
             self.pump.finish()
             if self.pump.broken:
                 self.pump.reread()
