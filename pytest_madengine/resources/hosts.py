@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pytest_madengine.errors import MadError, read_text
 from pytest_madengine.resources.gpus import Gpu, GpuInventory, parse_gpu_ids
 
@@ -109,6 +107,8 @@ def _host_from(entry: Any, index: int, where: str, default_vendor: str) -> Host:
 
 def load_hosts(path: Path, default_vendor: str = "AMD") -> list[Host]:
     """The hosts of an inventory file; one-line errors name the file, host and field."""
+    import yaml  # here: a session without --mad-hosts does without it (start-up time)
+
     where = str(path)
     text = read_text(path, "--mad-hosts")
     try:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 from types import TracebackType
 
-from filelock import FileLock
-
 
 class SharedLock:
     def __init__(self, path: str) -> None:
+        from filelock import FileLock  # here: listing tests (--collect-only) needs none
+
         self._threads = threading.Lock()
         self._file = FileLock(path)
 
