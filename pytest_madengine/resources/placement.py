@@ -181,7 +181,8 @@ class HostPool:
         """Gives the placement's GPUs back (again: nothing more happens)."""
         with self._lock:
             state = self._read()
-            state["running"].pop(placement.holder, None)
+            if state["running"].pop(placement.holder, None) is None:
+                return
             self._write(state)
         with self._released:
             self._released.notify_all()
