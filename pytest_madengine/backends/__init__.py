@@ -188,8 +188,9 @@ class ExitWaiter(Protocol):
     """A handle that can also tell when its command ended, before `wait` reads the
     results back: the runner gives the GPUs back at that moment (optional)."""
 
-    def wait_exit(self) -> None:
-        """Until the command ended; what it raises, `wait` raises again."""
+    def wait_exit(self) -> bool:
+        """Until the command ended: True when it surely has (a kill at the timeout that
+        the engine refused: False). What it raises, `wait` raises again."""
         ...
 
 

@@ -10,7 +10,9 @@ perf.csv rows and JUnit come in item order whatever order the containers ended i
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent import futures
@@ -82,7 +84,8 @@ class RunsAhead:
         """The test's record once it has run (what its run raised, raised here);
         `on_wait` is called about every WAIT_TICK_S meanwhile (and once at the end)."""
         with self._lock:
-            record = self._records[test_id]
+            # Taken once: the same id asked again (a rerun plugin) runs the test again.
+            record = self._records.pop(test_id)
         if on_wait is not None:
             while not futures.wait([record], timeout=WAIT_TICK_S).done:
                 on_wait()
@@ -101,8 +104,9 @@ class RunsAhead:
     def _work(self) -> None:
         while (queued := self._next()) is not None:
             queued.record.set_running_or_notify_cancel()
-            sink = self._sink_for(queued.test, queued.test_id) if self._sink_for else None
+            sink = None
             try:
+                sink = self._sink_for(queued.test, queued.test_id) if self._sink_for else None
                 record = self._run(queued.test, queued.test_id, sink)
             except BaseException as exc:  # handed to the item, which raises it
                 queued.record.set_exception(exc)
@@ -110,11 +114,14 @@ class RunsAhead:
                 queued.record.set_result(record)
             finally:
                 if isinstance(sink, PrefixedLines):
-                    sink.flush()
+                    with contextlib.suppress(Exception):  # its record is set already
+                        sink.flush()
 
-    def stop(self, join_s: float = 30.0) -> None:
+    def stop(self, join_s: float = 10.0) -> None:
         """Starts nothing more: queued tests end with Stopped. Threads still running a
-        test are waited for up to `join_s` (their caller ends their containers first)."""
+        test are waited for, `join_s` at most in all (their caller ends their containers
+        first; a build cannot be cut short, and its thread is left to end with the
+        process)."""
         with self._lock:
             self._stopping = True
             queued, self._queue = list(self._queue), deque()
@@ -123,9 +130,10 @@ class RunsAhead:
         for entry in queued:
             entry.record.set_running_or_notify_cancel()
             entry.record.set_exception(Stopped(f"{entry.test_id}: the session is stopping"))
+        deadline = time.monotonic() + join_s
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(join_s)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class PrefixedLines:

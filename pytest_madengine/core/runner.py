@@ -309,13 +309,22 @@ class TestRunner:
         if stopped:  # stop came while it started: it must not run on
             handle.cancel()
         try:
-            if on_exit is not None and isinstance(handle, ExitWaiter):
+            if on_exit is None or not isinstance(handle, ExitWaiter):
+                return handle.wait()
+            try:
+                ended = handle.wait_exit()
+            except BaseException:
+                return handle.wait()  # raises it again, after removing the container
+            given_back: Exception | None = None
+            if ended:
                 try:
-                    handle.wait_exit()
-                except BaseException:
-                    return handle.wait()  # raises it again, after removing the container
-                on_exit()
-            return handle.wait()
+                    on_exit()
+                except Exception as exc:  # raised once the container is seen to
+                    given_back = exc
+            outcome = handle.wait()
+            if given_back is not None:
+                raise given_back
+            return outcome
         finally:
             with self._running_lock:
                 self._running.discard(handle)
@@ -373,6 +382,8 @@ class TestRunner:
             spec = render(run)
             if self.spec_hook is not None:
                 spec = self.spec_hook(spec, test)
+            if self._stopped:  # stopped while it built or fetched: start nothing now
+                raise Stopped(f"{test_id}: the session is stopping")
             outcome = self._wait(self.backend.start(spec, host, sink), on_exit)
         except (HostLost, Stopped):
             raise

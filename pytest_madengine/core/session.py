@@ -50,9 +50,9 @@ from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.placement import HostPool
 from pytest_madengine.resources.processes import process_identity
 
-# How long stopping waits for the threads of tests running ahead (their containers are
-# already told to stop; the sweep removes whatever is left).
-STOP_JOIN_S = 30.0
+# How long stopping waits, in all, for the threads of tests running ahead (their
+# containers are told to stop first; the sweep removes whatever is left).
+STOP_JOIN_S = 10.0
 
 
 def new_session_id() -> str:

@@ -104,8 +104,12 @@ def _live_sink(config: pytest.Config, redact: Callable[[str], str]) -> Any:
     return write
 
 
-def _data_progress(config: pytest.Config) -> ProgressSink:
-    """Downloads of data on the terminal: a line a second at most, and one at the end."""
+def _data_progress(
+    config: pytest.Config, from_thread: Callable[[str], None] | None = None
+) -> ProgressSink:
+    """Downloads of data on the terminal: a line a second at most, and one at the end.
+    Lines of a thread other than the main one go to `from_thread` when given (tests
+    running at once: the main thread writes them)."""
     lock = threading.Lock()
     last_shown: dict[tuple[str, str], float] = {}
 
@@ -115,6 +119,9 @@ def _data_progress(config: pytest.Config) -> ProgressSink:
             if not event.finished and now - last_shown.get(key, 0.0) < PROGRESS_INTERVAL_S:
                 return
             last_shown[key] = now
+            if from_thread and threading.current_thread() is not threading.main_thread():
+                from_thread(f"madengine: {event.describe()}")
+                return
             reporter = config.pluginmanager.get_plugin("terminalreporter")
             capture = config.pluginmanager.get_plugin("capturemanager")
             if reporter is None:
@@ -153,14 +160,22 @@ def pytest_configure(config: pytest.Config) -> None:
         session_dir = Path(tempfile.mkdtemp(prefix=f"mad-session-{session_id}-"))
         config.stash[_OWNED_DIR] = session_dir
     runtime = None
+    lines: LiveLines | None = None
     if not config.option.collectonly:
         backend_state = shared["backend"] if shared else None
         controller = shared["controller"] if shared else process_identity()
         setup = BackendSetup(options, session_id, session_dir, backend_state, controller)
         live = options.live_output and not worker
         sink = _live_sink(config, options.credentials.redact) if live else None
-        # An xdist worker has no terminal: the controller tells its downloads from records.
-        progress = _data_progress(config) if not worker and config.get_verbosity() >= 0 else None
+        # Lines of tests running at once on threads, for the main thread to write (an
+        # xdist worker has no terminal: the controller tells its downloads from records).
+        at_once = options.concurrency != 1 and not worker and not xdist_controller(config)
+        lines = LiveLines(config, options.credentials.redact) if at_once else None
+        progress = (
+            _data_progress(config, lines.put if lines else None)
+            if not worker and config.get_verbosity() >= 0
+            else None
+        )
         try:
             runtime = Session(mad, setup, spec_hook=_spec_hook(config), on_output=sink,
                               on_data_progress=progress)  # fmt: skip
@@ -168,9 +183,9 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     on_wait = None
     if runtime is not None and runtime.concurrency > 1 and not xdist_controller(config):
-        lines = LiveLines(config, options.credentials.redact) if options.live_output else None
         on_wait = lines.drain if lines else None
-        config.pluginmanager.register(RunAhead(runtime, lines), "madengine-run-ahead")
+        live_lines = lines if options.live_output else None
+        config.pluginmanager.register(RunAhead(runtime, live_lines), "madengine-run-ahead")
     state = PluginState(options, mad, session_id, session_dir, worker, runtime, on_wait)
     config.stash[STATE] = state
     config.pluginmanager.register(fixtures, "madengine-fixtures")

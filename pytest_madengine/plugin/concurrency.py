@@ -29,6 +29,7 @@ from pytest_madengine.plugin.collection import MadItem
 OUR_FIXTURES = frozenset({"mad_benchmark", "mad_runtime", "request", "pytestconfig"})
 OUTCOME_MARKERS = ("skip", "skipif", "xfail")
 OVERRIDABLE = ("mad_benchmark", "mad_runtime")
+LISTING_OPTIONS = ("collectonly", "setupplan", "setuponly")  # pytest runs no test then
 
 
 def fixtures_overridden(config: pytest.Config) -> bool:
@@ -50,6 +51,15 @@ def runs_ahead(item: pytest.Item) -> bool:
     )
 
 
+def runs_nothing(session: pytest.Session) -> bool:
+    """Whether pytest's loop will run no test: a listing, a setup plan, or errors in
+    collection that stop the session (pytest's own rule)."""
+    option = session.config.option
+    stopped = session.testsfailed and not getattr(option, "continue_on_collection_errors", False)
+    listing = any(getattr(option, name, False) for name in LISTING_OPTIONS)
+    return bool(stopped or listing)
+
+
 def xdist_controller(config: pytest.Config) -> bool:
     """Whether this process hands tests to xdist workers (and runs none itself)."""
     if hasattr(config, "workerinput"):
@@ -60,9 +70,10 @@ def xdist_controller(config: pytest.Config) -> bool:
 
 
 class LiveLines:
-    """Live output of tests running at once: their threads queue whole lines, each
-    with the test's name in front, and the main thread writes them while an item waits
-    (writing to the terminal means lifting pytest's capture, which is not for threads)."""
+    """Lines for the terminal from the threads of tests running at once (their live
+    output, each line with the test's name in front; data downloads): queued, and
+    written by the main thread while an item waits, since writing to the terminal
+    means lifting pytest's capture, which is not for threads."""
 
     def __init__(self, config: pytest.Config, redact: Callable[[str], str]) -> None:
         self._config = config
@@ -74,6 +85,10 @@ class LiveLines:
 
     def _put(self, line: str) -> None:
         self._lines.put(self._redact(line))
+
+    def put(self, line: str) -> None:
+        """A line for the terminal, from any thread."""
+        self._lines.put(line)
 
     def drain(self) -> None:
         lines = []
@@ -112,7 +127,7 @@ class RunAhead:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+        if runs_nothing(session) or hasattr(session.config, "workerinput"):
             return
         self._hand_over(session.config, session.items)
 

@@ -157,3 +157,52 @@ def test_xdist_workers_each_run_their_share_at_once(pytester: pytest.Pytester) -
     # Two workers one test at a time never have three running: one did two at once.
     most = max(sum(start <= ran[b][0] < end for start, end, _ in ran.values()) for b in ran)
     assert most >= 3, "no worker ran two tests at once"
+
+
+def test_a_session_that_collection_errors_stop_starts_no_container(
+    pytester: pytest.Pytester,
+) -> None:
+    unique_tree(pytester, [napping(f"m{i}", 30) for i in range(2)], scripts(nap=NAP))
+    pytester.makepyfile(test_broken="import no_such_module_here\n")
+    result = run(pytester, "--mad-tags=dummies", "--mad-gpus=2", "--mad-concurrency=2",
+                 "models.json", "test_broken.py")  # fmt: skip
+    result.stdout.fnmatch_lines(["*Interrupted: 1 error during collection*"])
+    assert not list((pytester.path / "mad_output").rglob("*.log"))
+
+
+def test_files_of_the_same_name_from_tests_at_once_come_back_whole(
+    pytester: pytest.Pytester,
+) -> None:
+    # Each writes its own letter, a different number of times, to the same file.
+    writer = ('#!/bin/sh\nhead -c "$2" /dev/zero | tr "\\\\000" "$1" > ../shared.out\n'
+              'echo "performance: 1 s"\n')  # fmt: skip
+    models = [
+        entry(name, scripts="scripts/dummy/writer.sh", args=f"{name} {size}")
+        for name, size in (("A", 6_000_000), ("B", 3_000_000), ("C", 4_500_000))
+    ]
+    unique_tree(pytester, models, scripts(writer=writer))
+    run(pytester, "--mad-tags=dummies", "--mad-gpus=3", "--mad-concurrency=3").assert_outcomes(
+        passed=3
+    )
+    data = (pytester.path / "shared.out").read_bytes()
+    assert (data[:1], len(data)) in {(b"A", 6_000_000), (b"B", 3_000_000), (b"C", 4_500_000)}
+    assert data == data[:1] * len(data), "the file holds pieces of two tests' output"
+
+
+def test_ctrl_c_while_images_build_ends_the_session_promptly(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient
+) -> None:
+    root = unique_tree(pytester, [entry("slow0"), entry("slow1", dockerfile="docker/other")])
+    # Two images whose builds take a minute: nothing can cut a build short.
+    for name in ("dummy", "other"):
+        dockerfile = root / "docker" / f"{name}.ubuntu.amd.Dockerfile"
+        base = (root / "docker" / "dummy.ubuntu.amd.Dockerfile").read_text()
+        dockerfile.write_text(f"{base}\n# {name}\nRUN sleep 60\n")
+    session = pytest_session(pytester, "--mad-tags=dummies", "--mad-gpus=2",
+                             "--mad-concurrency=2")  # fmt: skip
+    time.sleep(6)  # start-up, then both builds under way
+    session.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    output, _ = session.communicate(timeout=120)
+    assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert time.monotonic() - started < 30, "the session waited for the builds"

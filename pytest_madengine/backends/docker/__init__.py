@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
+import os
+import threading
+import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -61,6 +64,8 @@ class DockerBackend:
         self.links = HostLinks(shared.get(TUNNELS_KEY))
         self._once = Once(setup.session_dir / "once")
         self.reaper = Reaper()
+        self._making = threading.RLock()
+        self._workspaces = setup.session_dir / "workspaces"
         self._log_dir = options.output_dir / "builds"
         self._no_cache = options.clean_cache
         self._perf_csv = options.perf_csv
@@ -72,7 +77,7 @@ class DockerBackend:
                 # The controller checks the engine now: a session that cannot run
                 # anything is a usage error before any test, not a failure per test.
                 try:
-                    self._build_client = connect()
+                    self.__dict__["_build_client"] = connect()  # see _made_once
                 except EngineError as exc:
                     raise UsageProblem(str(exc)) from None
         else:
@@ -91,23 +96,35 @@ class DockerBackend:
             # crashed CI job) would run on forever: the next session removes them.
             self._on_each_host(remove_orphans)
 
-    @functools.cached_property
+    def _made_once(self, name: str, make: Callable[[], Any]) -> Any:
+        """An attribute made on first use, once, whichever thread of the session's tests
+        asks first (functools.cached_property locks nothing from Python 3.12 on)."""
+        with self._making:
+            if name not in self.__dict__:
+                self.__dict__[name] = make()
+            return self.__dict__[name]
+
+    @property
     def _build_client(self) -> docker.DockerClient:
         """The engine images are built on (DOCKER_HOST, the local one by default)."""
-        return connect()
+        return self._made_once("_build_client", connect)
 
-    @functools.cached_property
+    @property
     def engines(self) -> Engines:
-        return Engines(self._build_client, self._once, self.links)
+        return self._made_once(
+            "engines", lambda: Engines(self._build_client, self._once, self.links)
+        )
 
-    @functools.cached_property
+    @property
     def builder(self) -> ImageBuilder:
         skip = (self._log_dir.parent, self._perf_csv)
-        return ImageBuilder(self._build_client, self._log_dir, self._once, self._no_cache, skip)
+        return self._made_once("builder", lambda: ImageBuilder(
+            self._build_client, self._log_dir, self._once, self._no_cache, skip
+        ))  # fmt: skip
 
-    @functools.cached_property
+    @property
     def pusher(self) -> ImagePusher:
-        return ImagePusher(self._build_client, self._once)
+        return self._made_once("pusher", lambda: ImagePusher(self._build_client, self._once))
 
     def hosts(self) -> tuple[Host, ...]:
         return self._hosts
@@ -173,12 +190,24 @@ class DockerBackend:
         try:
             volumes = self._data_volumes(spec, host)
             client = self.engines.client(host)
-            run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper)
+            run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper,
+                               self._workspace_dir(spec, host))  # fmt: skip
             return _CheckedRun(run, self.engines, host)
         except HostLost:
             raise
         except EngineError as exc:
             raise self._lost_or(host, exc) from None
+
+    def _workspace_dir(self, spec: RunSpec, host: Host) -> Path | None:
+        """A directory of this machine to bind as the run's workspace, where the engine
+        shares this machine's files: copies and results then move as files, not as
+        archives through the engine (two archive calls a test, each mounting the
+        container's file system). As root only: the container's files there are
+        root's, and only root can remove them afterwards. Not for a kept container,
+        which outlives the session's directory."""
+        if _elsewhere(host) or spec.keep_alive or os.geteuid() != 0:
+            return None
+        return self._workspaces / uuid.uuid4().hex[:16]
 
     def _data_volumes(self, spec: RunSpec, host: Host) -> dict[str, str]:
         """Content key -> volume, for the fetched data of a host that is not this machine
@@ -266,9 +295,11 @@ class _CheckedRun:
         self.run = run
         self.engines = engines
         self.host = host
+        # (an engine failure, what it was found to mean) once the host was asked.
+        self._judged: tuple[EngineError, MadError] | None = None
 
-    def wait_exit(self) -> None:
-        self._checked(self.run.wait_exit)
+    def wait_exit(self) -> bool:
+        return bool(self._checked(self.run.wait_exit))
 
     def wait(self) -> Any:
         return self._checked(self.run.wait)
@@ -277,9 +308,13 @@ class _CheckedRun:
         try:
             return waiting()
         except EngineError as exc:
-            if not self.engines.answers(self.host):
-                raise HostLost(self.host.name, str(exc)) from None
-            raise
+            # wait() raises again what wait_exit() raised: the host is asked once.
+            if self._judged is None or self._judged[0] is not exc:
+                lost = not self.engines.answers(self.host)
+                self._judged = (exc, HostLost(self.host.name, str(exc)) if lost else exc)
+            if self._judged[1] is exc:
+                raise
+            raise self._judged[1] from None
 
     def cancel(self) -> None:
         self.run.cancel()

@@ -13,6 +13,7 @@ import io
 import os
 import posixpath
 import queue
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -34,7 +35,11 @@ from pytest_madengine.backends import (
     RunOutcome,
     RunSpec,
 )
-from pytest_madengine.backends.collect import extract_workspace
+from pytest_madengine.backends.collect import (
+    collect_workspace,
+    extract_workspace,
+    fill_workspace,
+)
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.masking import StreamMask
 from pytest_madengine.resources.interrupts import deferred_interrupts
@@ -275,8 +280,12 @@ class ContainerRun:
         on_output: OutputSink | None = None,
         data_volumes: Mapping[str, str] | None = None,
         reaper: Reaper | None = None,
+        workspace_dir: Path | None = None,
     ) -> None:
         self.spec = spec
+        # A new directory of this machine bound as the workspace, the run's copies put
+        # there instead of sent as an archive (a local engine; see DockerBackend.start).
+        self.workspace_dir = workspace_dir
         self.reaper = reaper  # removes the container once it is done; else `wait` does
         self.host = host
         self.client = client
@@ -286,15 +295,24 @@ class ContainerRun:
         self.exec_id: str | None = None
         # (exit code, timed out, when it ended) once it ended, or what waiting raised.
         self._exit: tuple[int | None, bool, float] | BaseException | None = None
+        self._kill_refused = False
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         header = "".join(f"{line}\n" for line in spec.log_notes).encode()
         spec.log_path.write_bytes(header)
         if on_output is not None and header:
             on_output(header)
         try:
-            self.container = client.containers.create(**create_kwargs(spec, data_volumes))
-            if spec.copies:
-                with tar_directories(spec.copies, spec.copy_excludes) as archive:
+            kwargs = create_kwargs(spec, data_volumes)
+            copies = spec.copies
+            if workspace_dir is not None:
+                workspace_dir.mkdir(mode=0o755, parents=True)
+                copies = fill_workspace(copies, spec.copy_excludes, workspace_dir, spec.workdir)
+                kwargs.setdefault("mounts", []).append(
+                    docker.types.Mount(spec.workdir, str(workspace_dir), type="bind")
+                )
+            self.container = client.containers.create(**kwargs)
+            if copies:
+                with tar_directories(copies, spec.copy_excludes) as archive:
                     self.container.put_archive("/", archive)
             self.started = time.time()
             self.container.start()
@@ -312,14 +330,20 @@ class ContainerRun:
         except BaseException as exc:
             if self.container is not None:
                 _remove(self.container)
+            self._drop_workspace()
             if isinstance(exc, ENGINE_FAILURES):
                 raise _engine_error(exc, spec, host) from None
             raise
 
-    def wait_exit(self) -> None:
+    def _drop_workspace(self) -> None:
+        if self.workspace_dir is not None:
+            shutil.rmtree(self.workspace_dir, ignore_errors=True)
+
+    def wait_exit(self) -> bool:
         """Until the command has ended (or was killed at its timeout): its GPUs are free
-        from then on, while `wait` still reads the results back. What it raises, `wait`
-        raises again (and removes the container)."""
+        from then on, while `wait` still reads the results back; False when a kill at
+        the timeout was refused (it may run on until its removal). What it raises,
+        `wait` raises again (and removes the container)."""
         if self._exit is None:
             try:
                 if self.exec_id is not None:
@@ -331,6 +355,7 @@ class ContainerRun:
                 self._exit = exc
         if isinstance(self._exit, BaseException):
             raise self._exit
+        return not self._kill_refused
 
     def wait(self) -> RunOutcome:
         spec = self.spec
@@ -365,6 +390,7 @@ class ContainerRun:
         except ENGINE_FAILURES as exc:
             raise _engine_error(exc, spec, self.host) from None
         finally:
+            self._drop_workspace()  # the container has stopped: nothing writes there now
             if not self.lost and (not spec.keep_alive or self.cancelled):
                 if self.reaper is not None:
                     self.reaper.remove(self.container)
@@ -373,22 +399,26 @@ class ContainerRun:
                         _remove(self.container)
 
     def _collect(self, spec: RunSpec) -> dict[str, str | None]:
-        """The result files' texts (None: not there); the workspace comes back to the
-        host in the same archive, which holds the result files inside it (each archive
-        call mounts the container's file system: one is cheaper than three)."""
+        """The result files' texts (None: not there), read with the workspace as it
+        comes back to the host: from the bound directory, or from one archive of the
+        container's (each archive call mounts its file system: one is cheaper than
+        three); result files elsewhere are read one by one."""
+        prefix = spec.workdir.rstrip("/") + "/"
         inside = {
             path: posixpath.relpath(path, spec.workdir)
             for path in spec.result_files
-            if spec.collect_to is not None
-            and posixpath.normpath(path).startswith(spec.workdir.rstrip("/") + "/")
+            if posixpath.normpath(path).startswith(prefix)
         }
         results: dict[str, str | None] = {}
-        if spec.collect_to is not None:
+        if self.workspace_dir is not None:
+            back = collect_workspace(self.workspace_dir, spec.collect_to, spec.collect_skip,
+                                     set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip
+            results = {path: back.read.get(relative) for path, relative in inside.items()}
+        elif spec.collect_to is not None:
             stream, _ = self.container.get_archive(spec.workdir)
-            extracted = extract_workspace(
-                stream, spec.collect_to, spec.collect_skip, set(inside.values()), MAX_RESULT_BYTES
-            )
-            results = {path: extracted.read.get(relative) for path, relative in inside.items()}
+            back = extract_workspace(stream, spec.collect_to, spec.collect_skip,
+                                     set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip
+            results = {path: back.read.get(relative) for path, relative in inside.items()}
         for path in spec.result_files:
             if path not in results:
                 results[path] = self._read_file(path)
@@ -406,8 +436,13 @@ class ContainerRun:
         while True:
             left = None if deadline is None else deadline - time.time()
             if left is not None and left <= 0:
-                with contextlib.suppress(*ENGINE_FAILURES):  # it may have ended meanwhile
+                try:
                     self.container.kill()
+                except docker.errors.APIError as exc:
+                    # 409: it ended meanwhile; anything else: it may still run.
+                    self._kill_refused = exc.status_code != 409
+                except ENGINE_FAILURES:
+                    self._kill_refused = True
                 return None, True
             try:
                 status = self.container.wait(timeout=WAIT_SLICE_S if left is None else

@@ -9,7 +9,12 @@ import threading
 import docker
 import docker.errors
 
-from pytest_madengine.backends.docker.containers import ENGINE_FAILURES, EngineError, answers
+from pytest_madengine.backends.docker.containers import (
+    ENGINE_FAILURES,
+    PING_TIMEOUT_S,
+    EngineError,
+    answers,
+)
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.errors import HostLost, MadError, first_line
 from pytest_madengine.resources.hosts import Host
@@ -48,13 +53,27 @@ class Engines:
         return self._clients[host.name]
 
     def answers(self, host: Host) -> bool:
-        """Whether the host's engine answers a ping within a few seconds."""
-        try:
-            if answers(self.client(host)):
-                return True
-        except HostLost:
-            pass
-        self._clients.pop(host.name, None)
+        """Whether the host's engine answers a ping within a few seconds (a client made
+        for the question, too, waits no longer: the SDK asks the engine's version)."""
+        if host.docker is None:
+            return answers(self.build_client)
+        with self._connecting:
+            client = self._clients.get(host.name)
+        if client is not None and answers(client):
+            return True
+        if client is None:
+            try:
+                client = self.links.client(host, timeout=PING_TIMEOUT_S)
+            except (MadError, *ENGINE_FAILURES):
+                client = None
+            if client is not None:
+                try:
+                    if answers(client):
+                        return True
+                finally:
+                    client.close()
+        with self._connecting:
+            self._clients.pop(host.name, None)
         self.links.forget(host)
         return False
 
