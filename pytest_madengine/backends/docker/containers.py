@@ -62,6 +62,7 @@ WAIT_SLICE_S = 10
 PING_TIMEOUT_S = 5
 # How long the end of a session waits for finished containers to be removed.
 REAP_TIMEOUT_S = 60
+REAPER_THREADS = 4
 # A kept container carries this label (with the session id) instead of the session and
 # controller labels, so that neither the session's sweep nor a later session's removal
 # of orphans takes it: it is the user's.
@@ -232,21 +233,24 @@ class _LogPump(threading.Thread):
 
 
 class Reaper:
-    """Removes finished containers on a thread of its own, so that a test's result does
-    not wait for its container's removal (tens of ms each). `drain` waits until all
-    are gone; the session drains before it sweeps and closes."""
+    """Removes finished containers on threads of its own (a few at once), so that a
+    test's result does not wait for its container's removal (tens of ms each). `drain`
+    waits until all are gone; the session drains before it sweeps and closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = REAPER_THREADS) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._most = threads
         self._lock = threading.Lock()
 
     def remove(self, container: Any) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="mad-reaper", daemon=True)
-                self._thread.start()
         self._queue.put(container)
+        with self._lock:
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            if len(self._threads) < min(self._most, self._queue.unfinished_tasks):
+                thread = threading.Thread(target=self._work, name="mad-reaper", daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def _work(self) -> None:
         while True:
