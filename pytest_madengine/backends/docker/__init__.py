@@ -265,6 +265,11 @@ class DockerBackend:
 
         def one(host: Host) -> int:
             with contextlib.suppress(MadError, *ENGINE_FAILURES):
+                # The session's own client when it has one (over an SSH tunnel a new
+                # client costs a few round trips); else one made for the sweep.
+                cached = self.engines.cached(host) if "engines" in self.__dict__ else None
+                if cached is not None:
+                    return action(cached) if answers(cached) else 0
                 client = (
                     self.links.client(host, timeout=SWEEP_TIMEOUT_S)
                     if host.docker

@@ -52,6 +52,13 @@ class Engines:
             self._clients[host.name] = client
         return self._clients[host.name]
 
+    def cached(self, host: Host) -> docker.DockerClient | None:
+        """The host's client if this process has one already (no connection made)."""
+        if host.docker is None:
+            return self.build_client
+        with self._connecting:
+            return self._clients.get(host.name)
+
     def answers(self, host: Host) -> bool:
         """Whether the host's engine answers a ping within a few seconds (a client made
         for the question, too, waits no longer: the SDK asks the engine's version)."""
