@@ -218,9 +218,9 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto`: one worker per GPU of all hosts, since every test holds at least one;
-    with a --mad-concurrency other than 1, one worker per host (each runs its tests at
-    once on threads)."""
+    """`-n auto`: one worker per GPU of all hosts, since every test holds at least one
+    (also with --mad-concurrency: one worker per host ran slower, as xdist sends each
+    worker only a few tests ahead; see README)."""
     if not raw_options(config).active:
         return None
     try:
@@ -228,8 +228,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         hosts = load_hosts(options.hosts_file, options.gpu_vendor) if options.hosts_file else None
     except MadError:
         return None  # pytest_configure reports it
-    if options.concurrency != 1:
-        return len(hosts) if hosts else 1
     count = sum(host.gpus.count for host in hosts) if hosts else options.gpus.count
     return count or None
 
