@@ -199,16 +199,20 @@ def test_more_gpus_than_the_node_has_fails_with_the_schedulers_reason(
     assert left_in(k8s_cluster, namespace) == []
 
 
+@pytest.mark.parametrize(
+    "at_once", [("-n", "3"), ("--mad-concurrency", "3")], ids=["xdist", "in-process"]
+)
 def test_no_two_running_pods_hold_the_same_gpu(
     pytester: pytest.Pytester,
     k8s_tree: Callable[..., Path],
     registry: Any,
     namespace: str,
     k8s_cluster: Any,
+    at_once: tuple[str, ...],
 ) -> None:
-    """Three tests at once (xdist) that together ask for more GPUs than the node's four:
-    Kubernetes queues them, so the GPUs of the pods running at any moment add up to four
-    at most, and one waited in the queue."""
+    """Three tests at once (xdist workers, or threads of one process) that together ask
+    for more GPUs than the node's four: Kubernetes queues them, so the GPUs of the pods
+    running at any moment add up to four at most, and one waited in the queue."""
     models = [
         entry(f"g{i}", n_gpus=gpus, args=f"3 {i}", scripts="scripts/dummy/sleeper.sh")
         for i, gpus in enumerate((3, 3, 2))
@@ -218,8 +222,7 @@ def test_no_two_running_pods_hold_the_same_gpu(
         pytester,
         "--mad-tags",
         "dummies",
-        "-n",
-        "3",
+        *at_once,
         "--junitxml",
         "r.xml",
         *k8s_args(namespace, registry),

@@ -165,8 +165,11 @@ class AllocationSampler(threading.Thread):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.parametrize(
+    "at_once", [("-n", "2"), ("--mad-concurrency", "2")], ids=["xdist", "in-process"]
+)
 def test_jobs_get_the_gpus_slurm_allocated_mapped_and_never_shared(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, at_once: tuple[str, ...]
 ) -> None:
     devices = pytester.path / "dev"
     (devices / "dri").mkdir(parents=True)
@@ -179,7 +182,7 @@ def test_jobs_get_the_gpus_slurm_allocated_mapped_and_never_shared(
     sampler = AllocationSampler()
     sampler.start()
     try:
-        result = slurm_run(pytester, "--mad-tags", "dummies", "-n", "2", "--junitxml", "r.xml",
+        result = slurm_run(pytester, "--mad-tags", "dummies", *at_once, "--junitxml", "r.xml",
                            "--mad-context", json.dumps(context))  # fmt: skip
     finally:
         sampler.stop.set()
