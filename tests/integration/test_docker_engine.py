@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -170,3 +171,50 @@ def test_clean_cache_rebuilds_once_per_session(docker_client, tmp_path, context_
     assert rebuilt.built and "Using cache" not in Path(rebuilt.log_path).read_text()
     # Another worker of that session (same lock dir) reuses the fresh build.
     assert not builder(docker_client, tmp_path, "second", no_cache=True).ensure(spec).built
+
+
+def test_a_bound_workspace_gives_what_the_archive_gives_and_follows_no_link(
+    docker_client, tmp_path
+):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "run.sh").write_text(
+        "echo 'a,b' > out.csv; mkdir sub; echo new > sub/made.txt; mkfifo pipe;"
+        " ln -s /etc/hostname link.csv; ln -s /etc sub/etc\n"
+    )
+    outcomes = {}
+    for bound in (False, True):
+        collect = tmp_path / f"back-{bound}"
+        collect.mkdir()
+        spec = _spec(
+            tmp_path, ("sh", "run.sh"), session=f"s-bound-{bound}",
+            copies=((job, "/myworkspace/job"),), collect_to=collect,
+            result_files=("/myworkspace/job/out.csv", "/myworkspace/job/link.csv"),
+        )  # fmt: skip
+        workspace = tmp_path / "bound" if bound else None
+        outcomes[bound] = ContainerRun(docker_client, spec, "here", workspace_dir=workspace).wait()
+        back = sorted(str(p.relative_to(collect)) for p in collect.rglob("*"))
+        assert back == ["out.csv", "run.sh", "sub", "sub/made.txt"], back
+        assert _ours(docker_client, f"s-bound-{bound}") == []
+    assert outcomes[True].results == outcomes[False].results == {
+        "/myworkspace/job/out.csv": "a,b\n", "/myworkspace/job/link.csv": None,
+    }  # fmt: skip
+    assert not (tmp_path / "bound").exists()  # removed with the run
+
+
+def test_an_engine_that_cannot_see_the_workspace_says_so_for_the_archive_way(
+    docker_client, tmp_path, monkeypatch
+):
+    """As a daemon with another file system (a snap's, a VM's) would: the directory to
+    bind is not there for it. The backend then sends the workspace as an archive."""
+    from pytest_madengine.backends.docker import containers
+
+    def filled_elsewhere(copies, excludes, root, workdir):
+        shutil.rmtree(root)
+        return ()
+
+    monkeypatch.setattr(containers, "fill_workspace", filled_elsewhere)
+    spec = _spec(tmp_path, ("true",), session="s-unseen")
+    with pytest.raises(containers.WorkspaceNotShared):
+        ContainerRun(docker_client, spec, "here", workspace_dir=tmp_path / "unseen")
+    assert _ours(docker_client, "s-unseen") == []

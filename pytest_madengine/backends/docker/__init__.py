@@ -35,6 +35,7 @@ from pytest_madengine.backends.docker.containers import (
     ContainerRun,
     EngineError,
     Reaper,
+    WorkspaceNotShared,
     answers,
     connect,
     remove_orphans,
@@ -66,6 +67,7 @@ class DockerBackend:
         self.reaper = Reaper()
         self._making = threading.RLock()
         self._workspaces = setup.session_dir / "workspaces"
+        self._bind_workspaces = True  # until the engine is found not to see them
         self._log_dir = options.output_dir / "builds"
         self._no_cache = options.clean_cache
         self._perf_csv = options.perf_csv
@@ -190,8 +192,12 @@ class DockerBackend:
         try:
             volumes = self._data_volumes(spec, host)
             client = self.engines.client(host)
-            run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper,
-                               self._workspace_dir(spec, host))  # fmt: skip
+            try:
+                run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper,
+                                   self._workspace_dir(spec, host))  # fmt: skip
+            except WorkspaceNotShared:
+                self._bind_workspaces = False  # for the rest of the session
+                run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper)
             return _CheckedRun(run, self.engines, host)
         except HostLost:
             raise
@@ -205,7 +211,7 @@ class DockerBackend:
         container's file system). As root only: the container's files there are
         root's, and only root can remove them afterwards. Not for a kept container,
         which outlives the session's directory."""
-        if _elsewhere(host) or spec.keep_alive or os.geteuid() != 0:
+        if _elsewhere(host) or spec.keep_alive or os.geteuid() != 0 or not self._bind_workspaces:
             return None
         return self._workspaces / uuid.uuid4().hex[:16]
 

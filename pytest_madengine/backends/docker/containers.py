@@ -314,7 +314,12 @@ class ContainerRun:
                 kwargs.setdefault("mounts", []).append(
                     docker.types.Mount(spec.workdir, str(workspace_dir), type="bind")
                 )
-            self.container = client.containers.create(**kwargs)
+            try:
+                self.container = client.containers.create(**kwargs)
+            except docker.errors.APIError as exc:
+                if workspace_dir is not None and str(workspace_dir) in str(exc):
+                    raise WorkspaceNotShared(first_line(exc)) from None
+                raise
             if copies:
                 with tar_directories(copies, spec.copy_excludes) as archive:
                     self.container.put_archive("/", archive)
@@ -504,6 +509,11 @@ def answers(client: docker.DockerClient, timeout_s: float = PING_TIMEOUT_S) -> b
         return bool(client.api.get(f"{client.api.base_url}/_ping", timeout=timeout_s).ok)
     except ENGINE_FAILURES:
         return False
+
+
+class WorkspaceNotShared(EngineError):
+    """The engine cannot bind a directory of this machine (its daemon sees another file
+    system: a snap's, a VM's): the workspace goes as an archive instead."""
 
 
 def _engine_error(exc: BaseException, spec: RunSpec, host: str) -> EngineError:
