@@ -4,8 +4,14 @@ and models that differ only by name (so they share one image)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
+
+# The environment of the benches' child processes: they may write bytecode, as a pip
+# install compiles on install. Without it (PYTHONDONTWRITEBYTECODE is set on some
+# machines) every start compiles whatever changed since bytecode was last written.
+CHILD_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
 
 DOCKERFILE = (
     "# CONTEXT {'gpu_vendor': 'AMD', 'guest_os': 'UBUNTU'}\n"

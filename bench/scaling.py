@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from xml.etree import ElementTree
 
-from benchtree import write_bench_tree
+from benchtree import CHILD_ENV, write_bench_tree
 
 from pytest_madengine.backends import SESSION_LABEL
 from pytest_madengine.backends.docker.links import HostLinks
@@ -42,7 +42,8 @@ def session(root: Path, hosts: Path, junit: str, *extra: str) -> tuple[float, fl
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--mad-tags=bench",
             f"--mad-hosts={hosts}", f"--junitxml={junit}", *extra]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, cwd=root, env=CHILD_ENV, capture_output=True, text=True,
+                          check=False)  # fmt: skip
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"bench: session {' '.join(extra)} failed:\n{done.stdout[-3000:]}")
@@ -92,7 +93,7 @@ def raw_process(hosts: Path) -> float:
     clients included), as a session's wall includes them."""
     argv = [sys.executable, __file__, "--raw-only", "--hosts", str(hosts)]
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, env=CHILD_ENV, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"bench: the raw process failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - start

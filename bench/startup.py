@@ -15,7 +15,6 @@ install compiles on install), so the figures are those of a second start.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -24,17 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchtree import write_bench_tree
+from benchtree import CHILD_ENV, write_bench_tree
 
 SCRIPT = "#!/bin/sh\necho 'performance: 1 samples_per_second'\n"
-ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
 
 
 def wall(argv: list[str], cwd: Path, runs: int) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        done = subprocess.run(argv, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
+        done = subprocess.run(argv, cwd=cwd, env=CHILD_ENV, capture_output=True, text=True,
+                              check=False)  # fmt: skip
         times.append(time.perf_counter() - start)
         if done.returncode not in (0, 5):  # 5: nothing collected or run
             sys.exit(f"bench: {' '.join(argv)} failed:\n{done.stdout[-2000:]}")
@@ -42,7 +41,7 @@ def wall(argv: list[str], cwd: Path, runs: int) -> float:
 
 
 def slowest_imports(argv: list[str], cwd: Path, count: int = 12) -> list[tuple[float, str]]:
-    done = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], cwd=cwd, env=ENV,
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], cwd=cwd, env=CHILD_ENV,
                           capture_output=True, text=True, check=False)  # fmt: skip
     rows = []
     for line in done.stderr.splitlines():
