@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from pytest_madengine.plugin.concurrency import LiveLines, RunAhead, xdist_contr
 from pytest_madengine.plugin.options import add_options, raw_options
 from pytest_madengine.plugin.reporter import BUILD_ATTRIBUTE, RECORD_ATTRIBUTE, MadReporter
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginState, plugin_state
+from pytest_madengine.plugin.terminal import to_terminal
 from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.processes import process_identity
 
@@ -92,14 +92,10 @@ def _live_sink(config: pytest.Config, redact: Callable[[str], str]) -> Any:
     known secrets masked."""
 
     def write(chunk: bytes) -> None:
-        # Looked up here: the terminal reporter registers after our pytest_configure.
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None or capture is None:
+        if config.pluginmanager.get_plugin("capturemanager") is None:
             return
-        with capture.global_and_fixture_disabled():
-            reporter.write(redact(chunk.decode("utf-8", errors="replace")))
-            reporter.flush()
+        text = redact(chunk.decode("utf-8", errors="replace"))
+        to_terminal(config, lambda reporter: reporter.write(text))
 
     return write
 
@@ -122,14 +118,8 @@ def _data_progress(
             if from_thread and threading.current_thread() is not threading.main_thread():
                 from_thread(f"madengine: {event.describe()}")
                 return
-            reporter = config.pluginmanager.get_plugin("terminalreporter")
-            capture = config.pluginmanager.get_plugin("capturemanager")
-            if reporter is None:
-                return
-            uncaptured = capture.global_and_fixture_disabled() if capture else nullcontext()
-            with uncaptured:
-                reporter.write_line(f"madengine: {event.describe()}")
-                reporter.flush()
+            line = f"madengine: {event.describe()}"
+            to_terminal(config, lambda reporter: reporter.write_line(line))
 
     return show
 

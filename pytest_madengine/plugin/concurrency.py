@@ -25,6 +25,7 @@ from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.session import Session
 from pytest_madengine.plugin import fixtures
 from pytest_madengine.plugin.collection import MadItem
+from pytest_madengine.plugin.terminal import to_terminal
 
 OUR_FIXTURES = frozenset({"mad_benchmark", "mad_runtime", "request", "pytestconfig"})
 OUTCOME_MARKERS = ("skip", "skipif", "xfail")
@@ -95,16 +96,15 @@ class LiveLines:
         with contextlib.suppress(queue.Empty):
             while True:
                 lines.append(self._lines.get_nowait())
-        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
-        capture = self._config.pluginmanager.get_plugin("capturemanager")
-        if not lines or reporter is None:
+        if not lines:
             return
-        quiet = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-        with quiet:
+
+        def write(reporter: Any) -> None:
             reporter.ensure_newline()
             for line in lines:
                 reporter.write_line(line)
-            reporter.flush()
+
+        to_terminal(self._config, write)
 
 
 class RunAhead:

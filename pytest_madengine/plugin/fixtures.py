@@ -6,7 +6,6 @@ The MAD items use `mad_benchmark`; user-written tests can use the same pieces
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from pytest_madengine.core.options import Options
 from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.session import MadSession, Session
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, PluginState, plugin_state
+from pytest_madengine.plugin.terminal import to_terminal
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.placement import HostPool, Placement
 
@@ -143,14 +143,7 @@ def terminal_lines(config: pytest.Config) -> PushProgressSink | None:
         return None
 
     def write(line: str) -> None:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None:
-            return
-        quiet = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-        with quiet:
-            reporter.write_line(line)
-            reporter.flush()
+        to_terminal(config, lambda reporter: reporter.write_line(line))
 
     return write
 

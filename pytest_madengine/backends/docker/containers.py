@@ -418,15 +418,16 @@ class ContainerRun:
             for path in spec.result_files
             if posixpath.normpath(path).startswith(prefix)
         }
-        results: dict[str, str | None] = {}
+        back = None
         if self.workspace_dir is not None:
             back = collect_workspace(self.workspace_dir, spec.collect_to, spec.collect_skip,
                                      set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip
-            results = {path: back.read.get(relative) for path, relative in inside.items()}
         elif spec.collect_to is not None:
             stream, _ = self.container.get_archive(spec.workdir)
             back = extract_workspace(stream, spec.collect_to, spec.collect_skip,
                                      set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip
+        results: dict[str, str | None] = {}
+        if back is not None:
             results = {path: back.read.get(relative) for path, relative in inside.items()}
         for path in spec.result_files:
             if path not in results:
