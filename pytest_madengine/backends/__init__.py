@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.errors import MadError, UsageProblem
+from pytest_madengine.registry import registered
 from pytest_madengine.resources.hosts import Host
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ BackendFactory = Callable[[BackendSetup], Backend]
 
 @functools.cache
 def _entry_points() -> dict[str, EntryPoint]:
-    return {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
+    return {point.name: point for point in registered(ENTRY_POINT_GROUP)}
 
 
 def backend_names() -> tuple[str, ...]:

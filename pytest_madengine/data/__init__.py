@@ -19,13 +19,13 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_madengine.backends import DataBind
 from pytest_madengine.core.credentials import Credentials
 from pytest_madengine.errors import MadError
+from pytest_madengine.registry import registered
 
 ENTRY_POINT_GROUP = "pytest_madengine.data_providers"
 # madengine's MAD_DATAHOME: /data_dlm and the provider's index (0 for a model's one dataset).
@@ -140,7 +140,7 @@ class DataProvider(Protocol):
 def providers() -> dict[str, DataProvider]:
     """Every installed provider, by name (ours are registered the same way)."""
     found: dict[str, DataProvider] = {}
-    for point in entry_points(group=ENTRY_POINT_GROUP):
+    for point in registered(ENTRY_POINT_GROUP):
         provider = point.load()()
         found[point.name] = provider
     return found

@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_madengine.core.workspace import ModelRun
 from pytest_madengine.errors import MadError
+from pytest_madengine.registry import registered
 from pytest_madengine.tools.files import load_tools_file
 
 ENTRY_POINT_GROUP = "pytest_madengine.tools"
@@ -41,7 +41,7 @@ class Tool(Protocol):
 
 @functools.cache
 def entry_point_tools() -> dict[str, Tool]:
-    return {point.name: point.load()() for point in entry_points(group=ENTRY_POINT_GROUP)}
+    return {point.name: point.load()() for point in registered(ENTRY_POINT_GROUP)}
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ class Engines:
         per host and image across the session's workers, no registry needed.
         """
         target = self.client(host)
+        if target is self.build_client:  # this machine's engine: nothing to ask (info() is slow)
+            return False
         try:
             if self._engine_id("", self.build_client) == self._engine_id(host.name, target):
                 return False
