@@ -195,6 +195,29 @@ class ExitWaiter(Protocol):
         ...
 
 
+@runtime_checkable
+class MadeRun(Protocol):
+    """A run's container made ahead of its turn, not started (see `CreatesAhead`)."""
+
+    def start(self, on_output: OutputSink | None) -> RunHandle:
+        """Starts it now; HostLost when the host does not answer."""
+        ...
+
+    def discard(self) -> None:
+        """Removes it unstarted: its test runs on other GPUs, or not at all."""
+        ...
+
+
+@runtime_checkable
+class CreatesAhead(Protocol):
+    """A backend that can make a test's container while the test waits for GPUs, so
+    that it only has to start when they are free (optional)."""
+
+    def create(self, spec: RunSpec, host: Host) -> MadeRun:
+        """The run's container, made but not started; as `start` when it cannot."""
+        ...
+
+
 class Backend(Protocol):
     """Runs the containers of one session, in one process (an xdist worker has its own)."""
 

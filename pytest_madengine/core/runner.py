@@ -18,8 +18,10 @@ from pathlib import Path
 
 from pytest_madengine.backends import (
     Backend,
+    CreatesAhead,
     ExitWaiter,
     ImageRequest,
+    MadeRun,
     OutputSink,
     RunHandle,
     RunOutcome,
@@ -64,12 +66,36 @@ from pytest_madengine.data import (
 )
 from pytest_madengine.errors import HostLost, MadError, NotRun, Stopped
 from pytest_madengine.reporting.perf_csv import human_size
+from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import Placement
 
 LOG_TAIL_LINES = 25
 TAIL_LINE_CHARS = 2000
 # Changes a test's run spec before it starts (the plugin's pytest_mad_run_spec hook).
 SpecHook = Callable[[RunSpec, PlannedTest], RunSpec]
+
+
+@dataclasses.dataclass(frozen=True)
+class MadeAhead:
+    """A test's container made while the test waited for GPUs, for the placement it
+    was expected to get (see `TestRunner.make_ahead`)."""
+
+    placement: Placement
+    image: ImageFacts
+    run: ModelRun
+    spec: RunSpec
+    container: MadeRun
+
+    def fits(self, placement: Placement) -> bool:
+        expected = self.placement
+        return placement.host.name == expected.host.name and placement.gpus == expected.gpus
+
+
+def image_key(request: ImageRequest, host: Host) -> tuple[object, ...]:
+    """What makes an image the same on a host, whatever name a test gives it."""
+    build_args = tuple(sorted(request.build_args.items()))
+    where = (str(request.dockerfile), str(request.context_dir), request.reference, request.pull)
+    return (host.name, *where, build_args)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -218,6 +244,9 @@ class TestRunner:
         self._running: set[RunHandle] = set()
         self._running_lock = threading.Lock()
         self._stopped = False
+        # Images this process has made ready on a host (image_key): a container made
+        # ahead never waits for a build, a pull or a copy while another test runs.
+        self._images_ready: set[tuple[object, ...]] = set()
         self.log_dir = options.output_dir / "logs" / session_id
         self.data_settings = DataSettings(
             credentials=options.credentials,
@@ -336,18 +365,70 @@ class TestRunner:
         placement: Placement,
         on_output: OutputSink | None = None,
         on_exit: Callable[[], None] | None = None,
+        made: MadeAhead | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> TestRecord:
         """Prepares, runs and judges; HostLost when the placed host went away, Stopped
         when the runner was stopped first. No known secret is left in the record or the
         log, whatever the model printed. `on_output` is this run's, over the runner's;
         `on_exit` is called once the command ended, before the results are read back
-        (when the backend can tell)."""
+        (when the backend can tell); `on_started` once the container started. `made`:
+        the test's container made ahead for this placement, started instead of a new one."""
         if self._stopped:
+            if made is not None:
+                made.container.discard()
             raise Stopped(f"{test_id}: the session is stopping")
-        record = self._run(test, test_id, placement, on_output or self.on_output, on_exit)
+        sink = on_output or self.on_output
+        record = self._run(test, test_id, placement, sink, on_exit, made, on_started)
         if record.log_path:
             self.options.credentials.redact_file(Path(record.log_path))
         return redact_record(record, self.options.credentials.redact)
+
+    def _spec(
+        self,
+        test: PlannedTest,
+        test_id: str,
+        placement: Placement,
+        image: ImageFacts,
+        data: DataMount | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> tuple[ModelRun, RunSpec]:
+        """The steps of the test's run on its placement, and what the backend runs."""
+        run = build_model_run(
+            test, self.options, placement.host,
+            image=image.name, image_id=image.docker_sha or None, gpus=placement.gpus,
+            session_id=self.session_id, test_id=test_id, log_path=self.log_path(test, test_id),
+            data=data, controller=self.controller, log_notes=notes,
+        )  # fmt: skip
+        run = self.options.tools.apply(run, self.options.effective_context.get("tools") or [])
+        spec = render(run)
+        if self.spec_hook is not None:
+            spec = self.spec_hook(spec, test)
+        return run, spec
+
+    def make_ahead(self, test: PlannedTest, test_id: str, placement: Placement) -> MadeAhead | None:
+        """The test's container, made (not started) for the placement it is expected to
+        get while another test still holds it; None when that is not for this test: its
+        backend cannot, its image is not ready on the host (no build, pull or copy runs
+        beside a benchmark), it has data to fetch, it keeps its container, or anything
+        fails (its own turn does it again, and reports it)."""
+        backend = self.backend
+        if self._stopped or not isinstance(backend, CreatesAhead) or test.skip_reason:
+            return None
+        if test.model.data or placement.host.scheduled:
+            return None
+        try:
+            request = self.image_request(test)
+            if image_key(request, placement.host) not in self._images_ready:
+                return None
+            image = backend.prepare(request, placement.host, None)
+            run, spec = self._spec(test, test_id, placement, image)
+            if spec.keep_alive or self._stopped:
+                return None
+            container = backend.create(spec, placement.host)
+        except Exception:  # the test's turn meets it again, and reports it
+            return None
+        return MadeAhead(placement, image, run, spec, container)
 
     def _run(
         self,
@@ -356,6 +437,8 @@ class TestRunner:
         placement: Placement,
         sink: OutputSink | None,
         on_exit: Callable[[], None] | None = None,
+        made: MadeAhead | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> TestRecord:
         host, gpus = placement.host, placement.gpus
         # On a scheduled host the lease only counts GPUs: the scheduler says which ones.
@@ -366,25 +449,30 @@ class TestRunner:
         image: ImageFacts | None = None
         data_facts: DataFacts | None = None
         try:
-            image = self.backend.prepare(self.image_request(test), host, sink)
-            data: DataMount | None = None
-            notes: tuple[str, ...] = ()
-            if test.model.data:
-                data, data_facts, notes = self.resolve_data(test.model.data)
-                facts = dataclasses.replace(facts, data_provider=data_facts.provider)
-            run = build_model_run(
-                test, self.options, host,
-                image=image.name, image_id=image.docker_sha or None, gpus=gpus,
-                session_id=self.session_id, test_id=test_id, log_path=self.log_path(test, test_id),
-                data=data, controller=self.controller, log_notes=notes,
-            )  # fmt: skip
-            run = self.options.tools.apply(run, self.options.effective_context.get("tools") or [])
-            spec = render(run)
-            if self.spec_hook is not None:
-                spec = self.spec_hook(spec, test)
+            if made is not None:
+                image, run, spec = made.image, made.run, made.spec
+            else:
+                request = self.image_request(test)
+                image = self.backend.prepare(request, host, sink)
+                self._images_ready.add(image_key(request, host))
+                data: DataMount | None = None
+                notes: tuple[str, ...] = ()
+                if test.model.data:
+                    data, data_facts, notes = self.resolve_data(test.model.data)
+                    facts = dataclasses.replace(facts, data_provider=data_facts.provider)
+                run, spec = self._spec(test, test_id, placement, image, data, notes)
             if self._stopped:  # stopped while it built or fetched: start nothing now
+                if made is not None:
+                    made.container.discard()
                 raise Stopped(f"{test_id}: the session is stopping")
-            outcome = self._wait(self.backend.start(spec, host, sink), on_exit)
+            if made is not None:
+                handle = made.container.start(sink)
+                made = None  # started: waiting removes it
+            else:
+                handle = self.backend.start(spec, host, sink)
+            if on_started is not None:
+                on_started()
+            outcome = self._wait(handle, on_exit)
         except (HostLost, Stopped):
             raise
         except NotRun as exc:

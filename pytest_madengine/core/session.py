@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,19 +42,26 @@ from pytest_madengine.core.concurrency import RunsAhead, SinkFor
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
 from pytest_madengine.core.records import TestRecord
-from pytest_madengine.core.runner import SpecHook, TestRunner, failed_record, skipped_record
+from pytest_madengine.core.runner import (
+    MadeAhead,
+    SpecHook,
+    TestRunner,
+    failed_record,
+    skipped_record,
+)
 from pytest_madengine.core.tree.discovery import Tree, load_tree
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.data import ProgressSink
 from pytest_madengine.errors import HostLost, NoHost
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
-from pytest_madengine.resources.placement import HostPool
+from pytest_madengine.resources.placement import HostPool, Placement
 from pytest_madengine.resources.processes import process_identity
 
 # How long stopping waits, in all, for the threads of tests running ahead (their
 # containers are told to stop first; the sweep removes whatever is left).
 STOP_JOIN_S = 10.0
+WAIT_TURN_S = 0.5
 
 
 def new_session_id() -> str:
@@ -113,6 +122,17 @@ class Session:
             self.backend.close()
             raise
         self._ahead: RunsAhead | None = None
+        # Containers made ahead (see _place): tests waiting for GPUs, in the order they
+        # came; the GPUs claimed for one; its container.
+        self._ahead_lock = threading.Lock()
+        self._waiting: dict[str, PlannedTest] = {}
+        self._claims: dict[str, Placement] = {}
+        self._made: dict[str, Future[MadeAhead | None]] = {}
+        self._maker: ThreadPoolExecutor | None = None
+        self._stopping = False
+        # One test at a time: the ids handed over and not placed yet, in their order.
+        self._order: list[str] = []
+        self._turns = threading.Condition(self._ahead_lock)
         self.runner = TestRunner(
             self.options, self.backend, session_id=self.session_id,
             controller=setup.controller or process_identity(),
@@ -168,6 +188,12 @@ class Session:
             # for GPUs with their test's turn, and take them the moment a run ends.
             self.pool.limit_running(self.concurrency)
             self._ahead = RunsAhead(self._run_now, 2 * self.concurrency, sink_for)
+        tests = list(tests)
+        if self.concurrency == 1:
+            with self._turns:
+                known = set(self._order)
+                new = [test_id for _, test_id in tests if test_id not in self._ahead]
+                self._order.extend(test_id for test_id in new if test_id not in known)
         self._ahead.submit(tests)
 
     def run(
@@ -187,15 +213,21 @@ class Session:
     def _run_now(
         self, test: PlannedTest, test_id: str, on_output: OutputSink | None = None
     ) -> TestRecord:
+        try:
+            return self._place_and_run(test, test_id, on_output)
+        finally:
+            self._end_turn(test_id)  # placed, or never will be: the next one's turn
+
+    def _place_and_run(
+        self, test: PlannedTest, test_id: str, on_output: OutputSink | None
+    ) -> TestRecord:
         if test.skip_reason:
             return skipped_record(test, self.options, test.skip_reason)
         lost: list[str] = []
         retries = self.options.retries
         for _ in range(1 + retries):
             try:
-                placement = self.pool.acquire(
-                    test.model.n_gpus, test_id, lambda host: self.fits(test, host)
-                )
+                placement, made = self._place(test, test_id)
             except NoHost as exc:
                 if lost:
                     return failed_record(test, self.options, "; ".join([*lost, str(exc)]),
@@ -203,7 +235,9 @@ class Session:
                 return skipped_record(test, self.options, str(exc))
             try:
                 on_exit = functools.partial(self.pool.release, placement)
-                record = self.runner.run(test, test_id, placement, on_output, on_exit)
+                on_started = functools.partial(self._started, placement)
+                record = self.runner.run(test, test_id, placement, on_output, on_exit, made,
+                                         on_started)  # fmt: skip
             except HostLost as exc:
                 self.pool.mark_down(exc.host, exc.reason)
                 lost.append(str(exc))
@@ -213,6 +247,109 @@ class Session:
             return dataclasses.replace(record, retried_after=tuple(lost))
         reason = f"{'; '.join(lost)}; no retry left (--mad-retries {retries})"
         return failed_record(test, self.options, reason, retried_after=tuple(lost))
+
+    # Containers made ahead. While a test waits for GPUs (a thread of --mad-concurrency,
+    # or the test after the running one), its container is made on the GPUs it is
+    # expected to get: those of a test that just started, claimed so that no other test
+    # of this process takes them first. When its GPUs are free it only has to start.
+
+    def _place(self, test: PlannedTest, test_id: str) -> tuple[Placement, MadeAhead | None]:
+        """The test's placement, and its container when one was made for it."""
+
+        def fits(host: Host) -> str | None:
+            return self.fits(test, host)
+
+        def claimed() -> Placement | None:
+            with self._ahead_lock:
+                return self._claims.get(test_id)
+
+        def others() -> set[tuple[str, int]]:
+            with self._ahead_lock:
+                return {(claim.host.name, gpu.index) for holder, claim in self._claims.items()
+                        if holder != test_id for gpu in claim.gpus}  # fmt: skip
+
+        n_gpus = test.model.n_gpus
+        try:
+            self._wait_turn(test_id)
+            placement = self.pool.try_acquire(n_gpus, test_id, fits, claimed(), others())
+            if placement is None:
+                with self._ahead_lock:
+                    self._waiting.setdefault(test_id, test)
+                placement = self.pool.acquire(n_gpus, test_id, fits, prefer=claimed, avoid=others)
+        except BaseException:
+            self._drop_made(test_id)
+            raise
+        finally:
+            self._end_turn(test_id)
+        return placement, self._take_made(test_id, placement)
+
+    def _wait_turn(self, test_id: str) -> None:
+        """One test at a time, tests handed over take GPUs in the order they came (two
+        threads could else race for them)."""
+        with self._turns:
+            while test_id in self._order and self._order[0] != test_id and not self._stopping:
+                self._turns.wait(WAIT_TURN_S)
+
+    def _end_turn(self, test_id: str) -> None:
+        with self._turns:
+            if test_id in self._order:
+                self._order.remove(test_id)
+                self._turns.notify_all()
+
+    def _started(self, placement: Placement) -> None:
+        """A test's container started on the placement: the first test waiting for such
+        GPUs gets its container made for them (on one thread, one at a time)."""
+        if placement.host.scheduled or not placement.gpus:
+            return
+        with self._ahead_lock:
+            if self._stopping:
+                return
+            for test_id, test in self._waiting.items():
+                if test_id in self._claims or not self._could_take(test, placement):
+                    continue
+                claim = Placement(placement.host, placement.gpus, test_id)
+                self._claims[test_id] = claim
+                if self._maker is None:
+                    self._maker = ThreadPoolExecutor(1, thread_name_prefix="mad-make")
+                self._made[test_id] = self._maker.submit(self._make, test, claim)
+                return
+
+    def _could_take(self, test: PlannedTest, placement: Placement) -> bool:
+        host, n_gpus = placement.host, test.model.n_gpus
+        wanted = host.gpus.count if n_gpus < 0 else n_gpus
+        return wanted == len(placement.gpus) and self.fits(test, host) is None
+
+    def _make(self, test: PlannedTest, claim: Placement) -> MadeAhead | None:
+        made = self.runner.make_ahead(test, claim.holder, claim)
+        if made is None:  # the GPUs are not held back for nothing
+            with self._ahead_lock:
+                self._claims.pop(claim.holder, None)
+            self.pool.wake()
+        return made
+
+    def _take_made(self, test_id: str, placement: Placement) -> MadeAhead | None:
+        """The container made for the test, when it was made for this placement (else
+        it is removed: the test took other GPUs after all)."""
+        with self._ahead_lock:
+            self._waiting.pop(test_id, None)
+            claim = self._claims.pop(test_id, None)
+            pending = self._made.pop(test_id, None)
+        self.pool.wake()
+        if pending is None:
+            return None
+        if claim is None or (claim.host.name, claim.gpus) != (placement.host.name, placement.gpus):
+            _discard(pending)
+            return None
+        return pending.result()  # a create still under way ends within the engine's deadline
+
+    def _drop_made(self, test_id: str) -> None:
+        with self._ahead_lock:
+            self._waiting.pop(test_id, None)
+            self._claims.pop(test_id, None)
+            pending = self._made.pop(test_id, None)
+        if pending is not None:
+            _discard(pending)
+        self.pool.wake()
 
     def build(
         self, target: BuildTarget, on_progress: PushProgressSink | None = None
@@ -228,6 +365,18 @@ class Session:
         Ctrl-C, -x, or the end of a session whose later items will not run."""
         self.pool.stop()
         self.runner.stop()
+        with self._ahead_lock:
+            self._stopping = True
+            maker, self._maker = self._maker, None
+            self._turns.notify_all()
+        if maker is not None:  # a create under way ends; then nothing is made any more
+            maker.shutdown(wait=True, cancel_futures=True)
+        with self._ahead_lock:
+            pending = list(self._made.values())
+            self._made.clear()
+            self._claims.clear()
+        for made in pending:
+            _discard(made)
         if self._ahead is not None:
             self._ahead.stop(join_s=STOP_JOIN_S)
 
@@ -245,3 +394,14 @@ class Session:
                     self.backend.sweep(self.session_id)
             finally:
                 self.backend.close()
+
+
+def _discard(pending: Future[MadeAhead | None]) -> None:
+    """Removes the container once it is made, if it was (without waiting for it)."""
+
+    def discard(done: Future[MadeAhead | None]) -> None:
+        made = None if done.cancelled() or done.exception() else done.result()
+        if made is not None:
+            made.container.discard()
+
+    pending.add_done_callback(discard)

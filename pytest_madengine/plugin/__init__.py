@@ -159,10 +159,11 @@ def pytest_configure(config: pytest.Config) -> None:
         setup = BackendSetup(options, session_id, session_dir, backend_state, controller)
         live = options.live_output and not worker
         sink = _live_sink(config, options.credentials.redact) if live else None
-        # Lines of tests running at once on threads, for the main thread to write (an
+        # Lines of tests running ahead on threads, for the main thread to write (an
         # xdist worker has no terminal: the controller tells its downloads from records).
-        at_once = options.concurrency != 1 and not worker and not xdist_controller(config)
-        lines = LiveLines(config, options.credentials.redact) if at_once else None
+        ahead = not worker and not xdist_controller(config)
+        one = options.concurrency == 1
+        lines = LiveLines(config, options.credentials.redact, one) if ahead else None
         progress = (
             _data_progress(config, lines.put if lines else None)
             if not worker and config.get_verbosity() >= 0
@@ -174,10 +175,12 @@ def pytest_configure(config: pytest.Config) -> None:
         except MadError as exc:
             raise pytest.UsageError(str(exc)) from None
     on_wait = None
-    if runtime is not None and runtime.concurrency > 1 and not xdist_controller(config):
+    if runtime is not None and not xdist_controller(config):
         on_wait = lines.drain if lines else None
         live_lines = lines if options.live_output else None
-        config.pluginmanager.register(RunAhead(runtime, live_lines), "madengine-run-ahead")
+        next_only = runtime.concurrency == 1
+        run_ahead = RunAhead(runtime, live_lines, next_only)
+        config.pluginmanager.register(run_ahead, "madengine-run-ahead")
     state = PluginState(options, mad, session_id, session_dir, worker, runtime, on_wait)
     config.stash[STATE] = state
     config.pluginmanager.register(fixtures, "madengine-fixtures")

@@ -76,44 +76,60 @@ class LiveLines:
     written by the main thread while an item waits, since writing to the terminal
     means lifting pytest's capture, which is not for threads."""
 
-    def __init__(self, config: pytest.Config, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self, config: pytest.Config, redact: Callable[[str], str], one_at_a_time: bool = False
+    ) -> None:
         self._config = config
         self._redact = redact
-        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # One test at a time: its output as it comes, as from the main thread; else
+        # whole lines under the test's name.
+        self._one_at_a_time = one_at_a_time
+        self._lines: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
 
-    def sink_for(self, test: PlannedTest, test_id: str) -> PrefixedLines:
+    def sink_for(self, test: PlannedTest, test_id: str) -> Callable[[bytes], None]:
+        if self._one_at_a_time:
+            return self._put_chunk
         return PrefixedLines(self._put, f"[{test.name}] ")
 
+    def _put_chunk(self, chunk: bytes) -> None:
+        self._lines.put((self._redact(chunk.decode("utf-8", errors="replace")), False))
+
     def _put(self, line: str) -> None:
-        self._lines.put(self._redact(line))
+        self._lines.put((self._redact(line), True))
 
     def put(self, line: str) -> None:
         """A line for the terminal, from any thread."""
-        self._lines.put(line)
+        self._lines.put((line, True))
 
     def drain(self) -> None:
-        lines = []
+        texts = []
         with contextlib.suppress(queue.Empty):
             while True:
-                lines.append(self._lines.get_nowait())
-        if not lines:
+                texts.append(self._lines.get_nowait())
+        if not texts:
             return
 
         def write(reporter: Any) -> None:
-            reporter.ensure_newline()
-            for line in lines:
-                reporter.write_line(line)
+            for text, whole_line in texts:
+                if whole_line:
+                    reporter.ensure_newline()
+                    reporter.write_line(text)
+                else:
+                    reporter.write(text)
 
         to_terminal(self._config, write)
 
 
 class RunAhead:
-    """The hooks that hand items to the session to run ahead (registered only when
-    this process runs tests with a concurrency above 1)."""
+    """The hooks that hand items to the session to run ahead (registered when this
+    process runs tests). One test at a time (`next_only`), only the next item is handed
+    over, with the running one: its container is made while that one runs and starts
+    the moment its GPUs are given back, while pytest still reports the one before."""
 
-    def __init__(self, runtime: Session, live: LiveLines | None) -> None:
+    def __init__(self, runtime: Session, live: LiveLines | None, next_only: bool = False) -> None:
         self.runtime = runtime
         self.live = live
+        self.next_only = next_only
         self._overridden: bool | None = None
 
     def _hand_over(self, config: pytest.Config, items: Iterable[pytest.Item]) -> None:
@@ -127,13 +143,18 @@ class RunAhead:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        if runs_nothing(session) or hasattr(session.config, "workerinput"):
+        if runs_nothing(session) or hasattr(session.config, "workerinput") or self.next_only:
             return
         self._hand_over(session.config, session.items)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        if hasattr(item.config, "workerinput"):
+        if self.next_only:
+            # The next one only behind one that runs ahead too: else it could take the
+            # GPUs first and run before the item in its turn.
+            if runs_ahead(item):
+                self._hand_over(item.config, [item] if nextitem is None else [item, nextitem])
+        elif hasattr(item.config, "workerinput"):
             self._hand_over(item.config, [item, *_xdist_queued(item)])
 
 
@@ -156,3 +177,4 @@ def _xdist_queued(item: pytest.Item) -> list[pytest.Item]:
         return []
     items = item.session.items
     return [items[index] for index in upcoming if isinstance(index, int) and index < len(items)]
+

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,10 @@ class Placement:
     host: Host
     gpus: tuple[Gpu, ...]
     holder: str
+
+
+def _free(placement: Placement, held: Collection[tuple[str, int]]) -> bool:
+    return all((placement.host.name, gpu.index) not in held for gpu in placement.gpus)
 
 
 def _alive(pid: int) -> bool:
@@ -124,8 +128,17 @@ class HostPool:
         the GPUs): a process running tests on threads runs no more than it was told."""
         self._most = most
 
-    def try_acquire(self, n_gpus: int, holder: str, fits: HostFilter | None = None):
-        """A placement on the least loaded fitting host with enough free GPUs, or None."""
+    def try_acquire(
+        self,
+        n_gpus: int,
+        holder: str,
+        fits: HostFilter | None = None,
+        prefer: Placement | None = None,
+        avoid: Collection[tuple[str, int]] = (),
+    ) -> Placement | None:
+        """A placement on the least loaded fitting host with enough free GPUs, or None.
+        `prefer` is taken when all its GPUs are free (a container was made for them);
+        GPUs in `avoid` (host, index) are left to whoever of this process expects them."""
         with self._lock:
             state = self._read()
             candidates = self._candidates(n_gpus, fits, state["down"])
@@ -135,20 +148,26 @@ class HostPool:
                 if mine >= self._most:
                     return None
             held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
-            load = {host.name: 0 for host in self.hosts}
-            for entry in running.values():
-                load[entry["host"]] = load.get(entry["host"], 0) + 1
-            options = []
-            for host in candidates:
-                free = [gpu for gpu in host.gpus.gpus
-                        if host.scheduled or (host.name, gpu.index) not in held]  # fmt: skip
-                wanted = min(self._wanted(host, n_gpus), host.gpus.count)
-                if len(free) >= wanted:
-                    busy = load[host.name] / max(host.gpus.count, 1)
-                    options.append((busy, host.name, host, tuple(free[:wanted])))
-            if not options:
-                return None
-            _, _, host, gpus = min(options, key=lambda option: option[:2])
+            if prefer is not None and _free(prefer, held) and prefer.host in candidates:
+                host, gpus = prefer.host, prefer.gpus
+            else:
+                left_out = held | set(avoid)
+                load = {host.name: 0 for host in self.hosts}
+                for entry in running.values():
+                    load[entry["host"]] = load.get(entry["host"], 0) + 1
+                options = []
+                for host in candidates:
+                    free = [
+                        gpu for gpu in host.gpus.gpus
+                        if host.scheduled or (host.name, gpu.index) not in left_out
+                    ]  # fmt: skip
+                    wanted = min(self._wanted(host, n_gpus), host.gpus.count)
+                    if len(free) >= wanted:
+                        busy = load[host.name] / max(host.gpus.count, 1)
+                        options.append((busy, host.name, host, tuple(free[:wanted])))
+                if not options:
+                    return None
+                _, _, host, gpus = min(options, key=lambda option: option[:2])
             running[holder] = {
                 "host": host.name, "gpus": [gpu.index for gpu in gpus], "pid": os.getpid()
             }  # fmt: skip
@@ -161,14 +180,19 @@ class HostPool:
         holder: str,
         fits: HostFilter | None = None,
         timeout_s: float | None = None,
+        prefer: Callable[[], Placement | None] | None = None,
+        avoid: Callable[[], Collection[tuple[str, int]]] | None = None,
     ) -> Placement:
         """Waits (with backoff) for a placement; NoHost when none can ever come, Stopped
-        once the pool is stopped."""
+        once the pool is stopped. `prefer` and `avoid` (see try_acquire) are asked anew
+        at each try."""
         delay, start = POLL_S, time.monotonic()
         while True:
             if self._stopped:
                 raise Stopped(f"{holder}: the session is stopping")
-            if (placement := self.try_acquire(n_gpus, holder, fits)) is not None:
+            preferred = prefer() if prefer else None
+            left = avoid() if avoid else ()
+            if (placement := self.try_acquire(n_gpus, holder, fits, preferred, left)) is not None:
                 return placement
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 raise MadError(f"{holder}: no host with {n_gpus} free GPUs within {timeout_s:g} s")
@@ -184,6 +208,12 @@ class HostPool:
             if state["running"].pop(placement.holder, None) is None:
                 return
             self._write(state)
+        with self._released:
+            self._released.notify_all()
+
+    def wake(self) -> None:
+        """Whoever of this process waits for GPUs tries again now (what it may take
+        changed)."""
         with self._released:
             self._released.notify_all()
 

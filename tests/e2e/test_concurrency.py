@@ -4,6 +4,7 @@ Ctrl-C and timeouts as usual (a lost host: tests/faults/test_runs.py)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import time
@@ -206,3 +207,36 @@ def test_ctrl_c_while_images_build_ends_the_session_promptly(
     output, _ = session.communicate(timeout=120)
     assert session.returncode == pytest.ExitCode.INTERRUPTED, output
     assert time.monotonic() - started < 30, "the session waited for the builds"
+
+
+def test_one_at_a_time_the_next_container_is_made_while_one_runs_and_none_overlap(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient
+) -> None:
+    unique_tree(pytester, [napping(f"m{i}", 1.5) for i in range(3)], scripts(nap=NAP))
+    since = time.time()
+    result = run(pytester, "--mad-tags=dummies", "--mad-gpus=2", "--junitxml=r.xml")
+    result.assert_outcomes(passed=3)
+    ran = spans(pytester.path / "r.xml")
+    # One at a time, in item order, on the GPU the one before gave back.
+    assert [name for name, _ in sorted(ran.items(), key=lambda item: item[1][0])] == [
+        "m0",
+        "m1",
+        "m2",
+    ]
+    assert ran["m0"][1] <= ran["m1"][0] and ran["m1"][1] <= ran["m2"][0]
+    assert {gpu for span in ran.values() for gpu in span[2]} == {"0"}
+    # Each next container was created before the one before it ended, and started after.
+    events = docker_client.events(
+        since=since, until=time.time(), decode=True,
+        filters={"type": "container", "label": SESSION_LABEL},
+    )  # fmt: skip
+    order = [(event["Action"], event["Actor"]["Attributes"]["name"]) for event in events
+             if event["Action"] in ("create", "start", "die")]  # fmt: skip
+    names = list(dict.fromkeys(name for _, name in order))
+    assert len(names) == 3
+    for before, after in itertools.pairwise(names):
+        assert (
+            order.index(("create", after))
+            < order.index(("die", before))
+            < order.index(("start", after))
+        ), order

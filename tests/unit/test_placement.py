@@ -89,3 +89,39 @@ def test_acquire_waits_for_a_release(tmp_path: Path) -> None:
     assert where(pool.acquire(1, "second", timeout_s=10)) == ("a", [0])
     with pytest.raises(MadError, match=r"third: no host with 1 free GPUs within 0.2 s"):
         pool.acquire(1, "third", timeout_s=0.2)
+
+
+def test_a_preferred_placement_is_taken_when_all_its_gpus_are_free(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 4), host("b", 4)], tmp_path)
+    held = pool.acquire(1, "running")  # a/0
+    made_for = Placement(host("b", 4), (Gpu(2, "AMD", "gfx942"),), "next")
+    # Not the least loaded host's first GPU: the one a container was made for.
+    assert where(pool.try_acquire(1, "next", prefer=made_for)) == ("b", [2])
+    # A preferred GPU that is held is no placement: the pool chooses as usual.
+    busy = Placement(held.host, held.gpus, "other")
+    assert where(pool.try_acquire(1, "other", prefer=busy)) == ("a", [1])
+
+
+def test_gpus_to_avoid_are_left_to_whoever_expects_them(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 2)], tmp_path)
+    assert where(pool.try_acquire(1, "t1", avoid={("a", 0)})) == ("a", [1])
+    assert pool.try_acquire(1, "t2", avoid={("a", 0)}) is None
+    # What is preferred is taken even when another one's avoid list names it.
+    mine = Placement(host("a", 2), (Gpu(0, "AMD", "gfx942"),), "t2")
+    assert where(pool.try_acquire(1, "t2", prefer=mine, avoid={("a", 0)})) == ("a", [0])
+
+
+def test_a_waiter_asks_again_what_to_avoid_when_woken(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 1)], tmp_path)
+    claimed = {("a", 0)}
+    got: list[Placement] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(pool.acquire(1, "w", avoid=lambda: claimed))
+    )
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not got  # the free GPU is someone else's
+    claimed.clear()
+    pool.wake()
+    waiter.join(5)
+    assert [where(placement) for placement in got] == [("a", [0])]

@@ -25,6 +25,7 @@ from pytest_madengine.backends import (
     BackendSetup,
     DataBind,
     ImageRequest,
+    MadeRun,
     OutputSink,
     PushProgressSink,
     RunHandle,
@@ -189,16 +190,20 @@ class DockerBackend:
         return self.pusher.push(image, reference, auth, on_progress)
 
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> RunHandle:
+        return self.create(spec, host).start(on_output)
+
+    def create(self, spec: RunSpec, host: Host) -> MadeRun:
+        """The run's container, made and filled but not started (see `CreatesAhead`)."""
         try:
             volumes = self._data_volumes(spec, host)
             client = self.engines.client(host)
             try:
-                run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper,
-                                   self._workspace_dir(spec, host))  # fmt: skip
+                run = ContainerRun(client, spec, host.name, None, volumes, self.reaper,
+                                   self._workspace_dir(spec, host), start=False)  # fmt: skip
             except WorkspaceNotShared:
                 self._bind_workspaces = False  # for the rest of the session
-                run = ContainerRun(client, spec, host.name, on_output, volumes, self.reaper)
-            return _CheckedRun(run, self.engines, host)
+                run = ContainerRun(client, spec, host.name, None, volumes, self.reaper, start=False)
+            return _Made(run, self, host)
         except HostLost:
             raise
         except EngineError as exc:
@@ -297,6 +302,26 @@ class DockerBackend:
         if "engines" in self.__dict__:
             self.engines.close()
         self.links.close()
+
+
+class _Made:
+    """A container made for its run, waiting for its turn to start."""
+
+    def __init__(self, run: ContainerRun, backend: DockerBackend, host: Host) -> None:
+        self.run = run
+        self.backend = backend
+        self.host = host
+
+    def start(self, on_output: OutputSink | None) -> RunHandle:
+        try:
+            self.run.begin(on_output)
+        except EngineError as exc:
+            raise self.backend._lost_or(self.host, exc) from None
+        return _CheckedRun(self.run, self.backend.engines, self.host)
+
+    def discard(self) -> None:
+        with contextlib.suppress(*ENGINE_FAILURES):
+            self.run.discard()
 
 
 class _CheckedRun:

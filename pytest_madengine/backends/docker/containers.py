@@ -274,7 +274,8 @@ class Reaper:
 
 
 class ContainerRun:
-    """A started container (see `RunHandle`); created, filled and started in __init__."""
+    """A container (see `RunHandle`): created and filled in __init__, then started there,
+    or by `begin` when it was made ahead (`start=False`) and its turn comes."""
 
     def __init__(
         self,
@@ -285,6 +286,7 @@ class ContainerRun:
         data_volumes: Mapping[str, str] | None = None,
         reaper: Reaper | None = None,
         workspace_dir: Path | None = None,
+        start: bool = True,
     ) -> None:
         self.spec = spec
         # A new directory of this machine bound as the workspace, the run's copies put
@@ -301,10 +303,8 @@ class ContainerRun:
         self._exit: tuple[int | None, bool, float] | BaseException | None = None
         self._kill_refused = False
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        header = "".join(f"{line}\n" for line in spec.log_notes).encode()
-        spec.log_path.write_bytes(header)
-        if on_output is not None and header:
-            on_output(header)
+        self.header = "".join(f"{line}\n" for line in spec.log_notes).encode()
+        spec.log_path.write_bytes(self.header)
         try:
             kwargs = create_kwargs(spec, data_volumes)
             copies = spec.copies
@@ -323,26 +323,52 @@ class ContainerRun:
             if copies:
                 with tar_directories(copies, spec.copy_excludes) as archive:
                     self.container.put_archive("/", archive)
+        except BaseException as exc:
+            self._undo()
+            if isinstance(exc, ENGINE_FAILURES):
+                raise _engine_error(exc, spec, host) from None
+            raise
+        if start:
+            self.begin(on_output)
+
+    def begin(self, on_output: OutputSink | None = None) -> None:
+        """Starts the container made in __init__ and follows its log."""
+        spec = self.spec
+        if on_output is not None and self.header:
+            on_output(self.header)
+        try:
             self.started = time.time()
             self.container.start()
             source = None
             if spec.keep_alive:
-                created = client.api.exec_create(
+                created = self.client.api.exec_create(
                     self.container.id, list(spec.command), workdir=spec.workdir
                 )
                 self.exec_id = created["Id"]
-                source = client.api.exec_start(self.exec_id, stream=True)
+                source = self.client.api.exec_start(self.exec_id, stream=True)
             self.pump = _LogPump(
-                self.container, spec.log_path, on_output, header, spec.secrets, source
+                self.container, spec.log_path, on_output, self.header, spec.secrets, source
             )
             self.pump.start()
         except BaseException as exc:
-            if self.container is not None:
-                _remove(self.container)
-            self._drop_workspace()
+            self._undo()
             if isinstance(exc, ENGINE_FAILURES):
-                raise _engine_error(exc, spec, host) from None
+                raise _engine_error(exc, spec, self.host) from None
             raise
+
+    def discard(self) -> None:
+        """Removes the container made ahead that will not run (its test ran elsewhere,
+        or the session stops)."""
+        if self.reaper is not None and self.container is not None:
+            self.reaper.remove(self.container)
+            self.container = None
+        self._undo()
+
+    def _undo(self) -> None:
+        if self.container is not None:
+            _remove(self.container)
+            self.container = None
+        self._drop_workspace()
 
     def _drop_workspace(self) -> None:
         if self.workspace_dir is not None:
