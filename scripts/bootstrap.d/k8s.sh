@@ -509,11 +509,23 @@ k8s_containerd_answers() {
     ctr --address "$K8S_CONTAINERD_SOCK" --connect-timeout 2s version >/dev/null 2>&1
 }
 
+# containerd answers before its CRI plugin has recovered its state (seconds, with the
+# pods of an earlier run), and a kubelet that asks then gives up: "server is not
+# initialized yet". The CRI is ready once it logs that it serves streams, after this start.
+k8s_cri_ready() {
+  awk '/^--- .* bootstrap k8s starts containerd$/ { ready = 0 }
+       /Start streaming server/ { ready = 1 }
+       END { exit !ready }' "$K8S_LOGDIR/containerd.log"
+}
+
 k8s_start_containerd() {
   k8s_write_containerd_config
   mkdir -p "$K8S_RUN"
   k8s_spawn containerd "$(command -v containerd)" --config "$K8S_DIR/containerd/config.toml"
   k8s_wait containerd 30 "containerd on $K8S_CONTAINERD_SOCK" k8s_containerd_answers
+  # Best effort: a containerd that words it differently is waited for 30 s, then trusted.
+  local deadline=$((SECONDS + 30))
+  until k8s_cri_ready || [ $SECONDS -ge $deadline ]; do sleep 0.3; done
 }
 
 # kubelet sets these kernel tunables on start (to 1, 0, 10, 1 and two key quotas); the
