@@ -86,10 +86,6 @@ class MadeAhead:
     spec: RunSpec
     container: MadeRun
 
-    def fits(self, placement: Placement) -> bool:
-        expected = self.placement
-        return placement.host.name == expected.host.name and placement.gpus == expected.gpus
-
 
 def image_key(request: ImageRequest, host: Host) -> tuple[object, ...]:
     """What makes an image the same on a host, whatever name a test gives it."""

@@ -330,26 +330,28 @@ class Session:
     def _take_made(self, test_id: str, placement: Placement) -> MadeAhead | None:
         """The container made for the test, when it was made for this placement (else
         it is removed: the test took other GPUs after all)."""
-        with self._ahead_lock:
-            self._waiting.pop(test_id, None)
-            claim = self._claims.pop(test_id, None)
-            pending = self._made.pop(test_id, None)
-        self.pool.wake()
+        claim, pending = self._forget(test_id)
         if pending is None:
             return None
-        if claim is None or (claim.host.name, claim.gpus) != (placement.host.name, placement.gpus):
+        if claim is None or not claim.same_gpus(placement):
             _discard(pending)
             return None
         return pending.result()  # a create still under way ends within the engine's deadline
 
     def _drop_made(self, test_id: str) -> None:
-        with self._ahead_lock:
-            self._waiting.pop(test_id, None)
-            self._claims.pop(test_id, None)
-            pending = self._made.pop(test_id, None)
+        _, pending = self._forget(test_id)
         if pending is not None:
             _discard(pending)
+
+    def _forget(self, test_id: str) -> tuple[Placement | None, Future[MadeAhead | None] | None]:
+        """The test waits no more: (its claim, its container being made), each or None;
+        whoever waits for GPUs may now take those it had claimed."""
+        with self._ahead_lock:
+            self._waiting.pop(test_id, None)
+            claim = self._claims.pop(test_id, None)
+            pending = self._made.pop(test_id, None)
         self.pool.wake()
+        return claim, pending
 
     def build(
         self, target: BuildTarget, on_progress: PushProgressSink | None = None

@@ -117,10 +117,10 @@ def _data_progress(
             if not event.finished and now - last_shown.get(key, 0.0) < PROGRESS_INTERVAL_S:
                 return
             last_shown[key] = now
-            if from_thread and threading.current_thread() is not threading.main_thread():
-                from_thread(f"madengine: {event.describe()}")
-                return
             line = f"madengine: {event.describe()}"
+            if from_thread and threading.current_thread() is not threading.main_thread():
+                from_thread(line)
+                return
             to_terminal(config, lambda reporter: reporter.write_line(line))
 
     return show
@@ -153,6 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_OWNED_DIR] = session_dir
     runtime = None
     lines: LiveLines | None = None
+    controller_only = xdist_controller(config)  # hands tests to xdist workers, runs none
     if not config.option.collectonly:
         backend_state = shared["backend"] if shared else None
         controller = shared["controller"] if shared else process_identity()
@@ -161,9 +162,8 @@ def pytest_configure(config: pytest.Config) -> None:
         sink = _live_sink(config, options.credentials.redact) if live else None
         # Lines of tests running ahead on threads, for the main thread to write (an
         # xdist worker has no terminal: the controller tells its downloads from records).
-        ahead = not worker and not xdist_controller(config)
-        one = options.concurrency == 1
-        lines = LiveLines(config, options.credentials.redact, one) if ahead else None
+        ahead = not worker and not controller_only
+        lines = LiveLines(config, options.credentials.redact) if ahead else None
         progress = (
             _data_progress(config, lines.put if lines else None)
             if not worker and config.get_verbosity() >= 0
@@ -175,7 +175,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except MadError as exc:
             raise pytest.UsageError(str(exc)) from None
     on_wait = None
-    if runtime is not None and not xdist_controller(config):
+    if runtime is not None and not controller_only:
         on_wait = lines.drain if lines else None
         live_lines = lines if options.live_output else None
         next_only = runtime.concurrency == 1

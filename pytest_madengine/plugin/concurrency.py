@@ -76,20 +76,19 @@ class LiveLines:
     written by the main thread while an item waits, since writing to the terminal
     means lifting pytest's capture, which is not for threads."""
 
-    def __init__(
-        self, config: pytest.Config, redact: Callable[[str], str], one_at_a_time: bool = False
-    ) -> None:
+    def __init__(self, config: pytest.Config, redact: Callable[[str], str]) -> None:
         self._config = config
         self._redact = redact
-        # One test at a time: its output as it comes, as from the main thread; else
-        # whole lines under the test's name.
-        self._one_at_a_time = one_at_a_time
         self._lines: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
 
-    def sink_for(self, test: PlannedTest, test_id: str) -> Callable[[bytes], None]:
-        if self._one_at_a_time:
-            return self._put_chunk
+    def lines_for(self, test: PlannedTest, test_id: str) -> PrefixedLines:
+        """A sink for one of tests running at once: whole lines under its name."""
         return PrefixedLines(self._put, f"[{test.name}] ")
+
+    def chunks_for(self, test: PlannedTest, test_id: str) -> Callable[[bytes], None]:
+        """A sink for the one test running: its output as it comes, as a test run by
+        the main thread shows it."""
+        return self._put_chunk
 
     def _put_chunk(self, chunk: bytes) -> None:
         self._lines.put((self._redact(chunk.decode("utf-8", errors="replace")), False))
@@ -138,8 +137,12 @@ class RunAhead:
         if self._overridden:
             return
         tests = [(item.planned, item.nodeid) for item in items if runs_ahead(item)]
-        if tests:
-            self.runtime.run_ahead(tests, self.live.sink_for if self.live else None)
+        if not tests:
+            return
+        sink_for = None
+        if self.live is not None:
+            sink_for = self.live.chunks_for if self.next_only else self.live.lines_for
+        self.runtime.run_ahead(tests, sink_for)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:

@@ -34,6 +34,10 @@ class Placement:
     gpus: tuple[Gpu, ...]
     holder: str
 
+    def same_gpus(self, other: Placement) -> bool:
+        """Whether both hold the same GPUs of the same host (whoever holds them)."""
+        return (self.host.name, self.gpus) == (other.host.name, other.gpus)
+
 
 def _free(placement: Placement, held: Collection[tuple[str, int]]) -> bool:
     return all((placement.host.name, gpu.index) not in held for gpu in placement.gpus)
@@ -208,8 +212,7 @@ class HostPool:
             if state["running"].pop(placement.holder, None) is None:
                 return
             self._write(state)
-        with self._released:
-            self._released.notify_all()
+        self.wake()
 
     def wake(self) -> None:
         """Whoever of this process waits for GPUs tries again now (what it may take

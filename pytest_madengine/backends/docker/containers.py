@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -305,7 +305,7 @@ class ContainerRun:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.header = "".join(f"{line}\n" for line in spec.log_notes).encode()
         spec.log_path.write_bytes(self.header)
-        try:
+        with self._undone_on_failure():
             kwargs = create_kwargs(spec, data_volumes)
             copies = spec.copies
             if workspace_dir is not None:
@@ -323,11 +323,6 @@ class ContainerRun:
             if copies:
                 with tar_directories(copies, spec.copy_excludes) as archive:
                     self.container.put_archive("/", archive)
-        except BaseException as exc:
-            self._undo()
-            if isinstance(exc, ENGINE_FAILURES):
-                raise _engine_error(exc, spec, host) from None
-            raise
         if start:
             self.begin(on_output)
 
@@ -336,7 +331,7 @@ class ContainerRun:
         spec = self.spec
         if on_output is not None and self.header:
             on_output(self.header)
-        try:
+        with self._undone_on_failure():
             self.started = time.time()
             self.container.start()
             source = None
@@ -350,10 +345,17 @@ class ContainerRun:
                 self.container, spec.log_path, on_output, self.header, spec.secrets, source
             )
             self.pump.start()
+
+    @contextlib.contextmanager
+    def _undone_on_failure(self) -> Iterator[None]:
+        """Whatever fails while the container is made or started removes it and its
+        workspace; an engine's failure becomes one line."""
+        try:
+            yield
         except BaseException as exc:
             self._undo()
             if isinstance(exc, ENGINE_FAILURES):
-                raise _engine_error(exc, spec, self.host) from None
+                raise _engine_error(exc, self.spec, self.host) from None
             raise
 
     def discard(self) -> None:
