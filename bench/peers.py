@@ -8,6 +8,11 @@ with 4 declared GPUs, each way timed from the start of its process(es) to the en
 - plugin serial: `pytest` (one test at a time);
 - plugin 4 GPUs in one process: `pytest --mad-concurrency auto --mad-gpus 4`;
 - plugin -n 4: `pytest -n 4 --mad-gpus 4` (one xdist worker per GPU);
+- bare pytest + Docker SDK: pytest with our plugin switched off, running a test file
+  that starts the 8 containers at import through the Docker SDK, 4 threads, each
+  making its next container as soon as its current one started, and whose tests
+  only wait for them: what any runner hosted in pytest pays (interpreter, pytest,
+  the SDK) and nothing of ours, so `plugin / bare` is what the plugin itself adds;
 - ReFrame, async policy, 4 jobs on the local scheduler (when `import reframe` works;
   otherwise one line says so).
 
@@ -108,6 +113,57 @@ site_configuration = {{
 """
 
 
+BARE_TEST = """
+import concurrent.futures
+import threading
+
+import docker
+import pytest
+
+api = docker.from_env().api
+
+
+def make():
+    config = api.create_host_config(binds=[{mount!r}], network_mode="host")
+    return api.create_container({image!r}, ["sh", "/w/run.sh"], host_config=config)
+
+
+made = {{}}
+
+
+def run(index):
+    container = made.pop(index, None) or make()
+    api.start(container)
+    if index + {jobs} < {models}:
+        made[index + {jobs}] = make()
+    code = api.wait(container)["StatusCode"]
+    output = api.logs(container)
+    threading.Thread(target=api.remove_container, args=(container,)).start()
+    return code, output
+
+
+runs = concurrent.futures.ThreadPoolExecutor({jobs})
+ran = [runs.submit(run, index) for index in range({models})]
+
+
+@pytest.mark.parametrize("index", range({models}))
+def test_model(index):
+    code, output = ran[index].result()
+    assert code == 0 and b"performance:" in output
+"""
+
+
+def bare(root: Path) -> Callable[[], None]:
+    """pytest without our plugin, a test file driving the Docker SDK as well as it can."""
+    mount = f"{root / 'scripts' / 'bench'}:/w:ro"
+    (root / "bare_bench.py").write_text(
+        BARE_TEST.format(mount=mount, image=IMAGE, jobs=GPUS, models=MODELS)
+    )
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:madengine",
+            "bare_bench.py"]  # fmt: skip
+    return lambda: check(argv, root, "bare pytest")
+
+
 def reframe(root: Path) -> Callable[[], None] | None:
     """ReFrame running the raw `docker run`s as checks, 4 at once (async policy)."""
     if importlib.util.find_spec("reframe") is None:
@@ -137,6 +193,7 @@ def main() -> None:
             ("plugin serial", timed(plugin(root), repeat)),
             ("plugin 4 GPUs, one process", timed(plugin(root, "--mad-concurrency=auto"), repeat)),
             ("plugin -n 4", timed(plugin(root, "-n", str(GPUS)), repeat)),
+            ("bare pytest + Docker SDK, 4", timed(bare(root), repeat)),
         ]
         run_reframe = reframe(root)
         if run_reframe is not None:
@@ -151,6 +208,8 @@ def main() -> None:
         print("ReFrame: not installed (pip install reframe-hpc), row left out")
     in_process = walls["plugin 4 GPUs, one process"] / parallel
     print(f"plugin 4 GPUs in one process / raw -P4: {in_process:.2f} (goal: at most 1.10)")
+    own = walls["plugin 4 GPUs, one process"] / walls["bare pytest + Docker SDK, 4"]
+    print(f"plugin 4 GPUs in one process / bare pytest + Docker SDK: {own:.2f} (what is ours)")
     print(f"plugin serial / raw serial: {walls['plugin serial'] / serial:.2f} (goal: at most 1.03)")
 
 

@@ -40,6 +40,11 @@ from pytest_madengine.plugin.terminal import to_terminal
 from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.processes import process_identity
 
+# What pytest, the docker SDK and we imported lives as long as the process: out of the
+# garbage collector's reach from here on, or the collections that importing more
+# triggers walk it all again (a full one costs about 20 ms on 2 cores).
+gc.freeze()
+
 NO_GPU_HINT = (
     "no GPU detected and none declared; declare them with --mad-gpus"
     " (a count like 4, or ids like 0,2-3) and set gpu_vendor in --mad-context"
@@ -198,11 +203,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _freeze_startup_objects() -> None:
-    """Moves what start-up made (modules, classes: pytest's, docker's, ours) out of the
-    garbage collector's reach: it lives as long as the process, and every later full
-    collection, pytest's at the end and the interpreter's at exit included, would walk
-    it again (about 0.2 s of a short session on 2 cores, bench/peers.py). Not under
-    pytester: its in-process sessions share a test process, whose garbage would be kept."""
+    """Moves what configuring made (the docker SDK, options, the tree) out of the
+    garbage collector's reach, as importing us did for what came before: it lives as
+    long as the process, and every later full collection, pytest's at the end and the
+    interpreter's at exit included, would walk it again (about 0.2 s of a short session
+    on 2 cores, bench/peers.py). Not under pytester: its in-process sessions share a
+    test process, whose garbage would be kept."""
     if "_pytest.pytester" not in sys.modules:
         gc.freeze()
 
