@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import select
+import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The input files we read (models.json, the context, hosts.yml, credential.json...)
+# are small; more than this is a mistake (or /dev/zero), not something to load.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+# A pipe (`--mad-context-file <(make-context)`) is waited for this long for its data;
+# a FIFO that no process has open to write is read as empty at once.
+PIPE_DEADLINE_S = 30.0
+_BLOCK = 1 << 16
 
 
 class MadError(Exception):
@@ -48,16 +62,67 @@ def read_text(path: Path, option: str = "") -> str:
     option that gave the path) when it cannot be read or is not UTF-8."""
     prefix = f"{option} " if option else ""
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_bounded(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MadError(f"{prefix}{path}: not UTF-8 text (byte {exc.start})") from None
+    except _Unreadable as exc:
+        raise MadError(f"{prefix}{path}: {exc}") from None
     except OSError as exc:
         raise MadError(f"{prefix}{path}: {exc.strerror or exc}") from None
+
+
+class _Unreadable(Exception):
+    """Why a path gives no file to read (a device, too big, a pipe that stays silent)."""
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file or a pipe, at most MAX_INPUT_BYTES, never waiting on
+    a FIFO without writer or a silent device (opened non-blocking, read with a deadline)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise _Unreadable("is a directory")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+        if stat.S_ISREG(mode):
+            os.set_blocking(descriptor, True)
+            return _read_all(handle, lambda: None)  # a file never has to be waited for
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+            raise _Unreadable("not a regular file")
+        deadline = time.monotonic() + PIPE_DEADLINE_S
+
+        def wait_for_data() -> None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([descriptor], [], [], left)[0]:
+                raise _Unreadable(f"nothing came within {PIPE_DEADLINE_S:.0f} s")
+
+        return _read_all(handle, wait_for_data)
+
+
+def _read_all(handle: io.FileIO, wait_for_data: Callable[[], None]) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = handle.read(_BLOCK)
+        if chunk is None:  # a pipe whose writer has not written yet
+            wait_for_data()
+            continue
+        if not chunk:  # the end (a FIFO nobody has opened to write ends at once)
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_INPUT_BYTES:
+            raise _Unreadable(f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        chunks.append(chunk)
 
 
 def parse_json(text: str, where: str) -> Any:
     """JSON data; MadError naming `where` with the line and column of a syntax error
     (the message quotes none of the text: safe for files of secrets)."""
+    if not text.strip():
+        raise MadError(f"{where}: empty, where JSON was expected")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

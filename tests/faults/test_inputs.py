@@ -93,6 +93,25 @@ def test_unreadable_json_files_are_one_line(pytester: pytest.Pytester, broken: s
     result.stderr.fnmatch_lines([f"ERROR: *credential.json*{expected.split()[0]}*"])
 
 
+def test_input_files_that_are_no_files_are_one_line_and_never_wait(
+    pytester: pytest.Pytester,
+) -> None:
+    root = write_tree(pytester.path, [entry("alpha")])
+    os.mkfifo(root / "nobody-writes")
+    for option, said in [
+        ("--mad-context-file=nobody-writes", "*nobody-writes: empty, where JSON was expected"),
+        ("--mad-context-file=/dev/zero", "--mad-context-file /dev/zero: larger than 64 MiB"),
+        ("--mad-hosts=.", "--mad-hosts *: is a directory"),
+    ]:
+        result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, timeout=60)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, option
+        result.stderr.fnmatch_lines([f"ERROR: {said}"])
+    os.mkfifo(root / "credential.json")
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *credential.json: empty, where JSON was expected"])
+
+
 def test_output_options_that_cannot_be_written_are_usage_errors(pytester: pytest.Pytester):
     write_tree(pytester.path, [entry("alpha")])
     (pytester.path / "afile").write_text("")
