@@ -18,8 +18,12 @@ from tests.conftest import entry, write_tree
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-def collect(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q", *args)
+def collect(
+    pytester: pytest.Pytester, *args: str, timeout: float | None = None
+) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--collect-only", "-q", *args, timeout=timeout
+    )
 
 
 def one_collection_error(result: pytest.RunResult, line: str) -> None:
@@ -106,6 +110,10 @@ def test_input_files_that_are_no_files_are_one_line_and_never_wait(
         result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, timeout=60)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, option
         result.stderr.fnmatch_lines([f"ERROR: {said}"])
+    os.mkfifo(root / "docker" / "dummy.centos.amd.Dockerfile")  # a candidate Dockerfile
+    result = collect(pytester, "--mad-tags", "alpha", timeout=60)
+    one_collection_error(result, "*dummy.centos.amd.Dockerfile: not a regular file")
+    (root / "docker" / "dummy.centos.amd.Dockerfile").unlink()
     os.mkfifo(root / "credential.json")
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", timeout=60)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

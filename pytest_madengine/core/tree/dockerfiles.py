@@ -46,6 +46,8 @@ class Dockerfile:
 
 def parse_header(path: Path) -> dict[str, Any]:
     """The `# CONTEXT {...}` dict of a Dockerfile, or {} when it has none."""
+    if not path.is_file():  # a FIFO would be waited on for good, a directory fail later
+        raise MadError(f"{path}: not a regular file")
     with path.open(encoding="utf-8", errors="replace") as handle:
         for _, line in zip(range(HEADER_SCAN_LINES), handle, strict=False):
             stripped = line.strip()
