@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tempfile
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -57,6 +57,7 @@ from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.placement import HostPool, Placement
 from pytest_madengine.resources.processes import process_identity
+from pytest_madengine.resources.scratch import new_session_dir
 
 # How long stopping waits, in all, for the threads of tests running ahead (their
 # containers are told to stop first; the sweep removes whatever is left).
@@ -150,16 +151,20 @@ class Session:
     ) -> Iterator[Session]:
         """A session of its own (the controller's part too): on the way out it removes
         whatever it left on the hosts."""
-        with tempfile.TemporaryDirectory(prefix="mad-session-") as scratch:
-            directory = session_dir or Path(scratch)
+        session_id = new_session_id()
+        directory = session_dir or new_session_dir(session_id)
+        try:
             setup = BackendSetup(
-                options, new_session_id(), directory, shared, controller=process_identity()
+                options, session_id, directory, shared, controller=process_identity()
             )
             session = cls(MadSession(options), setup, **kwargs)
             try:
                 yield session
             finally:
                 session.close(sweep=True)
+        finally:
+            if session_dir is None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def fits(self, test: PlannedTest, host: Host) -> str | None:
         model = test.model

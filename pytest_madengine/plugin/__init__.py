@@ -13,7 +13,6 @@ import gc
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -39,6 +38,7 @@ from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginSta
 from pytest_madengine.plugin.terminal import to_terminal
 from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.processes import process_identity
+from pytest_madengine.resources.scratch import new_session_dir
 
 # What pytest, the docker SDK and we imported lives as long as the process: out of the
 # garbage collector's reach from here on, or the collections that importing more
@@ -154,7 +154,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session_id, session_dir = shared["session_id"], Path(shared["session_dir"])
     else:
         session_id = new_session_id()
-        session_dir = Path(tempfile.mkdtemp(prefix=f"mad-session-{session_id}-"))
+        session_dir = new_session_dir(session_id)
         config.stash[_OWNED_DIR] = session_dir
     runtime = None
     lines: LiveLines | None = None

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_a_model_killed_for_memory_says_so(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*killed for memory (out of memory, exit code 137)*"])
 
 
-def test_containers_of_a_killed_session_are_removed_by_the_next(
+def test_containers_and_scratch_of_a_killed_session_are_removed_by_the_next(
     pytester: pytest.Pytester, docker_client: docker.DockerClient
 ) -> None:
     models = [entry("sleepy", scripts="scripts/dummy/sleeper.sh", args="120"), entry("quick")]
@@ -135,11 +136,14 @@ def test_containers_of_a_killed_session_are_removed_by_the_next(
     session.wait(timeout=30)
     left = docker_client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={killed}"})
     assert len(left) == 1
+    scratch = Path(tempfile.gettempdir()).glob(f"mad-session-{killed}-*")
+    assert len(list(scratch)) == 1  # its workspaces, left on this machine
     run(pytester, "--mad-tags", "quick").assert_outcomes(passed=1)
     assert (
         docker_client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={killed}"})
         == []
     )
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{killed}-*")) == []
 
 
 def test_three_quick_ctrl_c_end_cleanly(pytester: pytest.Pytester, docker_client) -> None:
