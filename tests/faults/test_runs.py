@@ -20,6 +20,7 @@ import docker
 import pytest
 
 from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
+from pytest_madengine.backends.docker import containers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
 from tests.conftest import entry
@@ -171,6 +172,23 @@ def host1(test_hosts: Path, real_home: None) -> Iterator[docker.DockerClient]:
         client = links.client(host)
         yield client
         client.close()
+
+
+def test_a_pull_from_a_frozen_engine_gives_up_at_its_deadline(
+    host1: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK sends pulls (and builds) with no timeout: they wait STREAM_SILENCE_S.
+    monkeypatch.setattr(containers, "STREAM_SILENCE_S", 2)
+    pid = int((HOST_DIR / "host1" / "docker.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(containers.ENGINE_FAILURES):
+            host1.api.pull("mad-base/busybox", tag="latest")
+        waited = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert waited < 30
 
 
 @pytest.mark.parametrize(

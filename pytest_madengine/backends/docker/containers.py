@@ -25,7 +25,9 @@ from typing import IO, Any
 import docker
 import docker.errors
 import docker.types
+import requests.adapters
 import requests.exceptions
+import urllib3.exceptions
 
 from pytest_madengine.backends import (
     CONTROLLER_LABEL,
@@ -48,6 +50,7 @@ from pytest_madengine.resources.processes import identity_gone
 ENGINE_FAILURES: tuple[type[BaseException], ...] = (
     docker.errors.DockerException,
     requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,  # a stream read (pull, build, logs) cut or timed out
     OSError,
 )
 # Result files (multiple_results CSVs) are small; a bound keeps a runaway one out of memory.
@@ -58,6 +61,11 @@ SPOOL_BYTES = 8 * 1024 * 1024
 # a container is waited for in slices, the engine pinged between them, so a host that
 # stops answering (a frozen dockerd) is found lost within a slice and a ping.
 CLIENT_TIMEOUT_S = 60
+# The SDK sends pulls and builds with no timeout at all: they get this long of silence
+# (no byte of progress or build output) before they are given up as stalled; a build
+# step may compile quietly for long.
+STREAM_SILENCE_S = 900
+BUILD_SILENCE_S = 3600
 WAIT_SLICE_S = 10
 PING_TIMEOUT_S = 5
 # How long the end of a session waits for finished containers to be removed.
@@ -579,10 +587,41 @@ def remove_session(client: docker.DockerClient, session_id: str) -> int:
     return len(containers)
 
 
+class _Deadlines(requests.adapters.BaseAdapter):
+    """The client's own transport, for which a request sent without any timeout (the
+    SDK's pulls and builds) waits STREAM_SILENCE_S for each answer, not for ever."""
+
+    def __init__(self, transport: requests.adapters.BaseAdapter, connect_s: float) -> None:
+        super().__init__()
+        self.transport = transport
+        self.connect_s = connect_s
+
+    def send(  # type: ignore[override]
+        self, request: requests.PreparedRequest, timeout: Any = None, **kwargs: Any
+    ) -> requests.Response:
+        if timeout is None:
+            building = (request.path_url or "").partition("?")[0].endswith("/build")
+            timeout = (self.connect_s, BUILD_SILENCE_S if building else STREAM_SILENCE_S)
+        return self.transport.send(request, timeout=timeout, **kwargs)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def bounded(
+    client: docker.DockerClient, connect_s: float = CLIENT_TIMEOUT_S
+) -> docker.DockerClient:
+    """The client, every request of which has a deadline (see _Deadlines)."""
+    for prefix, transport in list(client.api.adapters.items()):
+        if not isinstance(transport, _Deadlines):
+            client.api.mount(prefix, _Deadlines(transport, connect_s))
+    return client
+
+
 def connect(base_url: str | None = None, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
     """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
     try:
-        client = (
+        client = bounded(
             docker.DockerClient(base_url=base_url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
             if base_url
             else docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import docker.tls
 
-from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S, MAX_POOL_SIZE
+from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S, MAX_POOL_SIZE, bounded
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.resources.hosts import Host
 
@@ -51,6 +51,11 @@ def client_for(host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClie
     ssh:// here goes through the `ssh` command (`docker system dial-stdio` on the host
     per connection): slow, but it needs no socket on the far side.
     """
+    return bounded(_client_for(host, timeout), timeout)
+
+
+def _client_for(host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
+    """The client of client_for, before its requests get their deadlines."""
     if host.docker is None:
         return docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)
     if host.docker.startswith("ssh://"):
@@ -217,7 +222,8 @@ class HostLinks:
         url = self.urls.get(host.name)
         if url is None:
             return client_for(host, timeout)
-        return docker.DockerClient(base_url=url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
+        client = docker.DockerClient(base_url=url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
+        return bounded(client, timeout)
 
     def forget(self, host: Host) -> None:
         """Closes this process's tunnel to a host that stopped answering (a new one is
