@@ -65,7 +65,12 @@ def secret_forms(secret: str) -> set[str]:
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode()
         forms.update({text, text.rstrip("=")})
-    return {form for form in forms if len(form) >= 4}  # masking "a" would mask every a
+    return {form for form in forms if len(form) >= MIN_MASKED}
+
+
+# Shorter texts are not masked: masking "a" (or "123") would mask every a, and numbers
+# in perf.csv. A secret this short is refused where it is used instead (see _maskable).
+MIN_MASKED = 4
 
 
 def field_of(entry: Mapping[str, Any], *names: str) -> Any:
@@ -90,6 +95,24 @@ def _secret_values(value: Any, secret: bool = False) -> Iterator[str]:
             yield from _secret_values(item, secret)
     elif secret and isinstance(value, str | int) and not isinstance(value, bool) and str(value):
         yield str(value)
+
+
+def _short_secret(value: Any, key: str = "", secret: bool = False) -> str | None:
+    """The key of a secret (see _secret_values) too short to be masked, if any."""
+    if isinstance(value, Mapping):
+        for inner, item in value.items():
+            named = any(word in str(inner).lower() for word in SECRET_KEYS)
+            found = _short_secret(item, str(inner), secret or named)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _short_secret(item, key, secret)
+            if found is not None:
+                return found
+    elif secret and isinstance(value, str | int) and not isinstance(value, bool):
+        return key if 0 < len(str(value)) < MIN_MASKED else None
+    return None
 
 
 def _scalar(value: Any) -> str | None:
@@ -133,13 +156,28 @@ class Credentials:
         not JSON."""
         text = self.environ.get(name)
         if text is not None:
-            return parse_json(text, f"environment variable {name}")
-        return self.entries.get(name)
+            return self._maskable(name, parse_json(text, f"environment variable {name}"))
+        return self._maskable(name, self.entries.get(name))
+
+    def _maskable(self, name: str, entry: Any) -> Any:
+        """The entry, unless a secret of it is too short to be masked in output: a
+        MadError naming the entry and the key then (never the value)."""
+        key = _short_secret(entry)
+        if key is None and name in ACCESS_KEY_ENTRIES and isinstance(entry, Mapping):
+            username = field_of(entry, "username")
+            short = isinstance(username, str) and 0 < len(username) < MIN_MASKED
+            key = "username" if short else None
+        if key is not None:
+            raise MadError(
+                f"{self.source}: credential '{name}': '{key}' is shorter than {MIN_MASKED}"
+                " characters, too short to be masked in output; use a longer one"
+            )
+        return entry
 
     def registry_auth(self, registry: str | None) -> dict[str, str] | None:
         """username/password for the registry, or None when there is no entry."""
         key = registry_key(registry)
-        entry = self.entries.get(key)
+        entry = self._maskable(key, self.entries.get(key))
         if entry is None:
             return None
         if not isinstance(entry, dict) or not all(

@@ -92,6 +92,39 @@ def test_a_file_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
         load_credentials(tmp_path, environ={})
 
 
+def test_a_secret_too_short_to_mask_is_refused_where_it_is_used(tmp_path: Path) -> None:
+    # "abc" cannot be masked without masking every abc (and a perf.csv value of 123).
+    entries = {
+        "dockerhub": {"username": "ci", "password": "abc"},
+        "SHORT": {"user": "me", "token": "12"},
+        "NAS_NODES": [{"HOST": "nas", "PASSWORD": "xyz"}],
+        "MAD_MINIO": {"USERNAME": "ak", "PASSWORD": "long-enough-secret"},
+        "FINE": {"username": "u", "password": "long-enough"},
+    }
+    (tmp_path / "credential.json").write_text(json.dumps(entries))
+    credentials = load_credentials(tmp_path, environ={})
+    assert credentials.model_variables("FINE", "m") == {
+        "FINE_USERNAME": "u", "FINE_PASSWORD": "long-enough"
+    }  # fmt: skip
+    refused = {
+        "dockerhub": lambda: credentials.registry_auth(None),
+        "SHORT": lambda: credentials.model_variables("SHORT", "m"),
+        "NAS_NODES": lambda: credentials.entry("NAS_NODES"),
+        "MAD_MINIO": lambda: credentials.entry("MAD_MINIO"),  # its username is an access key
+    }
+    keys = {"dockerhub": "password", "SHORT": "token", "NAS_NODES": "PASSWORD",
+            "MAD_MINIO": "username"}  # fmt: skip
+    for name, use in refused.items():
+        with pytest.raises(MadError) as refusal:
+            use()
+        said = str(refusal.value)
+        assert said == (
+            f"{tmp_path / 'credential.json'}: credential '{name}': '{keys[name]}' is shorter"
+            " than 4 characters, too short to be masked in output; use a longer one"
+        )
+        assert not any(value in said.split(": ", 1)[1] for value in ("abc", "12", "xyz"))
+
+
 def test_stream_mask_catches_a_secret_split_across_chunks() -> None:
     mask = StreamMask(["s3cret-value", "s3cret"])
     chunks = [b"line one\nthe s3c", b"ret-val", b"ue is here\nand s3cret", b" too\n", b"tail s3"]
