@@ -40,11 +40,6 @@ from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.processes import process_identity
 from pytest_madengine.resources.scratch import new_session_dir
 
-# What pytest, the docker SDK and we imported lives as long as the process: out of the
-# garbage collector's reach from here on, or the collections that importing more
-# triggers walk it all again (a full one costs about 20 ms on 2 cores).
-gc.freeze()
-
 NO_GPU_HINT = (
     "no GPU detected and none declared; declare them with --mad-gpus"
     " (a count like 4, or ids like 0,2-3) and set gpu_vendor in --mad-context"
@@ -143,6 +138,9 @@ def pytest_configure(config: pytest.Config) -> None:
     shared = _worker_input(config)
     if shared is None and not raw_options(config).active:
         return  # dormant: a plain pytest run is left alone
+    # What pytest and we imported, before the docker SDK comes (whose import would
+    # otherwise set off a full collection walking all of it: about 20 ms on 2 cores).
+    _freeze_startup_objects(config)
     try:
         options = _options(config, shared)
         mad = MadSession(options)
@@ -199,17 +197,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # No paths given: collect the MAD tree, not testpaths or the current directory.
         config.args = [str(options.root)]
-    _freeze_startup_objects()
+    _freeze_startup_objects(config)
 
 
-def _freeze_startup_objects() -> None:
-    """Moves what configuring made (the docker SDK, options, the tree) out of the
-    garbage collector's reach, as importing us did for what came before: it lives as
-    long as the process, and every later full collection, pytest's at the end and the
-    interpreter's at exit included, would walk it again (about 0.2 s of a short session
-    on 2 cores, bench/peers.py). Not under pytester: its in-process sessions share a
-    test process, whose garbage would be kept."""
-    if "_pytest.pytester" not in sys.modules:
+def _freeze_startup_objects(config: pytest.Config) -> None:
+    """Moves what start-up made so far (modules, classes: pytest's, docker's, ours) out
+    of the garbage collector's reach, in a MAD session only: it lives as long as the
+    process, and every later full collection, pytest's at the end and the interpreter's
+    at exit included, would walk it again (about 0.2 s of a short session on 2 cores,
+    bench/peers.py). Only where the session is the process's own (its command line, or
+    an xdist worker): a session run inside another program (pytester's in-process runs,
+    the madengine command) would keep that program's garbage for good."""
+    own = tuple(config.invocation_params.args) == tuple(sys.argv[1:])
+    if own or hasattr(config, "workerinput"):
         gc.freeze()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import textwrap
@@ -83,6 +84,26 @@ def test_no_tags_leaves_plain_pytest_alone(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    pass\n")
     result = collect(pytester)
     result.stdout.fnmatch_lines(["test_plain.py::test_one", "1 test collected*"])
+
+
+def test_start_up_objects_are_frozen_only_in_a_session_of_its_own_process(
+    pytester: pytest.Pytester,
+) -> None:
+    # Freezing moves objects out of the garbage collector's reach for good: a session
+    # run inside another program (pytester here) must leave that program's alone.
+    write_tree(pytester.path, [entry("alpha")])
+    frozen = gc.get_freeze_count()
+    collect(pytester, "--mad-tags", "alpha").assert_outcomes()
+    assert gc.get_freeze_count() == frozen
+    pytester.makeconftest(
+        "import gc\n"
+        "def pytest_unconfigure(config):\n"
+        "    print('frozen:', gc.get_freeze_count() > 0)\n"
+    )
+    alone = pytester.runpytest_subprocess("--collect-only", "-q", "--mad-tags", "alpha")
+    alone.stdout.fnmatch_lines(["frozen: True"])
+    plain = pytester.runpytest_subprocess("--collect-only", "-q")  # no MAD session
+    plain.stdout.fnmatch_lines(["frozen: False"])
 
 
 def test_selection_by_name_tag_all_scope_and_params(pytester: pytest.Pytester) -> None:
