@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -57,7 +56,7 @@ from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.placement import HostPool, Placement
 from pytest_madengine.resources.processes import process_identity
-from pytest_madengine.resources.scratch import new_session_dir
+from pytest_madengine.resources.scratch import new_session_dir, remove_session_dir
 
 # How long stopping waits, in all, for the threads of tests running ahead (their
 # containers are told to stop first; the sweep removes whatever is left).
@@ -164,7 +163,7 @@ class Session:
                 session.close(sweep=True)
         finally:
             if session_dir is None:
-                shutil.rmtree(directory, ignore_errors=True)
+                remove_session_dir(directory)
 
     def fits(self, test: PlannedTest, host: Host) -> str | None:
         model = test.model

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import shutil
 import signal
 import sys
 import threading
@@ -38,7 +37,7 @@ from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginSta
 from pytest_madengine.plugin.terminal import to_terminal
 from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.processes import process_identity
-from pytest_madengine.resources.scratch import new_session_dir
+from pytest_madengine.resources.scratch import new_session_dir, remove_session_dir
 
 NO_GPU_HINT = (
     "no GPU detected and none declared; declare them with --mad-gpus"
@@ -347,7 +346,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.runtime.close()  # a second close does nothing; this one is for a crashed run
     owned = config.stash.get(_OWNED_DIR, None)
     if owned is not None:
-        shutil.rmtree(owned, ignore_errors=True)
+        remove_session_dir(owned)
     for number, handler in config.stash.get(_PREVIOUS_SIGNALS, {}).items():
         with contextlib.suppress(ValueError):
             signal.signal(number, handler)

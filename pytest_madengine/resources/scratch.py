@@ -3,48 +3,67 @@ removal of those whose session was killed before it could remove its own."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
-from pytest_madengine.resources.processes import identity_gone, process_identity
+from pytest_madengine.resources.processes import process_identity
 
 PREFIX = "mad-session-"
-# Inside each directory: who made it, as process_identity() tells it.
+# Inside each directory: who made it (process_identity()), locked by that process for
+# as long as it lives. The kernel drops the lock when the process ends, however it ends.
 CONTROLLER_FILE = ".controller"
+# This process's locks on the directories it made, held until it removes them.
+_HELD: dict[Path, int] = {}
 
 
 def new_session_dir(session_id: str, parent: Path | None = None) -> Path:
-    """A new directory for the session, marked with this process as its controller;
-    those of sessions killed earlier (`kill -9`: nothing of theirs ran at the end) are
-    removed first."""
+    """A new directory for the session, locked by this process; those of sessions
+    killed earlier (`kill -9`: nothing of theirs ran at the end) are removed first."""
     remove_stale_session_dirs(parent)
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{session_id}-", dir=parent))
-    (path / CONTROLLER_FILE).write_text(process_identity(), encoding="utf-8")
+    marker = os.open(path / CONTROLLER_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(marker, fcntl.LOCK_EX)
+    os.write(marker, process_identity().encode())
+    _HELD[path] = marker
     return path
 
 
+def remove_session_dir(path: Path) -> None:
+    """Removes a directory new_session_dir made, at the end of its session."""
+    shutil.rmtree(path, ignore_errors=True)
+    marker = _HELD.pop(path, None)
+    if marker is not None:
+        os.close(marker)
+
+
 def remove_stale_session_dirs(parent: Path | None = None) -> int:
-    """Removes this user's session directories whose controller was a process of this
-    machine that is gone; how many. Unmarked ones (or others') are left alone."""
+    """Removes this user's session directories whose controller is gone: nobody holds
+    the lock of its marker. Unmarked ones, links and others' are left alone; how many."""
     parent = Path(parent or tempfile.gettempdir())
-    removed = 0
     try:
         names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
     except OSError:
         return 0
+    removed = 0
     for name in names:
         path = parent / name
         try:
             info = os.lstat(path)
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
                 continue  # a link, a file, someone else's
-            identity = (path / CONTROLLER_FILE).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+            marker = os.open(path / CONTROLLER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             continue
-        if identity and identity_gone(identity):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+        try:
+            fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its controller runs
+        finally:
+            os.close(marker)
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
     return removed
