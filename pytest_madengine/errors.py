@@ -7,7 +7,6 @@ import json
 import os
 import select
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from typing import Any
 # The input files we read (models.json, the context, hosts.yml, credential.json...)
 # are small; more than this is a mistake (or /dev/zero), not something to load.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
-# A pipe (`--mad-context-file <(make-context)`) is waited for this long for its data;
-# a FIFO that no process has open to write is read as empty at once.
-PIPE_DEADLINE_S = 30.0
+# A pipe (`--mad-context-file <(make-context)`) may be silent this long between two
+# pieces of its data; a FIFO that no process has open to write is read as empty at once.
+PIPE_SILENCE_S = 30.0
 _BLOCK = 1 << 16
 
 
@@ -80,26 +79,32 @@ def _read_bounded(path: Path) -> bytes:
     a FIFO without writer or a silent device (opened non-blocking, read with a deadline)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        mode = os.fstat(descriptor).st_mode
-        if stat.S_ISDIR(mode):
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
             raise _Unreadable("is a directory")
+        if stat.S_ISREG(info.st_mode) and info.st_size > MAX_INPUT_BYTES:
+            raise _Unreadable(_too_big())
     except BaseException:
         os.close(descriptor)
         raise
     with os.fdopen(descriptor, "rb", buffering=0) as handle:
-        if stat.S_ISREG(mode):
+        if stat.S_ISREG(info.st_mode):
             os.set_blocking(descriptor, True)
             return _read_all(handle, lambda: None)  # a file never has to be waited for
-        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode)):
             raise _Unreadable("not a regular file")
-        deadline = time.monotonic() + PIPE_DEADLINE_S
+        readable = select.poll()  # not select(): descriptors past 1024 are fine
+        readable.register(descriptor, select.POLLIN)
 
         def wait_for_data() -> None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([descriptor], [], [], left)[0]:
-                raise _Unreadable(f"nothing came within {PIPE_DEADLINE_S:.0f} s")
+            if not readable.poll(PIPE_SILENCE_S * 1000):
+                raise _Unreadable(f"nothing came for {PIPE_SILENCE_S:.0f} s")
 
         return _read_all(handle, wait_for_data)
+
+
+def _too_big() -> str:
+    return f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"
 
 
 def _read_all(handle: io.FileIO, wait_for_data: Callable[[], None]) -> bytes:
@@ -114,7 +119,7 @@ def _read_all(handle: io.FileIO, wait_for_data: Callable[[], None]) -> bytes:
             return b"".join(chunks)
         size += len(chunk)
         if size > MAX_INPUT_BYTES:
-            raise _Unreadable(f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+            raise _Unreadable(_too_big())
         chunks.append(chunk)
 
 

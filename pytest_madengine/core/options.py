@@ -217,6 +217,8 @@ def detect_ctx_test(directory: Path) -> str:
     """madengine's `ctx_test`: the text of the file `ctx_test` in the working
     directory, else the string None (a Dockerfile header may ask for either)."""
     path = directory / "ctx_test"
+    if not path.is_file():  # a FIFO there would be waited on for good
+        return "None"
     try:
         return path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:

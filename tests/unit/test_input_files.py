@@ -41,10 +41,11 @@ def test_a_pipe_is_read_once_its_writer_has_written(tmp_path: Path) -> None:
 
 
 def test_a_silent_pipe_is_given_up_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(errors, "PIPE_DEADLINE_S", 0.2)
+    monkeypatch.setattr(errors, "PIPE_SILENCE_S", 0.2)
     reading, writing = os.pipe()
     try:
-        with pytest.raises(MadError, match=r"--mad-context-file /proc/self/fd/\d+: nothing came"):
+        said = r"--mad-context-file /proc/self/fd/\d+: nothing came for"
+        with pytest.raises(MadError, match=said):
             read_text(Path(f"/proc/self/fd/{reading}"), "--mad-context-file")
     finally:
         os.close(reading)
@@ -55,6 +56,17 @@ def test_an_endless_device_is_refused_past_the_size_limit(monkeypatch: pytest.Mo
     monkeypatch.setattr(errors, "MAX_INPUT_BYTES", 1 << 20)
     with pytest.raises(MadError, match=r"^/dev/zero: larger than 1 MiB$"):
         read_text(Path("/dev/zero"))
+
+
+def test_a_file_past_the_size_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(errors, "MAX_INPUT_BYTES", 1 << 20)
+    huge = tmp_path / "models.json"
+    with huge.open("wb") as sparse:
+        sparse.truncate(1 << 40)  # a terabyte of nothing: read, it would never end
+    with pytest.raises(MadError, match=r"models.json: larger than 1 MiB$"):
+        read_text(huge)
 
 
 def test_a_directory_is_one_line(tmp_path: Path) -> None:
