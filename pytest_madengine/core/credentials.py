@@ -17,6 +17,7 @@ import base64
 import functools
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ DOCKERHUB_ENV = {
 # Entries of the data providers that an environment variable of the same name overrides.
 DATA_ENTRIES = ("MAD_MINIO", "MAD_AWS_S3", "NAS_NODES")
 MASK = "***"
-SECRET_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "credential")
+SECRET_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "credential", "credentials")
 # An S3 access key id rides in USERNAME: not a password, but not for logs either.
 ACCESS_KEY_ENTRIES = ("MAD_MINIO", "MAD_AWS_S3")
 
@@ -97,12 +98,18 @@ def _secret_values(value: Any, secret: bool = False) -> Iterator[str]:
         yield str(value)
 
 
+def _names_a_secret(key: object) -> bool:
+    """Whether a key is a secret's own name (`password`, `api_key`, `HF_TOKEN`), not
+    one that merely holds such a word (`token_ttl`, `key_id`, `ssh_key_file`)."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower())
+    return bool(words) and words[-1] in SECRET_KEYS
+
+
 def _short_secret(value: Any, key: str = "", secret: bool = False) -> str | None:
-    """The key of a secret (see _secret_values) too short to be masked, if any."""
+    """The key of a secret too short to be masked, if any (see MIN_MASKED)."""
     if isinstance(value, Mapping):
         for inner, item in value.items():
-            named = any(word in str(inner).lower() for word in SECRET_KEYS)
-            found = _short_secret(item, str(inner), secret or named)
+            found = _short_secret(item, str(inner), secret or _names_a_secret(inner))
             if found is not None:
                 return found
     elif isinstance(value, list):
@@ -110,7 +117,7 @@ def _short_secret(value: Any, key: str = "", secret: bool = False) -> str | None
             found = _short_secret(item, key, secret)
             if found is not None:
                 return found
-    elif secret and isinstance(value, str | int) and not isinstance(value, bool):
+    elif secret and isinstance(value, str | int | float) and not isinstance(value, bool):
         return key if 0 < len(str(value)) < MIN_MASKED else None
     return None
 
@@ -156,20 +163,21 @@ class Credentials:
         not JSON."""
         text = self.environ.get(name)
         if text is not None:
-            return self._maskable(name, parse_json(text, f"environment variable {name}"))
+            where = f"environment variable {name}"
+            return self._maskable(name, parse_json(text, where), where)
         return self._maskable(name, self.entries.get(name))
 
-    def _maskable(self, name: str, entry: Any) -> Any:
+    def _maskable(self, name: str, entry: Any, where: str = "") -> Any:
         """The entry, unless a secret of it is too short to be masked in output: a
         MadError naming the entry and the key then (never the value)."""
-        key = _short_secret(entry)
+        key = _short_secret({name: entry})
         if key is None and name in ACCESS_KEY_ENTRIES and isinstance(entry, Mapping):
             username = field_of(entry, "username")
             short = isinstance(username, str) and 0 < len(username) < MIN_MASKED
             key = "username" if short else None
         if key is not None:
             raise MadError(
-                f"{self.source}: credential '{name}': '{key}' is shorter than {MIN_MASKED}"
+                f"{where or self.source}: credential '{name}': '{key}' is shorter than {MIN_MASKED}"
                 " characters, too short to be masked in output; use a longer one"
             )
         return entry

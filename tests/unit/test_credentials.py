@@ -99,21 +99,22 @@ def test_a_secret_too_short_to_mask_is_refused_where_it_is_used(tmp_path: Path) 
         "SHORT": {"user": "me", "token": "12"},
         "NAS_NODES": [{"HOST": "nas", "PASSWORD": "xyz"}],
         "MAD_MINIO": {"USERNAME": "ak", "PASSWORD": "long-enough-secret"},
-        "FINE": {"username": "u", "password": "long-enough"},
-    }
+        "HF_TOKEN": {"user": "bob-the-builder", "value": 1.5},  # all of it secret
+        "FINE": {"username": "u", "password": "long-enough", "token_ttl": 60, "key_id": 7,
+                 "token_type": "pat", "ssh_key_file": "~/k"},
+    }  # fmt: skip
     (tmp_path / "credential.json").write_text(json.dumps(entries))
     credentials = load_credentials(tmp_path, environ={})
-    assert credentials.model_variables("FINE", "m") == {
-        "FINE_USERNAME": "u", "FINE_PASSWORD": "long-enough"
-    }  # fmt: skip
+    assert credentials.model_variables("FINE", "m")["FINE_TOKEN_TYPE"] == "pat"
     refused = {
         "dockerhub": lambda: credentials.registry_auth(None),
         "SHORT": lambda: credentials.model_variables("SHORT", "m"),
         "NAS_NODES": lambda: credentials.entry("NAS_NODES"),
         "MAD_MINIO": lambda: credentials.entry("MAD_MINIO"),  # its username is an access key
+        "HF_TOKEN": lambda: credentials.model_variables("HF_TOKEN", "m"),
     }
     keys = {"dockerhub": "password", "SHORT": "token", "NAS_NODES": "PASSWORD",
-            "MAD_MINIO": "username"}  # fmt: skip
+            "MAD_MINIO": "username", "HF_TOKEN": "value"}  # fmt: skip
     for name, use in refused.items():
         with pytest.raises(MadError) as refusal:
             use()
@@ -122,7 +123,11 @@ def test_a_secret_too_short_to_mask_is_refused_where_it_is_used(tmp_path: Path) 
             f"{tmp_path / 'credential.json'}: credential '{name}': '{keys[name]}' is shorter"
             " than 4 characters, too short to be masked in output; use a longer one"
         )
-        assert not any(value in said.split(": ", 1)[1] for value in ("abc", "12", "xyz"))
+        assert not any(value in said.split(": ", 1)[1] for value in ("abc", "12", "xyz", "1.5"))
+    # From the environment, the variable is named.
+    environ = {"MAD_MINIO": json.dumps({"USERNAME": "long-enough", "PASSWORD": "pw"})}
+    with pytest.raises(MadError, match=r"^environment variable MAD_MINIO: credential 'MAD_MINIO'"):
+        load_credentials(tmp_path, environ=environ).entry("MAD_MINIO")
 
 
 def test_stream_mask_catches_a_secret_split_across_chunks() -> None:
