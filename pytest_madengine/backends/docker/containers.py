@@ -61,11 +61,10 @@ SPOOL_BYTES = 8 * 1024 * 1024
 # a container is waited for in slices, the engine pinged between them, so a host that
 # stops answering (a frozen dockerd) is found lost within a slice and a ping.
 CLIENT_TIMEOUT_S = 60
-# The SDK sends pulls and builds with no timeout at all: they get this long of silence
-# (no byte of progress or build output) before they are given up as stalled; a build
-# step may compile quietly for long.
+# The SDK sends pulls with no timeout at all: they get this long of silence (no byte
+# of progress) before they are given up as stalled. Builds keep none, as with `docker
+# build`: a build step may compile quietly for hours.
 STREAM_SILENCE_S = 900
-BUILD_SILENCE_S = 3600
 WAIT_SLICE_S = 10
 PING_TIMEOUT_S = 5
 # How long the end of a session waits for finished containers to be removed.
@@ -589,7 +588,8 @@ def remove_session(client: docker.DockerClient, session_id: str) -> int:
 
 class _Deadlines(requests.adapters.BaseAdapter):
     """The client's own transport, for which a request sent without any timeout (the
-    SDK's pulls and builds) waits STREAM_SILENCE_S for each answer, not for ever."""
+    SDK's pulls) waits STREAM_SILENCE_S for each answer, not for ever; a build waits for
+    a connection only as long as any request."""
 
     def __init__(self, transport: requests.adapters.BaseAdapter, connect_s: float) -> None:
         super().__init__()
@@ -601,7 +601,7 @@ class _Deadlines(requests.adapters.BaseAdapter):
     ) -> requests.Response:
         if timeout is None:
             building = (request.path_url or "").partition("?")[0].endswith("/build")
-            timeout = (self.connect_s, BUILD_SILENCE_S if building else STREAM_SILENCE_S)
+            timeout = (self.connect_s, None if building else STREAM_SILENCE_S)
         return self.transport.send(request, timeout=timeout, **kwargs)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import docker.errors
 import docker.utils.build
 
 from pytest_madengine.backends import LABEL_PREFIX, OutputSink
+from pytest_madengine.backends.docker.containers import ENGINE_FAILURES
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.core.tree.dockerfiles import base_docker_of
 from pytest_madengine.errors import MadError
@@ -196,8 +197,8 @@ class ImageBuilder:
                         tail.append(text if text.endswith("\n") else text + "\n")
                         if on_output is not None:
                             on_output(text.encode())
-            except (docker.errors.APIError, docker.errors.BuildError, OSError) as exc:
-                error = mask_text(str(exc).strip(), spec.secrets)
+            except ENGINE_FAILURES as exc:  # a refusal, or the stream cut mid-build
+                error = mask_text(str(exc).strip() or type(exc).__name__, spec.secrets)
                 log.write(f"ERROR: {error}\n")
         duration = time.monotonic() - start
         if error is not None:
