@@ -128,14 +128,24 @@ def make():
     return api.create_container({image!r}, ["sh", "/w/run.sh"], host_config=config)
 
 
-made = {{}}
+made, begun, lock = {{}}, set(), threading.Lock()
 
 
 def run(index):
-    container = made.pop(index, None) or make()
+    with lock:
+        begun.add(index)
+        container = made.pop(index, None)
+    container = container or make()
     api.start(container)
-    if index + {jobs} < {models}:
-        made[index + {jobs}] = make()
+    after = index + {jobs}
+    if after < {models}:
+        ahead = make()
+        with lock:
+            late = after in begun  # it began without waiting for this one
+            if not late:
+                made[after] = ahead
+        if late:
+            api.remove_container(ahead)
     code = api.wait(container)["StatusCode"]
     output = api.logs(container)
     threading.Thread(target=api.remove_container, args=(container,)).start()
