@@ -9,7 +9,9 @@ is written to perf.csv, the summary and the user's hooks by the controller alone
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
+import json
 import signal
 import sys
 import threading
@@ -68,7 +70,12 @@ def _options(config: pytest.Config, shared: dict[str, Any] | None) -> Options:
     if _PARSED in config.stash:
         return config.stash[_PARSED]
     root = Path(shared["root"]) if shared else None
-    options = parse_options(raw_options(config, root))
+    raw = raw_options(config, root)
+    if shared and "context" in shared:
+        # The controller's context, not the file again: it may have been a pipe
+        # (`<(make-context)`), which only the controller could read.
+        raw = dataclasses.replace(raw, context_json=shared["context"], context_file=None)
+    options = parse_options(raw)
     config.stash[_PARSED] = options
     return options
 
@@ -224,6 +231,7 @@ def pytest_configure_node(node: Any) -> None:
             "root": str(state.options.root),
             "backend": state.runtime.backend.shared_state() if state.runtime else {},
             "controller": state.runtime.runner.controller if state.runtime else "",
+            "context": json.dumps(dict(state.options.context.values)),
         }
 
 

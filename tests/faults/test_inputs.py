@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,25 @@ def test_input_files_that_are_no_files_are_one_line_and_never_wait(
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", timeout=60)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *credential.json: empty, where JSON was expected"])
+
+
+def test_a_context_read_from_a_pipe_reaches_xdist_workers(pytester: pytest.Pytester) -> None:
+    # `--mad-context-file <(make-context)`: only the controller can read it.
+    root = write_tree(pytester.path, [entry("alpha"), entry("beta")])
+    fifo = root / "context.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"""printf '{{"gpu_vendor": "AMD"}}' > {fifo}"""])
+    try:
+        # A SLURM dry run: workers that configure a session, and no engine needed.
+        result = pytester.runpytest_subprocess(
+            "-n", "2", "-p", "no:cacheprovider", "--mad-tags", "dummies", "--mad-deploy",
+            "slurm", "--mad-slurm-dry-run", f"--mad-context-file={fifo}", timeout=120,
+        )  # fmt: skip
+    finally:
+        writer.kill()
+        writer.wait()
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(skipped=2)
 
 
 def test_output_options_that_cannot_be_written_are_usage_errors(pytester: pytest.Pytester):
