@@ -11,8 +11,9 @@ from typing import Any
 class deferred_interrupts:
     """Within the block, Ctrl-C and SIGTERM are held back (main thread only; elsewhere
     signals do not arrive anyway). When the block ends with an exception already on its
-    way (the first Ctrl-C, say) the held ones are dropped; otherwise the first is raised
-    as KeyboardInterrupt, so no interrupt is lost."""
+    way (the first Ctrl-C, say) the held ones are dropped; otherwise the first is handed
+    to the handler the block found (which raises KeyboardInterrupt, or ignores it when
+    the session is already stopping), so no interrupt is lost and none is raised twice."""
 
     def __enter__(self) -> deferred_interrupts:
         self._held: list[int] = []
@@ -33,5 +34,11 @@ class deferred_interrupts:
     ) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
-        if self._held and kind is None:
-            raise KeyboardInterrupt(f"signal {self._held[0]}")
+        if not self._held or kind is not None:
+            return
+        number = self._held[0]
+        handler = self._previous.get(number)
+        if callable(handler):
+            handler(number, None)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt(f"signal {number}")
