@@ -173,37 +173,6 @@ class Engines:
         result, _ = self.once.run(note_key("pull", host.name, reference), pull)
         return result["id"]
 
-    def push(
-        self, name: str, reference: str, auth: dict[str, str] | None, image_id: str | None = None
-    ) -> str:
-        """Pushes the build engine's image `name` (the one of `image_id`, when given: a
-        tag another session moves cannot swap it) as `reference` (repository[:tag]), once
-        per session across workers; the digest the registry gave it."""
-        repository, tag = reference, "latest"
-        if reference.rfind(":") > reference.rfind("/"):
-            repository, _, tag = reference.rpartition(":")
-
-        def push() -> dict[str, str]:
-            digest, error = "", None
-            try:
-                self.build_client.images.get(pushed_id).tag(repository, tag)
-                events = self.build_client.api.push(
-                    repository, tag=tag, auth_config=auth, stream=True, decode=True
-                )
-                for event in events:
-                    # The registry's refusal comes inside the stream, not as an exception.
-                    error = error or event.get("error")
-                    digest = (event.get("aux") or {}).get("Digest") or digest
-            except ENGINE_FAILURES as exc:
-                error = first_line(exc)
-            if error or not digest:
-                raise EngineError(f"pushing {name} to {reference} failed: {error or 'no digest'}")
-            return {"digest": digest}
-
-        pushed_id = image_id or self.local_image_id(name)
-        result, _ = self.once.run(note_key("push", reference, pushed_id), push)
-        return result["digest"]
-
     def close(self) -> None:
         for client in self._clients.values():
             with contextlib.suppress(*ENGINE_FAILURES):

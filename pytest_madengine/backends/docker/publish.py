@@ -93,15 +93,17 @@ class ImagePusher:
         reference: str,
         auth: Mapping[str, str] | None,
         on_progress: PushProgressSink | None = None,
+        image_id: str | None = None,
     ) -> str:
-        """The digest the registry gave the pushed image; PushError with its reason."""
+        """The digest the registry gave the pushed image (the one of `image_id`, when
+        given: a tag another session moves cannot swap it); PushError with its reason."""
         repository, tag = split_reference(reference)
 
         def push_once() -> dict[str, Any]:
             started = time.monotonic()
             progress = PushProgress(reference, on_progress)
             try:
-                self.client.images.get(image).tag(repository, tag)
+                self.client.images.get(pushed_id).tag(repository, tag)
                 events: Iterable[Mapping[str, Any]] = self.client.api.push(
                     repository, tag=tag, auth_config=dict(auth) if auth else None,
                     stream=True, decode=True,
@@ -115,13 +117,14 @@ class ImagePusher:
                 raise PushError(
                     f"pushing {image} to {reference} failed: {first_line(str(why or exc))}"
                 ) from None
-            if progress.error is not None:
-                raise PushError(f"pushing {image} to {reference} failed: {progress.error}")
+            if progress.error is not None or not progress.digest:
+                why = progress.error or "the registry gave no digest"
+                raise PushError(f"pushing {image} to {reference} failed: {why}")
             progress.finished()
             return {"digest": progress.digest or "", "seconds": time.monotonic() - started}
 
-        image_id = self._image_id(image)
-        result, _ = self.once.run(note_key("push", reference, image_id), push_once)
+        pushed_id = image_id or self._image_id(image)
+        result, _ = self.once.run(note_key("push", reference, pushed_id), push_once)
         return str(result["digest"])
 
     def _image_id(self, image: str) -> str:

@@ -238,20 +238,21 @@ class KubernetesBackend:
         return dict(self.shared)
 
     @functools.cached_property
-    def _docker(self) -> tuple[Any, Any]:
-        """(Engines, ImageBuilder) of the local Docker Engine, made on first use: a run
-        from a manifest's registry images needs no engine here."""
+    def _docker(self) -> tuple[Any, Any, Any]:
+        """(Engines, ImageBuilder, ImagePusher) of the local Docker Engine, made on first
+        use: a run from a manifest's registry images needs no engine here."""
         from pytest_madengine.backends.docker.containers import connect as connect_docker
         from pytest_madengine.backends.docker.engines import Engines
         from pytest_madengine.backends.docker.images import ImageBuilder
         from pytest_madengine.backends.docker.links import HostLinks
+        from pytest_madengine.backends.docker.publish import ImagePusher
 
         docker_client = connect_docker()
         engines = Engines(docker_client, self._once, HostLinks())
         builder = ImageBuilder(
             docker_client, self.options.output_dir / "builds", self._once, self.options.clean_cache
         )
-        return engines, builder
+        return engines, builder, ImagePusher(docker_client, self._once)
 
     def prepare(
         self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
@@ -269,7 +270,7 @@ class KubernetesBackend:
         from pytest_madengine.backends.docker.images import ImageSpec
 
         try:
-            engines, builder = self._docker
+            engines, builder, pusher = self._docker
             if request.dockerfile is not None:
                 assert request.context_dir is not None
                 spec = ImageSpec(
@@ -292,7 +293,7 @@ class KubernetesBackend:
                 )
             reference = f"{self.registry.rstrip('/')}/{facts.name}"
             auth = self.options.credentials.registry_auth(self.registry)
-            digest = engines.push(facts.name, reference, auth, facts.docker_sha or None)
+            digest = pusher.push(facts.name, reference, auth, image_id=facts.docker_sha or None)
         except ENGINE_FAILURES as exc:
             raise MadError(f"k8s: preparing {request.name}: {first_line(exc)}") from None
         # Pinned by digest: a node never runs a stale image of the same tag.
@@ -528,7 +529,7 @@ class KubernetesBackend:
             watch.stop()
         self._watches.clear()
         if "_docker" in self.__dict__:
-            engines, _ = self._docker
+            engines, _, _ = self._docker
             engines.close()
             with contextlib.suppress(Exception):
                 engines.build_client.close()
