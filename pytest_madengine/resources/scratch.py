@@ -25,9 +25,12 @@ def new_session_dir(session_id: str, parent: Path | None = None) -> Path:
     killed earlier (`kill -9`: nothing of theirs ran at the end) are removed first."""
     remove_stale_session_dirs(parent)
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{session_id}-", dir=parent))
-    marker = os.open(path / CONTROLLER_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Locked before it takes its name: a sweep never finds the marker unlocked.
+    unnamed = path / f"{CONTROLLER_FILE}.new"
+    marker = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(marker, fcntl.LOCK_EX)
     os.write(marker, process_identity().encode())
+    unnamed.rename(path / CONTROLLER_FILE)
     _HELD[path] = marker
     return path
 
