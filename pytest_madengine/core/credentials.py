@@ -19,7 +19,7 @@ import json
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,17 +85,30 @@ def field_of(entry: Mapping[str, Any], *names: str) -> Any:
     return None
 
 
-def _secret_values(value: Any, secret: bool = False) -> Iterator[str]:
-    """Every string under a key that names a secret, at any depth."""
+def _secrets_under(
+    value: Any, names_secret: Callable[[object], bool], key: str = "", secret: bool = False
+) -> Iterator[tuple[str, str | int | float]]:
+    """(key, value) of every scalar under a key that `names_secret` says names a
+    secret, at any depth (an item of a list counts under the list's key)."""
     if isinstance(value, Mapping):
-        for key, item in value.items():
-            named = any(word in str(key).lower() for word in SECRET_KEYS)
-            yield from _secret_values(item, secret or named)
+        for inner, item in value.items():
+            yield from _secrets_under(item, names_secret, str(inner), secret or names_secret(inner))
     elif isinstance(value, list):
         for item in value:
-            yield from _secret_values(item, secret)
-    elif secret and isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-        yield str(value)
+            yield from _secrets_under(item, names_secret, key, secret)
+    elif secret and isinstance(value, str | int | float) and not isinstance(value, bool):
+        yield key, value
+
+
+def _holds_a_secret_word(key: object) -> bool:
+    return any(word in str(key).lower() for word in SECRET_KEYS)
+
+
+def _secret_values(value: Any) -> Iterator[str]:
+    """Every string (or whole number) under a key that holds a secret's word."""
+    for _, found in _secrets_under(value, _holds_a_secret_word):
+        if not isinstance(found, float) and str(found):
+            yield str(found)
 
 
 def _names_a_secret(key: object) -> bool:
@@ -105,20 +118,11 @@ def _names_a_secret(key: object) -> bool:
     return bool(words) and words[-1] in SECRET_KEYS
 
 
-def _short_secret(value: Any, key: str = "", secret: bool = False) -> str | None:
+def _short_secret(value: Any) -> str | None:
     """The key of a secret too short to be masked, if any (see MIN_MASKED)."""
-    if isinstance(value, Mapping):
-        for inner, item in value.items():
-            found = _short_secret(item, str(inner), secret or _names_a_secret(inner))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for item in value:
-            found = _short_secret(item, key, secret)
-            if found is not None:
-                return found
-    elif secret and isinstance(value, str | int | float) and not isinstance(value, bool):
-        return key if 0 < len(str(value)) < MIN_MASKED else None
+    for key, found in _secrets_under(value, _names_a_secret):
+        if 0 < len(str(found)) < MIN_MASKED:
+            return key
     return None
 
 

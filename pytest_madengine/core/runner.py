@@ -78,9 +78,8 @@ SpecHook = Callable[[RunSpec, PlannedTest], RunSpec]
 @dataclasses.dataclass(frozen=True)
 class MadeAhead:
     """A test's container made while the test waited for GPUs, for the placement it
-    was expected to get (see `TestRunner.make_ahead`)."""
+    was expected to get (see `TestRunner.make_ahead`; the session keeps that placement)."""
 
-    placement: Placement
     image: ImageFacts
     run: ModelRun
     spec: RunSpec
@@ -424,7 +423,7 @@ class TestRunner:
             container = backend.create(spec, placement.host)
         except Exception:  # the test's turn meets it again, and reports it
             return None
-        return MadeAhead(placement, image, run, spec, container)
+        return MadeAhead(image, run, spec, container)
 
     def _run(
         self,

@@ -180,4 +180,3 @@ def _xdist_queued(item: pytest.Item) -> list[pytest.Item]:
         return []
     items = item.session.items
     return [items[index] for index in upcoming if isinstance(index, int) and index < len(items)]
-

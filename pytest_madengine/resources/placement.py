@@ -153,30 +153,42 @@ class HostPool:
                     return None
             held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
             if prefer is not None and _free(prefer, held) and prefer.host in candidates:
-                host, gpus = prefer.host, prefer.gpus
+                chosen: tuple[Host, tuple[Gpu, ...]] | None = (prefer.host, prefer.gpus)
             else:
-                left_out = held | set(avoid)
-                load = {host.name: 0 for host in self.hosts}
-                for entry in running.values():
-                    load[entry["host"]] = load.get(entry["host"], 0) + 1
-                options = []
-                for host in candidates:
-                    free = [
-                        gpu for gpu in host.gpus.gpus
-                        if host.scheduled or (host.name, gpu.index) not in left_out
-                    ]  # fmt: skip
-                    wanted = min(self._wanted(host, n_gpus), host.gpus.count)
-                    if len(free) >= wanted:
-                        busy = load[host.name] / max(host.gpus.count, 1)
-                        options.append((busy, host.name, host, tuple(free[:wanted])))
-                if not options:
-                    return None
-                _, _, host, gpus = min(options, key=lambda option: option[:2])
+                chosen = self._least_loaded(candidates, n_gpus, running, held | set(avoid))
+            if chosen is None:
+                return None
+            host, gpus = chosen
             running[holder] = {
                 "host": host.name, "gpus": [gpu.index for gpu in gpus], "pid": os.getpid()
             }  # fmt: skip
             self._write(state)
         return Placement(host, gpus, holder)
+
+    def _least_loaded(
+        self,
+        candidates: Sequence[Host],
+        n_gpus: int,
+        running: dict[str, Any],
+        left_out: Collection[tuple[str, int]],
+    ) -> tuple[Host, tuple[Gpu, ...]] | None:
+        """The candidate with the fewest placements per GPU that has enough GPUs not
+        left out, and those GPUs; None when none has."""
+        load = {host.name: 0 for host in self.hosts}
+        for entry in running.values():
+            load[entry["host"]] = load.get(entry["host"], 0) + 1
+        options = []
+        for host in candidates:
+            free = [gpu for gpu in host.gpus.gpus
+                    if host.scheduled or (host.name, gpu.index) not in left_out]  # fmt: skip
+            wanted = min(self._wanted(host, n_gpus), host.gpus.count)
+            if len(free) >= wanted:
+                busy = load[host.name] / max(host.gpus.count, 1)
+                options.append((busy, host.name, host, tuple(free[:wanted])))
+        if not options:
+            return None
+        _, _, host, gpus = min(options, key=lambda option: option[:2])
+        return host, gpus
 
     def acquire(
         self,

@@ -121,7 +121,7 @@ class ImagePusher:
                 why = progress.error or "the registry gave no digest"
                 raise PushError(f"pushing {image} to {reference} failed: {why}")
             progress.finished()
-            return {"digest": progress.digest or "", "seconds": time.monotonic() - started}
+            return {"digest": progress.digest, "seconds": time.monotonic() - started}
 
         pushed_id = image_id or self._image_id(image)
         result, _ = self.once.run(note_key("push", reference, pushed_id), push_once)
