@@ -117,6 +117,10 @@ class RunSpec:
     collect_to: Path | None = None
     # Relative paths not brought back; one that ends with "/" stands for all below it.
     collect_skip: frozenset[str] = field(default_factory=frozenset, compare=False, hash=False)
+    # Host paths of ours that nothing of the run lands on or below (output, perf.csv),
+    # and our ledger of what earlier runs brought back (see backends.collect.Landing).
+    collect_keep_out: tuple[Path, ...] = ()
+    collect_ledger: Path | None = None
     # Leave the container running after the command ends (for `docker exec`), unremoved.
     keep_alive: bool = False
 

@@ -6,11 +6,20 @@ Backend-neutral: any backend that can stream a directory of its run as a tar, or
 a directory of this machine as its workspace, uses it. Only regular files come back,
 each inside the host directory: no absolute or `..` paths, no links, nothing that
 would replace a directory.
+
+A model is not trusted with the user's tree (`Landing`): a file comes back only where
+nothing stands yet (or where an earlier run's file that we brought back stands
+unchanged), never through a link, never under a hidden folder (`.git/hooks`), never as
+a file that Python, pytest or the tree's discovery would read (`conftest.py`, `*.py`,
+`pytest.ini`, `models.json`, a Dockerfile, `credential.json`...), never onto our own
+output, and never executable. What is refused is named in the test's log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import posixpath
 import shutil
@@ -18,12 +27,13 @@ import stat
 import tarfile
 import uuid
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from pytest_madengine.backends import collected
 from pytest_madengine.errors import MadError
+from pytest_madengine.resources.locks import SharedLock
 
 # Files read back into memory (result CSVs, state files) are small; larger ones are not.
 MAX_READ_BYTES = 64 * 1024 * 1024
@@ -59,24 +69,154 @@ def _relative(name: str) -> str | None:
     return "/".join(parts)
 
 
+# Names a run never writes into the user's tree: what pytest, Python or the tree's
+# discovery would read (a planted conftest.py runs on the host at the next `pytest`).
+_TREE_INPUTS = frozenset({
+    "conftest.py", "pytest.ini", "pyproject.toml", "setup.cfg", "setup.py", "tox.ini",
+    "models.json", "credential.json", "data.json", "tools.json", "ctx_test",
+    "perf.csv", "perf_super.csv", "__pycache__", "sitecustomize.py", "usercustomize.py",
+})  # fmt: skip
+_IMPORTED_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".pth", ".so", ".egg-link")
+
+
+def refusal(relative: str) -> str | None:
+    """Why a file of the run may never land at this tree-relative path (None: it may,
+    if nothing of the tree stands there)."""
+    parts = relative.split("/")
+    name = parts[-1].lower()
+    if any(part.startswith(".") for part in parts):
+        return "a hidden path"
+    if any(part.lower() in _TREE_INPUTS for part in parts) or name.endswith(_IMPORTED_SUFFIXES):
+        return "a file Python, pytest or the MAD tree reads"
+    if "dockerfile" in name:
+        return "a Dockerfile"
+    return None
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as source:
+        for block in iter(lambda: source.read(1024 * 1024), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+_LEDGER_LOCKS: dict[str, SharedLock] = {}
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Where a run's files land on the host (`destination`, the user's working tree), and
+    what they may never touch: `keep_out`, host paths of our own (output, perf.csv);
+    `ledger`, a file of ours listing what earlier runs brought back (path -> digest), so
+    that a result file a later run leaves again replaces ours, never one of the user's."""
+
+    destination: Path
+    keep_out: tuple[Path, ...] = ()
+    ledger: Path | None = None
+
+    def why_not(self, relative: str) -> str | None:
+        """Why the file may not land (None: it may), from the path and what stands there."""
+        reason = refusal(relative)
+        if reason is not None:
+            return reason
+        base = self.destination.resolve()
+        target = base / relative
+        for keep in self.keep_out:
+            if target == keep or keep in target.parents:
+                return "our own output"
+        walked = base
+        for part in Path(relative).parts[:-1]:
+            walked = walked / part
+            if walked.is_symlink() or (walked.exists() and not walked.is_dir()):
+                return f"{walked.relative_to(base).as_posix()} is in its way"
+        if target.is_symlink() or target.is_dir():
+            return "a link or folder is in its way"
+        if target.exists() and not self._ours(relative, target):
+            return "a file of the tree stands there"
+        return None
+
+    def _lock(self) -> SharedLock:
+        assert self.ledger is not None
+        key = str(self.ledger)
+        return _LEDGER_LOCKS.setdefault(key, SharedLock(f"{key}.lock"))
+
+    def _entries(self) -> dict[str, str]:
+        try:
+            entries = json.loads(self.ledger.read_text(encoding="utf-8")) if self.ledger else {}
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def _ours(self, relative: str, target: Path) -> bool:
+        if self.ledger is None:
+            return False
+        with self._lock():
+            recorded = self._entries().get(relative)
+        return isinstance(recorded, str) and recorded == _digest(target)
+
+    def record(self, written: dict[str, str]) -> None:
+        """Notes what was brought back (path -> digest) for later runs."""
+        if self.ledger is None or not written:
+            return
+        with self._lock():
+            entries = self._entries()
+            entries.update(written)
+            partial = self.ledger.with_name(f".{self.ledger.name}.{uuid.uuid4().hex[:8]}")
+            self.ledger.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(entries, sort_keys=True), encoding="utf-8")
+            os.replace(partial, self.ledger)
+
+    def write(self, relative: str, source: IO[bytes], outcome: Extracted) -> None:
+        """Writes one file (without its execute bits) where `why_not` allows, or notes
+        why not."""
+        reason = self.why_not(relative)
+        if reason is not None:
+            outcome.refused.append((relative, reason))
+            return
+        target = self.destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside and moved in whole: tests that run at once and leave a file of the
+        # same name each replace it, neither tears the other's.
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        hasher = hashlib.sha256()
+        try:
+            with partial.open("xb") as out:
+                for block in iter(lambda: source.read(1024 * 1024), b""):
+                    hasher.update(block)
+                    out.write(block)
+            partial.chmod(0o644)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        outcome.written.append(relative)
+        outcome.digests[relative] = hasher.hexdigest()
+
+
 @dataclass(frozen=True)
 class Extracted:
-    written: list[str]  # workspace-relative paths of the files written to the host
-    read: dict[str, str]  # of the paths asked for: the text of those found (files only)
+    written: list[str] = field(default_factory=list)  # workspace-relative paths written
+    read: dict[str, str] = field(default_factory=dict)  # text of the files asked for
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why) not written
+    digests: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def notes(self) -> list[str]:
+        """Lines for the test's log: what did not come back to the tree, and why."""
+        return [f"not brought back from the workspace: {path} ({why})"
+                for path, why in self.refused]  # fmt: skip
 
 
 def extract_workspace(
     chunks: Iterable[bytes],
-    destination: Path,
+    landing: Landing | None,
     skip: frozenset[str],
     read: Collection[str] = (),
     max_read_bytes: int = MAX_READ_BYTES,
 ) -> Extracted:
-    """Writes the archive's files (all but `skip`) below `destination`, and keeps the
+    """Writes the archive's files (all but `skip`) where `landing` allows, and keeps the
     text of the files `read` names (workspace-relative; skipped or not, none larger
     than `max_read_bytes`): one pass over the stream serves both."""
-    written: list[str] = []
-    texts: dict[str, str] = {}
+    outcome = Extracted()
     stream = io.BufferedReader(_ChunkReader(chunks), buffer_size=1024 * 1024)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
@@ -84,45 +224,33 @@ def extract_workspace(
                 relative = _relative(member.name)
                 if relative is None or not member.isfile():
                     continue
-                if relative in read and member.size <= max_read_bytes:
-                    source = archive.extractfile(member)
-                    data = source.read() if source is not None else b""
-                    texts[relative] = data.decode("utf-8", errors="replace")
-                    if collected(relative, skip) and _write(destination, relative, member.mode,
-                                                            io.BytesIO(data)):  # fmt: skip
-                        written.append(relative)
-                    continue
-                if not collected(relative, skip):
+                kept = landing is not None and collected(relative, skip)
+                wanted = relative in read and member.size <= max_read_bytes
+                if not (kept or wanted):
                     continue
                 source = archive.extractfile(member)
-                if source is not None and _write(destination, relative, member.mode, source):
-                    written.append(relative)
+                if source is None:
+                    continue
+                if wanted:
+                    data = source.read()
+                    outcome.read[relative] = data.decode("utf-8", errors="replace")
+                    source = io.BytesIO(data)  # type: ignore[assignment]
+                if kept:
+                    assert landing is not None
+                    landing.write(relative, source, outcome)
     except OSError as exc:
         raise MadError(
-            f"the run's workspace files could not be written to {destination}: {exc}"
+            f"the run's workspace files could not be written to {_where(landing)}: {exc}"
         ) from None
     except tarfile.TarError as exc:
         raise MadError(f"the run's workspace came back unreadable: {exc}") from None
-    return Extracted(written, texts)
+    if landing is not None:
+        landing.record(outcome.digests)
+    return outcome
 
 
-def _write(destination: Path, relative: str, mode: int, source: IO[bytes]) -> bool:
-    """Writes one file below `destination`; False when a directory or link is in its way."""
-    target = destination / relative
-    if target.is_dir() or target.is_symlink():
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside and moved in whole: tests that run at once and leave a file of the
-    # same name each replace it, neither tears the other's.
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with partial.open("wb") as out:
-            shutil.copyfileobj(source, out)
-        partial.chmod(mode & 0o755 | 0o600)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return True
+def _where(landing: Landing | None) -> str:
+    return str(landing.destination) if landing is not None else "the host"
 
 
 def fill_workspace(
@@ -156,16 +284,15 @@ def fill_workspace(
 
 def collect_workspace(
     root: Path,
-    destination: Path | None,
+    landing: Landing | None,
     skip: frozenset[str],
     read: Collection[str] = (),
     max_read_bytes: int = MAX_READ_BYTES,
 ) -> Extracted:
     """As `extract_workspace`, from a host directory that was a (stopped) container's
     workspace: regular files only, no link followed, nothing read past its size bound.
-    With no `destination`, the files asked for are read and nothing is written."""
-    written: list[str] = []
-    texts: dict[str, str] = {}
+    With no `landing`, the files asked for are read and nothing is written."""
+    outcome = Extracted()
     try:
         for directory, _, names in os.walk(root):  # links to directories are not entered
             for name in names:
@@ -175,18 +302,20 @@ def collect_workspace(
                     continue
                 relative = path.relative_to(root).as_posix()
                 wanted = relative in read and info.st_size <= max_read_bytes
-                kept = destination is not None and collected(relative, skip)
+                kept = landing is not None and collected(relative, skip)
                 if not (wanted or kept):
                     continue
                 with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
                     if wanted:
                         data = source.read()
-                        texts[relative] = data.decode("utf-8", errors="replace")
-                        source = io.BytesIO(data)  # type: ignore[assignment]
-                    if kept and _write(destination, relative, info.st_mode, source):  # type: ignore[arg-type]
-                        written.append(relative)
+                        outcome.read[relative] = data.decode("utf-8", errors="replace")
+                    if kept:
+                        assert landing is not None
+                        landing.write(relative, io.BytesIO(data) if wanted else source, outcome)
     except OSError as exc:
         raise MadError(
-            f"the run's workspace files could not be written to {destination}: {exc}"
+            f"the run's workspace files could not be written to {_where(landing)}: {exc}"
         ) from None
-    return Extracted(written, texts)
+    if landing is not None:
+        landing.record(outcome.digests)
+    return outcome

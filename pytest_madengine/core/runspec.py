@@ -247,6 +247,8 @@ def build_model_run(
         log_notes=tuple(log_notes),
         secrets=options.credentials.secrets(),
         collect_to=options.workspace,
+        collect_keep_out=_our_output(options),
+        collect_ledger=options.output_dir / "collected.json",
         keep_alive=options.keep_alive,
     )
     pre, post = model_scripts(test, options)
@@ -268,6 +270,14 @@ def build_model_run(
         skip_model=options.skip_model_run,
         result_file=model.multiple_results,
     )
+
+
+def _our_output(options: Options) -> tuple[Path, ...]:
+    """Host paths that a run's files never land on (see RunSpec.collect_keep_out)."""
+    ours = [options.output_dir, options.perf_csv, options.perf_csv.with_name("perf_super.csv")]
+    if options.summary is not None:
+        ours.append(options.summary)
+    return tuple(path.resolve() for path in ours)
 
 
 def build_run_spec(test: PlannedTest, options: Options, host: Host, **facts: Any) -> RunSpec:

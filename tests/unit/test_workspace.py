@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends import RunSpec, collected
-from pytest_madengine.backends.collect import extract_workspace
+from pytest_madengine.backends.collect import Landing, extract_workspace, refusal
 from pytest_madengine.core.workspace import (
     WORKSPACE,
     ModelRun,
@@ -222,6 +222,7 @@ def _tar(entries: dict[str, bytes | None]) -> bytes:
                 archive.addfile(info)
             else:
                 info.size = len(data)
+                info.mode = 0o755
                 archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -234,7 +235,7 @@ def test_workspace_extraction_brings_back_only_safe_new_files(tmp_path: Path) ->
     })  # fmt: skip
     chunks = [archive[i : i + 100] for i in range(0, len(archive), 100)]
     skip = frozenset({"scripts/m/run.sh", "run_directory/"})
-    written = extract_workspace(chunks, tmp_path / "host", skip).written
+    written = extract_workspace(chunks, Landing(tmp_path / "host"), skip).written
     assert sorted(written) == ["left.txt", "sub/deep.csv"]
     assert (tmp_path / "host/sub/deep.csv").read_bytes() == b"a,b"
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "host/link").exists()
@@ -243,3 +244,48 @@ def test_workspace_extraction_brings_back_only_safe_new_files(tmp_path: Path) ->
 def test_a_run_with_nothing_to_copy_in_still_renders(tree: Path) -> None:
     spec = render(dataclasses.replace(model_run(tree), script_dir="scripts/absent"))
     assert ("copy", "1") not in zip(spec.command, spec.command[1:], strict=False)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["conftest.py", "run_directory/conftest.py", "tests/test_x.py", "yaml.py", "a/b.pth",
+     "pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini", "models.json",
+     "scripts/d/models.json", "credential.json", "data.json", "scripts/common/tools.json",
+     "docker/evil.ubuntu.amd.Dockerfile", "Dockerfile", ".git/hooks/pre-commit",
+     "x/.hidden", "perf.csv", "out/perf_super.csv", "__pycache__/m.cpython-311.pyc",
+     "ctx_test"],
+)  # fmt: skip
+def test_a_run_never_writes_what_python_pytest_or_the_tree_reads(relative: str) -> None:
+    assert refusal(relative) is not None
+
+
+@pytest.mark.parametrize("relative", ["perf_dummy.csv", "run_directory/out.log", "x/y.json"])
+def test_result_files_may_come_back(relative: str) -> None:
+    assert refusal(relative) is None
+
+
+def test_a_landing_keeps_the_trees_files_and_replaces_only_its_own(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "outside").mkdir(parents=True)
+    (tree / "notes.txt").write_text("the user's")
+    (tree / "via").symlink_to(tree / "outside")
+    landing = Landing(tree, keep_out=((tree / "mad_output").resolve(),),
+                      ledger=tmp_path / "collected.json")  # fmt: skip
+
+    def bring(files: dict[str, bytes]) -> list[tuple[str, str]]:
+        archive = _tar({f"myworkspace/{name}": data for name, data in files.items()})
+        return extract_workspace([archive], landing, frozenset()).refused
+
+    refused = bring({"notes.txt": b"model's", "via/x.txt": b"x", "mad_output/logs/a.log": b"a",
+                     "perf_dummy.csv": b"1", "run.sh": b"#!/bin/sh"})  # fmt: skip
+    refused_paths = sorted(path for path, _ in refused)
+    assert refused_paths == ["mad_output/logs/a.log", "notes.txt", "via/x.txt"]
+    assert (tree / "notes.txt").read_text() == "the user's"
+    assert not (tree / "outside" / "x.txt").exists()
+    assert (tree / "run.sh").stat().st_mode & 0o111 == 0  # nothing executable lands
+    # A later run's result replaces the file we brought back, not one the user changed.
+    assert bring({"perf_dummy.csv": b"2"}) == []
+    assert (tree / "perf_dummy.csv").read_bytes() == b"2"
+    (tree / "perf_dummy.csv").write_bytes(b"edited by the user")
+    assert [path for path, _ in bring({"perf_dummy.csv": b"3"})] == ["perf_dummy.csv"]
+    assert (tree / "perf_dummy.csv").read_bytes() == b"edited by the user"

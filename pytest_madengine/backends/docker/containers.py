@@ -38,6 +38,7 @@ from pytest_madengine.backends import (
     RunSpec,
 )
 from pytest_madengine.backends.collect import (
+    Landing,
     collect_workspace,
     extract_workspace,
     fill_workspace,
@@ -454,16 +455,22 @@ class ContainerRun:
             if posixpath.normpath(path).startswith(prefix)
         }
         back = None
+        landing = None
+        if spec.collect_to is not None:
+            landing = Landing(spec.collect_to, spec.collect_keep_out, spec.collect_ledger)
         if self.workspace_dir is not None:
-            back = collect_workspace(self.workspace_dir, spec.collect_to, spec.collect_skip,
+            back = collect_workspace(self.workspace_dir, landing, spec.collect_skip,
                                      set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip
-        elif spec.collect_to is not None:
+        elif landing is not None:
             stream, _ = self.container.get_archive(spec.workdir)
-            back = extract_workspace(stream, spec.collect_to, spec.collect_skip,
+            back = extract_workspace(stream, landing, spec.collect_skip,
                                      set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip
         results: dict[str, str | None] = {}
         if back is not None:
             results = {path: back.read.get(relative) for path, relative in inside.items()}
+            if back.refused:
+                with spec.log_path.open("a", encoding="utf-8") as log:
+                    log.writelines(f"{line}\n" for line in back.notes())
         for path in spec.result_files:
             if path not in results:
                 results[path] = self._read_file(path)
