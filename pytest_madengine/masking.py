@@ -8,10 +8,16 @@ arrives (never a finished line, unless a secret spans lines).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast
 
 MASK = "***"
+T = TypeVar("T")
 
 
 def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -66,3 +72,48 @@ class StreamMask:
         if self._pattern is None:
             return held
         return self._pattern.sub(MASK.encode(), held)
+
+
+def mask_all(value: T, redact: Callable[[str], str]) -> T:
+    """`value` with every text in it masked: strings, the keys and values of mappings,
+    the items of tuples and lists, and the fields of (frozen) dataclasses, however deep.
+    For records that any report may write whole (perf.csv, the summary, hooks)."""
+    return cast(T, _mask_any(value, redact))
+
+
+def _mask_any(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, enum.Enum) or value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {_mask_any(key, redact): _mask_any(item, redact) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_mask_any(item, redact) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {
+            field.name: _mask_any(getattr(value, field.name), redact)
+            for field in dataclasses.fields(value)
+            if field.init
+        }
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+# The variable that hands a node's copy of this file the secrets (JSON list of texts).
+SECRETS_VARIABLE = "MAD_MASK_SECRETS"
+
+
+def mask_standard_streams() -> None:
+    """Standard input to standard output, masked: a batch job pipes its container's
+    output through this file (it needs nothing but Python's standard library), so the
+    log that the cluster writes never holds a secret."""
+    secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "[]")
+    mask = StreamMask(secret for secret in secrets if isinstance(secret, str))
+    while chunk := os.read(0, 64 * 1024):
+        os.write(1, mask.feed(chunk))
+    os.write(1, mask.flush())
+
+
+if __name__ == "__main__":
+    mask_standard_streams()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -33,6 +34,7 @@ from typing import IO
 
 from pytest_madengine.backends import collected
 from pytest_madengine.errors import MadError
+from pytest_madengine.masking import StreamMask
 from pytest_madengine.resources.locks import SharedLock
 
 # Files read back into memory (result CSVs, state files) are small; larger ones are not.
@@ -114,6 +116,8 @@ class Landing:
     destination: Path
     keep_out: tuple[Path, ...] = ()
     ledger: Path | None = None
+    # Masked in every file brought back (a model may write its credential to a result).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def why_not(self, relative: str) -> str | None:
         """Why the file may not land (None: it may), from the path and what stands there."""
@@ -180,11 +184,14 @@ class Landing:
         # same name each replace it, neither tears the other's.
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
         hasher = hashlib.sha256()
+        mask = StreamMask(self.secrets)
         try:
             with partial.open("xb") as out:
-                for block in iter(lambda: source.read(1024 * 1024), b""):
-                    hasher.update(block)
-                    out.write(block)
+                blocks = iter(lambda: source.read(1024 * 1024), b"")
+                for block in itertools.chain(blocks, [None]):  # None: the end
+                    masked = mask.flush() if block is None else mask.feed(block)
+                    hasher.update(masked)
+                    out.write(masked)
             partial.chmod(0o644)
             os.replace(partial, target)
         finally:

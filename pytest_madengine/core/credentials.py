@@ -55,7 +55,8 @@ def registry_of(reference: str) -> str | None:
 
 
 def secret_forms(secret: str) -> set[str]:
-    """A secret as it may be written out: as is, URL-quoted, and in base64."""
+    """A secret as it may be written out: as is, URL-quoted, JSON-escaped, in hex, and in
+    base64 (alone or inside a longer base64 text)."""
     raw = secret.encode()
     forms = {
         secret,
@@ -66,6 +67,14 @@ def secret_forms(secret: str) -> set[str]:
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode()
         forms.update({text, text.rstrip("=")})
+    # Inside a longer base64 text (`echo $PASSWORD | base64`, a header, a token) the
+    # secret's characters depend on where its bytes fall in the 3-byte groups: for each
+    # of the three places, the characters that its bytes alone decide.
+    for offset in range(3):
+        first, last = -(-8 * offset // 6), 8 * (offset + len(raw)) // 6
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(b"\0" * offset + raw).decode()[first:last])
+    forms.update({raw.hex(), raw.hex().upper()})
     return {form for form in forms if len(form) >= MIN_MASKED}
 
 

@@ -65,6 +65,7 @@ from pytest_madengine.data import (
     resolve_data,
 )
 from pytest_madengine.errors import HostLost, MadError, NotRun, Stopped
+from pytest_madengine.masking import mask_all
 from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import Placement
@@ -189,19 +190,9 @@ def skipped_record(
 
 
 def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecord:
-    """The record with every text a model, an engine or a registry wrote masked."""
-    rows = tuple(
-        dataclasses.replace(
-            row, metric=redact(row.metric), reason=redact(row.reason) if row.reason else None,
-            name=redact(row.name), extra={key: redact(value) for key, value in row.extra.items()},
-            text=redact(row.text) if row.text else row.text,
-        )
-        for row in record.rows
-    )  # fmt: skip
-    return dataclasses.replace(
-        record, rows=rows, reason=redact(record.reason) if record.reason else None,
-        detail=redact(record.detail),
-    )  # fmt: skip
+    """The record with every text in it masked: what a model, an engine or a registry
+    wrote, and what the user gave (args, tag parameters)."""
+    return mask_all(record, redact)
 
 
 def failed_record(test: PlannedTest, options: Options, reason: str, **facts: object) -> TestRecord:

@@ -14,6 +14,7 @@ from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.data import DataProgress
 from pytest_madengine.errors import MadError
+from pytest_madengine.masking import mask_all
 from pytest_madengine.plugin.state import PluginState
 from pytest_madengine.reporting.build_manifest import (
     build_summary,
@@ -57,13 +58,16 @@ class MadReporter:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         build = getattr(report, BUILD_ATTRIBUTE, None)
+        # Every record is masked once more as it arrives: whatever made it (a worker, a
+        # backend, a user's hook), no report written from it holds a secret.
+        redact = self.state.options.credentials.redact
         if build:
-            self.builds.append(BuildRecord.from_dict(build))
+            self.builds.append(mask_all(BuildRecord.from_dict(build), redact))
             return
         data = getattr(report, RECORD_ATTRIBUTE, None)
         if not data:
             return
-        record = TestRecord.from_dict(data)
+        record = mask_all(TestRecord.from_dict(data), redact)
         rows = perf_rows(
             record,
             machine=os.uname().nodename,

@@ -4,9 +4,7 @@ variables, facts and outcomes, sinfo, and the shared poller against a scripted S
 
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from pytest_madengine.backends.slurm.node import (
     parse_facts,
     read_result,
     render_node_script,
+    secret_arguments,
 )
 from pytest_madengine.backends.slurm.settings import parse_settings, parse_slurm_time
 from pytest_madengine.backends.slurm.watcher import JobWatch, JobWatcher
@@ -207,15 +206,9 @@ def test_facts_parse_and_results_read(tmp_path: Path) -> None:
     assert facts.started == 1700000000.25 and facts.ended == 1700000002.5
     assert facts.exit_code == 0 and facts.container_ended and not facts.timed_out
     assert not parse_facts("node=n1\nsignal=TERM\n", 0).container_ended
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        data = b"model,performance\nx,1\n"
-        info = tarfile.TarInfo("perf.csv")
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
-    (tmp_path / "r.tar").write_bytes(buffer.getvalue())
-    assert read_result(tmp_path / "r.tar") == "model,performance\nx,1\n"
-    assert read_result(tmp_path / "missing.tar") is None
+    (tmp_path / "result.0").write_bytes(b"model,performance\nx,1\n")
+    assert read_result(tmp_path / "result.0") == "model,performance\nx,1\n"
+    assert read_result(tmp_path / "result.1") is None
 
 
 def files(tmp_path: Path, nnodes: int = 1, limit: int | None = None) -> JobFiles:
@@ -367,3 +360,17 @@ def test_perf_csv_counts_the_nodes_of_a_distributed_run() -> None:
                                   rows=(ResultRow("one", Status.FAILURE),),
                                   properties={"nnodes": "x"}), machine="here")  # fmt: skip
     assert (single[0]["nnodes"], single[0]["n_gpus"], single[0]["launcher"]) == (1, 1, "")
+
+
+def test_no_secret_goes_into_the_job_files_only_into_its_environment() -> None:
+    spec = RunSpec(
+        image="img", command=("sh", "run.sh", "--token", "t0k3n-value", "plain"), workdir="/w",
+        log_path=Path("/x.log"), env={"C_PASSWORD": "t0k3n-value", "C_USER": "me"},
+        secrets=("t0k3n-value",),
+    )  # fmt: skip
+    assert env_file_text(spec.env, ("C_PASSWORD",)) == "C_PASSWORD\nC_USER=me\n"
+    assert secret_arguments(spec) == {3: "t0k3n-value"}
+    node = NodeScript(job_dir=Path("/j"), vendor="AMD", device_root="/dev")
+    script = render_node_script(spec, node)
+    assert "t0k3n-value" not in script
+    assert 'run.sh --token "$MAD_SECRET_ARG_3" plain' in script

@@ -44,9 +44,9 @@ from pytest_madengine.backends.collect import (
     fill_workspace,
 )
 from pytest_madengine.errors import MadError, first_line
-from pytest_madengine.masking import StreamMask
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.processes import identity_gone
+from pytest_madengine.runlog import LogStream
 
 ENGINE_FAILURES: tuple[type[BaseException], ...] = (
     docker.errors.DockerException,
@@ -191,25 +191,17 @@ class _LogPump(threading.Thread):
         self.source = source
         self.broken = False
 
-    def _write(self, log: Any, data: bytes) -> None:
-        if data:
-            log.write(data)
-            log.flush()
-            if self.on_output is not None:
-                self.on_output(data)
+    def _stream(self) -> LogStream:
+        return LogStream(self.log_path, self.secrets, self.on_output, self.header)
 
     def run(self) -> None:
-        mask = StreamMask(self.secrets)
         try:
-            with self.log_path.open("ab") as log:
+            with self._stream() as log:
                 source = self.source
                 if source is None:
                     source = self.container.logs(stream=True, follow=True)
-                try:
-                    for chunk in source:
-                        self._write(log, mask.feed(chunk))
-                finally:
-                    self._write(log, mask.flush())
+                for chunk in source:
+                    log.write(chunk)
         except ENGINE_FAILURES:
             self.broken = True  # the run reads the log again once the container ended
 
@@ -226,18 +218,10 @@ class _LogPump(threading.Thread):
             size = grown
 
     def reread(self) -> None:
-        """The whole log of the ended container, streamed into the file anew (a new
-        file: a stuck stream that wakes up later writes to the old one, not into this)."""
+        """The whole log of the ended container, streamed into the file anew."""
         if self.source is not None:
             return  # an exec's output cannot be read again; the log keeps what came
-        fresh = self.log_path.with_name(self.log_path.name + ".reread")
-        mask = StreamMask(self.secrets)
-        with fresh.open("wb") as log:
-            log.write(self.header)
-            for chunk in self.container.logs(stream=True, follow=False):
-                log.write(mask.feed(chunk))
-            log.write(mask.flush())
-        fresh.replace(self.log_path)
+        self._stream().rewrite(self.container.logs(stream=True, follow=False))
 
 
 class Reaper:
@@ -457,7 +441,8 @@ class ContainerRun:
         back = None
         landing = None
         if spec.collect_to is not None:
-            landing = Landing(spec.collect_to, spec.collect_keep_out, spec.collect_ledger)
+            landing = Landing(spec.collect_to, spec.collect_keep_out, spec.collect_ledger,
+                              spec.secrets)  # fmt: skip
         if self.workspace_dir is not None:
             back = collect_workspace(self.workspace_dir, landing, spec.collect_skip,
                                      set(inside.values()), MAX_RESULT_BYTES)  # fmt: skip

@@ -8,7 +8,7 @@ import binascii
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pytest_madengine.backends.kubernetes.status import JobTracker, Phase, PodSt
 from pytest_madengine.backends.kubernetes.watch import NamespaceWatch
 from pytest_madengine.errors import HostLost, MadError
 from pytest_madengine.resources.interrupts import deferred_interrupts
+from pytest_madengine.runlog import LogStream
 
 LOG_JOIN_TIMEOUT_S = 10
 # The watch may fail this long (the API server gone) before the cluster counts as lost.
@@ -106,6 +107,7 @@ class LogFollower(threading.Thread):
         token: str,
         on_output: OutputSink | None,
         header: bytes = b"",
+        secrets: tuple[str, ...] = (),
     ) -> None:
         super().__init__(daemon=True, name=f"mad-k8s-log-{pod}")
         self.core = core
@@ -116,6 +118,7 @@ class LogFollower(threading.Thread):
         self.on_output = on_output
         self.filter = LogFilter(token)
         self.header = header  # our lines above the container's output (on a reread too)
+        self.secrets = secrets
         self.broken = False
         self._response: Any = None
 
@@ -129,19 +132,12 @@ class LogFollower(threading.Thread):
                 _preload_content=False,
                 _request_timeout=(REQUEST_TIMEOUT[0], FOLLOW_READ_TIMEOUT_S),
             )
-            with self.path.open("ab") as log:
+            with LogStream(self.path, self.secrets, self.on_output) as log:
                 for chunk in self._response.stream(64 * 1024, decode_content=True):
-                    self._write(log, self.filter.feed(chunk))
-                self._write(log, self.filter.close())
+                    log.write(self.filter.feed(chunk))
+                log.write(self.filter.close())
         except Exception:
             self.broken = True  # whole, once the container has ended
-
-    def _write(self, log: Any, data: bytes) -> None:
-        if data:
-            log.write(data)
-            log.flush()
-            if self.on_output is not None:
-                self.on_output(data)
 
     def finish(self) -> None:
         """Waits for the rest of the log of the ended container, as long as it grows."""
@@ -162,8 +158,7 @@ class LogFollower(threading.Thread):
 
     def reread(self) -> None:
         """The whole log of the ended container, into a fresh file."""
-        fresh = self.path.with_name(self.path.name + ".reread")
-        self.filter = LogFilter(self.token)
+        log_filter = LogFilter(self.token)
         response = self.core.read_namespaced_pod_log(
             self.pod,
             self.namespace,
@@ -171,12 +166,14 @@ class LogFollower(threading.Thread):
             _preload_content=False,
             _request_timeout=(REQUEST_TIMEOUT[0], 120),
         )
-        with fresh.open("wb") as log:
-            log.write(self.header)
+
+        def filtered() -> Iterator[bytes]:
             for chunk in response.stream(64 * 1024, decode_content=True):
-                log.write(self.filter.feed(chunk))
-            log.write(self.filter.close())
-        fresh.replace(self.path)
+                yield log_filter.feed(chunk)
+            yield log_filter.close()
+
+        LogStream(self.path, self.secrets, header=self.header).rewrite(filtered())
+        self.filter = log_filter
 
 
 class JobRun:
@@ -284,6 +281,7 @@ class JobRun:
                     self.plan.token,
                     self.on_output if first else None,
                     self.header if first else b"",
+                    self.plan.spec.secrets,
                 )
                 self.followers[pod.name] = follower
                 follower.start()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_madengine import masking
 from pytest_madengine.backends import (
     SESSION_LABEL,
     TEST_LABEL,
@@ -40,12 +41,15 @@ from pytest_madengine.backends import (
 from pytest_madengine.backends.slurm.cluster import JobState, SlurmCluster
 from pytest_madengine.backends.slurm.node import (
     JOB_LABEL,
+    MASKER,
     NodeFacts,
     NodeScript,
     env_file_text,
     read_facts,
     read_result,
     render_node_script,
+    secret_argument_variable,
+    secret_arguments,
     write_copies,
 )
 from pytest_madengine.backends.slurm.script import SlurmJobSpec, slurm_time, write_script
@@ -327,7 +331,8 @@ class SlurmBackend:
         node_script = directory / "node.sh"
         node_script.write_text(render_node_script(spec, node), encoding="utf-8")
         node_script.chmod(0o755)
-        _write_private(directory / "container.env", env_file_text(spec.env))
+        _write_private(directory / "container.env", env_file_text(spec.env, _secret_env(spec)))
+        shutil.copyfile(masking.__file__, directory / MASKER)
         if spec.copies:
             write_copies(spec, directory / "copies.tar")
         time_limit = settings.job_time_limit(spec.timeout_s)
@@ -341,11 +346,20 @@ class SlurmBackend:
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> SlurmRun:
         files = self.write_job(spec)
         if self.settings.dry_run:
-            raise NotRun(f"slurm dry run: wrote {files.script}")
+            needed = (*_secret_env(spec), *map(secret_argument_variable, secret_arguments(spec)))
+            export = f" (export {', '.join(needed)} before sbatch)" if needed else ""
+            raise NotRun(f"slurm dry run: wrote {files.script}{export}")
         # What became of the test's data first; the job appends (--open-mode=append).
         spec.log_path.write_bytes("".join(f"{line}\n" for line in spec.log_notes).encode())
         submitted = time.time()
-        job_id = self.cluster.submit(files.script)
+        # The secrets travel in the job's environment (SLURM hands it to the job), never
+        # in a file of ours: the container's variables by name, the mask's list whole.
+        secret_env = {name: spec.env[name] for name in _secret_env(spec)}
+        for position, argument in secret_arguments(spec).items():
+            secret_env[secret_argument_variable(position)] = argument
+        if spec.secrets:
+            secret_env[masking.SECRETS_VARIABLE] = json.dumps(list(spec.secrets))
+        job_id = self.cluster.submit(files.script, secret_env)
         watch = self.watcher.watch(job_id, functools.partial(_says_done, files.directory))
         return SlurmRun(self, spec, files, job_id, watch, on_output, submitted)
 
@@ -396,6 +410,14 @@ def _says_done(directory: Path) -> bool:
     """Whether rank 0's node script wrote its last fact (the job is about to end)."""
     path = directory / "facts.0"
     return path.exists() and "\ndone=" in path.read_text(encoding="utf-8", errors="replace")
+
+
+def _secret_env(spec: RunSpec) -> tuple[str, ...]:
+    """The container's variables whose value holds a secret (a `cred` entry's)."""
+    return tuple(
+        name for name, value in spec.env.items()
+        if value and masking.mask_text(value, spec.secrets) != value
+    )  # fmt: skip
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -559,7 +581,7 @@ def job_outcome(
     started = first.started or job_start or submitted
     ended = first.ended or job_end or now
     results = {
-        path: read_result(files.directory / f"result.{index}.tar")
+        path: read_result(files.directory / f"result.{index}")
         for index, path in enumerate(spec.result_files)
     }
     properties = {

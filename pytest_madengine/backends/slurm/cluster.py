@@ -7,6 +7,7 @@ keeps it for the cluster's MinJobAge (300 s by default) after its end.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -65,7 +66,8 @@ POLL_INTERVAL_MIN_S = 0.2
 POLL_INTERVAL_MAX_S = 2.0
 POLL_BACKOFF = 1.5
 
-Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
+# (argv, timeout, variables added to the environment where there are any) -> result
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,9 @@ def _summary(result: subprocess.CompletedProcess[str]) -> str:
     return " / ".join(lines[-3:]) if lines else f"exit status {result.returncode}"
 
 
-def run_command(argv: Sequence[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+def run_command(
+    argv: Sequence[str], timeout_s: float, extra_env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv),
         capture_output=True,
@@ -284,6 +288,7 @@ def run_command(argv: Sequence[str], timeout_s: float) -> subprocess.CompletedPr
         timeout=timeout_s,
         stdin=subprocess.DEVNULL,
         check=False,
+        env={**os.environ, **extra_env} if extra_env else None,
     )
 
 
@@ -310,9 +315,13 @@ class SlurmCluster:
     def squeue_calls(self) -> int:
         return self.calls["squeue"]
 
-    def _run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, argv: Sequence[str], extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         self.calls[argv[0]] += 1
         try:
+            if extra_env:
+                return self._runner(argv, self.command_timeout_s, extra_env)
             return self._runner(argv, self.command_timeout_s)
         except FileNotFoundError:
             raise MadError(
@@ -323,10 +332,11 @@ class SlurmCluster:
                 f"slurm: `{' '.join(argv[:3])}...` gave no answer in {self.command_timeout_s:g} s"
             ) from None
 
-    def submit(self, script: Path) -> str:
-        """Submits a batch script; returns the job id. MadError with sbatch's words when
-        Slurm refuses it (e.g. more GPUs than any node has)."""
-        result = self._run(["sbatch", "--parsable", str(script)])
+    def submit(self, script: Path, env: Mapping[str, str] | None = None) -> str:
+        """Submits a batch script, with `env` added to the job's environment (values that
+        must be in no file); returns the job id. MadError with sbatch's words when Slurm
+        refuses it (e.g. more GPUs than any node has)."""
+        result = self._run(["sbatch", "--parsable", str(script)], env)
         job_id = result.stdout.strip().split(";")[0]
         if result.returncode != 0 or not job_id:
             raise MadError(f"sbatch {script}: {_summary(result)}")

@@ -13,8 +13,7 @@ import math
 import re
 import shlex
 import shutil
-import tarfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,8 +22,11 @@ import jinja2
 
 from pytest_madengine.backends import RunSpec
 from pytest_madengine.errors import MadError
+from pytest_madengine.masking import mask_text
 
 TEMPLATE = "node.sh.j2"
+# Our masking module, copied beside the node script: the output filter of the container.
+MASKER = "mask.py"
 # Containers a job starts carry the job id here: the cluster's Epilog, our cancel and
 # sweep remove them by it (INFRA.md: scancel alone leaves them running).
 JOB_LABEL = "org.pytest-madengine.slurm-job"
@@ -99,22 +101,50 @@ def create_args(spec: RunSpec) -> list[str]:
     return args
 
 
-def env_file_text(env: Mapping[str, str]) -> str:
+def env_file_text(env: Mapping[str, str], secret_names: Collection[str] = ()) -> str:
     """The container's variables for `docker create --env-file` (NAME=VALUE a line, read
     literally): in a file of the job's directory, so that no value shows in `ps` or in
-    the scripts. The GPU variables are left to the job."""
+    the scripts. A secret's variable is written by its name alone: docker takes its
+    value from the job's environment, so no file holds it. The GPU variables are left
+    to the job."""
     lines = []
     for name, value in env.items():
         if name in GPU_VARIABLES:
             continue
         if not ENV_FILE_NAME.fullmatch(name):
             raise MadError(f"slurm: variable name {name!r} cannot go into docker's --env-file")
+        if name in secret_names:
+            lines.append(f"{name}\n")
+            continue
         if any(brk in value for brk in ("\n", "\r", "\0")):
             raise MadError(
                 f"slurm: variable {name} holds a line break, which docker's --env-file cannot carry"
             )
         lines.append(f"{name}={value}\n")
     return "".join(lines)
+
+
+def secret_arguments(spec: RunSpec) -> dict[int, str]:
+    """The command's arguments that hold a secret (`args` written with a password in
+    them), by position: the node script names them by a variable of the job's
+    environment (`secret_argument_variable`), never by value."""
+    return {
+        position: argument
+        for position, argument in enumerate(spec.command)
+        if mask_text(argument, spec.secrets) != argument
+    }
+
+
+def secret_argument_variable(position: int) -> str:
+    return f"MAD_SECRET_ARG_{position}"
+
+
+def _command_text(spec: RunSpec) -> str:
+    hidden = secret_arguments(spec)
+    return " ".join(
+        f'"${secret_argument_variable(position)}"' if position in hidden else shlex.quote(argument)
+        for position, argument in enumerate(spec.command)
+    )
 
 
 @functools.cache
@@ -173,8 +203,9 @@ def render_node_script(spec: RunSpec, node: NodeScript) -> str:
         docker_config=f"--config {q(str(node.docker_config))} " if node.docker_config else "",
         job_label=JOB_LABEL,
         env_file=q(str(job_dir / "container.env")),
+        masker=q(str(job_dir / MASKER)),
         create_args=shlex.join(create_args(spec)),
-        command=shlex.join(spec.command),
+        command=_command_text(spec),
         copies=q(str(job_dir / "copies.tar")) if spec.copies else None,
         timeout=_timeout_text(spec.timeout_s),
         results=[q(path) for path in spec.result_files],
@@ -257,13 +288,11 @@ def read_facts(job_dir: Path, nnodes: int) -> list[NodeFacts]:
 
 
 def read_result(path: Path) -> str | None:
-    """The file in a `docker cp CONTAINER:PATH -` tar, or None when there is none."""
+    """A result file the node script wrote (masked), or None when the run left none
+    (or one over the size bound)."""
     try:
-        with tarfile.open(path) as archive:
-            member = archive.next()
-            if member is None or not member.isfile() or member.size > MAX_RESULT_BYTES:
-                return None
-            extracted = archive.extractfile(member)
-            return extracted.read().decode("utf-8", errors="replace") if extracted else None
-    except (OSError, tarfile.TarError):
+        with path.open("rb") as source:
+            data = source.read(MAX_RESULT_BYTES + 1)
+    except OSError:
         return None
+    return None if len(data) > MAX_RESULT_BYTES else data.decode("utf-8", errors="replace")

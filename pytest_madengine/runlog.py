@@ -1,0 +1,83 @@
+"""A run's log file, as every backend writes it: output appended as it arrives, with
+the run's secrets masked before a byte reaches the file or the live sink, so that no
+secret is at rest in a log at any moment (not even while the run goes on, or after a
+`kill -9` of pytest).
+
+A backend only feeds it what its engine streams (a container's log, a pod's log, a
+job's output file) and, when a stream broke, the whole output again (`rewrite`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from pytest_madengine.masking import StreamMask
+
+OutputSink = Callable[[bytes], None]
+
+
+class LogStream:
+    """Appends masked output to `path` (and hands it to `on_output`); `close` writes
+    what the mask held back at the end."""
+
+    def __init__(
+        self,
+        path: Path,
+        secrets: Iterable[str] = (),
+        on_output: OutputSink | None = None,
+        header: bytes = b"",
+    ) -> None:
+        self.path = path
+        self.secrets = tuple(secrets)
+        self.on_output = on_output
+        self.header = header  # our lines above the run's output (kept by `rewrite`)
+        self._mask = StreamMask(self.secrets)
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> LogStream:
+        self._file = self.path.open("ab")
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def write(self, chunk: bytes) -> None:
+        self._emit(self._mask.feed(chunk))
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._emit(self._mask.flush())
+        finally:
+            self._file.close()
+            self._file = None
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        assert self._file is not None, "LogStream.write outside `with`"
+        self._file.write(data)
+        self._file.flush()
+        if self.on_output is not None:
+            self.on_output(data)
+
+    def rewrite(self, chunks: Iterable[bytes]) -> None:
+        """The whole output again, masked, into a fresh file that then replaces the log
+        (a stuck stream that wakes up later writes to the old file, not into this one)."""
+        fresh = self.path.with_name(self.path.name + ".reread")
+        mask = StreamMask(self.secrets)
+        with fresh.open("wb") as out:
+            out.write(self.header)
+            for chunk in chunks:
+                out.write(mask.feed(chunk))
+            out.write(mask.flush())
+        fresh.replace(self.path)
