@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.errors import MadError, UsageProblem
+from pytest_madengine.masking import mask_text
 from pytest_madengine.registry import registered
 from pytest_madengine.resources.hosts import Host
 
@@ -123,6 +124,31 @@ class RunSpec:
     collect_ledger: Path | None = None
     # Leave the container running after the command ends (for `docker exec`), unremoved.
     keep_alive: bool = False
+
+
+    def secret_variables(self) -> tuple[str, ...]:
+        """Names of the container's variables whose value holds a secret (a `cred`
+        entry's): a backend hands them over by reference (a Secret, the job's
+        environment), never written into a file or manifest of ours."""
+        return tuple(
+            name for name, value in self.env.items()
+            if value and mask_text(value, self.secrets) != value
+        )  # fmt: skip
+
+    def secret_arguments(self) -> dict[int, str]:
+        """The command's arguments that hold a secret (`args` written with a password),
+        by position: likewise handed over as the variable `secret_argument_variable`."""
+        return {
+            position: argument
+            for position, argument in enumerate(self.command)
+            if mask_text(argument, self.secrets) != argument
+        }
+
+
+def secret_argument_variable(position: int) -> str:
+    """The variable that carries the command's argument at `position` when it holds a
+    secret (see RunSpec.secret_arguments)."""
+    return f"MAD_SECRET_ARG_{position}"
 
 
 def collected(relative: str, skip: frozenset[str]) -> bool:

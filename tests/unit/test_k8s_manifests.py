@@ -370,3 +370,19 @@ def test_datasets_are_read_only_paths_on_the_node(tmp_path: Path) -> None:
     assert volume["hostPath"] == {"path": "/cache/imagenet", "type": "Directory"}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data-0")
     assert mount == {"name": "data-0", "mountPath": "/data_dlm_0", "readOnly": True}
+
+
+def test_a_secret_argument_is_in_no_manifest_only_in_the_jobs_secret(tmp_path: Path) -> None:
+    secret = "t0k3n-value"
+    run = {"command": ("bash", "run.sh", "--token", secret), "secrets": (secret,)}
+    job_plan = plan(tmp_path, spec=run, secret_env=("MAD_SECRET_ARG_3",))
+    text = manifests.to_yaml([manifests.job(job_plan)], "header")
+    assert secret not in text
+    container = job_dict(job_plan)["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][-2:] == ["--token", "$(MAD_SECRET_ARG_3)"]
+    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                   if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}  # fmt: skip
+    assert from_secret == {
+        "MAD_SECRET_ARG_3": {"name": job_plan.secret_name, "key": "MAD_SECRET_ARG_3"}
+    }
+    assert manifests.secret_argument_env(job_plan.spec) == {"MAD_SECRET_ARG_3": secret}

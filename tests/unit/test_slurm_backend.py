@@ -20,7 +20,6 @@ from pytest_madengine.backends.slurm.node import (
     parse_facts,
     read_result,
     render_node_script,
-    secret_arguments,
 )
 from pytest_madengine.backends.slurm.settings import parse_settings, parse_slurm_time
 from pytest_madengine.backends.slurm.watcher import JobWatch, JobWatcher
@@ -369,7 +368,8 @@ def test_no_secret_goes_into_the_job_files_only_into_its_environment() -> None:
         secrets=("t0k3n-value",),
     )  # fmt: skip
     assert env_file_text(spec.env, ("C_PASSWORD",)) == "C_PASSWORD\nC_USER=me\n"
-    assert secret_arguments(spec) == {3: "t0k3n-value"}
+    assert spec.secret_arguments() == {3: "t0k3n-value"}
+    assert spec.secret_variables() == ("C_PASSWORD",)
     node = NodeScript(job_dir=Path("/j"), vendor="AMD", device_root="/dev")
     script = render_node_script(spec, node)
     assert "t0k3n-value" not in script

@@ -39,6 +39,7 @@ from pytest_madengine.backends import (
     OutputSink,
     RunHandle,
     RunSpec,
+    secret_argument_variable,
 )
 from pytest_madengine.backends.kubernetes import manifests
 from pytest_madengine.backends.kubernetes.api import (
@@ -69,6 +70,7 @@ from pytest_madengine.backends.kubernetes.watch import NamespaceWatch
 from pytest_madengine.core.credentials import registry_of
 from pytest_madengine.core.records import ImageFacts
 from pytest_madengine.errors import HostLost, MadError, UsageProblem, first_line
+from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
@@ -319,7 +321,8 @@ class KubernetesBackend:
 
         def make_secret() -> None:
             if plan.secret_env:
-                values = {name: spec.env[name] for name in plan.secret_env}
+                values = {**spec.env, **self.settings.env, **manifests.secret_argument_env(spec)}
+                values = {name: values[name] for name in plan.secret_env}
                 client.CoreV1Api(self.api).create_namespaced_secret(
                     plan.namespace,
                     manifests.env_secret(plan, values),
@@ -359,8 +362,8 @@ class KubernetesBackend:
         secret_env = tuple(
             name
             for name, value in {**spec.env, **self.settings.env}.items()
-            if value and self.options.credentials.redact(value) != value
-        )
+            if value and mask_text(value, spec.secrets) != value
+        ) + tuple(map(secret_argument_variable, spec.secret_arguments()))
         pull = self.shared.get("pull_secret")
         return JobPlan(
             name=manifests.job_name(test_id, unique),

@@ -39,6 +39,7 @@ from pytest_madengine.backends import (
     MODEL_LABEL,
     SESSION_LABEL,
     RunSpec,
+    secret_argument_variable,
 )
 from pytest_madengine.backends.kubernetes.config import K8sSettings
 from pytest_madengine.errors import MadError
@@ -331,6 +332,21 @@ def _map_env(name: str, config_map_name: str, key: str) -> client.V1EnvVar:
     return client.V1EnvVar(name=name, value_from=client.V1EnvVarSource(config_map_key_ref=selector))
 
 
+def secret_argument_env(spec: RunSpec) -> dict[str, str]:
+    """The variables that carry the command's secret arguments (from the Job's Secret)."""
+    return {secret_argument_variable(i): value for i, value in spec.secret_arguments().items()}
+
+
+def _command(spec: RunSpec) -> list[str]:
+    """The RunSpec's command with each secret argument as `$(VARIABLE)`, which the
+    kubelet expands from the container's environment: no manifest holds the value."""
+    hidden = spec.secret_arguments()
+    return [
+        f"$({secret_argument_variable(i)})" if i in hidden else argument
+        for i, argument in enumerate(spec.command)
+    ]
+
+
 def environment(plan: JobPlan) -> list[client.V1EnvVar]:
     """The container's variables: the RunSpec's (its secrets from the Job's Secret),
     the k8s block's, the wrapper's, and the multi-node rendezvous."""
@@ -457,7 +473,7 @@ def job(plan: JobPlan) -> client.V1Job:
         name=CONTAINER,
         image=plan.image,
         image_pull_policy=settings.image_pull_policy,
-        command=["/bin/sh", "-c", WRAPPER, "madengine-run", *spec.command],
+        command=["/bin/sh", "-c", WRAPPER, "madengine-run", *_command(spec)],
         env=environment(plan),
         resources=_resources(plan),
         volume_mounts=mounts or None,

@@ -37,6 +37,7 @@ from pytest_madengine.backends import (
     OutputSink,
     RunOutcome,
     RunSpec,
+    secret_argument_variable,
 )
 from pytest_madengine.backends.slurm.cluster import JobState, SlurmCluster
 from pytest_madengine.backends.slurm.node import (
@@ -48,8 +49,6 @@ from pytest_madengine.backends.slurm.node import (
     read_facts,
     read_result,
     render_node_script,
-    secret_argument_variable,
-    secret_arguments,
     write_copies,
 )
 from pytest_madengine.backends.slurm.script import SlurmJobSpec, slurm_time, write_script
@@ -331,7 +330,8 @@ class SlurmBackend:
         node_script = directory / "node.sh"
         node_script.write_text(render_node_script(spec, node), encoding="utf-8")
         node_script.chmod(0o755)
-        _write_private(directory / "container.env", env_file_text(spec.env, _secret_env(spec)))
+        env_text = env_file_text(spec.env, spec.secret_variables())
+        _write_private(directory / "container.env", env_text)
         shutil.copyfile(masking.__file__, directory / MASKER)
         if spec.copies:
             write_copies(spec, directory / "copies.tar")
@@ -346,7 +346,8 @@ class SlurmBackend:
     def start(self, spec: RunSpec, host: Host, on_output: OutputSink | None) -> SlurmRun:
         files = self.write_job(spec)
         if self.settings.dry_run:
-            needed = (*_secret_env(spec), *map(secret_argument_variable, secret_arguments(spec)))
+            hidden = map(secret_argument_variable, spec.secret_arguments())
+            needed = (*spec.secret_variables(), *hidden)
             export = f" (export {', '.join(needed)} before sbatch)" if needed else ""
             raise NotRun(f"slurm dry run: wrote {files.script}{export}")
         # What became of the test's data first; the job appends (--open-mode=append).
@@ -354,8 +355,8 @@ class SlurmBackend:
         submitted = time.time()
         # The secrets travel in the job's environment (SLURM hands it to the job), never
         # in a file of ours: the container's variables by name, the mask's list whole.
-        secret_env = {name: spec.env[name] for name in _secret_env(spec)}
-        for position, argument in secret_arguments(spec).items():
+        secret_env = {name: spec.env[name] for name in spec.secret_variables()}
+        for position, argument in spec.secret_arguments().items():
             secret_env[secret_argument_variable(position)] = argument
         if spec.secrets:
             secret_env[masking.SECRETS_VARIABLE] = json.dumps(list(spec.secrets))
@@ -410,14 +411,6 @@ def _says_done(directory: Path) -> bool:
     """Whether rank 0's node script wrote its last fact (the job is about to end)."""
     path = directory / "facts.0"
     return path.exists() and "\ndone=" in path.read_text(encoding="utf-8", errors="replace")
-
-
-def _secret_env(spec: RunSpec) -> tuple[str, ...]:
-    """The container's variables whose value holds a secret (a `cred` entry's)."""
-    return tuple(
-        name for name, value in spec.env.items()
-        if value and masking.mask_text(value, spec.secrets) != value
-    )  # fmt: skip
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import jinja2
 
-from pytest_madengine.backends import RunSpec
+from pytest_madengine.backends import RunSpec, secret_argument_variable
 from pytest_madengine.errors import MadError
-from pytest_madengine.masking import mask_text
 
 TEMPLATE = "node.sh.j2"
 # Our masking module, copied beside the node script: the output filter of the container.
@@ -124,23 +123,8 @@ def env_file_text(env: Mapping[str, str], secret_names: Collection[str] = ()) ->
     return "".join(lines)
 
 
-def secret_arguments(spec: RunSpec) -> dict[int, str]:
-    """The command's arguments that hold a secret (`args` written with a password in
-    them), by position: the node script names them by a variable of the job's
-    environment (`secret_argument_variable`), never by value."""
-    return {
-        position: argument
-        for position, argument in enumerate(spec.command)
-        if mask_text(argument, spec.secrets) != argument
-    }
-
-
-def secret_argument_variable(position: int) -> str:
-    return f"MAD_SECRET_ARG_{position}"
-
-
 def _command_text(spec: RunSpec) -> str:
-    hidden = secret_arguments(spec)
+    hidden = spec.secret_arguments()
     return " ".join(
         f'"${secret_argument_variable(position)}"' if position in hidden else shlex.quote(argument)
         for position, argument in enumerate(spec.command)
