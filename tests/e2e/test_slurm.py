@@ -4,6 +4,7 @@ containers, nothing mocked."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -360,10 +361,12 @@ def test_a_manifest_image_is_pulled_on_the_nodes_once_each(
     nodes = {props["host"] for props in properties.values()}
     session_dir = pytester.path / "mad_output" / "slurm" / session_of(properties)
     assert len(list(session_dir.glob("pulls/*.done"))) == len(nodes)
-    # The login reached the nodes in a private file that is gone now.
-    assert not list(session_dir.glob("auth-*"))
-    everything = result.stdout.str() + "".join(p.read_text() for p in session_dir.rglob("*.sh"))
-    assert login["password"] not in everything
+    # The login reached the nodes in the jobs' environment, never in a file of the session.
+    token = base64.b64encode(f"{login['username']}:{login['password']}".encode()).decode()
+    files = [path.read_bytes() for path in pytester.path.rglob("*")
+             if path.is_file() and path.name != "credential.json"]  # fmt: skip
+    everything = result.stdout.str().encode() + b"".join(files)
+    assert login["password"].encode() not in everything and token.encode() not in everything
 
 
 # ---- data ----

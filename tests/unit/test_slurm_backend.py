@@ -183,7 +183,7 @@ def test_the_rendered_script_is_valid_bash(tmp_path: Path) -> None:
                 spec(tmp_path, gpu_count=2, timeout_s=3, result_files=("/a",),
                      copies=((tmp_path, "/x"),)),
                 NodeScript(tmp_path, "AMD", "/dev", nnodes=nodes, launcher=launcher,
-                           pull_mark=tmp_path / "pulls" / "k", docker_config=tmp_path / "c"),
+                           pull_mark=tmp_path / "pulls" / "k", pull_registry="reg:5000"),
             )
         )  # fmt: skip
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)

@@ -13,6 +13,7 @@ once per node and session.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -43,6 +44,7 @@ from pytest_madengine.backends.slurm.cluster import JobState, SlurmCluster
 from pytest_madengine.backends.slurm.node import (
     JOB_LABEL,
     MASKER,
+    PULL_AUTH_VARIABLE,
     NodeFacts,
     NodeScript,
     env_file_text,
@@ -120,7 +122,6 @@ class SlurmBackend:
         self.directory = options.output_dir / "slurm" / setup.session_id
         self._once = Once(setup.session_dir / "once")
         self._pull_auth: dict[str, Mapping[str, str] | None] = {}
-        self._auth_dir: Path | None = None
         self._lock = threading.Lock()
         shared = setup.shared
         if shared is None:
@@ -243,26 +244,17 @@ class SlurmBackend:
         return ImageFacts(reference, image_id, request.base_docker,
                           build_duration=request.build_duration)  # fmt: skip
 
-    def _docker_config(self, reference: str) -> Path | None:
-        """A docker --config directory holding the registry login of a pulled image
-        (0700, removed when the session closes); None when the pull needs no login."""
+    def _pull_login(self, reference: str) -> tuple[str, str] | None:
+        """(registry, base64 login) of a pulled image that needs one: the job gets the
+        login in its environment (PULL_AUTH_VARIABLE), its node script in a private
+        config only for the pull; None when the pull needs no login."""
         auth = self._pull_auth.get(reference)
         if not auth or not auth.get("username"):
             return None
-        import base64
-
         # Docker Hub's logins are kept under its index URL.
         registry = registry_of(reference) or "https://index.docker.io/v1/"
         token = base64.b64encode(f"{auth['username']}:{auth.get('password', '')}".encode())
-        with self._lock:
-            if self._auth_dir is None:
-                self._auth_dir = self.directory / f"auth-{os.getpid()}"
-                self._auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            directory = self._auth_dir / hashlib.sha256(reference.encode()).hexdigest()[:16]
-            directory.mkdir(exist_ok=True, mode=0o700)
-            config = {"auths": {registry: {"auth": token.decode()}}}
-            _write_private(directory / "config.json", json.dumps(config))
-        return directory
+        return registry, token.decode()
 
     # ---- jobs ----
 
@@ -309,12 +301,11 @@ class SlurmBackend:
         directory.mkdir(parents=True)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         pull_mark = None
-        docker_config = None
+        login = None
         if spec.image in self._pull_auth:
             key = hashlib.sha256(spec.image.encode()).hexdigest()[:16]
             pull_mark = self.directory / "pulls" / key
-            # A dry run writes no login anywhere: its scripts pull without one.
-            docker_config = None if settings.dry_run else self._docker_config(spec.image)
+            login = self._pull_login(spec.image)
         node = NodeScript(
             job_dir=directory,
             vendor=self.options.gpu_vendor,
@@ -325,7 +316,7 @@ class SlurmBackend:
             nproc_per_node=distributed.nproc_per_node or max(spec.gpu_count, 1),
             master_port=distributed.master_port,
             pull_mark=pull_mark,
-            docker_config=docker_config,
+            pull_registry=login[0] if login else None,
         )
         node_script = directory / "node.sh"
         node_script.write_text(render_node_script(spec, node), encoding="utf-8")
@@ -347,7 +338,8 @@ class SlurmBackend:
         files = self.write_job(spec)
         if self.settings.dry_run:
             hidden = map(secret_argument_variable, spec.secret_arguments())
-            needed = (*spec.secret_variables(), *hidden)
+            login = (PULL_AUTH_VARIABLE,) if self._pull_login(spec.image) else ()
+            needed = (*spec.secret_variables(), *hidden, *login)
             export = f" (export {', '.join(needed)} before sbatch)" if needed else ""
             raise NotRun(f"slurm dry run: wrote {files.script}{export}")
         # What became of the test's data first; the job appends (--open-mode=append).
@@ -360,6 +352,9 @@ class SlurmBackend:
             secret_env[secret_argument_variable(position)] = argument
         if spec.secrets:
             secret_env[masking.SECRETS_VARIABLE] = json.dumps(list(spec.secrets))
+        login = self._pull_login(spec.image) if spec.image in self._pull_auth else None
+        if login is not None:
+            secret_env[PULL_AUTH_VARIABLE] = login[1]
         job_id = self.cluster.submit(files.script, secret_env)
         watch = self.watcher.watch(job_id, functools.partial(_says_done, files.directory))
         return SlurmRun(self, spec, files, job_id, watch, on_output, submitted)
@@ -400,8 +395,6 @@ class SlurmBackend:
 
     def close(self) -> None:
         self.watcher.close()
-        if self._auth_dir is not None:
-            shutil.rmtree(self._auth_dir, ignore_errors=True)
         if "_docker" in self.__dict__:
             with contextlib.suppress(Exception):
                 self._docker.close()

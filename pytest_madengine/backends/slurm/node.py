@@ -26,6 +26,8 @@ from pytest_madengine.errors import MadError
 TEMPLATE = "node.sh.j2"
 # Our masking module, copied beside the node script: the output filter of the container.
 MASKER = "mask.py"
+# The job's variable with the base64 registry login of its pull (never in a file of ours).
+PULL_AUTH_VARIABLE = "MAD_PULL_AUTH"
 # Containers a job starts carry the job id here: the cluster's Epilog, our cancel and
 # sweep remove them by it (INFRA.md: scancel alone leaves them running).
 JOB_LABEL = "org.pytest-madengine.slurm-job"
@@ -58,7 +60,7 @@ class NodeScript:
     nproc_per_node: int = 1
     master_port: int | None = None
     pull_mark: Path | None = None  # pull the image once per node (marks beside this path)
-    docker_config: Path | None = None  # a docker --config directory with the registry login
+    pull_registry: str | None = None  # the registry whose login PULL_AUTH_VARIABLE holds
 
 
 def _mount(host_path: str, container_path: str, read_only: bool) -> str:
@@ -184,7 +186,7 @@ def render_node_script(spec: RunSpec, node: NodeScript) -> str:
         nproc_per_node=node.nproc_per_node,
         pull=node.pull_mark is not None,
         pull_mark=q(str(node.pull_mark)) if node.pull_mark else "",
-        docker_config=f"--config {q(str(node.docker_config))} " if node.docker_config else "",
+        pull_registry=q(node.pull_registry) if node.pull_registry else None,
         job_label=JOB_LABEL,
         env_file=q(str(job_dir / "container.env")),
         masker=q(str(job_dir / MASKER)),
