@@ -13,7 +13,9 @@ import pytest
 from pytest_madengine.data.fetch import (
     DataCache,
     Fetched,
+    Listing,
     S3Location,
+    SourceFile,
     UnsafeData,
     cache_key,
     local_path,
@@ -135,6 +137,60 @@ def test_a_dead_fetchers_partial_directory_is_removed_by_the_next(tmp_path: Path
     (stale / "half.bin").write_bytes(b"x")
     cache.ensure("k", counting_fetch(tmp_path / "log"))
     assert not stale.exists() and cache.lookup("k") is not None
+
+
+SERVED = Listing({"sub/f.bin": SourceFile("k/sub/f.bin", 4, "v1")})
+
+
+def listed_fetch(log: Path, listing: Listing = SERVED):
+    """A fetch that says what it copied from, as fetch_s3 and fetch_sftp do."""
+    plain = counting_fetch(log)
+    return lambda dest: Fetched(*plain(dest)[:2], listing)
+
+
+def test_a_copy_without_its_manifest_is_fetched_again(tmp_path: Path) -> None:
+    cache, log, told = DataCache(tmp_path / "cache"), tmp_path / "log", []
+    cache.ensure("k", listed_fetch(log))
+    # As a copy of an older version, or one whose process died before the manifest.
+    cache.manifest_path("k").write_text('{"key": "k", "bytes": 4, "files": 1}')
+    cache.ensure("k", listed_fetch(log), tell=told.append)
+    assert log.read_text().count("fetch") == 2 and cache.lookup("k") is not None
+    assert told == ["the cached copy was fetched again: it had no manifest of its files"]
+
+
+def test_a_file_changed_here_at_the_same_size_is_fetched_again(tmp_path: Path) -> None:
+    cache, log, told = DataCache(tmp_path / "cache"), tmp_path / "log", []
+    path = cache.ensure("k", listed_fetch(log)) / "sub" / "f.bin"
+    path.write_bytes(b"DATA")  # the same size; its time moves
+    cache.ensure("k", listed_fetch(log), listing=lambda: SERVED, tell=told.append)
+    assert path.read_bytes() == b"data" and log.read_text().count("fetch") == 2
+    assert told == ["the cached copy was repaired: sub/f.bin was changed here"]
+    # Its time moved back but not its content: the digest is what counts.
+    os.utime(path, ns=(1, 1))
+    cache.ensure("k", listed_fetch(log), listing=lambda: SERVED, tell=told.append)
+    assert log.read_text().count("fetch") == 2 and len(told) == 1
+
+
+def test_a_listing_that_differs_fetches_again_and_one_that_fails_serves(tmp_path: Path) -> None:
+    cache, log, told = DataCache(tmp_path / "cache"), tmp_path / "log", []
+    cache.ensure("k", listed_fetch(log))
+    changed = Listing({"sub/f.bin": SourceFile("k/sub/f.bin", 4, "v2"),
+                       "new.bin": SourceFile("k/new.bin", 1, "v1")})  # fmt: skip
+    cache.ensure("k", listed_fetch(log, changed), listing=lambda: changed, tell=told.append)
+    assert log.read_text().count("fetch") == 2
+    (note,) = told
+    assert note.startswith("the cached copy was refreshed: changed on the server since it was ")
+    assert note.endswith(": 1 changed (sub/f.bin), 1 new (new.bin)")
+
+    def unreachable() -> Listing:
+        raise MadError("cannot connect to http://127.0.0.1:1")
+
+    told.clear()
+    cache.ensure("k", listed_fetch(log), listing=unreachable, tell=told.append)
+    assert log.read_text().count("fetch") == 2
+    (note,) = told
+    assert note.startswith("not checked against the server (cannot connect to http://127.0.0.1:1):"
+                           " serving the copy fetched 20")  # fmt: skip
 
 
 CHILD = """
