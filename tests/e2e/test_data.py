@@ -288,29 +288,52 @@ def test_without_a_provider_the_model_runs_without_its_data_and_its_log_says_why
     assert_no_secret(data_servers, *outputs(pytester, result))
 
 
+def test_a_dataset_changed_on_the_server_is_fetched_again_and_the_log_says_why(
+    pytester: pytest.Pytester, data_servers: DataServers, isolated_cache: Path,
+    unique_dataset: str,
+) -> None:  # fmt: skip
+    models = [entry("changing", data="d", scripts="scripts/dummy/count.sh")]
+    data_tree(pytester, data_servers, models, {"d": {"minio": {"path": unique_dataset}}})
+    run(pytester, "--mad-tags", "dummies").assert_outcomes(passed=1)
+    bucket, prefix = unique_dataset.removeprefix("s3://").split("/", 1)
+    s3_client(data_servers).put_object(Bucket=bucket, Key=f"{prefix}/extra.txt", Body=b"new")
+    second = run(pytester, "--mad-tags", "dummies")
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines([f"changing*SUCCESS*{SAMPLE_FILES + 1}*files*"])
+    why, note = log_of(pytester, "changing")[:2]
+    where = f"data 'd': minio {unique_dataset}"
+    assert fnmatch.fnmatch(why, f"{where}: the cached copy was refreshed: changed on the server"
+                                " since it was fetched *: 1 new (extra.txt)")  # fmt: skip
+    assert fnmatch.fnmatch(note, f"{where}: 1.1M downloaded in * s, at MAD_DATAHOME=/data_dlm_0")
+
+
 # ---- remote Docker hosts ----
+
+
+def s3_client(servers: DataServers):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=servers.endpoint, region_name="us-east-1",
+        aws_access_key_id=servers.access_key, aws_secret_access_key=servers.secret_key,
+        config=Config(s3={"addressing_style": "path"}),
+    )  # fmt: skip
 
 
 @pytest.fixture
 def unique_dataset(data_servers: DataServers) -> Iterator[str]:
     """A dataset of this test alone in the S3, removed afterwards."""
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client(
-        "s3", endpoint_url=data_servers.endpoint, region_name="us-east-1",
-        aws_access_key_id=data_servers.access_key,
-        aws_secret_access_key=data_servers.secret_key,
-        config=Config(s3={"addressing_style": "path"}),
-    )  # fmt: skip
+    client = s3_client(data_servers)
     prefix = f"e2e-{uuid.uuid4().hex[:12]}"
     files = {path.relative_to(SAMPLE).as_posix(): path.read_bytes()
              for path in SAMPLE.rglob("*") if path.is_file()}  # fmt: skip
     for name, body in files.items():
         client.put_object(Bucket="mad-data", Key=f"{prefix}/{name}", Body=body)
     yield f"s3://mad-data/{prefix}"
-    for name in files:
-        client.delete_object(Bucket="mad-data", Key=f"{prefix}/{name}")
+    # What the test put there too.
+    for item in client.list_objects_v2(Bucket="mad-data", Prefix=f"{prefix}/").get("Contents", []):
+        client.delete_object(Bucket="mad-data", Key=item["Key"])
 
 
 def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(

@@ -221,6 +221,22 @@ def test_processes_asking_at_once_fetch_once(tmp_path: Path) -> None:
     assert log.read_text().count("fetch") == 1
 
 
+def test_processes_finding_a_damaged_copy_at_once_repair_it_once(tmp_path: Path) -> None:
+    def one_file(dest: Path) -> Fetched:
+        (dest / "f").write_text("x")
+        return Fetched(1, 1)
+
+    copy = DataCache(tmp_path / "cache").ensure("shared", one_file)
+    (copy / "f").write_text("")  # truncated
+    go, log = tmp_path / "go", tmp_path / "log"
+    argv = [sys.executable, "-c", CHILD, str(tmp_path / "cache"), str(log), str(go)]
+    children = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    go.touch()
+    paths = {child.communicate(timeout=60)[0].strip() for child in children}
+    assert all(child.returncode == 0 for child in children) and paths == {str(copy)}
+    assert log.read_text().count("fetch") == 1 and (copy / "f").read_text() == "x"
+
+
 def test_a_killed_fetch_is_never_cached(tmp_path: Path) -> None:
     code = (
         "import os, signal, sys\n"
