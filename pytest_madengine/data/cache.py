@@ -209,6 +209,13 @@ class DataCache:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             return None
 
+    def content_key(self, key: str) -> str:
+        """A name for what the copy holds: the same for the same files, another once it
+        is refreshed (so that a copy made elsewhere under this name is made anew)."""
+        manifest = self.manifest(key)
+        files = sorted((name, f.sha256) for name, f in manifest.files.items()) if manifest else []
+        return hashlib.sha256(json.dumps([key, files]).encode()).hexdigest()[:32]
+
     def entry(self, key: str) -> CacheEntry | None:
         """The cached dataset with what its fetch reported, or None when not cached."""
         path = self.lookup(key)

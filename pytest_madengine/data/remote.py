@@ -136,7 +136,8 @@ def fetch_cached(
     if sink is not None and fetched_here.is_set():
         done = size or 0
         sink(DataProgress(request.data_name, provider, source, done, done, seconds, True))
-    bind = DataBind(str(path), request.home, DataCache.digest(key), request.data_name)
+    # Named by the content: a remote host's copy of an older version is not reused.
+    bind = DataBind(str(path), request.home, cache.content_key(key), request.data_name)
     return DataMount(
         provider, (bind,), request.env, size_bytes=size, download_s=seconds, source=source,
         fetched=fetched_here.is_set(), notes=tuple(notes),

@@ -342,13 +342,20 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
 ) -> None:  # fmt: skip
     models = [entry(f"remote{i}", data="d", scripts="scripts/dummy/count.sh") for i in range(4)]
     data_tree(pytester, data_servers, models, {"d": {"minio": {"path": unique_dataset}}})
-    key = DataCache.digest(cache_key("s3", data_servers.endpoint, unique_dataset))
+    dataset = cache_key("s3", data_servers.endpoint, unique_dataset)
     links = HostLinks()
     engines = {host.name: links.client(host) for host in load_hosts(test_hosts)}
 
+    labels: set[str] = set()  # of every version of the data, for the removal at the end
+
+    def label() -> str:  # the volumes are named by what the cached copy holds
+        now = f"{DATA_LABEL}={DataCache(isolated_cache).content_key(dataset)}"
+        labels.add(now)
+        return now
+
     def volumes() -> dict[str, list[str]]:
         return {name: sorted(volume.name for volume in client.volumes.list(
-                    filters={"label": f"{DATA_LABEL}={key}"}))
+                    filters={"label": label()}))
                 for name, client in engines.items()}  # fmt: skip
 
     try:
@@ -367,16 +374,25 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
         assert {name: again[name] for name in hosts} == {name: copied[name] for name in hosts}
         # A copy removed behind our back is made again, never mounted anew and empty.
         for client in engines.values():
-            for volume in client.volumes.list(filters={"label": f"{DATA_LABEL}={key}"}):
+            for volume in client.volumes.list(filters={"label": label()}):
                 if volume.name.count("-") == 3:  # mad-data-<key>-<n>: the copy
                     volume.remove()
         third = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}")
         third.assert_outcomes(passed=4)
         third.stdout.fnmatch_lines_random([f"remote{i}*SUCCESS*{SAMPLE_FILES}*files*"
                                            for i in range(4)])  # fmt: skip
+        # Changed on the server: the hosts get the new copy, not the one they hold.
+        bucket, prefix = unique_dataset.removeprefix("s3://").split("/", 1)
+        s3_client(data_servers).put_object(Bucket=bucket, Key=f"{prefix}/extra", Body=b"new")
+        fourth = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}")
+        fourth.assert_outcomes(passed=4)
+        fourth.stdout.fnmatch_lines_random([f"remote{i}*SUCCESS*{SAMPLE_FILES + 1}*files*"
+                                            for i in range(4)])  # fmt: skip
     finally:
+        label()
         for client in engines.values():
-            for volume in client.volumes.list(filters={"label": f"{DATA_LABEL}={key}"}):
-                volume.remove(force=True)
+            for each in labels:
+                for volume in client.volumes.list(filters={"label": each}):
+                    volume.remove(force=True)
             client.close()
         links.close()

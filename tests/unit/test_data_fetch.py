@@ -193,6 +193,19 @@ def test_a_listing_that_differs_fetches_again_and_one_that_fails_serves(tmp_path
                            " serving the copy fetched 20")  # fmt: skip
 
 
+def test_the_content_key_names_what_the_copy_holds(tmp_path: Path) -> None:
+    cache, log = DataCache(tmp_path / "cache"), tmp_path / "log"
+    cache.ensure("k", listed_fetch(log))
+    first = cache.content_key("k")
+    (cache.path("k") / "sub" / "f.bin").unlink()
+    cache.ensure("k", listed_fetch(log), listing=lambda: SERVED)  # the same files again
+    assert cache.content_key("k") == first and log.read_text().count("fetch") == 2
+    changed = Listing({"sub/f.bin": SourceFile("k/sub/f.bin", 4, "v2")})
+    other = counting_fetch(log, b"DATA")
+    cache.ensure("k", lambda dest: Fetched(*other(dest)[:2], changed), listing=lambda: changed)
+    assert cache.content_key("k") != first and cache.content_key("other") != first
+
+
 CHILD = """
 import sys, time
 from pathlib import Path
