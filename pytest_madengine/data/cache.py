@@ -272,7 +272,8 @@ class DataCache:
         if not final.exists() and not final.is_symlink():
             return ""
         if final.is_symlink() or not final.is_dir():
-            return "the cached copy was repaired: its directory had been replaced by a file"
+            what = "a link" if final.is_symlink() else "a file"
+            return f"the cached copy was repaired: its directory had been replaced by {what}"
         manifest = self.manifest(key)
         if manifest is None:
             return "the cached copy was fetched again: it had no manifest of its files"
