@@ -305,7 +305,9 @@ class TestRunner:
             data_name, mount.provider, mount.source, mount.size_bytes, mount.download_s,
             mount.fetched,
         )  # fmt: skip
-        return mount, facts, (redact(data_note(data_name, mount)),)
+        where = f"data '{data_name}': {mount.provider} {mount.source}"
+        notes = tuple(redact(f"{where}: {note}") for note in mount.notes)
+        return mount, facts, (*notes, redact(data_note(data_name, mount)))
 
     def stop(self) -> None:
         """Ends every container running now and starts no more (Stopped instead): a

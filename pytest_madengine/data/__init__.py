@@ -9,8 +9,9 @@ Providers are found by name in the entry-point group `pytest_madengine.data_prov
     [project.entry-points."pytest_madengine.data_providers"]
     myfs = "mypackage.data:MyFsProvider"     # a class: MyFsProvider() -> DataProvider
 
-`nas`, `minio` and `aws` fetch on this machine into a content-keyed cache (see
-`fetch.DataCache`): one download however many tests, workers or sessions need it.
+`nas`, `minio` and `aws` fetch on this machine into a cache (see `cache.DataCache`):
+one download however many tests, workers or sessions need it, checked against the
+server's listing before each use.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class DataMount:
     download_s: float | None = None  # None: nothing is downloaded; 0.0: a copy was there
     source: str = ""  # where the data comes from, for logs: s3://..., user@host:/path
     fetched: bool = False  # this call downloaded it
+    # What the log says before the mount: why a cached copy was fetched again or not
+    # checked, and files of the source that could not be copied.
+    notes: tuple[str, ...] = ()
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:

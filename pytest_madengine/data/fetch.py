@@ -1,9 +1,9 @@
-"""Host-side fetchers of the data providers, and the host's cache of fetched datasets.
+"""Host-side fetchers of the data providers.
 
 `fetch_s3` (the `minio` and `aws` providers, with boto3) and `fetch_sftp` (the `nas`
-provider, with asyncssh) copy a dataset into a directory and return (bytes, files).
-`DataCache.ensure` runs a fetcher at most once per dataset however many processes ask,
-and only a complete download ever counts as cached.
+provider, with asyncssh) copy a dataset into a directory and return (bytes, files, and
+the listing they copied); `list_s3` and `list_sftp` only list what the server holds, for
+the cache's check (`cache.DataCache.ensure`) that a copy is still current.
 
 Errors are MadError, one line naming the provider and the data path. Server and library
 messages are never passed through whole: they are mapped to our own words, and whatever
@@ -16,33 +16,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import json
-import os
+import posixpath
 import re
-import shutil
 import stat
-import tempfile
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
+from pytest_madengine.data.cache import (  # CacheEntry and DataCache: importable from here
+    CacheEntry,  # noqa: F401
+    DataCache,  # noqa: F401
+    Fetched,
+    Listing,
+    SourceFile,
+)
 from pytest_madengine.errors import MadError, first_line
 
 # Called as progress(bytes done, bytes in all), from any thread.
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
-
-
-class Fetched(NamedTuple):
-    """What a fetch copied."""
-
-    bytes: int
-    files: int
 
 
 @dataclass(frozen=True)
@@ -94,13 +90,18 @@ class UnsafeData(ValueError):
     loop of links); the text says what, in our words."""
 
 
-def local_path(dest: Path, relative: str) -> Path:
-    """Where a remote file of this relative path goes under dest; UnsafeData for a path
-    that would leave dest (absolute, or with "..")."""
+def safe_relative(relative: str) -> str:
+    """A remote file's path under the dataset, written plainly ("a//./b" is "a/b");
+    UnsafeData for a path that would leave it (absolute, or with "..")."""
     pure = PurePosixPath(relative)
     if not relative or pure.is_absolute() or ".." in pure.parts or not pure.parts:
         raise UnsafeData(f"unsafe file name from the server: {relative!r}")
-    return dest.joinpath(*pure.parts)
+    return pure.as_posix()
+
+
+def local_path(dest: Path, relative: str) -> Path:
+    """Where a remote file of this relative path goes under dest (see safe_relative)."""
+    return dest.joinpath(*PurePosixPath(safe_relative(relative)).parts)
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
@@ -190,25 +191,94 @@ def _s3_problem(exc: Exception, endpoint: str, timeouts: Timeouts) -> str | None
     return None
 
 
-def _s3_objects(client: Any, where: S3Location) -> list[tuple[str, str, int]]:
-    """(key, path relative to the prefix, size) of each object of the dataset. A prefix
-    is a directory ("dummy" lists "dummy/..."), or else one object."""
+def _s3_listing(client: Any, where: S3Location) -> Listing:
+    """Each object of the dataset by its path under the prefix. A prefix is a directory
+    ("dummy" lists "dummy/..."), or else one object."""
     prefix = where.prefix
     directory = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    found = []
+    found: dict[str, SourceFile] = {}
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=directory)
     for page in pages:
         for item in page.get("Contents", []):
             key = item["Key"]
             if not key.endswith("/"):  # "directory" marker objects hold nothing
-                found.append((key, key[len(directory) :], int(item["Size"])))
+                found[safe_relative(key[len(directory) :])] = SourceFile(
+                    key, int(item["Size"]), str(item.get("ETag", ""))
+                )
     if not found and prefix and not prefix.endswith("/"):
         from botocore.exceptions import ClientError
 
-        with contextlib.suppress(ClientError):  # not an object either: told below
+        with contextlib.suppress(ClientError):  # not an object either: told by the caller
             head = client.head_object(Bucket=where.bucket, Key=prefix)
-            found.append((prefix, PurePosixPath(prefix).name, int(head["ContentLength"])))
-    return found
+            found[PurePosixPath(prefix).name] = SourceFile(
+                prefix, int(head["ContentLength"]), str(head.get("ETag", ""))
+            )
+    return Listing(found)
+
+
+def _with_s3(
+    url: str, endpoint: str | None, access_key: str, secret_key: str,
+    work: Callable[[Any, S3Location], _T], *, provider: str, timeouts: Timeouts,
+    region: str | None, connections: int = 10,
+) -> _T:  # fmt: skip
+    """work(client, location) with an S3 client of the login; every error it meets is
+    a MadError of one line naming the provider and the URL, without a secret."""
+    secrets = (secret_key, access_key)
+    shown = display_endpoint(endpoint)
+
+    def fail(why: str) -> MadError:
+        return MadError(scrub(f"{provider}: {url}: {why}", secrets))
+
+    try:
+        where = parse_s3_url(url)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise fail("boto3 is not installed (pip install 'pytest-madengine[data]')") from None
+
+    config = Config(
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
+        retries={"max_attempts": timeouts.attempts, "mode": "standard"},
+        max_pool_connections=connections,
+        # MinIO and SeaweedFS serve buckets as paths, not as host names.
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    try:
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint or None, region_name=region,
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config,
+        )  # fmt: skip
+        return work(client, where)
+    except (UnsafeData, _NoObjects) as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        # botocore's timeouts are OSErrors too: its own classes first.
+        why = _s3_problem(exc, shown, timeouts)
+        if why is None and isinstance(exc, OSError):
+            why = (
+                f"cannot write {exc.filename}: {exc.strerror}" if exc.filename else first_line(exc)
+            )
+        if why is None:
+            raise
+        raise fail(why) from None
+
+
+class _NoObjects(Exception):
+    def __str__(self) -> str:
+        return "no objects there"
+
+
+def list_s3(
+    url: str, endpoint: str | None, access_key: str, secret_key: str, *,
+    provider: str = "s3", timeouts: Timeouts = Timeouts(), region: str | None = None,
+) -> Listing:  # fmt: skip
+    """What s3://bucket/prefix holds now (one listing; no object is read)."""
+    return _with_s3(url, endpoint, access_key, secret_key, _s3_listing, provider=provider,
+                    timeouts=timeouts, region=region)  # fmt: skip
 
 
 def fetch_s3(
@@ -226,40 +296,14 @@ def fetch_s3(
 ) -> Fetched:
     """Copies every object under s3://bucket/prefix into dest_dir, keeping the paths below
     the prefix. endpoint: the server's URL (None: AWS itself)."""
-    secrets = (secret_key, access_key)
-    shown = display_endpoint(endpoint)
 
-    def fail(why: str) -> MadError:
-        return MadError(scrub(f"{provider}: {url}: {why}", secrets))
-
-    try:
-        where = parse_s3_url(url)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    try:
-        import boto3
+    def copy(client: Any, where: S3Location) -> Fetched:
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
-    except ImportError:
-        raise fail("boto3 is not installed (pip install 'pytest-madengine[data]')") from None
 
-    config = Config(
-        connect_timeout=timeouts.connect,
-        read_timeout=timeouts.read,
-        retries={"max_attempts": timeouts.attempts, "mode": "standard"},
-        max_pool_connections=max(10, workers * 4),
-        # MinIO and SeaweedFS serve buckets as paths, not as host names.
-        s3={"addressing_style": "path"} if endpoint else {},
-    )
-    try:
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint or None, region_name=region,
-            aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config,
-        )  # fmt: skip
-        objects = _s3_objects(client, where)
-        if not objects:
-            raise fail("no objects there")
-        counter = _Counter(sum(size for _, _, size in objects), progress)
+        listing = _s3_listing(client, where)
+        if not listing.files:
+            raise _NoObjects
+        counter = _Counter(sum(file.size for file in listing.files.values()), progress)
         transfer = TransferConfig(max_concurrency=4)
 
         def download(key: str, relative: str) -> None:
@@ -271,28 +315,19 @@ def fetch_s3(
 
         # Objects in parallel: many small files are the common case for datasets.
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = [pool.submit(download, key, rel) for key, rel, _ in objects]
+            futures = [pool.submit(download, file.remote, relative)
+                       for relative, file in listing.files.items()]  # fmt: skip
             try:
                 for future in concurrent.futures.as_completed(futures):
                     future.result()
             finally:
                 for future in futures:
                     future.cancel()
-        return Fetched(counter.total, len(objects))
-    except MadError:
-        raise
-    except UnsafeData as exc:
-        raise fail(str(exc)) from None
-    except Exception as exc:
-        # botocore's timeouts are OSErrors too: its own classes first.
-        why = _s3_problem(exc, shown, timeouts)
-        if why is None and isinstance(exc, OSError):
-            why = (
-                f"cannot write {exc.filename}: {exc.strerror}" if exc.filename else first_line(exc)
-            )
-        if why is None:
-            raise
-        raise fail(why) from None
+        return Fetched(counter.total, len(listing.files), listing)
+
+    return _with_s3(url, endpoint, access_key, secret_key, copy, provider=provider,
+                    timeouts=timeouts, region=region,
+                    connections=max(10, workers * 4))  # fmt: skip
 
 
 # ---- SFTP ----
@@ -312,41 +347,81 @@ def _run(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-async def _sftp_files(sftp: Any, remote_path: str) -> list[tuple[str, str, int]]:
-    """(remote path, path relative to remote_path, size) of every file there, following
-    symbolic links; a file alone gives itself under its own name."""
+async def _broken_link(sftp: Any, path: str) -> str:
+    """Why a link cannot be followed: where it leads, link after link."""
+    import asyncssh
+
+    first, current, seen = None, path, {path}
+    for _ in range(40):  # the kernel's own limit on links in a row
+        try:
+            target = await sftp.readlink(current)
+        except asyncssh.SFTPError:
+            break
+        first = first or target
+        current = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
+        if current in seen:
+            return f"a loop of links ({first})"
+        seen.add(current)
+        try:
+            attrs = await sftp.lstat(current)
+        except asyncssh.SFTPNoSuchFile:
+            return f"a link to nothing ({first})"
+        except asyncssh.SFTPError:
+            break
+        if not stat.S_ISLNK(attrs.permissions or 0):
+            break
+    return f"a link that cannot be followed ({first or 'unreadable'})"
+
+
+async def _sftp_listing(sftp: Any, remote_path: str) -> Listing:
+    """Every file there by its path under remote_path, following links; a file alone
+    gives itself under its own name. A link that leads nowhere, or back into a
+    directory that holds it, is skipped with a line naming it."""
+    import asyncssh
+
     top = await sftp.stat(remote_path)
     if not stat.S_ISDIR(top.permissions or 0):
-        return [(remote_path, PurePosixPath(remote_path).name, int(top.size or 0))]
-    found: list[tuple[str, str, int]] = []
-    pending = [(remote_path.rstrip("/") or "/", "")]
-    seen = 0
+        name = PurePosixPath(remote_path).name
+        return Listing({name: SourceFile(remote_path, int(top.size or 0), f"mtime={top.mtime}")})
+    found: dict[str, SourceFile] = {}
+    skipped: list[str] = []
+    top_dir = remote_path.rstrip("/") or "/"
+    # (directory, its path under the dataset, the real paths of it and its parents)
+    pending = [(top_dir, "", (await sftp.realpath(top_dir),))]
     while pending:
-        directory, relative = pending.pop()
-        seen += 1
-        if seen > 100_000:  # a loop of directory links
-            raise UnsafeData("more than 100000 directories (a loop of links?)")
+        directory, relative, real_chain = pending.pop()
+        if len(found) + len(pending) > 10_000_000:  # a guard, should links still loop
+            raise UnsafeData("more than 10000000 files and directories (a loop of links?)")
         for entry in await sftp.readdir(directory):
             name = entry.filename
             if name in (".", ".."):
                 continue
-            path = f"{directory.rstrip('/')}/{name}"
-            attrs = entry.attrs
+            path, inner = f"{directory.rstrip('/')}/{name}", f"{relative}{name}"
+            attrs, real = entry.attrs, f"{real_chain[-1].rstrip('/')}/{name}"
             if stat.S_ISLNK(attrs.permissions or 0):
-                attrs = await sftp.stat(path)
+                try:
+                    attrs = await sftp.stat(path)
+                    real = await sftp.realpath(path)
+                except asyncssh.SFTPError:
+                    skipped.append(f"skipped {inner}: {await _broken_link(sftp, path)}")
+                    continue
             mode = attrs.permissions or 0
             if stat.S_ISDIR(mode):
-                pending.append((path, f"{relative}{name}/"))
+                if real in real_chain:
+                    skipped.append(f"skipped {inner}: a link back to a directory that holds it"
+                                   f" ({real}), a loop")  # fmt: skip
+                else:
+                    pending.append((path, f"{inner}/", (*real_chain, real)))
             elif stat.S_ISREG(mode):
-                found.append((path, f"{relative}{name}", int(attrs.size or 0)))
-    return found
+                found[inner] = SourceFile(path, int(attrs.size or 0), f"mtime={attrs.mtime}")
+    return Listing(found, tuple(sorted(skipped)))
 
 
-async def _sftp_fetch(
-    host: str, port: int, username: str, secret: str | Path, remote_path: str,
-    dest_dir: Path, progress: Progress | None,
-    timeouts: Timeouts, known_hosts: Path | None, workers: int,
-) -> Fetched:  # fmt: skip
+async def _with_sftp(
+    host: str, port: int, username: str, secret: str | Path, timeouts: Timeouts,
+    known_hosts: Path | None, work: Callable[[Any], Coroutine[Any, Any, _T]],
+) -> _T:  # fmt: skip
+    """work(sftp) on an SFTP session of the login."""
     import asyncssh
 
     if isinstance(secret, Path):
@@ -366,25 +441,33 @@ async def _sftp_fetch(
         except asyncio.TimeoutError:  # told apart from a connect timeout
             raise _Stalled from None
         async with sftp:
-            files = await _sftp_files(sftp, remote_path)
-            counter = _Counter(sum(size for _, _, size in files), progress)
-            limit = asyncio.Semaphore(max(1, workers))
+            return await work(sftp)
 
-            async def one(remote: str, relative: str) -> None:
-                target = local_path(dest_dir, relative)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                copied = 0
 
-                def handler(_src: bytes, _dst: bytes, done: int, _total: int) -> None:
-                    nonlocal copied
-                    counter.add(done - copied)
-                    copied = done
+async def _sftp_copy(
+    sftp: Any, remote_path: str, dest_dir: Path, progress: Progress | None, workers: int
+) -> Fetched:
+    listing = await _sftp_listing(sftp, remote_path)
+    counter = _Counter(sum(file.size for file in listing.files.values()), progress)
+    limit = asyncio.Semaphore(max(1, workers))
 
-                async with limit:
-                    await sftp.get(remote, target, block_size=256 * 1024, progress_handler=handler)
+    async def one(remote: str, relative: str) -> None:
+        target = local_path(dest_dir, relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copied = 0
 
-            await asyncio.gather(*(one(remote, rel) for remote, rel, _ in files))
-            return Fetched(counter.total, len(files))
+        def handler(_src: bytes, _dst: bytes, done: int, _total: int) -> None:
+            nonlocal copied
+            counter.add(done - copied)
+            copied = done
+
+        async with limit:
+            # A link is copied as the file it leads to (the listing followed it).
+            await sftp.get(remote, target, block_size=256 * 1024, progress_handler=handler,
+                           follow_symlinks=True)  # fmt: skip
+
+    await asyncio.gather(*(one(file.remote, rel) for rel, file in listing.files.items()))
+    return Fetched(counter.total, len(listing.files), listing)
 
 
 def _sftp_problem(exc: BaseException, timeouts: Timeouts, key_file: Path | None) -> str | None:
@@ -424,6 +507,43 @@ def _sftp_problem(exc: BaseException, timeouts: Timeouts, key_file: Path | None)
     return None
 
 
+def _sftp_call(
+    host: str, port: int, username: str, secret: str | Path, remote_path: str,
+    provider: str, work: Callable[[], Coroutine[Any, Any, _T]], timeouts: Timeouts,
+) -> _T:  # fmt: skip
+    """Runs work(); every error it meets is a MadError of one line naming the provider
+    and the path, without a secret."""
+    key_file = secret if isinstance(secret, Path) else None
+    secrets = (None if key_file else str(secret),)
+    where = f"{provider}: {username}@{host}:{port}:{remote_path}"
+    try:
+        import asyncssh  # noqa: F401
+    except ImportError:
+        missing = "asyncssh is not installed (pip install 'pytest-madengine[data]')"
+        raise MadError(f"{where}: {missing}") from None
+    try:
+        return _run(work)
+    except Exception as exc:
+        why = _sftp_problem(exc, timeouts, key_file)
+        if why is None:
+            raise
+        raise MadError(scrub(f"{where}: {why}", secrets)) from None
+
+
+def list_sftp(
+    host: str, port: int, username: str, password_or_key_file: str | Path, remote_path: str,
+    *, provider: str = "nas", timeouts: Timeouts = Timeouts(), known_hosts: Path | None = None,
+) -> Listing:  # fmt: skip
+    """What the SFTP server holds at remote_path now (no file is read)."""
+
+    def work() -> Coroutine[Any, Any, Listing]:
+        return _with_sftp(host, port, username, password_or_key_file, timeouts, known_hosts,
+                          lambda sftp: _sftp_listing(sftp, remote_path))  # fmt: skip
+
+    return _sftp_call(host, port, username, password_or_key_file, remote_path, provider, work,
+                      timeouts)  # fmt: skip
+
+
 def fetch_sftp(
     host: str,
     port: int,
@@ -441,108 +561,11 @@ def fetch_sftp(
     """Copies a file, or a directory's files (recursively), from an SFTP server into
     dest_dir. A str is the password, a Path a private key file. The server's host key
     must be in known_hosts (default ~/.ssh/known_hosts): never skipped."""
-    key_file = password_or_key_file if isinstance(password_or_key_file, Path) else None
-    secrets = (None if key_file else str(password_or_key_file),)
-    where = f"{provider}: {username}@{host}:{port}:{remote_path}"
-    try:
-        import asyncssh  # noqa: F401
-    except ImportError:
-        missing = "asyncssh is not installed (pip install 'pytest-madengine[data]')"
-        raise MadError(f"{where}: {missing}") from None
 
-    def fetch() -> Coroutine[Any, Any, Fetched]:
-        return _sftp_fetch(host, port, username, password_or_key_file, remote_path, dest_dir,
-                           progress, timeouts, known_hosts, workers)  # fmt: skip
+    def work() -> Coroutine[Any, Any, Fetched]:
+        return _with_sftp(host, port, username, password_or_key_file, timeouts, known_hosts,
+                          lambda sftp: _sftp_copy(sftp, remote_path, dest_dir, progress,
+                                                  workers))  # fmt: skip
 
-    try:
-        return _run(fetch)
-    except Exception as exc:
-        why = _sftp_problem(exc, timeouts, key_file)
-        if why is None:
-            raise
-        raise MadError(scrub(f"{where}: {why}", secrets)) from None
-
-
-# ---- the cache ----
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    path: Path
-    bytes: int
-    files: int
-    seconds: float  # how long the fetch took
-
-
-@dataclass(frozen=True)
-class DataCache:
-    """Fetched datasets on the host, one directory each, named by the hash of the
-    dataset's key (see cache_key). A fetch writes into a directory of its own under
-    .partial/ that is renamed into place only when complete: what lies at a key's path
-    is always whole. One process fetches a key at a time (a file lock); the others wait
-    and then find it fetched."""
-
-    root: Path
-    lock_timeout: float = -1  # seconds to wait for another process's fetch; -1: no limit
-
-    @staticmethod
-    def digest(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-    def path(self, key: str) -> Path:
-        return self.root / self.digest(key)
-
-    def lookup(self, key: str) -> Path | None:
-        path = self.path(key)
-        return path if path.is_dir() else None
-
-    def entry(self, key: str) -> CacheEntry | None:
-        """The cached dataset with what its fetch reported, or None when not cached."""
-        path = self.lookup(key)
-        if path is None:
-            return None
-        try:
-            info = json.loads(path.with_name(path.name + ".json").read_text())
-        except (OSError, ValueError):
-            info = {}
-        return CacheEntry(path, int(info.get("bytes", 0)), int(info.get("files", 0)),
-                          float(info.get("seconds", 0.0)))  # fmt: skip
-
-    def ensure(self, key: str, fetch: Callable[[Path], Fetched | Any]) -> Path:
-        """The dataset's directory, fetched first by fetch(dest_dir) when not cached."""
-        import filelock
-
-        final = self.path(key)
-        if final.is_dir():
-            return final
-        digest = self.digest(key)
-        partial_root = self.root / ".partial"
-        locks = self.root / ".locks"
-        partial_root.mkdir(parents=True, exist_ok=True)
-        locks.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = filelock.FileLock(str(locks / f"{digest}.lock"), timeout=self.lock_timeout)
-            with lock:
-                if final.is_dir():  # another process fetched it while we waited
-                    return final
-                # Holding the lock, any partial fetch of this key is a dead process's.
-                for stale in partial_root.glob(f"{digest}.*"):
-                    shutil.rmtree(stale, ignore_errors=True)
-                work = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=partial_root))
-                try:
-                    start = time.monotonic()
-                    fetched = fetch(work)
-                    seconds = time.monotonic() - start
-                    os.rename(work, final)
-                except BaseException:
-                    shutil.rmtree(work, ignore_errors=True)
-                    raise
-                info = {"key": key, "seconds": round(seconds, 3)}
-                if isinstance(fetched, Fetched):
-                    info.update(bytes=fetched.bytes, files=fetched.files)
-                with contextlib.suppress(OSError):  # the data is what counts
-                    final.with_name(final.name + ".json").write_text(json.dumps(info) + "\n")
-        except filelock.Timeout:
-            raise MadError(f"data cache {self.root}: another process has been fetching "
-                           f"{key} for over {self.lock_timeout:g} s") from None  # fmt: skip
-        return final
+    return _sftp_call(host, port, username, password_or_key_file, remote_path, provider, work,
+                      timeouts)  # fmt: skip

@@ -1,5 +1,6 @@
 """The `minio`, `aws` and `nas` data providers: fetched on this machine, not in the
-container, into a content-keyed cache, then mounted read-only.
+container, into a cache keyed by the server and the path and checked against the
+server before each use, then mounted read-only.
 
 madengine installs sshfs or the aws CLI in every container and downloads there, every
 run, with the password on a command line. Here the download happens once on the host
@@ -25,17 +26,21 @@ from pytest_madengine.data import DataMount, DataProgress, DataRequest, DataUnav
 from pytest_madengine.data.fetch import (
     DataCache,
     Fetched,
+    Listing,
     Progress,
     Timeouts,
     cache_key,
     display_endpoint,
     fetch_s3,
     fetch_sftp,
+    list_s3,
+    list_sftp,
     parse_s3_url,
 )
 from pytest_madengine.errors import MadError
 
 Fetcher = Callable[[Path, Progress], Fetched]
+Lister = Callable[[], Listing]
 
 
 def source_field(request: DataRequest, name: str, example: str) -> str:
@@ -87,10 +92,21 @@ def login_field(
 
 
 def fetch_cached(
-    request: DataRequest, provider: str, key: str, source: str, fetch: Fetcher
+    request: DataRequest, provider: str, key: str, source: str, fetch: Fetcher, listing: Lister
 ) -> DataMount:
-    """The dataset of `key` from the cache, fetched first when it is not there."""
+    """The dataset of `key` from the cache, fetched first when it is not there, or no
+    longer whole, or no longer what the server lists."""
     cache = DataCache(request.mirror_dir)
+    notes: list[str] = []
+    # Our errors name the provider and the source: the log's line names them already.
+    own_prefix = f"{provider}: {source}: "
+
+    def list_now() -> Listing:
+        try:
+            return listing()
+        except MadError as exc:
+            raise MadError(str(exc).removeprefix(own_prefix)) from None
+
     sink = request.settings.progress
     fetched_here = threading.Event()
     started = [time.monotonic()]
@@ -106,7 +122,7 @@ def fetch_cached(
         return fetch(dest, progress)
 
     try:
-        path = cache.ensure(key, run)
+        path = cache.ensure(key, run, listing=list_now, tell=notes.append)
     except MadError as exc:
         # The fetchers' one-line errors start with the provider's name, as ours do.
         raise DataUnavailable(str(exc).removeprefix(f"{provider}: ")) from None
@@ -120,10 +136,11 @@ def fetch_cached(
     if sink is not None and fetched_here.is_set():
         done = size or 0
         sink(DataProgress(request.data_name, provider, source, done, done, seconds, True))
-    bind = DataBind(str(path), request.home, DataCache.digest(key), request.data_name)
+    # Named by the content: a remote host's copy of an older version is not reused.
+    bind = DataBind(str(path), request.home, cache.content_key(key), request.data_name)
     return DataMount(
         provider, (bind,), request.env, size_bytes=size, download_s=seconds, source=source,
-        fetched=fetched_here.is_set(),
+        fetched=fetched_here.is_set(), notes=tuple(notes),
     )  # fmt: skip
 
 
@@ -167,12 +184,18 @@ class S3Provider:
         # naming one bucket share one copy.
         key = cache_key("s3", display_endpoint(endpoint), url)
 
+        region_name = str(region) if region else None
+
         def fetch(dest: Path, progress: Progress) -> Fetched:
             return fetch_s3(url, endpoint, access_key, secret_key, dest, progress,
                             provider=self.name, timeouts=timeouts,
-                            region=str(region) if region else None)  # fmt: skip
+                            region=region_name)  # fmt: skip
 
-        return fetch_cached(request, self.name, key, url, fetch)
+        def listing() -> Listing:
+            return list_s3(url, endpoint, access_key, secret_key, provider=self.name,
+                           timeouts=timeouts, region=region_name)  # fmt: skip
+
+        return fetch_cached(request, self.name, key, url, fetch, listing)
 
 
 class MinioProvider(S3Provider):
@@ -223,7 +246,7 @@ class NasProvider:
     def mount(self, request: DataRequest) -> DataMount:
         path = source_field(request, "path", "/nas/dir")
         timeouts = timeouts_of(request)
-        plans: list[tuple[str, str, Fetcher]] = []
+        plans: list[tuple[str, str, Fetcher, Lister]] = []
         reasons = []
         for label, node in self.nodes(request):
             try:  # a node written wrong is passed over, as one that does not answer
@@ -231,13 +254,12 @@ class NasProvider:
             except DataUnavailable as exc:
                 reasons.append(str(exc))
         cache = DataCache(request.mirror_dir)
-        # A copy from any node serves: the nodes are replicas of one NAS.
-        for key, source, fetch in plans:
-            if cache.lookup(key) is not None:
-                return fetch_cached(request, self.name, key, source, fetch)
-        for key, source, fetch in plans:
+        # A copy from any node serves: the nodes are replicas of one NAS. Nodes with a
+        # copy first (checked against that node), then the others in order.
+        plans.sort(key=lambda plan: cache.lookup(plan[0]) is None)
+        for key, source, fetch, listing in plans:
             try:
-                return fetch_cached(request, self.name, key, source, fetch)
+                return fetch_cached(request, self.name, key, source, fetch, listing)
             except DataUnavailable as exc:
                 reasons.append(str(exc))
         raise DataUnavailable("; ".join(reasons))
@@ -245,7 +267,7 @@ class NasProvider:
     def _plan(
         self, request: DataRequest, label: str, node: Mapping[str, Any], path: str,
         timeouts: Timeouts,
-    ) -> tuple[str, str, Fetcher]:  # fmt: skip
+    ) -> tuple[str, str, Fetcher, Lister]:  # fmt: skip
         host = login_field(node, label, "host", "ip")
         username = login_field(node, label, "username", "user")
         port_text = login_field(node, label, "port", required=False) or "22"
@@ -269,4 +291,8 @@ class NasProvider:
                               provider=self.name, timeouts=timeouts,
                               known_hosts=known_hosts)  # fmt: skip
 
-        return cache_key(self.name, where, path), f"{where}:{path}", fetch
+        def listing() -> Listing:
+            return list_sftp(host, port, username, secret, path, provider=self.name,
+                             timeouts=timeouts, known_hosts=known_hosts)  # fmt: skip
+
+        return cache_key(self.name, where, path), f"{where}:{path}", fetch, listing

@@ -288,29 +288,52 @@ def test_without_a_provider_the_model_runs_without_its_data_and_its_log_says_why
     assert_no_secret(data_servers, *outputs(pytester, result))
 
 
+def test_a_dataset_changed_on_the_server_is_fetched_again_and_the_log_says_why(
+    pytester: pytest.Pytester, data_servers: DataServers, isolated_cache: Path,
+    unique_dataset: str,
+) -> None:  # fmt: skip
+    models = [entry("changing", data="d", scripts="scripts/dummy/count.sh")]
+    data_tree(pytester, data_servers, models, {"d": {"minio": {"path": unique_dataset}}})
+    run(pytester, "--mad-tags", "dummies").assert_outcomes(passed=1)
+    bucket, prefix = unique_dataset.removeprefix("s3://").split("/", 1)
+    s3_client(data_servers).put_object(Bucket=bucket, Key=f"{prefix}/extra.txt", Body=b"new")
+    second = run(pytester, "--mad-tags", "dummies")
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines([f"changing*SUCCESS*{SAMPLE_FILES + 1}*files*"])
+    why, note = log_of(pytester, "changing")[:2]
+    where = f"data 'd': minio {unique_dataset}"
+    assert fnmatch.fnmatch(why, f"{where}: the cached copy was refreshed: changed on the server"
+                                " since it was fetched *: 1 new (extra.txt)")  # fmt: skip
+    assert fnmatch.fnmatch(note, f"{where}: 1.1M downloaded in * s, at MAD_DATAHOME=/data_dlm_0")
+
+
 # ---- remote Docker hosts ----
+
+
+def s3_client(servers: DataServers):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=servers.endpoint, region_name="us-east-1",
+        aws_access_key_id=servers.access_key, aws_secret_access_key=servers.secret_key,
+        config=Config(s3={"addressing_style": "path"}),
+    )  # fmt: skip
 
 
 @pytest.fixture
 def unique_dataset(data_servers: DataServers) -> Iterator[str]:
     """A dataset of this test alone in the S3, removed afterwards."""
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client(
-        "s3", endpoint_url=data_servers.endpoint, region_name="us-east-1",
-        aws_access_key_id=data_servers.access_key,
-        aws_secret_access_key=data_servers.secret_key,
-        config=Config(s3={"addressing_style": "path"}),
-    )  # fmt: skip
+    client = s3_client(data_servers)
     prefix = f"e2e-{uuid.uuid4().hex[:12]}"
     files = {path.relative_to(SAMPLE).as_posix(): path.read_bytes()
              for path in SAMPLE.rglob("*") if path.is_file()}  # fmt: skip
     for name, body in files.items():
         client.put_object(Bucket="mad-data", Key=f"{prefix}/{name}", Body=body)
     yield f"s3://mad-data/{prefix}"
-    for name in files:
-        client.delete_object(Bucket="mad-data", Key=f"{prefix}/{name}")
+    # What the test put there too.
+    for item in client.list_objects_v2(Bucket="mad-data", Prefix=f"{prefix}/").get("Contents", []):
+        client.delete_object(Bucket="mad-data", Key=item["Key"])
 
 
 def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
@@ -319,13 +342,20 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
 ) -> None:  # fmt: skip
     models = [entry(f"remote{i}", data="d", scripts="scripts/dummy/count.sh") for i in range(4)]
     data_tree(pytester, data_servers, models, {"d": {"minio": {"path": unique_dataset}}})
-    key = DataCache.digest(cache_key("s3", data_servers.endpoint, unique_dataset))
+    dataset = cache_key("s3", data_servers.endpoint, unique_dataset)
     links = HostLinks()
     engines = {host.name: links.client(host) for host in load_hosts(test_hosts)}
 
+    labels: set[str] = set()  # of every version of the data, for the removal at the end
+
+    def label() -> str:  # the volumes are named by what the cached copy holds
+        now = f"{DATA_LABEL}={DataCache(isolated_cache).content_key(dataset)}"
+        labels.add(now)
+        return now
+
     def volumes() -> dict[str, list[str]]:
         return {name: sorted(volume.name for volume in client.volumes.list(
-                    filters={"label": f"{DATA_LABEL}={key}"}))
+                    filters={"label": label()}))
                 for name, client in engines.items()}  # fmt: skip
 
     try:
@@ -344,16 +374,25 @@ def test_remote_hosts_get_the_data_as_a_volume_copied_once_per_host(
         assert {name: again[name] for name in hosts} == {name: copied[name] for name in hosts}
         # A copy removed behind our back is made again, never mounted anew and empty.
         for client in engines.values():
-            for volume in client.volumes.list(filters={"label": f"{DATA_LABEL}={key}"}):
+            for volume in client.volumes.list(filters={"label": label()}):
                 if volume.name.count("-") == 3:  # mad-data-<key>-<n>: the copy
                     volume.remove()
         third = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}")
         third.assert_outcomes(passed=4)
         third.stdout.fnmatch_lines_random([f"remote{i}*SUCCESS*{SAMPLE_FILES}*files*"
                                            for i in range(4)])  # fmt: skip
+        # Changed on the server: the hosts get the new copy, not the one they hold.
+        bucket, prefix = unique_dataset.removeprefix("s3://").split("/", 1)
+        s3_client(data_servers).put_object(Bucket=bucket, Key=f"{prefix}/extra", Body=b"new")
+        fourth = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}")
+        fourth.assert_outcomes(passed=4)
+        fourth.stdout.fnmatch_lines_random([f"remote{i}*SUCCESS*{SAMPLE_FILES + 1}*files*"
+                                            for i in range(4)])  # fmt: skip
     finally:
+        label()
         for client in engines.values():
-            for volume in client.volumes.list(filters={"label": f"{DATA_LABEL}={key}"}):
-                volume.remove(force=True)
+            for each in labels:
+                for volume in client.volumes.list(filters={"label": each}):
+                    volume.remove(force=True)
             client.close()
         links.close()

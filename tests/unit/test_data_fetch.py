@@ -13,7 +13,9 @@ import pytest
 from pytest_madengine.data.fetch import (
     DataCache,
     Fetched,
+    Listing,
     S3Location,
+    SourceFile,
     UnsafeData,
     cache_key,
     local_path,
@@ -137,6 +139,73 @@ def test_a_dead_fetchers_partial_directory_is_removed_by_the_next(tmp_path: Path
     assert not stale.exists() and cache.lookup("k") is not None
 
 
+SERVED = Listing({"sub/f.bin": SourceFile("k/sub/f.bin", 4, "v1")})
+
+
+def listed_fetch(log: Path, listing: Listing = SERVED):
+    """A fetch that says what it copied from, as fetch_s3 and fetch_sftp do."""
+    plain = counting_fetch(log)
+    return lambda dest: Fetched(*plain(dest)[:2], listing)
+
+
+def test_a_copy_without_its_manifest_is_fetched_again(tmp_path: Path) -> None:
+    cache, log, told = DataCache(tmp_path / "cache"), tmp_path / "log", []
+    cache.ensure("k", listed_fetch(log))
+    # As a copy of an older version, or one whose process died before the manifest.
+    cache.manifest_path("k").write_text('{"key": "k", "bytes": 4, "files": 1}')
+    cache.ensure("k", listed_fetch(log), tell=told.append)
+    assert log.read_text().count("fetch") == 2 and cache.lookup("k") is not None
+    assert told == ["the cached copy was fetched again: it had no manifest of its files"]
+
+
+def test_a_file_changed_here_at_the_same_size_is_fetched_again(tmp_path: Path) -> None:
+    cache, log, told = DataCache(tmp_path / "cache"), tmp_path / "log", []
+    path = cache.ensure("k", listed_fetch(log)) / "sub" / "f.bin"
+    path.write_bytes(b"DATA")  # the same size; its time moves
+    cache.ensure("k", listed_fetch(log), listing=lambda: SERVED, tell=told.append)
+    assert path.read_bytes() == b"data" and log.read_text().count("fetch") == 2
+    assert told == ["the cached copy was repaired: sub/f.bin was changed here"]
+    # Its time moved back but not its content: the digest is what counts.
+    os.utime(path, ns=(1, 1))
+    cache.ensure("k", listed_fetch(log), listing=lambda: SERVED, tell=told.append)
+    assert log.read_text().count("fetch") == 2 and len(told) == 1
+
+
+def test_a_listing_that_differs_fetches_again_and_one_that_fails_serves(tmp_path: Path) -> None:
+    cache, log, told = DataCache(tmp_path / "cache"), tmp_path / "log", []
+    cache.ensure("k", listed_fetch(log))
+    changed = Listing({"sub/f.bin": SourceFile("k/sub/f.bin", 4, "v2"),
+                       "new.bin": SourceFile("k/new.bin", 1, "v1")})  # fmt: skip
+    cache.ensure("k", listed_fetch(log, changed), listing=lambda: changed, tell=told.append)
+    assert log.read_text().count("fetch") == 2
+    (note,) = told
+    assert note.startswith("the cached copy was refreshed: changed on the server since it was ")
+    assert note.endswith(": 1 changed (sub/f.bin), 1 new (new.bin)")
+
+    def unreachable() -> Listing:
+        raise MadError("cannot connect to http://127.0.0.1:1")
+
+    told.clear()
+    cache.ensure("k", listed_fetch(log), listing=unreachable, tell=told.append)
+    assert log.read_text().count("fetch") == 2
+    (note,) = told
+    assert note.startswith("not checked against the server (cannot connect to http://127.0.0.1:1):"
+                           " serving the copy fetched 20")  # fmt: skip
+
+
+def test_the_content_key_names_what_the_copy_holds(tmp_path: Path) -> None:
+    cache, log = DataCache(tmp_path / "cache"), tmp_path / "log"
+    cache.ensure("k", listed_fetch(log))
+    first = cache.content_key("k")
+    (cache.path("k") / "sub" / "f.bin").unlink()
+    cache.ensure("k", listed_fetch(log), listing=lambda: SERVED)  # the same files again
+    assert cache.content_key("k") == first and log.read_text().count("fetch") == 2
+    changed = Listing({"sub/f.bin": SourceFile("k/sub/f.bin", 4, "v2")})
+    other = counting_fetch(log, b"DATA")
+    cache.ensure("k", lambda dest: Fetched(*other(dest)[:2], changed), listing=lambda: changed)
+    assert cache.content_key("k") != first and cache.content_key("other") != first
+
+
 CHILD = """
 import sys, time
 from pathlib import Path
@@ -163,6 +232,22 @@ def test_processes_asking_at_once_fetch_once(tmp_path: Path) -> None:
     assert all(child.returncode == 0 for child in children)
     assert paths == {str(DataCache(tmp_path / "cache").path("shared"))}
     assert log.read_text().count("fetch") == 1
+
+
+def test_processes_finding_a_damaged_copy_at_once_repair_it_once(tmp_path: Path) -> None:
+    def one_file(dest: Path) -> Fetched:
+        (dest / "f").write_text("x")
+        return Fetched(1, 1)
+
+    copy = DataCache(tmp_path / "cache").ensure("shared", one_file)
+    (copy / "f").write_text("")  # truncated
+    go, log = tmp_path / "go", tmp_path / "log"
+    argv = [sys.executable, "-c", CHILD, str(tmp_path / "cache"), str(log), str(go)]
+    children = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    go.touch()
+    paths = {child.communicate(timeout=60)[0].strip() for child in children}
+    assert all(child.returncode == 0 for child in children) and paths == {str(copy)}
+    assert log.read_text().count("fetch") == 1 and (copy / "f").read_text() == "x"
 
 
 def test_a_killed_fetch_is_never_cached(tmp_path: Path) -> None:

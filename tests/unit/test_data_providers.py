@@ -25,7 +25,7 @@ from pytest_madengine.data import (
     resolve_data,
 )
 from pytest_madengine.data import remote as remote_module
-from pytest_madengine.data.fetch import Fetched
+from pytest_madengine.data.fetch import Fetched, Listing, SourceFile
 from pytest_madengine.errors import MadError
 from pytest_madengine.reporting.perf_csv import human_size, perf_rows
 
@@ -47,6 +47,15 @@ def settings(tmp_path: Path, credentials: dict | None = None, environ=None, **mo
     return DataSettings(loaded, tmp_path, tmp_path / "cache", **more)
 
 
+# What the fake servers hold, and list when asked: the file `part`, never changed.
+LISTING = Listing({"part": SourceFile("part", 10, "v1")})
+
+
+def fake_listing(*args, **kwargs) -> Listing:
+    """Stands in for list_s3 / list_sftp."""
+    return LISTING
+
+
 class FakeServer:
     """Stands in for fetch_s3 / fetch_sftp: writes a file, counts calls, or fails."""
 
@@ -64,7 +73,13 @@ class FakeServer:
             progress(10, 10)
         if self.fail:
             raise MadError(f"{kwargs['provider']}: somewhere: {self.fail}")
-        return Fetched(10, 1)
+        return Fetched(10, 1, LISTING)
+
+
+@pytest.fixture(autouse=True)
+def fake_listings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote_module, "list_s3", fake_listing)
+    monkeypatch.setattr(remote_module, "list_sftp", fake_listing)
 
 
 @pytest.fixture
@@ -198,6 +213,7 @@ def test_a_fetched_dataset_is_reused_and_says_so(tmp_path: Path, fake_s3: FakeSe
     assert kwargs["timeouts"].connect == 2 and kwargs["provider"] == "minio"
     assert first.fetched and first.size_bytes == 10 and first.download_s is not None
     assert not second.fetched and second.download_s == 0.0 and second.size_bytes == 10
+    assert first.notes == second.notes == ()
     assert first.binds == second.binds and first.binds[0].content_key
     assert Path(first.binds[0].source, "part").read_bytes() == b"x" * 10
     assert Path(first.binds[0].source).parent == tmp_path / "cache"
@@ -271,7 +287,7 @@ def test_nas_tries_its_nodes_in_order_and_takes_any_nodes_copy(
     (args, _), = fake_sftp.calls  # fmt: skip
     assert args[3] == tmp_path / "id_key"  # a key file, relative to the tree
     again = resolve_data("d", {"d": {"nas": {"path": "/d"}}}, made)
-    assert calls == ["h1", "h2"] and not again.fetched  # h2's copy: no connection at all
+    assert calls == ["h1", "h2"] and not again.fetched  # h2's copy, h2 asked first
 
 
 # ---- what the records and reports say ----
