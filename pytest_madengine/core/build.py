@@ -23,10 +23,10 @@ from pytest_madengine.backends import (
     ImageRequest,
     PushProgressSink,
 )
-from pytest_madengine.core.credentials import DOCKERHUB, Credentials, registry_key, registry_of
 from pytest_madengine.core.planning import Plan, PlannedTest
 from pytest_madengine.core.records import ImageFacts, Status, _plain
 from pytest_madengine.core.tree.tags import parse_tag
+from pytest_madengine.credentials import DOCKERHUB, Credentials, registry_key, registry_of
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.core.credentials import registry_of
+from pytest_madengine.credentials import registry_of
 from pytest_madengine.errors import MadError, read_json
 
 

@@ -19,10 +19,10 @@ from typing import Any
 from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
 from pytest_madengine.core.build import BatchEntry, load_batch_manifest
 from pytest_madengine.core.context import RunContext, build_context
-from pytest_madengine.core.credentials import Credentials, load_credentials
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
 from pytest_madengine.core.results import Baseline, load_baseline, parse_tolerance
 from pytest_madengine.core.tree.tags import parse_tag, split_tags
+from pytest_madengine.credentials import Credentials, load_credentials
 from pytest_madengine.data import default_cache_dir
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 from pytest_madengine.resources.gpus import GpuInventory, inventory

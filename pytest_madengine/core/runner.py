@@ -27,7 +27,6 @@ from pytest_madengine.backends import (
     RunOutcome,
     RunSpec,
 )
-from pytest_madengine.core.credentials import registry_of
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.records import (
@@ -48,15 +47,7 @@ from pytest_madengine.core.results import (
 )
 from pytest_madengine.core.runspec import build_model_run
 from pytest_madengine.core.tree.dockerfiles import base_docker_of
-from pytest_madengine.core.workspace import (
-    FAILED_FILE,
-    GIT_COMMIT_FILE,
-    WORKSPACE,
-    ModelRun,
-    read_result,
-    render,
-    step_failure,
-)
+from pytest_madengine.credentials import registry_of
 from pytest_madengine.data import (
     DataMissing,
     DataMount,
@@ -69,6 +60,15 @@ from pytest_madengine.masking import mask_all
 from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import Placement
+from pytest_madengine.workspace import (
+    FAILED_FILE,
+    GIT_COMMIT_FILE,
+    WORKSPACE,
+    ModelRun,
+    read_result,
+    render,
+    step_failure,
+)
 
 LOG_TAIL_LINES = 25
 TAIL_LINE_CHARS = 2000

@@ -20,7 +20,11 @@ from pytest_madengine.backends import (
 )
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
-from pytest_madengine.core.workspace import (
+from pytest_madengine.data import DataMount
+from pytest_madengine.errors import MadError
+from pytest_madengine.resources.gpus import Gpu
+from pytest_madengine.resources.hosts import Host
+from pytest_madengine.workspace import (
     RUN_DIRECTORY,
     STATE_DIR,
     WORKSPACE,
@@ -30,10 +34,6 @@ from pytest_madengine.core.workspace import (
     render,
     timeout_line,
 )
-from pytest_madengine.data import DataMount
-from pytest_madengine.errors import MadError
-from pytest_madengine.resources.gpus import Gpu
-from pytest_madengine.resources.hosts import Host
 
 AMD_RENDER_MINOR_BASE = 128  # GPU i is /dev/dri/renderD(128+i) on ROCm hosts
 

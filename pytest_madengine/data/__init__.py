@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_madengine.backends import DataBind
-from pytest_madengine.core.credentials import Credentials
+from pytest_madengine.credentials import Credentials
 from pytest_madengine.errors import MadError
 from pytest_madengine.registry import registered
 

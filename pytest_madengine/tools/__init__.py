@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_madengine.core.workspace import ModelRun
 from pytest_madengine.errors import MadError
 from pytest_madengine.registry import registered
 from pytest_madengine.tools.files import load_tools_file
+from pytest_madengine.workspace import ModelRun
 
 ENTRY_POINT_GROUP = "pytest_madengine.tools"
 DEFAULT_TOOLS_FILE = Path(__file__).with_name("tools.json")

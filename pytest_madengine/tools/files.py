@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.core.workspace import ModelRun, parse_scripts
 from pytest_madengine.errors import MadError, read_json
+from pytest_madengine.workspace import ModelRun, parse_scripts
 
 TOOL_KEYS = ("pre_scripts", "cmd", "env_vars", "post_scripts")
 

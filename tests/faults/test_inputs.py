@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.credentials import Credentials
 from pytest_madengine.core.results import bounded_lines
+from pytest_madengine.credentials import Credentials
 from tests.conftest import entry, write_tree
 
 DEEP = "[" * 100_000 + "]" * 100_000

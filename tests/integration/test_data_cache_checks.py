@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.credentials import Credentials
+from pytest_madengine.credentials import Credentials
 from pytest_madengine.data import DataMissing, DataMount, DataSettings, resolve_data
 from tests.conftest import CREDENTIALS, DATA_DIR, SAMPLE, DataServers
 

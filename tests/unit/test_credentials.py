@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.credentials import MASK, GitLogin, load_credentials
+from pytest_madengine.credentials import MASK, GitLogin, load_credentials
 from pytest_madengine.errors import MadError
 from pytest_madengine.masking import StreamMask, mask_text
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.backends.docker.datavolumes import tar_stream
-from pytest_madengine.core.credentials import load_credentials
 from pytest_madengine.core.records import DataFacts, ModelFacts, ResultRow, Status, TestRecord
+from pytest_madengine.credentials import load_credentials
 from pytest_madengine.data import (
     DATA_HOME,
     DataMissing,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.credentials import MASK, load_credentials, registry_key, registry_of
 from pytest_madengine.core.manifest import load_manifest, with_registry
+from pytest_madengine.credentials import MASK, load_credentials, registry_key, registry_of
 from pytest_madengine.errors import MadError
 
 IMAGE = "ci-dummy_dummy.ubuntu.amd"

@@ -18,11 +18,11 @@ from pytest_madengine.core.runspec import (
     visibility_env,
 )
 from pytest_madengine.core.session import MadSession
-from pytest_madengine.core.workspace import render
 from pytest_madengine.data import DataMissing, DataMount, resolve_data
 from pytest_madengine.errors import MadError
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.hosts import local_host
+from pytest_madengine.workspace import render
 from tests.conftest import entry, write_tree
 
 

@@ -17,7 +17,10 @@ import pytest
 
 from pytest_madengine.backends import RunSpec, collected
 from pytest_madengine.backends.collect import Landing, extract_workspace, refusal
-from pytest_madengine.core.workspace import (
+from pytest_madengine.errors import MadError
+from pytest_madengine.tools import DEFAULT_TOOLS_FILE, load_toolbox
+from pytest_madengine.tools.files import load_tools_file
+from pytest_madengine.workspace import (
     WORKSPACE,
     ModelRun,
     Script,
@@ -26,9 +29,6 @@ from pytest_madengine.core.workspace import (
     step_failure,
     timeout_line,
 )
-from pytest_madengine.errors import MadError
-from pytest_madengine.tools import DEFAULT_TOOLS_FILE, load_toolbox
-from pytest_madengine.tools.files import load_tools_file
 
 NOTE = '#!/bin/sh\necho "$*" >> ../order.txt\n'
 MODEL = '#!/bin/sh\necho "model $*" >> ../order.txt\necho "performance: 1 ok"\n'

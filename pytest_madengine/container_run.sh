@@ -5,7 +5,7 @@
 # Each step arrives as `KIND COUNT WORD...` (COUNT words follow). Every value is an
 # argument, never code: the only shell text run is the tools file's command prefix.
 # A failing step leaves `KIND<TAB>CODE<TAB>WHAT` in .madengine/failed and ends the run
-# with its exit code. pytest-madengine writes the steps (pytest_madengine/core/workspace.py).
+# with its exit code. pytest-madengine writes the steps (pytest_madengine/workspace.py).
 
 state=.madengine
 model_dir=run_directory
