@@ -57,9 +57,9 @@ from pytest_madengine.data import (
 )
 from pytest_madengine.errors import HostLost, MadError, NotRun, Stopped
 from pytest_madengine.masking import mask_all
-from pytest_madengine.reporting.perf_csv import human_size
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import Placement
+from pytest_madengine.units import human_size
 from pytest_madengine.workspace import (
     FAILED_FILE,
     GIT_COMMIT_FILE,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pytest_madengine.core.records import TestRecord
+from pytest_madengine.units import human_size
 
 PERF_COLUMNS = (
     "model", "n_gpus", "nnodes", "gpus_per_node", "training_precision", "pipeline", "args",
@@ -130,22 +130,6 @@ class PerfCsv:
 
 def _seconds(value: float | None) -> str:
     return f"{value:.2f}" if value else ""
-
-
-def human_size(size: int | None) -> str:
-    """A size as madengine's `du -sh` wrote it (1024-based, rounded up: 512K, 1.1M, 20G)."""
-    if size is None:
-        return ""
-    if size < 1024:
-        return str(size)
-    value, unit = float(size), ""
-    for unit in "KMGTP":  # noqa: B007 - the unit the loop stops at is the one to show
-        value /= 1024
-        if value < 1024:
-            break
-    if value < 10:
-        return f"{math.ceil(value * 10) / 10:.1f}{unit}"
-    return f"{math.ceil(value)}{unit}"
 
 
 def _number(value: float | None) -> str:
