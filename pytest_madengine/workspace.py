@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.backends import RunSpec
+from pytest_madengine.contract import RunSpec
 from pytest_madengine.errors import MadError
 
 WORKSPACE = "/myworkspace"

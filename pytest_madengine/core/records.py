@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_madengine.contract import ImageFacts  # re-exported: records name it
+
 
 class Status(str, enum.Enum):
     """A result's status, spelled as perf.csv spells it."""
@@ -42,19 +44,6 @@ class ResultRow:
         if self.performance is not None:
             return f"{self.performance:g}"
         return self.text or ""
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """The image a test ran, as the backend made it available on the host."""
-
-    name: str  # what the container runs: a local name or a registry reference
-    docker_sha: str
-    base_docker: str = ""
-    built: bool = False  # False when an image of the same content was reused
-    pulled: bool = False  # from a registry
-    build_duration: float = 0.0
-    log_path: str | None = None  # the build log
 
 
 @dataclass(frozen=True)

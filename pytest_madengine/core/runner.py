@@ -27,6 +27,7 @@ from pytest_madengine.backends import (
     RunOutcome,
     RunSpec,
 )
+from pytest_madengine.contract import base_docker_of
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.records import (
@@ -46,7 +47,6 @@ from pytest_madengine.core.results import (
     parse_multiple_results,
 )
 from pytest_madengine.core.runspec import build_model_run
-from pytest_madengine.core.tree.dockerfiles import base_docker_of
 from pytest_madengine.credentials import registry_of
 from pytest_madengine.data import (
     DataMissing,

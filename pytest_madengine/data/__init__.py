@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_madengine.backends import DataBind
+from pytest_madengine.contract import DataBind
 from pytest_madengine.credentials import Credentials
 from pytest_madengine.errors import MadError
 from pytest_madengine.registry import registered

@@ -9,7 +9,7 @@ container fails to start where it does not.
 
 from __future__ import annotations
 
-from pytest_madengine.backends import DataBind
+from pytest_madengine.contract import DataBind
 from pytest_madengine.data import DataMount, DataRequest, DataUnavailable
 
 

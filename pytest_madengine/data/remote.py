@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.backends import DataBind
+from pytest_madengine.contract import DataBind
 from pytest_madengine.credentials import field_of
 from pytest_madengine.data import DataMount, DataProgress, DataRequest, DataUnavailable
 from pytest_madengine.data.fetch import (

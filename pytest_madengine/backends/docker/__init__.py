@@ -47,7 +47,7 @@ from pytest_madengine.backends.docker.engines import Engines
 from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
 from pytest_madengine.backends.docker.links import HostLinks, check_hosts
 from pytest_madengine.backends.docker.publish import ImagePusher
-from pytest_madengine.core.records import ImageFacts
+from pytest_madengine.contract import ImageFacts
 from pytest_madengine.errors import HostLost, MadError, UsageProblem, first_line
 from pytest_madengine.resources.hosts import Host, load_hosts, local_host
 from pytest_madengine.resources.once import Once, note_key

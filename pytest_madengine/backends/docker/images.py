@@ -24,8 +24,7 @@ import docker.utils.build
 
 from pytest_madengine.backends import LABEL_PREFIX, OutputSink
 from pytest_madengine.backends.docker.containers import ENGINE_FAILURES
-from pytest_madengine.core.records import ImageFacts
-from pytest_madengine.core.tree.dockerfiles import base_docker_of
+from pytest_madengine.contract import ImageFacts, base_docker_of
 from pytest_madengine.errors import MadError
 from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.once import Once

@@ -67,7 +67,7 @@ from pytest_madengine.backends.kubernetes.manifests import (
 from pytest_madengine.backends.kubernetes.run import DryRun, JobRun
 from pytest_madengine.backends.kubernetes.status import JobTracker
 from pytest_madengine.backends.kubernetes.watch import NamespaceWatch
-from pytest_madengine.core.records import ImageFacts
+from pytest_madengine.contract import ImageFacts
 from pytest_madengine.credentials import registry_of
 from pytest_madengine.errors import HostLost, MadError, UsageProblem, first_line
 from pytest_madengine.masking import mask_text

@@ -56,7 +56,7 @@ from pytest_madengine.backends.slurm.node import (
 from pytest_madengine.backends.slurm.script import SlurmJobSpec, slurm_time, write_script
 from pytest_madengine.backends.slurm.settings import SlurmSettings, parse_settings
 from pytest_madengine.backends.slurm.watcher import JobWatch, JobWatcher
-from pytest_madengine.core.records import ImageFacts
+from pytest_madengine.contract import ImageFacts
 from pytest_madengine.credentials import registry_of
 from pytest_madengine.errors import MadError, NotRun, UsageProblem, first_line
 from pytest_madengine.resources.gpus import Gpu, GpuInventory

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,6 @@ from pytest_madengine.errors import MadError
 HEADER_PREFIX = "# CONTEXT"
 # The header sits in the first lines; reading a few is enough and keeps big files cheap.
 HEADER_SCAN_LINES = 10
-_ARG_BASE = re.compile(r"^\s*ARG\s+BASE_DOCKER\s*=\s*(\S+)", re.MULTILINE)
-
-
-def base_docker_of(dockerfile: Path, build_args: Mapping[str, str]) -> str:
-    """BASE_DOCKER from the build args, else the Dockerfile's own default."""
-    if "BASE_DOCKER" in build_args:
-        return build_args["BASE_DOCKER"]
-    found = _ARG_BASE.search(dockerfile.read_text(encoding="utf-8", errors="replace"))
-    return found.group(1) if found else ""
 
 
 @dataclass(frozen=True)
