@@ -196,7 +196,7 @@ class _LogPump(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self._stream() as log:
+            with self._stream().open() as log:
                 source = self.source
                 if source is None:
                     source = self.container.logs(stream=True, follow=True)
