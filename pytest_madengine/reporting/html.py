@@ -111,6 +111,8 @@ def load_results(paths: Sequence[Path], limits: ReportLimits = ReportLimits()) -
 def _chunks(path: Path, limits: ReportLimits) -> Iterator[pd.DataFrame]:
     """The file's rows, a chunk at a time, read through the bounded input reader (no
     wait on a FIFO nobody writes; /dev/zero refused at its first too-long line)."""
+    if not os.path.lexists(path):
+        raise MadError(f"{path}: no such file")
     raw = open_input(path, max_bytes=limits.max_file_bytes, max_line_bytes=limits.max_line_bytes)
     text = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", newline="")
     with text:

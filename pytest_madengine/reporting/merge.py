@@ -86,6 +86,8 @@ def merge_csv(paths: Sequence[Path], output: Path, max_rows: int = MAX_MERGED_RO
 
 
 def _csv_input(path: Path) -> io.TextIOWrapper:
+    if not path.exists() and not path.is_symlink():
+        raise MadError(f"{path}: no such file")
     raw = open_input(path, max_bytes=MAX_TABLE_BYTES, max_line_bytes=MAX_LINE_BYTES)
     return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", newline="")
 

@@ -68,7 +68,7 @@ def test_a_file_that_is_not_a_perf_csv_is_named(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("name,value\na,1\n")
     with pytest.raises(MadError, match=r"x.csv: missing column\(s\) model, performance"):
         load_results([tmp_path / "x.csv"])
-    with pytest.raises(MadError, match=r"nope\.csv: No such file"):
+    with pytest.raises(MadError, match=r"nope\.csv: no such file"):
         load_results([tmp_path / "nope.csv"])
 
 
