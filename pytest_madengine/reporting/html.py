@@ -6,7 +6,9 @@ fetched), so it opens offline, from a CI artifact or a mail. Needs the `report` 
 (pandas, Jinja2); the plugin imports this module only when --mad-html asks for it.
 
 A run is one result of a model on a host: rows are read in file order, the files in
-the order given, so the n-th row of a model on a host is its run n.
+the order given, so the n-th row of a model on a host is its run n. Files are streamed
+in chunks, and what the page draws is bounded (ReportLimits): memory and page size do
+not grow with the input's length.
 """
 
 from __future__ import annotations
@@ -291,7 +293,9 @@ def _charts(
             runs_per_point = max(runs_per_point, per_point)
         aggregated += sum(1 for one in drawn if len(one.values) > budget)
         note = f"up to {runs_per_point} runs a point: median, bar min to max"
-        svg = line_chart(series, title=model, y_label=drawn[-1].latest[2],
+        # The metric as the latest result that names one says it (a failure names none).
+        metric = next((one.latest[2] for one in reversed(drawn) if one.latest[2]), "")
+        svg = line_chart(series, title=model, y_label=metric,
                          reference=baseline.get(model),
                          note=note if runs_per_point > 1 else "")  # fmt: skip
         charts.append(Chart(model, svg))
