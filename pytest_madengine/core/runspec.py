@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import posixpath
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from pytest_madengine.core.workspace import (
     timeout_line,
 )
 from pytest_madengine.data import DataMount
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, parse_words
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.hosts import Host
 
@@ -159,8 +158,8 @@ def build_model_run(
     root = options.root
     script_dir, argv = script_command(
         model.scripts,
-        shlex.split(context.get("model_args") or model.args)
-        + shlex.split(test.selected.extra_args),
+        parse_words(context.get("model_args") or model.args, f"model '{model.name}': args")
+        + parse_words(test.selected.extra_args, f"model '{model.name}': parameters"),
         # A url model's scripts may come with its repository: madengine's rule then.
         (root / model.scripts).is_dir()
         or (model.url is not None and not model.scripts.endswith((".sh", ".py"))),
