@@ -1,15 +1,53 @@
-"""Cleanup that an impatient second Ctrl-C must not cut short."""
+"""How a session stops when it is told to: Ctrl-C, SIGTERM (`timeout`, CI runners) and
+SIGHUP (a closed terminal, a dropped SSH session) all end it as Ctrl-C does, with its
+cleanup; and cleanup that an impatient second signal must not cut short."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import TracebackType
 from typing import Any
 
+# What stops a session: all three raise KeyboardInterrupt, so `finally` blocks run.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopOnce:
+    """The first stop signal raises KeyboardInterrupt (so `finally` blocks remove our
+    containers, Jobs and scratch), later ones while it winds down are ignored instead
+    of cutting the cleanup or pytest's report short (kill -9 forces)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_stop_handler() -> dict[int, Any]:
+    """StopOnce for every stop signal (main thread only: elsewhere Python cannot set
+    handlers, and signals do not arrive); the handlers it replaced, to put back."""
+    stop = StopOnce()
+    previous: dict[int, Any] = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        for number in STOP_SIGNALS:
+            previous[number] = signal.signal(number, stop)
+    return previous
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for number, handler in previous.items():
+        with contextlib.suppress(ValueError):
+            signal.signal(number, handler)
+
 
 class deferred_interrupts:
-    """Within the block, Ctrl-C and SIGTERM are held back (main thread only; elsewhere
+    """Within the block, the stop signals are held back (main thread only; elsewhere
     signals do not arrive anyway). When the block ends with an exception already on its
     way (the first Ctrl-C, say) the held ones are dropped; otherwise the first is handed
     to the handler the block found (which raises KeyboardInterrupt, or ignores it when
@@ -19,7 +57,7 @@ class deferred_interrupts:
         self._held: list[int] = []
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
+            for number in STOP_SIGNALS:
                 self._previous[number] = signal.signal(number, self._hold)
         return self
 
@@ -32,8 +70,7 @@ class deferred_interrupts:
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+        restore_handlers(self._previous)
         if not self._held or kind is not None:
             return
         number = self._held[0]

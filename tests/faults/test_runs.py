@@ -226,3 +226,149 @@ def test_a_frozen_host_is_lost_in_time_and_its_tests_placed_again(
     unique_tree(pytester, [entry("quick")])
     run(pytester, "--mad-tags", "quick", f"--mad-hosts={test_hosts}").assert_outcomes(passed=1)
     assert host1.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={frozen}"}) == []
+
+
+def ssh_tunnels_of(parent: int) -> list[int]:
+    """The pids of the `ssh -N -L` tunnels a process started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == parent and argv[0] == b"ssh" and b"-L" in argv:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def runs(pid: int) -> bool:
+    """Whether the process is there and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def leftovers(engines: dict[str, docker.DockerClient], session_id: str, image_id: str) -> dict:
+    """Engine name -> the names of containers still there of the session (by its label)
+    or of the test's own image (a container started without our labels counts too)."""
+    found = {}
+    for name, client in engines.items():
+        labelled = client.containers.list(
+            all=True, filters={"label": f"{SESSION_LABEL}={session_id}"}
+        )
+        of_image = client.containers.list(all=True, filters={"ancestor": image_id})
+        names = sorted({c.name for c in [*labelled, *of_image]})
+        if names:
+            found[name] = names
+    return found
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group", "at_once"),
+    [
+        (signal.SIGTERM, True, ("--mad-concurrency", "4")),
+        (signal.SIGTERM, True, ("-n", "2")),
+        (signal.SIGHUP, False, ("--mad-concurrency", "4")),
+        (signal.SIGHUP, False, ("-n", "2")),
+        (signal.SIGINT, True, ("--mad-concurrency", "4")),
+    ],
+    ids=["SIGTERM-group", "SIGTERM-group-xdist", "SIGHUP", "SIGHUP-xdist", "SIGINT-group"],
+)
+def test_a_signalled_session_leaves_nothing_on_any_host(
+    pytester: pytest.Pytester,
+    docker_client: docker.DockerClient,
+    test_hosts: Path,
+    real_home: None,
+    signum: int,
+    to_group: bool,
+    at_once: tuple[str, ...],
+) -> None:
+    """What `timeout`, a CI runner (SIGTERM to the process group) or a closed terminal
+    (SIGHUP) do to a session: it stops as after Ctrl-C, with pytest's interrupted exit
+    code, no container of its own on any host and no scratch directory."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(4)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *at_once,
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    # Its own process group, as a CI job's: the signal to the group does not reach us.
+    session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    with HostLinks() as links:
+        engines = {"local": docker_client}
+        engines.update({host.name: links.client(host) for host in load_hosts(test_hosts)})
+        try:
+            running = _running_on_every_host(engines, session)
+            session_id, image_id = running.labels[SESSION_LABEL], running.image.id
+            tunnels = ssh_tunnels_of(session.pid)
+            assert tunnels, "the session reaches the hosts through no SSH tunnel"
+            if to_group:
+                os.killpg(session.pid, signum)
+            else:
+                session.send_signal(signum)
+            output, _ = session.communicate(timeout=120)
+        finally:
+            if session.poll() is None:
+                os.killpg(session.pid, signal.SIGKILL)
+        assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+        assert "Traceback" not in output, output
+        assert leftovers(engines, session_id, image_id) == {}, output
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{session_id}-*")) == []
+    assert [pid for pid in tunnels if runs(pid)] == [], "SSH tunnels outlived the session"
+
+
+def _running_on_every_host(
+    engines: dict[str, docker.DockerClient], session: subprocess.Popen[str]
+) -> docker.models.containers.Container:
+    """A container of the session, once one runs on each host (not the local engine)."""
+    deadline = time.monotonic() + 180
+    while True:
+        mine = {
+            name: [
+                c
+                for c in client.containers.list(filters={"label": CONTROLLER_LABEL})
+                if c.labels[CONTROLLER_LABEL].split(":")[1] == str(session.pid)
+            ]
+            for name, client in engines.items()
+            if name != "local"
+        }
+        if all(mine.values()):
+            return next(iter(mine.values()))[0]
+        assert time.monotonic() < deadline, "the models never ran on every host"
+        assert session.poll() is None, session.communicate()[0]
+        time.sleep(0.2)
+
+
+def test_the_ssh_tunnels_of_a_session_killed_with_kill_9_end_too(
+    pytester: pytest.Pytester, test_hosts: Path, real_home: None
+) -> None:
+    """The tunnels run outside pytest's process group (a signal to the group must not
+    end them before the cleanup), so kill -9 of the group does not reach them: they
+    end with the process that opened them. The next session removes the containers."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--mad-concurrency", "2",
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    with HostLinks() as links:
+        engines = {host.name: links.client(host) for host in load_hosts(test_hosts)}
+        try:
+            running = _running_on_every_host(engines, session)
+            tunnels = ssh_tunnels_of(session.pid)
+            assert tunnels, "the session reaches the hosts through no SSH tunnel"
+        finally:
+            os.killpg(session.pid, signal.SIGKILL)
+            session.communicate(timeout=30)
+        deadline = time.monotonic() + 30
+        while left := [pid for pid in tunnels if runs(pid)]:
+            assert time.monotonic() < deadline, f"SSH tunnels {left} outlived kill -9"
+            time.sleep(0.05)
+        killed = running.labels[SESSION_LABEL]
+        unique_tree(pytester, [entry("quick")])
+        run(pytester, "--mad-tags", "quick", f"--mad-hosts={test_hosts}").assert_outcomes(passed=1)
+        assert leftovers(engines, killed, running.image.id) == {}
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{killed}-*")) == []
