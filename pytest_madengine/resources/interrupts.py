@@ -5,7 +5,10 @@ cleanup; and cleanup that an impatient second signal must not cut short."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import signal
+import termios
 import threading
 from types import TracebackType
 from typing import Any
@@ -23,10 +26,40 @@ class StopOnce:
         self.stopping = False
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            release_lost_terminal()
         if self.stopping:
             return
         self.stopping = True
         raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _hung_up(descriptor: int) -> bool:
+    """Whether the descriptor is a terminal that hung up (every call on it gives EIO)."""
+    try:
+        termios.tcgetattr(descriptor)
+    except termios.error as exc:  # also a descriptor that is no terminal, or closed
+        return exc.args[0] == errno.EIO
+    return False
+
+
+def release_lost_terminal() -> None:
+    """Points every descriptor of a terminal that hung up at /dev/null: the report
+    pytest writes after the cleanup would fail on EIO (a traceback and exit code 1
+    instead of the interrupted one). A SIGHUP sent to a session whose terminal is
+    still there changes nothing."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        descriptors = [0, 1, 2]
+    lost = [descriptor for descriptor in descriptors if _hung_up(descriptor)]
+    if not lost:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for descriptor in lost:
+        with contextlib.suppress(OSError):
+            os.dup2(null, descriptor, inheritable=os.get_inheritable(descriptor))
+    os.close(null)
 
 
 def install_stop_handler() -> dict[int, Any]:

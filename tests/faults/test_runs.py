@@ -7,11 +7,14 @@ in tests/e2e/test_run.py and tests/e2e/test_hosts.py.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
 from pytest_madengine.backends.docker import containers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
-from tests.conftest import entry
+from tests.conftest import TEST_IMAGE_LABEL, TEST_SESSION, entry
 from tests.e2e.test_run import SLEEPER, junit_properties, read_perf, run, scripts, unique_tree
 
 pytestmark = [pytest.mark.docker]
@@ -41,13 +44,16 @@ echo "performance: $value fps"
 
 
 def ours(client: docker.DockerClient) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": SESSION_LABEL})}
+    """Containers of the images this suite built (unique_tree labels them), whatever
+    labels of ours they carry: other sessions on this engine run other images."""
+    mine = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"
+    return {c.id for c in client.containers.list(all=True, filters={"label": mine})}
 
 
 @pytest.fixture(autouse=True)
 def nothing_left(docker_client: docker.DockerClient) -> Iterator[None]:
     """After each test, no container of its sessions on the local engine (sessions that
-    run beside this suite may have theirs)."""
+    run beside this suite have theirs)."""
     before = ours(docker_client)
     yield
     assert ours(docker_client) - before == set()
@@ -372,3 +378,50 @@ def test_the_ssh_tunnels_of_a_session_killed_with_kill_9_end_too(
         run(pytester, "--mad-tags", "quick", f"--mad-hosts={test_hosts}").assert_outcomes(passed=1)
         assert leftovers(engines, killed, running.image.id) == {}
     assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{killed}-*")) == []
+
+
+def _on_a_terminal(argv: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The command on a terminal of its own (a pseudo-terminal that is its controlling
+    terminal, as in an SSH login) and the terminal's master end. Nobody reads it: what
+    a session shows before its tests run fits the terminal's buffer."""
+    master, slave = pty.openpty()
+    session = subprocess.Popen(
+        argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )  # fmt: skip
+    os.close(slave)
+    return session, master
+
+
+@pytest.mark.parametrize("at_once", [("--mad-concurrency", "2"), ("-n", "2")],
+                         ids=["in-process", "xdist"])  # fmt: skip
+def test_a_session_whose_terminal_hangs_up_stops_and_leaves_nothing(
+    pytester: pytest.Pytester,
+    docker_client: docker.DockerClient,
+    test_hosts: Path,
+    real_home: None,
+    at_once: tuple[str, ...],
+) -> None:
+    """A dropped SSH login: the terminal hangs up, the kernel sends SIGHUP to the
+    session's process group, and every write to the terminal fails from then on."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *at_once,
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    session, terminal = _on_a_terminal(argv, pytester.path)
+    with HostLinks() as links:
+        engines = {"local": docker_client}
+        engines.update({host.name: links.client(host) for host in load_hosts(test_hosts)})
+        try:
+            running = _running_on_every_host(engines, session)
+            tunnels = ssh_tunnels_of(session.pid)
+            os.close(terminal)  # the terminal goes away
+            returncode = session.wait(timeout=120)
+        finally:
+            if session.poll() is None:
+                os.killpg(session.pid, signal.SIGKILL)
+        assert returncode == pytest.ExitCode.INTERRUPTED
+        session_id = running.labels[SESSION_LABEL]
+        assert leftovers(engines, session_id, running.image.id) == {}
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{session_id}-*")) == []
+    assert [pid for pid in tunnels if runs(pid)] == [], "SSH tunnels outlived the session"
