@@ -95,6 +95,8 @@ class deferred_interrupts:
         return self
 
     def _hold(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            release_lost_terminal()  # now: a held signal may be dropped at the end
         self._held.append(signum)
 
     def __exit__(
