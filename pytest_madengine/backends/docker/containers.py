@@ -43,6 +43,7 @@ from pytest_madengine.backends.collect import (
     extract_workspace,
     fill_workspace,
 )
+from pytest_madengine.backends.copies import copy_entries
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.processes import identity_gone
@@ -148,22 +149,30 @@ def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) 
 
 
 def tar_directories(
-    copies: tuple[tuple[Path, str], ...], excludes: tuple[Path, ...] = ()
+    copies: tuple[tuple[Path, str], ...],
+    excludes: tuple[Path, ...] = (),
+    within: Path | None = None,
 ) -> IO[bytes]:
-    """A tar of host directories placed at container paths (extracted at `/`), spooled to
-    disk past a few megabytes (scripts directories may hold big files), rewound.
-    `excludes` are host paths left out, with everything below them."""
+    """A tar of host directories (or files) placed at container paths (extracted at `/`),
+    spooled to disk past a few megabytes (scripts directories may hold big files), rewound.
+    `excludes` are host paths left out, with everything below them; links are handled as
+    `copy_entries` says (`within`: the MAD tree)."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned open
     with tarfile.open(fileobj=spool, mode="w") as archive:
-        for host_dir, container_dir in copies:
-            base = container_dir.lstrip("/")
-            skipped = {base + "/" + str(path.relative_to(host_dir)) for path in excludes
-                       if path == host_dir or host_dir in path.parents}  # fmt: skip
-
-            def keep(info: tarfile.TarInfo, skipped: set[str] = skipped) -> tarfile.TarInfo | None:
-                return None if info.name in skipped else info
-
-            archive.add(str(host_dir), arcname=base, filter=keep)
+        for host, container in copies:
+            base = container.strip("/")
+            if not host.is_dir():
+                archive.add(str(host.resolve()), arcname=base)
+                continue
+            archive.add(str(host.resolve()), arcname=base, recursive=False)
+            for entry in copy_entries(host, within, excludes):
+                name = f"{base}/{entry.relative}"
+                if entry.kind == "link":
+                    info = tarfile.TarInfo(name)
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
+                    archive.addfile(info)
+                else:
+                    archive.add(str(entry.source), arcname=name, recursive=False)
     spool.seek(0)
     return spool
 
@@ -302,7 +311,9 @@ class ContainerRun:
             copies = spec.copies
             if workspace_dir is not None:
                 workspace_dir.mkdir(mode=0o755, parents=True)
-                copies = fill_workspace(copies, spec.copy_excludes, workspace_dir, spec.workdir)
+                copies = fill_workspace(
+                    copies, spec.copy_excludes, workspace_dir, spec.workdir, spec.copy_within
+                )
                 kwargs.setdefault("mounts", []).append(
                     docker.types.Mount(spec.workdir, str(workspace_dir), type="bind")
                 )
@@ -313,7 +324,7 @@ class ContainerRun:
                     raise WorkspaceNotShared(first_line(exc)) from None
                 raise
             if copies:
-                with tar_directories(copies, spec.copy_excludes) as archive:
+                with tar_directories(copies, spec.copy_excludes, spec.copy_within) as archive:
                     self.container.put_archive("/", archive)
         if start:
             self.begin(on_output)
