@@ -13,6 +13,7 @@ import io
 import os
 import posixpath
 import queue
+import re
 import shutil
 import tarfile
 import tempfile
@@ -87,6 +88,36 @@ MAX_POOL_SIZE = 64
 
 class EngineError(MadError):
     """The Docker Engine failed us (unreachable, gone mid-run, refused the container)."""
+
+
+# A kept container is named as madengine names its containers; a second kept run of the
+# same image takes the first free `_2`, `_3`... (madengine refuses it).
+KEPT_NAME_TRIES = 100
+
+
+def kept_container_name(image: str, nth: int = 1) -> str:
+    """madengine's `container_<image>` (`/` and `:` as `_`), with `_<nth>` after the
+    first; any other character a container name may not hold becomes `_` too."""
+    name = "container_" + re.sub(r"[^a-zA-Z0-9_.-]", "_", image)
+    return name if nth == 1 else f"{name}_{nth}"
+
+
+def _create(client: docker.DockerClient, kwargs: dict[str, Any], spec: RunSpec) -> Any:
+    """The container; a kept one under the first free name of its image (the engine
+    refuses a name in use, so two sessions never take the same one)."""
+    if not spec.keep_alive:
+        return client.containers.create(**kwargs)
+    for nth in range(1, KEPT_NAME_TRIES + 1):
+        try:
+            return client.containers.create(**kwargs, name=kept_container_name(spec.image, nth))
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: the name is taken
+                raise
+    first, last = kept_container_name(spec.image), kept_container_name(spec.image, KEPT_NAME_TRIES)
+    raise EngineError(
+        f"keep-alive: containers {first} to {last} all exist; remove those you are done"
+        f" with (docker rm -f {first})"
+    )
 
 
 def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -318,7 +349,7 @@ class ContainerRun:
                     docker.types.Mount(spec.workdir, str(workspace_dir), type="bind")
                 )
             try:
-                self.container = client.containers.create(**kwargs)
+                self.container = _create(client, kwargs, spec)
             except docker.errors.APIError as exc:
                 if workspace_dir is not None and str(workspace_dir) in str(exc):
                     raise WorkspaceNotShared(first_line(exc)) from None
