@@ -353,7 +353,7 @@ def _parse(raw: RawOptions) -> Options:
     context = build_context(
         raw.context_json, _path(raw, raw.context_file) if raw.context_file else None
     )
-    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None)
+    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None, root)
     tools.names(context.get("tools") or [])
     # --mad-gpus over the context's docker_gpus: the GPUs the runs may have.
     declared, origin, ids_only = raw.gpus, "--mad-gpus", False

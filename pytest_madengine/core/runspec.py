@@ -230,6 +230,7 @@ def build_model_run(
             root / "credential.json", root / ".git", options.output_dir.resolve(),
             options.perf_csv.resolve(),
         ),
+        copy_within=root,
         binds=binds,
         data=data.binds if data else (),
         devices=devices,

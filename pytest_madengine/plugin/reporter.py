@@ -42,7 +42,7 @@ class MadReporter:
         self.config = config
         options = state.options
         fallback = options.output_dir / f"perf.{state.session_id}.csv"
-        self.perf_csv = PerfCsv(options.perf_csv, fallback)
+        self.perf_csv = PerfCsv(options.perf_csv, fallback, grow=True)  # results' columns
         self.perf_super = PerfCsv(
             perf_super_path(options.perf_csv),
             options.output_dir / f"perf_super.{state.session_id}.csv",
