@@ -82,7 +82,9 @@ step_pre() { script_step pre_script "$@"; }
 step_post() { script_step post_script "$@"; }
 
 step_copy() { # DIR
-  cp -RLp -- "$1/." "./$model_dir/" || fail copy 1 "$1"
+  # Links inside the tree arrive as files; one leaving it stays a link (-P), as it was
+  # under madengine's mount, so a target the container lacks does not fail the copy.
+  cp -RPp -- "$1/." "./$model_dir/" || fail copy 1 "$1"
   chmod -R a+rw "./$model_dir"
 }
 

@@ -95,6 +95,9 @@ class RunSpec:
     image_id: str | None = None
     # Host paths under `copies` that stay out of the container (secrets, our output).
     copy_excludes: tuple[Path, ...] = ()
+    # The MAD tree: a link under `copies` that resolves inside it is copied as what it
+    # points to; any other link stays a link (see copies.py).
+    copy_within: Path | None = None
     # As madengine runs benchmarks: the host's network (collectives, downloads, and no
     # bridge set-up per start) and its IPC namespace (frameworks outgrow a 64 MB /dev/shm).
     network: str = "host"

@@ -6,18 +6,21 @@ import io
 import json
 import os
 import select
+import shlex
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 # The input files we read (models.json, the context, hosts.yml, credential.json...)
 # are small; more than this is a mistake (or /dev/zero), not something to load.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
+# A CSV of results (perf.csv, a baseline) is streamed, never held whole: it may grow by
+# a row per test and run for years. Bounded by these instead; /dev/zero has no line.
+MAX_TABLE_BYTES = 4 << 30
+MAX_LINE_BYTES = 1 << 20
 # A pipe (`--mad-context-file <(make-context)`) may be silent this long between two
 # pieces of its data; a FIFO that no process has open to write is read as empty at once.
 PIPE_SILENCE_S = 30.0
-_BLOCK = 1 << 16
 
 
 class MadError(Exception):
@@ -60,67 +63,107 @@ def read_text(path: Path, option: str = "") -> str:
     """A UTF-8 text file; MadError naming the file (and `option`, the command-line
     option that gave the path) when it cannot be read or is not UTF-8."""
     prefix = f"{option} " if option else ""
+    with open_input(path, option) as handle:
+        data = handle.readall()
     try:
-        return _read_bounded(path).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MadError(f"{prefix}{path}: not UTF-8 text (byte {exc.start})") from None
-    except _Unreadable as exc:
-        raise MadError(f"{prefix}{path}: {exc}") from None
-    except OSError as exc:
-        raise MadError(f"{prefix}{path}: {exc.strerror or exc}") from None
 
 
-class _Unreadable(Exception):
-    """Why a path gives no file to read (a device, too big, a pipe that stays silent)."""
+class UnreadableInput(MadError):
+    """An input path that gives no file to read (a directory, a device, too big, a
+    pipe that stays silent, a line too long), told naming the option and the path."""
 
 
-def _read_bounded(path: Path) -> bytes:
-    """The bytes of a regular file or a pipe, at most MAX_INPUT_BYTES, never waiting on
-    a FIFO without writer or a silent device (opened non-blocking, read with a deadline)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(descriptor)
+def open_input(
+    path: Path, option: str = "", max_bytes: int | None = None, max_line_bytes: int | None = None
+) -> BoundedInput:
+    """An input file opened to be read in bounded memory and time (see BoundedInput);
+    UnreadableInput naming `option` and the path when it cannot be."""
+    return BoundedInput(path, f"{option} {path}" if option else str(path),
+                        MAX_INPUT_BYTES if max_bytes is None else max_bytes,
+                        max_line_bytes)  # fmt: skip
+
+
+class BoundedInput(io.RawIOBase):
+    """A regular file or a pipe, read raw: at most `max_bytes` in all and, when given,
+    `max_line_bytes` between two newlines; never waiting on a FIFO without writer or a
+    silent device (opened non-blocking, each wait with a deadline). Going past a bound
+    raises UnreadableInput from the read, so a streaming reader stops there."""
+
+    def __init__(self, path: Path, label: str, max_bytes: int, max_line_bytes: int | None):
+        super().__init__()
+        self.label, self.max_bytes, self.max_line_bytes = label, max_bytes, max_line_bytes
+        self._size = self._line = 0
+        self._waiter: select.poll | None = None
+        try:
+            self._descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UnreadableInput(f"{label}: {exc.strerror or exc}") from None
+        try:
+            self._check_kind(os.fstat(self._descriptor))
+        except BaseException:
+            os.close(self._descriptor)
+            raise
+
+    def _check_kind(self, info: os.stat_result) -> None:
         if stat.S_ISDIR(info.st_mode):
-            raise _Unreadable("is a directory")
-        if stat.S_ISREG(info.st_mode) and info.st_size > MAX_INPUT_BYTES:
-            raise _Unreadable(_too_big())
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+            raise UnreadableInput(f"{self.label}: is a directory")
         if stat.S_ISREG(info.st_mode):
-            os.set_blocking(descriptor, True)
-            return _read_all(handle, lambda: None)  # a file never has to be waited for
-        if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode)):
-            raise _Unreadable("not a regular file")
-        readable = select.poll()  # not select(): descriptors past 1024 are fine
-        readable.register(descriptor, select.POLLIN)
+            if info.st_size > self.max_bytes:
+                raise UnreadableInput(f"{self.label}: {_too_big(self.max_bytes)}")
+            os.set_blocking(self._descriptor, True)  # a file never has to be waited for
+        elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
+            self._waiter = select.poll()  # not select(): descriptors past 1024 are fine
+            self._waiter.register(self._descriptor, select.POLLIN)
+        else:
+            raise UnreadableInput(f"{self.label}: not a regular file")
 
-        def wait_for_data() -> None:
-            if not readable.poll(PIPE_SILENCE_S * 1000):
-                raise _Unreadable(f"nothing came for {PIPE_SILENCE_S:.0f} s")
+    def readable(self) -> bool:
+        return True
 
-        return _read_all(handle, wait_for_data)
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            try:
+                count = os.readv(self._descriptor, [view])
+                break
+            except BlockingIOError:  # a pipe whose writer has not written yet
+                if self._waiter is not None and not self._waiter.poll(PIPE_SILENCE_S * 1000):
+                    raise UnreadableInput(
+                        f"{self.label}: nothing came for {PIPE_SILENCE_S:.0f} s"
+                    ) from None
+            except OSError as exc:
+                raise UnreadableInput(f"{self.label}: {exc.strerror or exc}") from None
+        self._count(view[:count])
+        return count
+
+    def _count(self, chunk: memoryview) -> None:
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            raise UnreadableInput(f"{self.label}: {_too_big(self.max_bytes)}")
+        if self.max_line_bytes is None:
+            return
+        last_newline = bytes(chunk).rfind(b"\n")
+        self._line = len(chunk) - last_newline - 1 if last_newline >= 0 else self._line + len(chunk)
+        if self._line > self.max_line_bytes:
+            raise UnreadableInput(
+                f"{self.label}: a line longer than {_size_text(self.max_line_bytes)}"
+            )
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._descriptor)
+        super().close()
 
 
-def _too_big() -> str:
-    return f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"
+def _size_text(size: int) -> str:
+    return f"{size // (1024 * 1024)} MiB" if size >= 1024 * 1024 else f"{size} bytes"
 
 
-def _read_all(handle: io.FileIO, wait_for_data: Callable[[], None]) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = handle.read(_BLOCK)
-        if chunk is None:  # a pipe whose writer has not written yet
-            wait_for_data()
-            continue
-        if not chunk:  # the end (a FIFO nobody has opened to write ends at once)
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > MAX_INPUT_BYTES:
-            raise _Unreadable(_too_big())
-        chunks.append(chunk)
+def _too_big(limit: int) -> str:
+    return f"larger than {_size_text(limit)}"
 
 
 def parse_json(text: str, where: str) -> Any:
@@ -136,6 +179,15 @@ def parse_json(text: str, where: str) -> Any:
         raise MadError(f"{where}: invalid JSON: nested too deeply") from None
     except ValueError as exc:  # an integer of thousands of digits, say
         raise MadError(f"{where}: invalid JSON: {first_line(exc)}") from None
+
+
+def parse_words(text: str, where: str) -> list[str]:
+    """Words of a command line as a shell splits them, without expansion (a model's
+    args, a parameter); MadError naming `where` for an unbalanced quote or a lone `\\`."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise MadError(f"{where} {text!r}: {exc}") from None
 
 
 def read_json(path: Path, option: str = "") -> Any:

@@ -9,9 +9,9 @@ job's output file) and, when a stream broke, the whole output again (`rewrite`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from pytest_madengine.masking import StreamMask
@@ -37,17 +37,15 @@ class LogStream:
         self._mask = StreamMask(self.secrets)
         self._file: IO[bytes] | None = None
 
-    def __enter__(self) -> LogStream:
+    @contextlib.contextmanager
+    def open(self) -> Iterator[LogStream]:
+        """The log open for appending while the block runs; closed (the mask's held
+        bytes written) however it ends."""
         self._file = self.path.open("ab")
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        try:
+            yield self
+        finally:
+            self.close()
 
     def write(self, chunk: bytes) -> None:
         self._emit(self._mask.feed(chunk))
@@ -64,7 +62,7 @@ class LogStream:
     def _emit(self, data: bytes) -> None:
         if not data:
             return
-        assert self._file is not None, "LogStream.write outside `with`"
+        assert self._file is not None, "LogStream.write outside `open()`"
         self._file.write(data)
         self._file.flush()
         if self.on_output is not None:

@@ -15,7 +15,6 @@ A `ModelRun` holds those steps as data, so that tools and hooks change them as d
 from __future__ import annotations
 
 import dataclasses
-import os
 import posixpath
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_madengine.contract import RunSpec
+from pytest_madengine.copies import copy_entries
 from pytest_madengine.errors import MadError
 
 WORKSPACE = "/myworkspace"
@@ -165,17 +165,16 @@ def steps(run: ModelRun) -> list[str]:
     return argv
 
 
-def _files_below(host: Path, container: str) -> Iterator[str]:
+def _files_below(host: Path, container: str, tree: Path) -> Iterator[str]:
     """Workspace-relative paths of the files a copy puts in (to leave them out when
-    the workspace comes back)."""
+    the workspace comes back), as the backends copy them."""
     relative = posixpath.relpath(container, WORKSPACE)
-    if host.is_file():
+    if not host.is_dir():
         yield relative
         return
-    for directory, _, names in os.walk(host):
-        below = Path(directory).relative_to(host).as_posix()
-        for name in names:
-            yield posixpath.normpath(posixpath.join(relative, below, name))
+    for entry in copy_entries(host, tree):
+        if entry.kind != "dir":
+            yield posixpath.normpath(posixpath.join(relative, entry.relative))
 
 
 def render(run: ModelRun) -> RunSpec:
@@ -200,7 +199,7 @@ def render(run: ModelRun) -> RunSpec:
         env["MAD_GIT_SSH_KEY"] = posixpath.join(WORKSPACE, SSH_KEY_FILE)
     skip = {f"{STATE_DIR}/"}
     for container, host in copies.items():
-        skip.update(_files_below(host, container))
+        skip.update(_files_below(host, container, root))
     if not run.keep_model_dir:
         skip.add(f"{run.model_dir}/")
     state_files = tuple(posixpath.join(WORKSPACE, name) for name in (FAILED_FILE, GIT_COMMIT_FILE))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from pytest_madengine.backends import collected
+from pytest_madengine.copies import copy_entries
 from pytest_madengine.errors import MadError
 from pytest_madengine.masking import StreamMask
 from pytest_madengine.resources.locks import SharedLock
@@ -261,32 +262,58 @@ def _where(landing: Landing | None) -> str:
 
 
 def fill_workspace(
-    copies: Iterable[tuple[Path, str]], excludes: Iterable[Path], root: Path, workdir: str
+    copies: Iterable[tuple[Path, str]],
+    excludes: Iterable[Path],
+    root: Path,
+    workdir: str,
+    within: Path | None = None,
 ) -> tuple[tuple[Path, str], ...]:
     """Copies what a run copies into its container (host path, container path) into
     `root`, the host directory that will be the container's `workdir`; later copies win,
-    as in a tar extracted in order. Returns the copies that lie outside `workdir`."""
+    as in a tar extracted in order. Links are handled as `copy_entries` says (`within`:
+    the MAD tree). Returns the copies that lie outside `workdir`."""
+    excludes = tuple(excludes)
     excluded = {path.resolve() for path in excludes}
     outside = []
     base = posixpath.normpath(workdir)
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        return {name for name in names if (Path(directory) / name).resolve() in excluded}
-
     for host, container in copies:
         relative = posixpath.relpath(posixpath.normpath(container), base)
         if relative == ".." or relative.startswith("../"):
             outside.append((host, container))
             continue
-        target = root / relative
         if host.resolve() in excluded:
             continue
-        if host.is_dir() and not host.is_symlink():
-            shutil.copytree(host, target, symlinks=True, ignore=ignore, dirs_exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(host, target, follow_symlinks=False)
+        target = root / relative
+        if not host.is_dir():
+            _place_file(host, target)
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in copy_entries(host, within, excludes):
+            placed = target / entry.relative
+            if entry.kind == "dir":
+                if placed.is_symlink() or (placed.exists() and not placed.is_dir()):
+                    placed.unlink()
+                placed.mkdir(exist_ok=True)
+            elif entry.kind == "file":
+                _place_file(entry.source, placed)
+            else:
+                _clear(placed)
+                placed.symlink_to(entry.link)
     return tuple(outside)
+
+
+def _clear(target: Path) -> None:
+    """Makes way for a later copy: a file or link there goes (never written through)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+
+
+def _place_file(source: Path, target: Path) -> None:
+    _clear(target)
+    shutil.copy2(source, target)
 
 
 def collect_workspace(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +26,7 @@ from pytest_madengine.cli.translate import (
     RUN_SWITCHES,
     CliUsageError,
     build_args,
+    check_passthrough,
     run_args,
 )
 from pytest_madengine.core.build import BuildRecord
@@ -195,6 +197,7 @@ def build(
             clean_docker_cache=clean_docker_cache, summary_output=summary_output,
             verbose=verbose,
         )  # fmt: skip
+        check_passthrough(ctx.args)
     except CliUsageError as exc:
         raise _fail(str(exc), ExitCode.INVALID_ARGS) from None
     _panel("madengine build", {"tags": ", ".join(_tags(tags)), "batch": batch_manifest,
@@ -266,7 +269,15 @@ def run(
             building = build_args(registry=registry, manifest_output=manifest_output,
                                   tags=_tags(tags), clean_docker_cache=clean_docker_cache,
                                   **common)  # fmt: skip
-    except CliUsageError as exc:
+        check_passthrough(ctx.args)
+        _check_run_paths(
+            output=output,
+            summary_output=summary_output,
+            manifest_output=None if manifest_file else manifest_output,
+            force_mirror_local=force_mirror_local,
+            tools_config=tools_config,
+        )
+    except (CliUsageError, MadError) as exc:
         raise _fail(str(exc), ExitCode.INVALID_ARGS) from None
     _panel("madengine run", {"tags": ", ".join(_tags(tags)),
                              "manifest": manifest_file or f"built now: {manifest_output}",
@@ -281,6 +292,26 @@ def run(
     _, run_code = _session([*args, *ctx.args], Phase.RUN)
     # A failed build is what went wrong first, even where the runs of the rest failed too.
     raise typer.Exit(built_code if built_code is not ExitCode.SUCCESS else run_code)
+
+
+def _check_run_paths(
+    *, output: str | None, summary_output: str | None, manifest_output: str | None,
+    force_mirror_local: str | None, tools_config: str | None,
+) -> None:  # fmt: skip
+    """What the run session would refuse at its start, checked before the build session
+    (minutes, or hours) so that a bad path is exit 4 at once, by the session's own checks."""
+    from pytest_madengine.core.options import DEFAULT_PERF_CSV, writable_dir, writable_file
+    from pytest_madengine.tools import load_toolbox
+
+    writable_file(Path(output or DEFAULT_PERF_CSV), "--output")
+    if summary_output:
+        writable_file(Path(summary_output), "--summary-output")
+    if manifest_output:
+        writable_file(Path(manifest_output), "--manifest-output")
+    if force_mirror_local:
+        writable_dir(Path(force_mirror_local), "--force-mirror-local")
+    if tools_config:
+        load_toolbox(Path(tools_config))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

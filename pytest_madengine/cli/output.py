@@ -12,6 +12,7 @@ errors = Console(stderr=True, highlight=False)
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Says what went wrong in one line (never markup: paths may hold brackets)."""
-    errors.print(f"madengine: {message}", style="red", markup=False)
+    """Says what went wrong in one line (never markup: paths may hold brackets; never
+    wrapped at the terminal's width, so that a log or a grep sees the line whole)."""
+    errors.print(f"madengine: {message}", style="red", markup=False, soft_wrap=True)
     return typer.Exit(code)

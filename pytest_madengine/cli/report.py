@@ -10,7 +10,8 @@ import typer
 
 from pytest_madengine.cli.driver import ExitCode
 from pytest_madengine.cli.output import console, fail
-from pytest_madengine.errors import MadError
+from pytest_madengine.core.options import writable_file
+from pytest_madengine.errors import MadError, UsageProblem
 
 report_app = typer.Typer(
     name="report",
@@ -22,8 +23,18 @@ report_app = typer.Typer(
 Inputs = Annotated[list[Path], typer.Argument(help="input files, in order", show_default=False)]
 
 
+def _writable(output: Path, option: str) -> None:
+    """The output checked before any input is read: exit 4 and one line if it cannot be
+    written (the same check as the plugin's output options)."""
+    try:
+        writable_file(output, option)
+    except UsageProblem as exc:
+        raise fail(str(exc), ExitCode.INVALID_ARGS) from None
+
+
 def _html(output: Path, inputs: list[Path], baseline: Path | None, tolerance: str,
-          title: str, lower_is_better: list[str] | None) -> None:  # fmt: skip
+          title: str, lower_is_better: list[str] | None,
+          output_option: str = "--output") -> None:  # fmt: skip
     from pytest_madengine.core.results import ResultError, load_baseline, parse_tolerance
     from pytest_madengine.reporting.html import write_report
 
@@ -31,8 +42,9 @@ def _html(output: Path, inputs: list[Path], baseline: Path | None, tolerance: st
         fraction = parse_tolerance(tolerance)
     except ValueError as exc:
         raise fail(f"--tolerance: {exc}", ExitCode.INVALID_ARGS) from None
+    _writable(output, output_option)
     try:
-        values = load_baseline(baseline).by_model() if baseline else {}
+        values = load_baseline(baseline, "--baseline").by_model() if baseline else {}
         write_report(output, inputs, values, fraction, title=title,
                      lower_is_better=tuple(lower_is_better or ()))  # fmt: skip
     except (MadError, ResultError) as exc:
@@ -70,7 +82,8 @@ def to_html(
 ) -> None:
     """madengine's: the report of one CSV, written beside it as <name>.html."""
     _html(csv_file_path.with_suffix(".html"), [csv_file_path], None, "5%",
-          f"MAD benchmark report: {csv_file_path.name}", None)  # fmt: skip
+          f"MAD benchmark report: {csv_file_path.name}", None,
+          output_option="the report of --csv-file-path")  # fmt: skip
 
 
 @report_app.command("to-email")
@@ -80,6 +93,7 @@ def to_email(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """madengine's: one report of every CSV in a directory (by name), for a mail."""
+    _writable(output, "--output")
     inputs = sorted(directory.glob("*.csv"))
     if not inputs:
         raise fail(f"--directory {directory}: no CSV file", ExitCode.FAILURE)
@@ -94,6 +108,7 @@ def junit_merge(
     """One JUnit XML file from many (each node's): all their test suites, recounted."""
     from pytest_madengine.reporting.merge import merge_junit
 
+    _writable(output, "--output")
     try:
         totals = merge_junit(inputs, output)
     except MadError as exc:
@@ -111,6 +126,7 @@ def csv_merge(
     """One perf.csv from many: rows in file order, every column of every file."""
     from pytest_madengine.reporting.merge import merge_csv
 
+    _writable(output, "--output")
     try:
         rows = merge_csv(inputs, output)
     except MadError as exc:

@@ -33,6 +33,27 @@ RUN_VALUES = {
 }
 
 
+# Plugin options that a madengine option of build or run sets. Given again after `--`
+# they would be used beside or over it while the banner shows the command's value.
+COMMAND_OPTIONS = {
+    "--mad-tags": "--tags",
+    "--mad-context": "--additional-context",
+    "--mad-context-file": "--additional-context-file",
+    "--mad-live-output": "--live-output",
+    "--mad-clean-cache": "--clean-docker-cache",
+    "--mad-summary": "--summary-output",
+    "--mad-manifest": "--manifest-file",
+    "--mad-registry": "--registry",
+    "--mad-timeout": "--timeout",
+    "--mad-perf-csv": "--output",
+    "--mad-build-only": "the build command",
+    "--mad-manifest-output": "--manifest-output",
+    "--mad-batch-manifest": "--batch-manifest",
+    **{plugin: command for command, plugin in RUN_SWITCHES.items()},
+    **{plugin: command for command, plugin in RUN_VALUES.items()},
+}
+
+
 class CliUsageError(Exception):
     """An option the command cannot honour (exit code 4, invalid arguments)."""
 
@@ -145,3 +166,14 @@ def run_args(
     for option, value in values:
         args += [_plugin_option(option, RUN_VALUES[option]), value]
     return args
+
+
+def check_passthrough(args: Sequence[str]) -> None:
+    """Arguments after `--` go to pytest as they are, except a plugin option that the
+    command's own options set (pytest takes no abbreviations, so names are exact)."""
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in COMMAND_OPTIONS:
+            raise CliUsageError(
+                f"{name} after --: the command sets it; give {COMMAND_OPTIONS[name]} instead"
+            )

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pytest_madengine.errors import MadError, parse_json, read_text
+from pytest_madengine.errors import MadError, parse_json, parse_words, read_text
 
 GPU_VENDORS = ("AMD", "NVIDIA")
 DEFAULTS: dict[str, Any] = {
@@ -104,6 +104,8 @@ def _validate(values: Mapping[str, Any], origin: str) -> None:
             pattern, shown = PATTERNS[key]
             if not pattern.fullmatch(str(value).strip()):
                 raise MadError(f"{origin}: '{key}' must be {shown}, got {value!r}")
+        if key == "model_args":  # split when a test runs: a bad quote fails the start
+            parse_words(value, f"{origin}: 'model_args'")
         if key == "docker_memory" and _bytes(str(value)) < MIN_MEMORY_BYTES:
             raise MadError(f"{origin}: 'docker_memory' must be at least 6m, got {value!r}")
         if key == "docker_mounts":

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,20 +177,50 @@ def _concurrency(text: str | int | None) -> int | None:
         ) from None
 
 
-def _writable_file(path: Path, option: str) -> Path:
-    """A file we append to later: checked now, so a test's result is never lost to it."""
+def writable_file(path: Path, option: str) -> Path:
+    """An output file (made with its directories when missing), checked before anything
+    is done by trying what writing it will do: os.access says yes to root anywhere, even
+    in /proc. UsageProblem, one line naming the option and the path, when it cannot be."""
     if path.is_dir():
         raise UsageProblem(f"{option} {path}: is a directory")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    target = path if path.exists() else parent
-    if not parent.is_dir() or not os.access(target, os.W_OK):
-        raise UsageProblem(f"{option} {path}: not writable")
+    try:
+        if path.exists():
+            # Non-blocking: a FIFO without reader is refused, not waited on.
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC))
+            return path
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UsageProblem(f"{option} {path}: {parent} is not a directory")
+        handle, probe = tempfile.mkstemp(prefix=".mad-probe-", dir=parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageProblem(f"{option} {path}: not writable ({exc.strerror or exc})") from None
     return path
 
 
-def _writable_dir(path: Path, option: str) -> Path:
+_REGISTRY_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# Docker's reference grammar: a host (with a port) and namespace path components.
+REGISTRY_PATTERN = re.compile(
+    rf"(?:{_REGISTRY_HOST}(?:\.{_REGISTRY_HOST})*|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*/?"
+)
+
+
+def _registry(text: str | None) -> str | None:
+    """--mad-registry: a registry host (HOST[:PORT][/NAMESPACE]) or nothing."""
+    if not text:
+        return None
+    if not REGISTRY_PATTERN.fullmatch(text):
+        raise UsageProblem(
+            f"--mad-registry {text!r}: not a registry (expected HOST[:PORT][/NAMESPACE])"
+        )
+    return text
+
+
+def writable_dir(path: Path, option: str) -> Path:
     """A directory we write to (made when missing): checked now, before any test."""
     if path.exists() and not path.is_dir():
         raise UsageProblem(f"{option} {path}: exists and is not a directory")
@@ -292,7 +324,7 @@ def _html_report(raw: RawOptions) -> Path | None:
         raise UsageProblem(
             f"--mad-html needs {', '.join(missing)}: pip install 'pytest-madengine[report]'"
         )
-    return _writable_file(_path(raw, raw.html_report), "--mad-html")
+    return writable_file(_path(raw, raw.html_report), "--mad-html")
 
 
 def _parse(raw: RawOptions) -> Options:
@@ -300,7 +332,8 @@ def _parse(raw: RawOptions) -> Options:
     root_text = raw.root or raw.environ.get("MODEL_DIR")
     root = (_path(raw, root_text) if root_text else raw.base_dir).resolve()
     manifest_path = _path(raw, raw.manifest) if raw.manifest else None
-    manifest = load_manifest(manifest_path, raw.registry) if manifest_path else None
+    registry = _registry(raw.registry)
+    manifest = load_manifest(manifest_path, registry) if manifest_path else None
     batch = None
     if raw.batch_manifest:
         batch = load_batch_manifest(_path(raw, raw.batch_manifest))
@@ -320,7 +353,7 @@ def _parse(raw: RawOptions) -> Options:
     context = build_context(
         raw.context_json, _path(raw, raw.context_file) if raw.context_file else None
     )
-    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None)
+    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None, root)
     tools.names(context.get("tools") or [])
     # --mad-gpus over the context's docker_gpus: the GPUs the runs may have.
     declared, origin, ids_only = raw.gpus, "--mad-gpus", False
@@ -351,9 +384,9 @@ def _parse(raw: RawOptions) -> Options:
         live_output=raw.live_output,
         baseline=baseline,
         tolerance=tolerance,
-        output_dir=_writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
-        perf_csv=_writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
-        summary=_writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None,
+        output_dir=writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
+        perf_csv=writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
+        summary=writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None,
         hosts_file=_path(raw, raw.hosts) if raw.hosts else None,
         manifest=manifest,
         retries=_int(raw.retries, "--mad-retries") or 0,
@@ -371,14 +404,14 @@ def _parse(raw: RawOptions) -> Options:
         disable_skip_gpu_arch=raw.disable_skip_gpu_arch,
         data_cache=default_cache_dir(raw.environ),
         force_mirror_local=(
-            _writable_dir(_path(raw, raw.force_mirror_local), "--mad-force-mirror-local")
+            writable_dir(_path(raw, raw.force_mirror_local), "--mad-force-mirror-local")
             if raw.force_mirror_local
             else None
         ),
-        registry=raw.registry or None,
+        registry=registry,
         k8s_dry_run=_path(raw, raw.k8s_dry_run) if raw.k8s_dry_run else None,
         build_only=raw.build_only,
-        manifest_output=_writable_file(
+        manifest_output=writable_file(
             _path(raw, raw.manifest_output or DEFAULT_MANIFEST_OUTPUT), "--mad-manifest-output"
         )
         if raw.build_only

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import (
+    MAX_LINE_BYTES,
+    MAX_TABLE_BYTES,
+    MadError,
+    UnreadableInput,
+    open_input,
+)
 
 MARKER = "performance:"
 DEFAULT_TOLERANCE = 0.05  # for `expect.reference` when the entry gives no tolerance
@@ -313,27 +319,31 @@ class Baseline:
         return {model: value for (model, _, _), value in self.values.items()}
 
 
-def load_baseline(path: Path) -> Baseline:
-    """The baseline of an earlier perf.csv (ours or madengine's)."""
+def load_baseline(path: Path, option: str = "--mad-baseline") -> Baseline:
+    """The baseline of an earlier perf.csv (ours or madengine's); `option` is the
+    command-line option that named it, for the messages."""
     if not path.exists():
-        raise ResultError(f"--mad-baseline {path}: no such file")
-    if not path.is_file():
-        raise ResultError(f"--mad-baseline {path}: not a file")
+        raise ResultError(f"{option} {path}: no such file")
     try:
-        return _read_baseline(path)
+        return _read_baseline(path, option)
     except csv.Error as exc:  # a cell past the csv module's size limit, a NUL...
-        raise ResultError(f"--mad-baseline {path}: unreadable CSV: {exc}") from None
+        raise ResultError(f"{option} {path}: unreadable CSV: {exc}") from None
+    except UnreadableInput as exc:  # a directory, a FIFO that stays silent, /dev/zero...
+        raise ResultError(str(exc)) from None
 
 
-def _read_baseline(path: Path) -> Baseline:
+def _read_baseline(path: Path, option: str) -> Baseline:
     values: dict[tuple[str, str, str], float] = {}
-    # Streamed: a perf.csv grows by a row per test and run, over months of CI.
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+    # Streamed, and bounded: a perf.csv grows by a row per test and run, over months of CI.
+    raw = open_input(path, option, max_bytes=MAX_TABLE_BYTES, max_line_bytes=MAX_LINE_BYTES)
+    with io.TextIOWrapper(
+        io.BufferedReader(raw), encoding="utf-8-sig", errors="replace", newline=""
+    ) as handle:
         reader = csv.DictReader(handle)
         columns = {name.strip() for name in reader.fieldnames or ()}
         missing = sorted(set(BASELINE_COLUMNS) - columns)
         if missing:
-            raise ResultError(f"--mad-baseline {path}: missing column(s) {', '.join(missing)}")
+            raise ResultError(f"{option} {path}: missing column(s) {', '.join(missing)}")
         for raw in reader:
             # Short rows read as None cells; surplus cells land under the key None.
             row = {key.strip(): (cell or "").strip() for key, cell in raw.items() if key}

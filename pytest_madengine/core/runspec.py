@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import posixpath
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from pytest_madengine.backends import (
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.data import DataMount
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, parse_words
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.workspace import (
@@ -159,8 +158,8 @@ def build_model_run(
     root = options.root
     script_dir, argv = script_command(
         model.scripts,
-        shlex.split(context.get("model_args") or model.args)
-        + shlex.split(test.selected.extra_args),
+        parse_words(context.get("model_args") or model.args, f"model '{model.name}': args")
+        + parse_words(test.selected.extra_args, f"model '{model.name}': parameters"),
         # A url model's scripts may come with its repository: madengine's rule then.
         (root / model.scripts).is_dir()
         or (model.url is not None and not model.scripts.endswith((".sh", ".py"))),
@@ -231,6 +230,7 @@ def build_model_run(
             root / "credential.json", root / ".git", options.output_dir.resolve(),
             options.perf_csv.resolve(),
         ),
+        copy_within=root,
         binds=binds,
         data=data.binds if data else (),
         devices=devices,

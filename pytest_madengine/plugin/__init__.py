@@ -8,11 +8,9 @@ is written to perf.csv, the summary and the user's hooks by the controller alone
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import json
-import signal
 import sys
 import threading
 import time
@@ -38,6 +36,7 @@ from pytest_madengine.plugin.reporter import BUILD_ATTRIBUTE, RECORD_ATTRIBUTE, 
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginState, plugin_state
 from pytest_madengine.plugin.terminal import to_terminal
 from pytest_madengine.resources.hosts import load_hosts
+from pytest_madengine.resources.interrupts import install_stop_handler, restore_handlers
 from pytest_madengine.resources.processes import process_identity
 from pytest_madengine.resources.scratch import new_session_dir, remove_session_dir
 
@@ -78,21 +77,6 @@ def _options(config: pytest.Config, shared: dict[str, Any] | None) -> Options:
     options = parse_options(raw)
     config.stash[_PARSED] = options
     return options
-
-
-class _StopOnce:
-    """Ctrl-C and SIGTERM stop the session once: the first raises KeyboardInterrupt
-    (so `finally` blocks remove our containers), later ones while it winds down are
-    ignored instead of cutting the cleanup or pytest's report short (kill -9 forces)."""
-
-    def __init__(self) -> None:
-        self.stopping = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _live_sink(config: pytest.Config, redact: Callable[[str], str]) -> Any:
@@ -195,11 +179,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fixtures, "madengine-fixtures")
     if not worker:
         config.pluginmanager.register(MadReporter(state, config), "madengine-reporter")
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        stop = _StopOnce()
-        config.stash[_PREVIOUS_SIGNALS] = {
-            number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)
-        }
+    config.stash[_PREVIOUS_SIGNALS] = install_stop_handler()
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # No paths given: collect the MAD tree, not testpaths or the current directory.
         config.args = [str(options.root)]
@@ -355,6 +335,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     owned = config.stash.get(_OWNED_DIR, None)
     if owned is not None:
         remove_session_dir(owned)
-    for number, handler in config.stash.get(_PREVIOUS_SIGNALS, {}).items():
-        with contextlib.suppress(ValueError):
-            signal.signal(number, handler)
+    restore_handlers(config.stash.get(_PREVIOUS_SIGNALS, {}))

@@ -42,7 +42,7 @@ class MadReporter:
         self.config = config
         options = state.options
         fallback = options.output_dir / f"perf.{state.session_id}.csv"
-        self.perf_csv = PerfCsv(options.perf_csv, fallback)
+        self.perf_csv = PerfCsv(options.perf_csv, fallback, grow=True)  # results' columns
         self.perf_super = PerfCsv(
             perf_super_path(options.perf_csv),
             options.output_dir / f"perf_super.{state.session_id}.csv",
@@ -136,12 +136,15 @@ class MadReporter:
             self._write_manifest(options.manifest_output)
         path = options.summary
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             if options.build_only:
                 document = build_summary(self.builds, self.state.session_id)
             else:
                 document = summary_document(self.records, self.state.session_id)
-            path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            try:  # checked at the start; a path that broke since is a note, not a traceback
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            except OSError as exc:
+                self.notes.append(f"--mad-summary {path}: cannot write ({exc.strerror or exc})")
         if options.html_report is not None:
             self._write_html(options.html_report)
 

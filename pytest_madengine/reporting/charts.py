@@ -21,6 +21,10 @@ class Point:
     x: int  # the run: 1 for the first result of the series
     y: float
     label: str = ""  # the hover text's detail (build number, file)
+    # A point standing for several runs (a long series, aggregated) draws a bar between
+    # the least and the greatest of them.
+    low: float | None = None
+    high: float | None = None
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -55,6 +59,7 @@ def line_chart(
     y_label: str = "",
     reference: float | None = None,
     reference_label: str = "baseline",
+    note: str = "",
     width: int = 640,
     height: int = 260,
 ) -> str:
@@ -63,7 +68,13 @@ def line_chart(
     left, right, top, bottom = 72, 16, 36 + 14 * len(series), 40
     height += 14 * len(series)
     plot_w, plot_h = width - left - right, height - top - bottom
-    values = [point.y for points in series.values() for point in points]
+    values = [
+        value
+        for points in series.values()
+        for point in points
+        for value in (point.y, point.low, point.high)
+        if value is not None
+    ]
     if reference is not None:
         values.append(reference)
     runs = [point.x for points in series.values() for point in points] or [1]
@@ -85,6 +96,9 @@ def line_chart(
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{left}" y="18" font-size="13" font-weight="bold">{escape(title)}</text>',
     ]
+    if note:  # how the points were drawn, where it is not one run a point
+        parts.append(f'<text x="{left + plot_w}" y="18" text-anchor="end" '
+                     f'fill="#59636e">{escape(note)}</text>')  # fmt: skip
     for tick in ticks:
         y = y_of(tick)
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -118,6 +132,10 @@ def line_chart(
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
                          'stroke-width="2"/>')  # fmt: skip
         for point in ordered:
+            if point.low is not None and point.high is not None:
+                parts.append(f'<line x1="{x_of(point.x):.1f}" x2="{x_of(point.x):.1f}" '
+                             f'y1="{y_of(point.low):.1f}" y2="{y_of(point.high):.1f}" '
+                             f'stroke="{color}" stroke-opacity="0.45"/>')  # fmt: skip
             hover = f"{name}, run {point.x}: {_number(point.y)} {y_label}".rstrip()
             if point.label:
                 hover += f" ({point.label})"

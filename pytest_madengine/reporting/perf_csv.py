@@ -1,20 +1,26 @@
 """madengine-compatible perf.csv, and perf_super.csv beside it: appended one row per
-result, header written once.
+result, header written once, under a lock that every session writing the file takes.
 
-perf.csv has madengine's columns and no others. perf_super.csv (madengine writes one
-too) has the same rows with two columns more: `configs` (madengine's parsed config
-files; we parse none, so it stays empty) and `multi_results`, the extra columns of a
-multiple_results row as a JSON object (empty for other rows), as madengine writes it.
+perf.csv has madengine's columns, then, as madengine appends them, the extra columns of
+multiple_results rows (`temperature`...; one named as a column of ours stays out, so a
+result never rewrites the run's facts). perf_super.csv (madengine writes one too) has
+madengine's columns and two more: `configs` (madengine's parsed config files; we parse
+none, so it stays empty) and `multi_results`, the extra columns of a multiple_results
+row as a JSON object (empty for other rows), as madengine writes it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+import threading
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pytest_madengine.core.records import TestRecord
+from pytest_madengine.resources.locks import SharedLock
 from pytest_madengine.units import human_size
 
 PERF_COLUMNS = (
@@ -53,27 +59,51 @@ def _ends_with_newline(path: Path) -> bool:
 
 def _widen(path: Path, header: list[str]) -> None:
     """Rewrites the file under `header` (its own columns first, ours added after), so
-    that no column of ours is dropped from a file made by another tool. Atomic."""
-    partial = path.with_name(path.name + ".partial")
-    with (
-        path.open(newline="", **_ENCODING) as source,
-        partial.open("w", newline="", **_ENCODING) as out,
-    ):
-        reader = csv.reader(source)
-        next(reader, None)
-        writer = csv.writer(out)
-        writer.writerow(header)
-        # Rows keep their cells; the new columns are empty cells, so every row is whole.
-        writer.writerows(row + [""] * (len(header) - len(row)) for row in reader)
-    partial.replace(path.resolve())  # through a symlink: the file it names is rewritten
+    that no column of ours is dropped from a file made by another tool. Atomic: written
+    aside under a name of its own, then moved over the file (its mode kept)."""
+    target = path.resolve()  # through a symlink: the file it names is rewritten
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with (
+            target.open(newline="", **_ENCODING) as source,
+            partial.open("x", newline="", **_ENCODING) as out,
+        ):
+            reader = csv.reader(source)
+            next(reader, None)
+            writer = csv.writer(out)
+            writer.writerow(header)
+            # Rows keep their cells; the new columns are empty cells, so every row is whole.
+            writer.writerows(row + [""] * (len(header) - len(row)) for row in reader)
+        shutil.copymode(target, partial)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+_LOCKS: dict[Path, SharedLock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock(path: Path) -> SharedLock:
+    """The lock every writer of this file takes, in any process: `.<name>.lock` beside
+    the file a symlink names, so two paths to one file share it."""
+    target = path.resolve()
+    with _LOCKS_LOCK:
+        if target not in _LOCKS:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _LOCKS[target] = SharedLock(str(target.with_name(f".{target.name}.lock")))
+        return _LOCKS[target]
 
 
 class PerfCsv:
     """Appends rows, keeping the column order of a perf.csv that is already there.
 
-    A file lacking some of our columns is rewritten once with them added at the end;
-    a last row without its newline gets one before ours. When the file cannot be
-    written mid-session the rows go to `fallback` instead, and `append` says so.
+    A file lacking some of our columns is rewritten with them added at the end; a last
+    row without its newline gets one before ours. With `grow`, a row's keys beyond
+    `columns` (a multiple_results row's extra columns) become columns the same way.
+    Every append holds the file's lock, so sessions writing one file at once lose no
+    row and no header. When the file cannot be written mid-session the rows go to
+    `fallback` instead, and `append` says so.
     """
 
     def __init__(
@@ -82,12 +112,13 @@ class PerfCsv:
         fallback: Path | None = None,
         columns: tuple[str, ...] = PERF_COLUMNS,
         label: str = "perf.csv",
+        grow: bool = False,
     ) -> None:
         self.path = path
         self.fallback = fallback
         self.columns = columns
         self.label = label  # what the file is, in messages
-        self._header: list[str] | None = None
+        self.grow = grow
 
     def append(self, rows: Iterable[Mapping[str, object]]) -> str | None:
         """Writes the rows; a one-line problem when they went to the fallback instead."""
@@ -101,31 +132,34 @@ class PerfCsv:
             problem = f"{self.label} {self.path}: cannot write ({why})"
             if self.fallback is None:
                 return problem
-            self._header = None
             self._append(self.fallback, rows)
             self.path, self.fallback = self.fallback, None
             return f"{problem}; rows go to {self.path}"
         return None
 
+    def _wanted(self, rows: list[Mapping[str, object]]) -> list[str]:
+        grown = (key for row in rows for key in row if key not in self.columns)
+        return [*self.columns, *(dict.fromkeys(grown) if self.grow else ())]
+
     def _append(self, path: Path, rows: list[Mapping[str, object]]) -> None:
-        if self._header is None:
+        wanted = self._wanted(rows)
+        with _lock(path):  # the header is read again each time: another session widens it
             existing = _existing_header(path)
             if existing is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("w", newline="", encoding="utf-8") as handle:
-                    csv.writer(handle).writerow(self.columns)
-                self._header = list(self.columns)
+                header, lead = wanted, ""
+                with path.open("a", newline="", encoding="utf-8") as handle:
+                    csv.writer(handle).writerow(header)
             else:
-                missing = [column for column in self.columns if column not in existing]
-                self._header = existing + missing
+                missing = [column for column in wanted if column not in existing]
+                header = existing + missing
                 if missing:
-                    _widen(path, self._header)
-        lead = "" if _ends_with_newline(path) else "\n"
-        with path.open("a", newline="", **_ENCODING) as handle:
-            handle.write(lead)
-            writer = csv.DictWriter(handle, fieldnames=self._header, extrasaction="ignore")
-            for row in rows:
-                writer.writerow({key: "" if value is None else value for key, value in row.items()})
+                    _widen(path, header)
+                lead = "" if _ends_with_newline(path) else "\n"
+            with path.open("a", newline="", **_ENCODING) as handle:
+                handle.write(lead)
+                writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+                for row in rows:
+                    writer.writerow({k: "" if v is None else v for k, v in row.items()})
 
 
 def _seconds(value: float | None) -> str:
@@ -182,6 +216,7 @@ def perf_rows(
             "metric": row.metric,
             "relative_change": _number(row.relative_change),
             "status": row.status.value,
+            **{key: value for key, value in row.extra.items() if key not in PERF_SUPER_COLUMNS},
         }
         for row in record.rows
     ]
@@ -192,7 +227,7 @@ def perf_super_rows(record: TestRecord, perf: list[dict[str, object]]) -> list[d
     `multi_results` (see the module's docstring)."""
     return [
         {
-            **row,
+            **{column: row.get(column, "") for column in PERF_COLUMNS},
             "configs": "",
             "multi_results": json.dumps(dict(result.extra)) if result.extra else "",
         }

@@ -5,8 +5,9 @@ test's run (`ModelRun`: pre and post scripts, a command prefix, variables, the
 container), in the order given. A tool comes from one of two places:
 
 - a tools file in madengine's format (`{"tools": {name: {pre_scripts, cmd, env_vars,
-  post_scripts}}}`): ours (`tools.json` beside this module) unless the run option
-  `--mad-tools-config` names another; see `files.py`;
+  post_scripts}}}`): ours (`tools.json` beside this module) with the tree's
+  `scripts/common/tools.json` over it, unless the run option `--mad-tools-config`
+  names another; see `files.py`;
 - a Python class in the entry-point group `pytest_madengine.tools`, which wins over a
   tools file entry of the same name:
 
@@ -29,6 +30,7 @@ from pytest_madengine.workspace import ModelRun
 
 ENTRY_POINT_GROUP = "pytest_madengine.tools"
 DEFAULT_TOOLS_FILE = Path(__file__).with_name("tools.json")
+TREE_TOOLS_FILE = "scripts/common/tools.json"  # a MAD tree's own, read by default
 
 
 class Tool(Protocol):
@@ -72,9 +74,16 @@ class ToolBox:
         return run
 
 
-def load_toolbox(tools_file: Path | None = None) -> ToolBox:
-    """The tools of a tools file (ours by default) and of the installed classes."""
-    path = tools_file or DEFAULT_TOOLS_FILE
-    tools: dict[str, Tool] = dict(load_tools_file(path))
+def load_toolbox(tools_file: Path | None = None, tree_root: Path | None = None) -> ToolBox:
+    """The tools of the installed classes over those of the tools files: the one
+    `tools_file` names, else ours with the tree's `scripts/common/tools.json` over it
+    (as madengine reads it by default; an entry of the same name is the tree's)."""
+    files = [tools_file] if tools_file else [DEFAULT_TOOLS_FILE]
+    tree_file = tree_root / TREE_TOOLS_FILE if tree_root is not None else None
+    if tools_file is None and tree_file is not None and tree_file.is_file():
+        files.append(tree_file)
+    tools: dict[str, Tool] = {}
+    for path in files:
+        tools.update(load_tools_file(path))
     tools.update(entry_point_tools())
-    return ToolBox(tools, str(path))
+    return ToolBox(tools, " over ".join(str(path) for path in reversed(files)))

@@ -213,8 +213,9 @@ def test_jobs_get_the_gpus_slurm_allocated_mapped_and_never_shared(
 
 
 @pytest.mark.parametrize(
-    ("signum", "workers"), [(signal.SIGINT, ["-n", "2"]), (signal.SIGTERM, [])],
-    ids=["Ctrl-C-xdist", "SIGTERM"],
+    ("signum", "workers"),
+    [(signal.SIGINT, ["-n", "2"]), (signal.SIGTERM, []), (signal.SIGHUP, [])],
+    ids=["Ctrl-C-xdist", "SIGTERM", "SIGHUP"],
 )  # fmt: skip
 def test_an_interrupted_session_leaves_no_job_and_no_container(
     pytester: pytest.Pytester, docker_client: docker.DockerClient, signum: int, workers: list

@@ -267,3 +267,87 @@ def test_ini_paths_are_relative_to_the_ini_file(
     result = pytester.runpytest_subprocess("--collect-only")
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()
     result.stdout.fnmatch_lines(["*gpu_vendor NVIDIA*", "*alpha*"])
+
+
+@pytest.mark.parametrize(
+    ("option", "path", "message"),
+    [
+        ("--mad-summary", "/proc/s.json", "not writable (*)"),
+        ("--mad-html", "/proc/r.html", "not writable (*)"),
+        ("--mad-perf-csv", "/proc/p.csv", "not writable (*)"),
+        ("--mad-summary", "adir", "is a directory"),
+        ("--mad-perf-csv", "afile/p.csv", "* is not a directory"),
+    ],
+)
+def test_outputs_that_cannot_be_written_fail_the_start_even_as_root(
+    pytester: pytest.Pytester, option: str, path: str, message: str
+) -> None:
+    # os.access says yes to root anywhere, /proc included: the check tries instead.
+    write_tree(pytester.path, [entry("alpha")])
+    (pytester.path / "adir").mkdir()
+    (pytester.path / "afile").write_text("")
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"ERROR: {option} *{path}: {message}"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_registry_that_is_no_registry_fails_the_start(pytester: pytest.Pytester) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-registry", "not a reg!")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --mad-registry 'not a reg!': not a registry (expected HOST[:PORT][/NAMESPACE])"]
+    )
+
+
+def test_unbalanced_quotes_in_args_are_collection_errors_naming_model_and_field(
+    pytester: pytest.Pytester,
+) -> None:
+    write_tree(pytester.path, [entry("alpha", args="--x 'a"),
+                               entry("beta", parametrize=[{"b": "x'y"}]),
+                               entry("gamma", args=["--y", '"'])])  # fmt: skip
+    result = collect(pytester, "--mad-tags", "dummies")
+    one_collection_error(result, "*model 'alpha': field 'args' \"--x 'a\": No closing quotation")
+    result.stdout.fnmatch_lines(
+        ["*model 'beta': field 'parametrize': 'b' \"--b x'y\": No closing quotation",
+         "*model 'gamma': field 'args' '--y \"': No closing quotation"]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--mad-tags=alpha:b=x'y", "--mad-tags: 'alpha:b=x'y': parameter 'b' \"--b x'y\": *"),
+        ('--mad-context={"model_args": "a \\"b"}', "--mad-context: 'model_args' 'a \"b': *"),
+    ],
+)
+def test_unbalanced_quotes_in_options_fail_the_start(
+    pytester: pytest.Pytester, option: str, message: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}No closing quotation"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("garbage", "not a kubeconfig (a YAML mapping)"),
+        ("- a list", "not a kubeconfig (a YAML mapping)"),
+        ("apiVersion: v1\nclusters: 5\n", "'clusters' is not a list of mappings"),
+        ("{{{", "while parsing a flow node"),
+    ],
+)
+def test_a_kubeconfig_that_is_no_kubeconfig_fails_the_start(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, content: str, message: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    (pytester.path / "kubeconfig").write_text(content)
+    monkeypatch.setenv("KUBECONFIG", str(pytester.path / "kubeconfig"))
+    result = pytester.runpytest_subprocess(
+        "--mad-tags", "alpha", "--mad-deploy", "k8s", "--mad-registry", "localhost:5000"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"ERROR: k8s: kubeconfig *kubeconfig: {message}*"])

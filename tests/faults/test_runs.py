@@ -7,11 +7,14 @@ in tests/e2e/test_run.py and tests/e2e/test_hosts.py.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
 from pytest_madengine.backends.docker import containers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
-from tests.conftest import entry
+from tests.conftest import TEST_IMAGE_LABEL, TEST_SESSION, entry
 from tests.e2e.test_run import SLEEPER, junit_properties, read_perf, run, scripts, unique_tree
 
 pytestmark = [pytest.mark.docker]
@@ -41,13 +44,16 @@ echo "performance: $value fps"
 
 
 def ours(client: docker.DockerClient) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": SESSION_LABEL})}
+    """Containers of the images this suite built (unique_tree labels them), whatever
+    labels of ours they carry: other sessions on this engine run other images."""
+    mine = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"
+    return {c.id for c in client.containers.list(all=True, filters={"label": mine})}
 
 
 @pytest.fixture(autouse=True)
 def nothing_left(docker_client: docker.DockerClient) -> Iterator[None]:
     """After each test, no container of its sessions on the local engine (sessions that
-    run beside this suite may have theirs)."""
+    run beside this suite have theirs)."""
     before = ours(docker_client)
     yield
     assert ours(docker_client) - before == set()
@@ -226,3 +232,196 @@ def test_a_frozen_host_is_lost_in_time_and_its_tests_placed_again(
     unique_tree(pytester, [entry("quick")])
     run(pytester, "--mad-tags", "quick", f"--mad-hosts={test_hosts}").assert_outcomes(passed=1)
     assert host1.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={frozen}"}) == []
+
+
+def ssh_tunnels_of(parent: int) -> list[int]:
+    """The pids of the `ssh -N -L` tunnels a process started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == parent and argv[0] == b"ssh" and b"-L" in argv:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def runs(pid: int) -> bool:
+    """Whether the process is there and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def leftovers(engines: dict[str, docker.DockerClient], session_id: str, image_id: str) -> dict:
+    """Engine name -> the names of containers still there of the session (by its label)
+    or of the test's own image (a container started without our labels counts too)."""
+    found = {}
+    for name, client in engines.items():
+        labelled = client.containers.list(
+            all=True, filters={"label": f"{SESSION_LABEL}={session_id}"}
+        )
+        of_image = client.containers.list(all=True, filters={"ancestor": image_id})
+        names = sorted({c.name for c in [*labelled, *of_image]})
+        if names:
+            found[name] = names
+    return found
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group", "at_once"),
+    [
+        (signal.SIGTERM, True, ("--mad-concurrency", "4")),
+        (signal.SIGTERM, True, ("-n", "2")),
+        (signal.SIGHUP, False, ("--mad-concurrency", "4")),
+        (signal.SIGHUP, False, ("-n", "2")),
+        (signal.SIGINT, True, ("--mad-concurrency", "4")),
+    ],
+    ids=["SIGTERM-group", "SIGTERM-group-xdist", "SIGHUP", "SIGHUP-xdist", "SIGINT-group"],
+)
+def test_a_signalled_session_leaves_nothing_on_any_host(
+    pytester: pytest.Pytester,
+    docker_client: docker.DockerClient,
+    test_hosts: Path,
+    real_home: None,
+    signum: int,
+    to_group: bool,
+    at_once: tuple[str, ...],
+) -> None:
+    """What `timeout`, a CI runner (SIGTERM to the process group) or a closed terminal
+    (SIGHUP) do to a session: it stops as after Ctrl-C, with pytest's interrupted exit
+    code, no container of its own on any host and no scratch directory."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(4)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *at_once,
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    # Its own process group, as a CI job's: the signal to the group does not reach us.
+    session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    with HostLinks() as links:
+        engines = {"local": docker_client}
+        engines.update({host.name: links.client(host) for host in load_hosts(test_hosts)})
+        try:
+            running = _running_on_every_host(engines, session)
+            session_id, image_id = running.labels[SESSION_LABEL], running.image.id
+            tunnels = ssh_tunnels_of(session.pid)
+            assert tunnels, "the session reaches the hosts through no SSH tunnel"
+            if to_group:
+                os.killpg(session.pid, signum)
+            else:
+                session.send_signal(signum)
+            output, _ = session.communicate(timeout=120)
+        finally:
+            if session.poll() is None:
+                os.killpg(session.pid, signal.SIGKILL)
+        assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+        assert "Traceback" not in output, output
+        assert leftovers(engines, session_id, image_id) == {}, output
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{session_id}-*")) == []
+    assert [pid for pid in tunnels if runs(pid)] == [], "SSH tunnels outlived the session"
+
+
+def _running_on_every_host(
+    engines: dict[str, docker.DockerClient], session: subprocess.Popen[str]
+) -> docker.models.containers.Container:
+    """A container of the session, once one runs on each host (not the local engine)."""
+    deadline = time.monotonic() + 180
+    while True:
+        mine = {
+            name: [
+                c
+                for c in client.containers.list(filters={"label": CONTROLLER_LABEL})
+                if c.labels[CONTROLLER_LABEL].split(":")[1] == str(session.pid)
+            ]
+            for name, client in engines.items()
+            if name != "local"
+        }
+        if all(mine.values()):
+            return next(iter(mine.values()))[0]
+        assert time.monotonic() < deadline, "the models never ran on every host"
+        assert session.poll() is None, session.communicate()[0]
+        time.sleep(0.2)
+
+
+def test_the_ssh_tunnels_of_a_session_killed_with_kill_9_end_too(
+    pytester: pytest.Pytester, test_hosts: Path, real_home: None
+) -> None:
+    """The tunnels run outside pytest's process group (a signal to the group must not
+    end them before the cleanup), so kill -9 of the group does not reach them: they
+    end with the process that opened them. The next session removes the containers."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--mad-concurrency", "2",
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    with HostLinks() as links:
+        engines = {host.name: links.client(host) for host in load_hosts(test_hosts)}
+        try:
+            running = _running_on_every_host(engines, session)
+            tunnels = ssh_tunnels_of(session.pid)
+            assert tunnels, "the session reaches the hosts through no SSH tunnel"
+        finally:
+            os.killpg(session.pid, signal.SIGKILL)
+            session.communicate(timeout=30)
+        deadline = time.monotonic() + 30
+        while left := [pid for pid in tunnels if runs(pid)]:
+            assert time.monotonic() < deadline, f"SSH tunnels {left} outlived kill -9"
+            time.sleep(0.05)
+        killed = running.labels[SESSION_LABEL]
+        unique_tree(pytester, [entry("quick")])
+        run(pytester, "--mad-tags", "quick", f"--mad-hosts={test_hosts}").assert_outcomes(passed=1)
+        assert leftovers(engines, killed, running.image.id) == {}
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{killed}-*")) == []
+
+
+def _on_a_terminal(argv: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The command on a terminal of its own (a pseudo-terminal that is its controlling
+    terminal, as in an SSH login) and the terminal's master end. Nobody reads it: what
+    a session shows before its tests run fits the terminal's buffer."""
+    master, slave = pty.openpty()
+    session = subprocess.Popen(
+        argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )  # fmt: skip
+    os.close(slave)
+    return session, master
+
+
+@pytest.mark.parametrize("at_once", [("--mad-concurrency", "2"), ("-n", "2")],
+                         ids=["in-process", "xdist"])  # fmt: skip
+def test_a_session_whose_terminal_hangs_up_stops_and_leaves_nothing(
+    pytester: pytest.Pytester,
+    docker_client: docker.DockerClient,
+    test_hosts: Path,
+    real_home: None,
+    at_once: tuple[str, ...],
+) -> None:
+    """A dropped SSH login: the terminal hangs up, the kernel sends SIGHUP to the
+    session's process group, and every write to the terminal fails from then on."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *at_once,
+            "--mad-tags", "dummies", f"--mad-hosts={test_hosts}"]  # fmt: skip
+    session, terminal = _on_a_terminal(argv, pytester.path)
+    with HostLinks() as links:
+        engines = {"local": docker_client}
+        engines.update({host.name: links.client(host) for host in load_hosts(test_hosts)})
+        try:
+            running = _running_on_every_host(engines, session)
+            tunnels = ssh_tunnels_of(session.pid)
+            os.close(terminal)  # the terminal goes away
+            returncode = session.wait(timeout=120)
+        finally:
+            if session.poll() is None:
+                os.killpg(session.pid, signal.SIGKILL)
+        assert returncode == pytest.ExitCode.INTERRUPTED
+        session_id = running.labels[SESSION_LABEL]
+        assert leftovers(engines, session_id, running.image.id) == {}
+    assert list(Path(tempfile.gettempdir()).glob(f"mad-session-{session_id}-*")) == []
+    assert [pid for pid in tunnels if runs(pid)] == [], "SSH tunnels outlived the session"

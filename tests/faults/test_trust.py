@@ -42,6 +42,7 @@ def _snapshot(root: Path) -> dict[str, str]:
         if path.is_file()
         and "mad_output" not in path.parts
         and path.name not in ("perf.csv", "perf_super.csv", "stdout", "stderr")
+        and path.name not in (".perf.csv.lock", ".perf_super.csv.lock")  # their writers' lock
     }
 
 

@@ -209,7 +209,7 @@ def test_an_engine_that_cannot_see_the_workspace_says_so_for_the_archive_way(
     bind is not there for it. The backend then sends the workspace as an archive."""
     from pytest_madengine.backends.docker import containers
 
-    def filled_elsewhere(copies, excludes, root, workdir):
+    def filled_elsewhere(copies, excludes, root, workdir, within=None):
         shutil.rmtree(root)
         return ()
 

@@ -1,16 +1,18 @@
-"""Cleanup shielded from Ctrl-C: a Ctrl-C during the block is held, then handed to the
-handler that was there before (never lost, never raised twice)."""
+"""Cleanup shielded from Ctrl-C: a Ctrl-C (SIGTERM, SIGHUP) during the block is held,
+then handed to the handler that was there before (never lost, never raised twice); a
+terminal that hung up no longer fails the writes that follow."""
 
 from __future__ import annotations
 
 import os
+import pty
 import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pytest_madengine.resources.interrupts import deferred_interrupts
+from pytest_madengine.resources.interrupts import deferred_interrupts, release_lost_terminal
 
 
 @pytest.fixture
@@ -52,3 +54,40 @@ def test_held_ones_are_dropped_when_the_block_ends_with_an_exception(
         os.kill(os.getpid(), signal.SIGINT)
         raise RuntimeError("the first interrupt, say")
     assert handler == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_are_held_as_ctrl_c_is(signum: int) -> None:
+    handed: list[int] = []
+    previous = signal.signal(signum, lambda number, frame: handed.append(number))
+    try:
+        with deferred_interrupts():
+            os.kill(os.getpid(), signum)
+            assert handed == []
+        assert handed == [signum]
+    finally:
+        signal.signal(signum, previous)
+
+
+def test_after_a_hang_up_the_terminals_descriptors_lead_to_dev_null() -> None:
+    """The report written after the cleanup must not fail on a terminal that is gone."""
+    master, terminal = pty.openpty()
+    os.close(master)  # the terminal hangs up
+    try:
+        with pytest.raises(OSError):
+            os.write(terminal, b"report")
+        release_lost_terminal()
+        assert os.readlink(f"/proc/self/fd/{terminal}") == os.devnull
+        assert os.write(terminal, b"report") == len(b"report")
+    finally:
+        os.close(terminal)
+
+
+def test_a_terminal_that_is_still_there_is_kept() -> None:
+    master, terminal = pty.openpty()
+    try:
+        release_lost_terminal()
+        assert os.readlink(f"/proc/self/fd/{terminal}").startswith("/dev/pts/")
+    finally:
+        os.close(terminal)
+        os.close(master)

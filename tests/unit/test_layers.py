@@ -29,6 +29,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
             f"{PACKAGE}.runlog",
             f"{PACKAGE}.units",
             f"{PACKAGE}.credentials",
+            f"{PACKAGE}.copies",
             f"{PACKAGE}.resources",
         ),
     ),

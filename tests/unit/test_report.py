@@ -42,7 +42,7 @@ def two_runs(tmp_path: Path) -> list[Path]:
 
 def test_latest_result_per_model_and_host_with_changes_and_regressions(two_runs) -> None:
     results = load_results(two_runs)
-    assert list(results[results["model"] == "a"]["run"]) == [1, 1, 2, 2]
+    assert [list(results.series["a", host].x) for host in ("n1", "n2")] == [[1, 2], [1, 2]]
     data = report_data(results, {"a": 100.0, "lat": 5.0}, 0.05, lower_is_better={"ms"})
     rows = {(r.model, r.host): r for r in data.rows}
     assert rows["a", "n1"].change_vs_previous == pytest.approx(0.04)

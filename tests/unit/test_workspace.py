@@ -289,3 +289,20 @@ def test_a_landing_keeps_the_trees_files_and_replaces_only_its_own(tmp_path: Pat
     (tree / "perf_dummy.csv").write_bytes(b"edited by the user")
     assert [path for path, _ in bring({"perf_dummy.csv": b"3"})] == ["perf_dummy.csv"]
     assert (tree / "perf_dummy.csv").read_bytes() == b"edited by the user"
+
+
+def test_a_log_stream_masks_a_secret_split_across_chunks_before_it_reaches_the_file(
+    tmp_path: Path,
+) -> None:
+    from pytest_madengine.runlog import LogStream
+
+    seen: list[bytes] = []
+    log = LogStream(tmp_path / "x.log", ("hunter22",), seen.append, header=b"notes\n")
+    with log.open() as stream:
+        stream.write(b"login hun")
+        assert b"hun" not in (tmp_path / "x.log").read_bytes()  # held back: it may be one
+        stream.write(b"ter22 ok\nnext ")
+    assert (tmp_path / "x.log").read_bytes() == b"login *** ok\nnext "
+    assert b"".join(seen) == b"login *** ok\nnext "
+    log.rewrite([b"again hunter", b"22\n"])
+    assert (tmp_path / "x.log").read_bytes() == b"notes\nagain ***\n"

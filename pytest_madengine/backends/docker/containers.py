@@ -13,6 +13,7 @@ import io
 import os
 import posixpath
 import queue
+import re
 import shutil
 import tarfile
 import tempfile
@@ -43,6 +44,7 @@ from pytest_madengine.backends.collect import (
     extract_workspace,
     fill_workspace,
 )
+from pytest_madengine.copies import copy_entries
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.resources.interrupts import deferred_interrupts
 from pytest_madengine.resources.processes import identity_gone
@@ -86,6 +88,36 @@ MAX_POOL_SIZE = 64
 
 class EngineError(MadError):
     """The Docker Engine failed us (unreachable, gone mid-run, refused the container)."""
+
+
+# A kept container is named as madengine names its containers; a second kept run of the
+# same image takes the first free `_2`, `_3`... (madengine refuses it).
+KEPT_NAME_TRIES = 100
+
+
+def kept_container_name(image: str, nth: int = 1) -> str:
+    """madengine's `container_<image>` (`/` and `:` as `_`), with `_<nth>` after the
+    first; any other character a container name may not hold becomes `_` too."""
+    name = "container_" + re.sub(r"[^a-zA-Z0-9_.-]", "_", image)
+    return name if nth == 1 else f"{name}_{nth}"
+
+
+def _create(client: docker.DockerClient, kwargs: dict[str, Any], spec: RunSpec) -> Any:
+    """The container; a kept one under the first free name of its image (the engine
+    refuses a name in use, so two sessions never take the same one)."""
+    if not spec.keep_alive:
+        return client.containers.create(**kwargs)
+    for nth in range(1, KEPT_NAME_TRIES + 1):
+        try:
+            return client.containers.create(**kwargs, name=kept_container_name(spec.image, nth))
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: the name is taken
+                raise
+    first, last = kept_container_name(spec.image), kept_container_name(spec.image, KEPT_NAME_TRIES)
+    raise EngineError(
+        f"keep-alive: containers {first} to {last} all exist; remove those you are done"
+        f" with (docker rm -f {first})"
+    )
 
 
 def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -148,22 +180,30 @@ def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) 
 
 
 def tar_directories(
-    copies: tuple[tuple[Path, str], ...], excludes: tuple[Path, ...] = ()
+    copies: tuple[tuple[Path, str], ...],
+    excludes: tuple[Path, ...] = (),
+    within: Path | None = None,
 ) -> IO[bytes]:
-    """A tar of host directories placed at container paths (extracted at `/`), spooled to
-    disk past a few megabytes (scripts directories may hold big files), rewound.
-    `excludes` are host paths left out, with everything below them."""
+    """A tar of host directories (or files) placed at container paths (extracted at `/`),
+    spooled to disk past a few megabytes (scripts directories may hold big files), rewound.
+    `excludes` are host paths left out, with everything below them; links are handled as
+    `copy_entries` says (`within`: the MAD tree)."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned open
     with tarfile.open(fileobj=spool, mode="w") as archive:
-        for host_dir, container_dir in copies:
-            base = container_dir.lstrip("/")
-            skipped = {base + "/" + str(path.relative_to(host_dir)) for path in excludes
-                       if path == host_dir or host_dir in path.parents}  # fmt: skip
-
-            def keep(info: tarfile.TarInfo, skipped: set[str] = skipped) -> tarfile.TarInfo | None:
-                return None if info.name in skipped else info
-
-            archive.add(str(host_dir), arcname=base, filter=keep)
+        for host, container in copies:
+            base = container.strip("/")
+            if not host.is_dir():
+                archive.add(str(host.resolve()), arcname=base)
+                continue
+            archive.add(str(host.resolve()), arcname=base, recursive=False)
+            for entry in copy_entries(host, within, excludes):
+                name = f"{base}/{entry.relative}"
+                if entry.kind == "link":
+                    info = tarfile.TarInfo(name)
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
+                    archive.addfile(info)
+                else:
+                    archive.add(str(entry.source), arcname=name, recursive=False)
     spool.seek(0)
     return spool
 
@@ -196,7 +236,7 @@ class _LogPump(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self._stream() as log:
+            with self._stream().open() as log:
                 source = self.source
                 if source is None:
                     source = self.container.logs(stream=True, follow=True)
@@ -302,18 +342,20 @@ class ContainerRun:
             copies = spec.copies
             if workspace_dir is not None:
                 workspace_dir.mkdir(mode=0o755, parents=True)
-                copies = fill_workspace(copies, spec.copy_excludes, workspace_dir, spec.workdir)
+                copies = fill_workspace(
+                    copies, spec.copy_excludes, workspace_dir, spec.workdir, spec.copy_within
+                )
                 kwargs.setdefault("mounts", []).append(
                     docker.types.Mount(spec.workdir, str(workspace_dir), type="bind")
                 )
             try:
-                self.container = client.containers.create(**kwargs)
+                self.container = _create(client, kwargs, spec)
             except docker.errors.APIError as exc:
                 if workspace_dir is not None and str(workspace_dir) in str(exc):
                     raise WorkspaceNotShared(first_line(exc)) from None
                 raise
             if copies:
-                with tar_directories(copies, spec.copy_excludes) as archive:
+                with tar_directories(copies, spec.copy_excludes, spec.copy_within) as archive:
                     self.container.put_archive("/", archive)
         if start:
             self.begin(on_output)

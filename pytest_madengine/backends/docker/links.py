@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +20,7 @@ import docker.tls
 from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S, MAX_POOL_SIZE, bounded
 from pytest_madengine.errors import MadError, first_line
 from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.processes import start_helper
 
 PING_TIMEOUT_S = 20
 
@@ -80,14 +79,6 @@ def _client_for(host: Host, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerCli
 
 TUNNEL_START_S = 20
 SSH_CONNECT_TIMEOUT_S = 10
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: the tunnel ends when the process that opened it dies, however it
-    dies (the signal follows the opening thread: open tunnels from the main thread)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SshTunnel:
@@ -130,9 +121,9 @@ class SshTunnel:
     def start(self, remote: str) -> None:
         forward = f"{self.local}:{remote}"
         argv = self._ssh("-N", "-o", "ExitOnForwardFailure=yes", "-L", forward, self.target)
-        self._process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
-        )
+        # Outside pytest's process group: the cleanup after a signal to the group goes
+        # through this tunnel; it still ends with this process.
+        self._process = start_helper(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def wait(self) -> None:
         """Until the local socket is there; MadError when the tunnel could not start."""
@@ -203,7 +194,7 @@ class HostLinks:
                 self._direct.add(tunnel.host.name)
                 tunnel.close()
             else:
-                tunnel.start(remote)  # here, not in a pool thread: see _die_with_parent
+                tunnel.start(remote)
                 started.append(tunnel)
         for tunnel in started:
             try:

@@ -352,7 +352,9 @@ class KubernetesBackend:
         labels, annotations = manifests.object_labels(spec, self.settings)
         session = "" if self.dry_run is not None else self.session_id
         scripts = tuple(
-            manifests.script_map(host_dir, container_dir, session, spec.copy_excludes)
+            manifests.script_map(
+                host_dir, container_dir, session, spec.copy_excludes, spec.copy_within
+            )
             for host_dir, container_dir in spec.copies
         )
         nnodes = self.distributed.nnodes

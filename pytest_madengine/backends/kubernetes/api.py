@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pytest_madengine.backends.kubernetes.config import K8sSettings, default_kubeconfig
-from pytest_madengine.errors import MadError, first_line
+from pytest_madengine.errors import MadError, first_line, read_text
 
 # Every request has a deadline: (connect, read) seconds. Watches and log streams set
 # their own read deadline.
@@ -87,6 +88,7 @@ def connect(settings: K8sSettings, environ: Mapping[str, str] | None = None) -> 
                 " 'kubeconfig' in the context's k8s block)"
             )
         else:
+            _check_kubeconfig(path)
             config.load_kube_config(
                 config_file=str(path),
                 context=settings.context,
@@ -94,13 +96,30 @@ def connect(settings: K8sSettings, environ: Mapping[str, str] | None = None) -> 
                 persist_config=False,
             )
             cluster = cluster_name(path, settings.context)
-    except (config.ConfigException, OSError, ValueError) as exc:
+    # The client indexes what it reads as it expects it: a file of another shape gives a
+    # TypeError, KeyError or AttributeError from deep inside it.
+    except (config.ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError,
+            yaml.YAMLError) as exc:  # fmt: skip
         where = f"kubeconfig {path}" if path else "in-cluster config"
         raise MadError(f"k8s: {where}: {first_line(exc)}") from None
     # Watches, log streams and short calls of several threads share the pool.
     configuration.connection_pool_maxsize = 32
     configuration.retries = 1
     return CountingApiClient(configuration), cluster
+
+
+def _check_kubeconfig(path: Path) -> None:
+    """A kubeconfig read in bounded time and memory (the client would wait on a FIFO, or
+    read /dev/zero for good), and of the shape the client indexes: MadError if not."""
+    document = yaml.safe_load(read_text(path))
+    if document is None:
+        return  # the client says it is empty
+    if not isinstance(document, dict):
+        raise MadError(f"k8s: kubeconfig {path}: not a kubeconfig (a YAML mapping)")
+    for key in ("clusters", "contexts", "users"):
+        entries = document.get(key) or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise MadError(f"k8s: kubeconfig {path}: '{key}' is not a list of mappings")
 
 
 def cluster_name(path: Path, context: str | None) -> str:

@@ -42,6 +42,7 @@ from pytest_madengine.backends import (
     secret_argument_variable,
 )
 from pytest_madengine.backends.kubernetes.config import K8sSettings
+from pytest_madengine.copies import copy_entries
 from pytest_madengine.errors import MadError
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -180,25 +181,17 @@ def session_labels(session_id: str, controller: str) -> tuple[dict[str, str], di
     return labels, {CONTROLLER_LABEL: controller, SESSION_LABEL: session_id}
 
 
-def _files(host_dir: Path, excludes: Iterable[Path]) -> list[Path]:
-    """The directory's files (symbolic links followed), in a stable order, without the
-    excluded paths and what is below them (secrets, our own output)."""
-    skipped = {*excludes, *(path.resolve() for path in excludes)}
-    found = []
-    for path in sorted(p for p in host_dir.rglob("*") if p.is_file()):
-        # As written and as resolved: the tree may sit behind a symbolic link.
-        if any(form in skipped or skipped & set(form.parents) for form in (path, path.resolve())):
-            continue
-        found.append(path)
-    return found
-
-
 def script_map(
-    host_dir: Path, container_dir: str, session_id: str, excludes: Iterable[Path] = ()
+    host_dir: Path,
+    container_dir: str,
+    session_id: str,
+    excludes: Iterable[Path] = (),
+    within: Path | None = None,
 ) -> ScriptMap:
     """The directory's files as a ConfigMap of the session; MadError when they do not
     fit in one. A single file (a pre script, our runner) is a directory of one file,
-    placed in its container path's directory."""
+    placed in its container path's directory. Links inside `within` (the MAD tree) are
+    copied as their files; a ConfigMap holds no link, so others are left out."""
     files: list[ScriptFile] = []
     digest = hashlib.sha256()
     total = 0
@@ -208,8 +201,9 @@ def script_map(
         container_dir = posixpath.dirname(container_dir.rstrip("/")) or "/"
     else:
         found = [
-            (path, path.relative_to(host_dir).as_posix())
-            for path in _files(host_dir, tuple(excludes))
+            (entry.source, entry.relative)
+            for entry in copy_entries(host_dir, within, excludes)
+            if entry.kind == "file"
         ]
     for path, relative in found:
         content = path.read_bytes()

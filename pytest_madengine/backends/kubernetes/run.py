@@ -132,7 +132,7 @@ class LogFollower(threading.Thread):
                 _preload_content=False,
                 _request_timeout=(REQUEST_TIMEOUT[0], FOLLOW_READ_TIMEOUT_S),
             )
-            with LogStream(self.path, self.secrets, self.on_output) as log:
+            with LogStream(self.path, self.secrets, self.on_output).open() as log:
                 for chunk in self._response.stream(64 * 1024, decode_content=True):
                     log.write(self.filter.feed(chunk))
                 log.write(self.filter.close())

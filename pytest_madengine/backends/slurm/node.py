@@ -204,7 +204,8 @@ def write_copies(spec: RunSpec, path: Path) -> None:
     same archive the docker backend puts into its containers."""
     from pytest_madengine.backends.docker.containers import tar_directories
 
-    with tar_directories(spec.copies, spec.copy_excludes) as archive, path.open("wb") as out:
+    copies = tar_directories(spec.copies, spec.copy_excludes, spec.copy_within)
+    with copies as archive, path.open("wb") as out:
         shutil.copyfileobj(archive, out)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from pytest_madengine.core.results import Expectation, parse_expectation
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.core.tree.madengine_compat import madengine_importable, model_to_dict
-from pytest_madengine.errors import MadError, parse_json, read_text
+from pytest_madengine.errors import MadError, parse_json, parse_words, read_text
 
 MODELS_JSON = "models.json"
 DYNAMIC_MODELS = "get_models_json.py"
@@ -192,9 +192,20 @@ def _param_sets(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
             "field 'parametrize' must be a list of non-empty objects such as"
             f' [{{"batch_size": 256}}], got {value!r}'
         )
-    return tuple(
+    sets = tuple(
         tuple((key, _param_value(key, val)) for key, val in item.items()) for item in value
     )
+    for params in sets:
+        for key, val in params:  # checked now: a test would split them only when it runs
+            _words(f"--{key} {val}", f"field 'parametrize': '{key}'")
+    return sets
+
+
+def _words(text: str, where: str) -> list[str]:
+    try:
+        return parse_words(text, where)
+    except MadError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _param_value(key: str, value: Any) -> str:
@@ -264,6 +275,7 @@ def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
     args = entry.get("args", "")
     if isinstance(args, list):
         args = " ".join(str(arg) for arg in args)
+    _words(str(args or ""), "field 'args'")
     return Model(
         name=name if source.directory is None else f"{source.directory}/{name}",
         dockerfile=_rebase(source.directory, entry["dockerfile"]),

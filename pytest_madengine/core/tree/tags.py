@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pytest_madengine.core.tree.discovery import Model, names_and_tags
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, parse_words
 
 ALL = "all"
 
@@ -56,6 +56,7 @@ def parse_tag(text: str) -> TagRequest:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MadError(f"--mad-tags: '{text}': expected key=value after ':', got '{pair}'")
+        parse_words(f"--{key} {value}", f"--mad-tags: '{text}': parameter '{key}'")
         params.append((key, value))
     directory, slash, target = head.rpartition("/")
     if not head:

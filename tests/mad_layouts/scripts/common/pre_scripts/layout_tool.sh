@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "layout_tool pre: $1"

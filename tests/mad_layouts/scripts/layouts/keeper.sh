@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "kept: $(hostname)"
+echo "performance: 1 runs"
