@@ -7,7 +7,6 @@ Cases of issue 20 (items 4, 9 and 11).
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shlex
@@ -18,8 +17,8 @@ import pytest
 
 from pytest_madengine.errors import MadError
 from pytest_madengine.reporting import html
-from pytest_madengine.reporting.perf_csv import PERF_COLUMNS
 from tests.conftest import entry, write_tree
+from tests.unit.test_report import perf_csv
 
 # An address space the command's imports fit in: an input read without bounds fails
 # here at once instead of taking the machine's memory (/dev/zero took 12 GB in 15 s).
@@ -43,12 +42,6 @@ def one_line(result: pytest.RunResult, code: int, line: str) -> None:
     assert "Traceback" not in said(result)
 
 
-def perf_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PERF_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 from pytest_madengine.credentials import Credentials
 from pytest_madengine.data import DataMissing, DataMount, DataSettings, resolve_data
 from tests.conftest import CREDENTIALS, DATA_DIR, SAMPLE, DataServers
+from tests.e2e.test_data import s3_client
 
 NAS_ROOT = DATA_DIR / "nas"  # the NAS account's chroot: "/x" there is NAS_ROOT/x here
 
@@ -34,17 +35,6 @@ class ServerDataset:
     provider: str  # minio or nas
     path: str  # the data.json source's path
     put: Callable[[str, bytes], None]  # writes a file of the dataset on the server
-
-
-def s3_client(servers: DataServers):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3", endpoint_url=servers.endpoint, region_name="us-east-1",
-        aws_access_key_id=servers.access_key, aws_secret_access_key=servers.secret_key,
-        config=Config(s3={"addressing_style": "path"}),
-    )  # fmt: skip
 
 
 @pytest.fixture
