@@ -29,6 +29,9 @@ RESERVED_NAME_CHARS = ("/", ":")
 REQUIRED_FIELDS = ("name", "dockerfile", "scripts")
 DEFAULT_TIMEOUT_S = 7200
 DEFAULT_N_GPUS = 1
+# A parameter becomes `--key value` in the script's args: the key must be one word
+# that reads as an option name (an empty key gave `-- 2`, a spaced one two words).
+PARAMETER_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def display_path(path: Path) -> str:
@@ -192,8 +195,22 @@ def _param_sets(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
             "field 'parametrize' must be a list of non-empty objects such as"
             f' [{{"batch_size": 256}}], got {value!r}'
         )
+    for item in value:
+        for key in item:
+            if problem := parameter_key_problem(key):
+                raise ValueError(f"field 'parametrize': {problem}")
     return tuple(
         tuple((key, _param_value(key, val)) for key, val in item.items()) for item in value
+    )
+
+
+def parameter_key_problem(key: str) -> str | None:
+    """Why a parameter's key cannot be an option name of the script (None if it can)."""
+    if PARAMETER_KEY.fullmatch(key):
+        return None
+    return (
+        f"key {key!r} must be one word of letters, digits, '_', '-' or '.'"
+        " (it is passed as --key value)"
     )
 
 

@@ -1,0 +1,50 @@
+"""What used to pass silently or hide behind noise says so in one line (issue 20,
+item 11): odd parameter keys, a registry login with a misspelt key."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import entry, write_tree
+from tests.e2e.test_run import run, unique_tree
+from tests.faults.test_inputs import collect, one_collection_error
+
+
+@pytest.mark.parametrize("key", ["", "b s", "-x"])
+def test_a_parameter_key_that_is_no_option_name_is_a_collection_error(
+    pytester: pytest.Pytester, key: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha", parametrize=[{key: 2}])])
+    one_collection_error(
+        collect(pytester, "--mad-tags", "all"),
+        f"*model 'alpha': field 'parametrize': key {key!r} must be one word of letters,*",
+    )
+
+
+def test_a_tag_parameter_key_that_is_no_option_name_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = collect(pytester, "--mad-tags", "alpha:b s=2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--mad-tags: 'alpha:b s=2': key 'b s' must be one word*"])
+
+
+@pytest.mark.docker
+def test_a_registry_login_with_a_misspelt_key_names_the_entry_and_key_never_its_values(
+    pytester: pytest.Pytester, registry: tuple[str, dict[str, str]]
+) -> None:
+    address, login = registry
+    unique_tree(pytester, [entry("m0")])
+    misspelt = {"username": login["username"], "passwd": login["password"],
+                "repository": f"pytest-madengine-test/{uuid.uuid4().hex[:10]}"}  # fmt: skip
+    (pytester.path / "credential.json").write_text(json.dumps({address: misspelt}))
+    result = run(pytester, "--mad-build-only", "--mad-tags", "m0", f"--mad-registry={address}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*credential.json: credential '{address}': no 'password'; unknown key 'passwd'*"]
+    )
+    assert login["password"] not in result.stdout.str() + result.stderr.str()
