@@ -522,18 +522,23 @@ class TestRunner:
         for measurement in measurements:
             model = test.model.name
             perf_model = f"{model}_{measurement.row_model}" if measurement.row_model else model
+            baseline = self.options.baseline
             verdict = judge_measurement(
                 measurement,
                 test.model.expectation,
-                self.options.baseline.lookup(perf_model, facts.args, facts.docker_file),
+                baseline.lookup(perf_model, facts.args, facts.docker_file),
                 self.options.tolerance,
             )
+            unusable = baseline.unusable_value(perf_model, facts.args, facts.docker_file)
+            note = None
+            if unusable is not None and measurement.performance is not None:
+                note = f"baseline {unusable!r} is no nonzero finite number: nothing compared"
             status = Status.SUCCESS if verdict.passed else Status.FAILURE
             rows.append(
                 ResultRow(
                     measurement.name, status, measurement.performance, measurement.metric,
                     verdict.relative_change, verdict.reason, dict(measurement.extra),
-                    text=measurement.text, perf_model=perf_model,
+                    text=measurement.text, perf_model=perf_model, baseline_note=note,
                 )
             )  # fmt: skip
             empty = measurement.performance is None and not measurement.text

@@ -1,15 +1,18 @@
 """What used to pass silently or hide behind noise says so in one line (issue 20,
-item 11): odd parameter keys, a registry login with a misspelt key."""
+item 11): odd parameter keys, a registry login with a misspelt key,
+a baseline that cannot be compared with."""
 
 from __future__ import annotations
 
+import csv
 import json
 import uuid
 
 import pytest
 
+from pytest_madengine.reporting.perf_csv import PERF_COLUMNS
 from tests.conftest import entry, write_tree
-from tests.e2e.test_run import run, unique_tree
+from tests.e2e.test_run import VALUE, junit_properties, run, scripts, unique_tree
 from tests.faults.test_inputs import collect, one_collection_error
 
 
@@ -48,3 +51,33 @@ def test_a_registry_login_with_a_misspelt_key_names_the_entry_and_key_never_its_
         [f"*credential.json: credential '{address}': no 'password'; unknown key 'passwd'*"]
     )
     assert login["password"] not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.docker
+def test_a_baseline_that_cannot_be_compared_with_is_named_in_the_result(
+    pytester: pytest.Pytester,
+) -> None:
+    baselines = {"zero": "0", "nan": "nan", "inf": "inf", "usable": "100"}
+    models = [entry(name, scripts="scripts/dummy/value.sh", args="99") for name in baselines]
+    unique_tree(pytester, models, scripts(value=VALUE))
+    with (pytester.path / "old.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PERF_COLUMNS)
+        writer.writeheader()
+        for name, value in baselines.items():
+            writer.writerow({"model": name, "performance": value, "status": "SUCCESS"})
+    result = run(pytester, "--mad-tags", "dummies", "--junitxml", "r.xml",
+                 "--mad-baseline", "old.csv")  # fmt: skip
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines_random(
+        [f"{name} *SUCCESS*99*baseline '{value}' is no nonzero finite number: nothing compared*"
+         for name, value in baselines.items() if name != "usable"]
+        + ["usable *SUCCESS*99*-1.0%*"]
+    )  # fmt: skip
+    notes = {name: props.get("baseline_note")
+             for name, props in junit_properties(pytester.path / "r.xml").items()}  # fmt: skip
+    assert notes == {
+        "zero": "baseline '0' is no nonzero finite number: nothing compared",
+        "nan": "baseline 'nan' is no nonzero finite number: nothing compared",
+        "inf": "baseline 'inf' is no nonzero finite number: nothing compared",
+        "usable": None,
+    }
