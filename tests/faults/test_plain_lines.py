@@ -81,3 +81,19 @@ def test_a_baseline_that_cannot_be_compared_with_is_named_in_the_result(
         "inf": "baseline 'inf' is no nonzero finite number: nothing compared",
         "usable": None,
     }
+
+
+@pytest.mark.docker
+def test_a_dockerfile_the_engine_cannot_parse_is_named_with_the_engines_words(
+    pytester: pytest.Pytester,
+) -> None:
+    root = unique_tree(pytester, [entry("alpha")])
+    dockerfile = root / "docker" / "dummy.ubuntu.amd.Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "FROMM nothing\n")
+    result = run(pytester, "--mad-tags", "alpha")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["image ci-alpha_dummy.ubuntu.amd failed to build: dockerfile parse error line 6:"
+         " unknown instruction: FROMM (docker/dummy.ubuntu.amd.Dockerfile; log: *)"]
+    )  # fmt: skip
+    assert "http+docker://" not in result.stdout.str()

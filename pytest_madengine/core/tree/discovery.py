@@ -8,7 +8,6 @@ does not stop the others from loading.
 from __future__ import annotations
 
 import functools
-import os
 import posixpath
 import re
 import runpy
@@ -21,7 +20,7 @@ from typing import Any
 from pytest_madengine.core.results import Expectation, parse_expectation
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.core.tree.madengine_compat import madengine_importable, model_to_dict
-from pytest_madengine.errors import MadError, parse_json, read_text
+from pytest_madengine.errors import MadError, display_path, parse_json, read_text
 
 MODELS_JSON = "models.json"
 DYNAMIC_MODELS = "get_models_json.py"
@@ -32,15 +31,6 @@ DEFAULT_N_GPUS = 1
 # A parameter becomes `--key value` in the script's args: the key must be one word
 # that reads as an option name (an empty key gave `-- 2`, a spaced one two words).
 PARAMETER_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def display_path(path: Path) -> str:
-    """The path as a user would type it: relative to the working directory when inside it."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return str(path) if relative.startswith("..") else relative
 
 
 @dataclass(frozen=True)
