@@ -27,7 +27,7 @@ from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.session import Session
 from pytest_madengine.plugin import fixtures
 from pytest_madengine.plugin.collection import MadItem
-from pytest_madengine.plugin.terminal import to_terminal
+from pytest_madengine.plugin.terminal import printable, to_terminal
 
 OUR_FIXTURES = frozenset({"mad_benchmark", "mad_runtime", "request", "pytestconfig"})
 # The modules whose fixture definitions are ours (pytestconfig is pytest's own).
@@ -101,10 +101,11 @@ class LiveLines:
         return self._put_chunk
 
     def _put_chunk(self, chunk: bytes) -> None:
-        self._lines.put((self._redact(chunk.decode("utf-8", errors="replace")), False))
+        text = printable(self._redact(chunk.decode("utf-8", errors="replace")))
+        self._lines.put((text, False))
 
     def _put(self, line: str) -> None:
-        self._lines.put((self._redact(line), True))
+        self._lines.put((printable(self._redact(line)), True))
 
     def put(self, line: str) -> None:
         """A line for the terminal, from any thread."""

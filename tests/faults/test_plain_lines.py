@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import uuid
 
 import pytest
@@ -97,3 +98,31 @@ def test_a_dockerfile_the_engine_cannot_parse_is_named_with_the_engines_words(
          " unknown instruction: FROMM (docker/dummy.ubuntu.amd.Dockerfile; log: *)"]
     )  # fmt: skip
     assert "http+docker://" not in result.stdout.str()
+
+
+# Retitles the terminal, clears it, rings its bell and writes over a line; then fails.
+ESCAPES = (
+    "#!/bin/sh\nprintf 'title \\033]0;owned\\007 clear \\033[2J over\\rwritten\\n'\n"
+    "printf 'binary \\001\\002\\377 end\\n'\nexit 3\n"
+)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("at_once", [[], ["--mad-concurrency=2"]], ids=["serial", "at-once"])
+def test_control_characters_of_a_model_reach_the_terminal_written_out_and_the_log_as_they_came(
+    pytester: pytest.Pytester, at_once: list[str]
+) -> None:
+    models = [entry(name, scripts="scripts/dummy/escapes.sh") for name in ("e0", "e1")]
+    unique_tree(pytester, models, scripts(escapes=ESCAPES))
+    result = run(pytester, "--mad-tags", "dummies", "--mad-gpus=2", "--mad-live-output",
+                 *at_once)  # fmt: skip
+    result.assert_outcomes(failed=2)
+    shown = result.stdout.str()
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f]", shown), "a control character reached it"
+    live = [line for line in result.stdout.lines if line.startswith(("title", "[e0] title"))]
+    assert live, "no live output"
+    assert live[0].endswith("title \\x1b]0;owned\\x07 clear \\x1b[2J over\\x0dwritten")
+    # The failure text under FAILED (the log's tail) is written out the same way.
+    assert shown.count("title \\x1b]0;owned\\x07 clear \\x1b[2J over") == 4
+    logs = list((pytester.path / "mad_output" / "logs").rglob("e0*.log"))
+    assert b"clear \x1b[2J over\rwritten\n" in logs[0].read_bytes()
