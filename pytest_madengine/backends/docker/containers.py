@@ -25,6 +25,7 @@ from typing import IO, Any
 import docker
 import docker.errors
 import docker.types
+import docker.utils.socket
 import requests.adapters
 import requests.exceptions
 import urllib3.exceptions
@@ -167,6 +168,33 @@ def tar_directories(
     return spool
 
 
+def attached_output(client: docker.DockerClient, container_id: str) -> Iterator[bytes]:
+    """The output of a container not started yet, as the engine copies it from the
+    container: in the blocks the model wrote (up to 32 KiB), not a piece per line as
+    the log endpoint gives it (decoded from the log driver's JSON, a Python call per
+    line: 500 MB of lines took minutes). Attached before the start, so that nothing is
+    missed; the stream ends when the container does. The request is made now, the
+    blocks are read as they are iterated."""
+    api = client.api
+    response = api._post(  # the SDK's attach, whose socket would time out in a silence
+        api._url("/containers/{0}/attach", container_id),
+        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1},
+        stream=True,
+    )
+    sock = api._get_raw_response_socket(response)
+    api._disable_socket_timeout(sock)  # a model may be silent for long: not an engine failure
+
+    def blocks() -> Iterator[bytes]:
+        try:
+            for _, block in docker.utils.socket.frames_iter(sock, tty=False):
+                yield block
+        finally:
+            response.close()
+
+    return blocks()
+
+
 class _LogPump(threading.Thread):
     """Copies the run's output to the log file as it comes (memory stays flat), with
     the spec's secrets masked in the file and the live output alike."""
@@ -179,6 +207,7 @@ class _LogPump(threading.Thread):
         header: bytes = b"",
         secrets: tuple[str, ...] = (),
         source: Any = None,
+        rereadable: bool = True,
     ) -> None:
         super().__init__(daemon=True, name=f"mad-log-{log_path.stem}")
         self.container = container
@@ -186,8 +215,10 @@ class _LogPump(threading.Thread):
         self.header = header  # our lines before the container's output
         self.on_output = on_output
         self.secrets = secrets
-        # The container's log by default; an exec's output stream under keep-alive.
+        # The container's log by default; its attached output, or an exec's output
+        # under keep-alive (which cannot be read again: not `rereadable`).
         self.source = source
+        self.rereadable = rereadable
         self.broken = False
 
     def _write(self, log: Any, data: bytes) -> None:
@@ -227,7 +258,7 @@ class _LogPump(threading.Thread):
     def reread(self) -> None:
         """The whole log of the ended container, streamed into the file anew (a new
         file: a stuck stream that wakes up later writes to the old one, not into this)."""
-        if self.source is not None:
+        if not self.rereadable:
             return  # an exec's output cannot be read again; the log keeps what came
         fresh = self.log_path.with_name(self.log_path.name + ".reread")
         mask = StreamMask(self.secrets)
@@ -340,8 +371,10 @@ class ContainerRun:
             on_output(self.header)
         with self._undone_on_failure():
             self.started = time.time()
-            self.container.start()
             source = None
+            if not spec.keep_alive:
+                source = attached_output(self.client, self.container.id)
+            self.container.start()
             if spec.keep_alive:
                 created = self.client.api.exec_create(
                     self.container.id, list(spec.command), workdir=spec.workdir
@@ -349,8 +382,9 @@ class ContainerRun:
                 self.exec_id = created["Id"]
                 source = self.client.api.exec_start(self.exec_id, stream=True)
             self.pump = _LogPump(
-                self.container, spec.log_path, on_output, self.header, spec.secrets, source
-            )
+                self.container, spec.log_path, on_output, self.header, spec.secrets, source,
+                rereadable=not spec.keep_alive,
+            )  # fmt: skip
             self.pump.start()
 
     @contextlib.contextmanager
