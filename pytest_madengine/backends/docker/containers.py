@@ -653,16 +653,21 @@ def bounded(
 
 
 def connect(base_url: str | None = None, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
-    """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
+    """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers.
+    An ssh:// engine is reached through an SSH tunnel, as --mad-hosts reaches one."""
+    where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
+        if where.startswith("ssh://"):
+            from pytest_madengine.backends.docker.links import docker_host_tunnel  # imports us
+
+            base_url = docker_host_tunnel(where)
         client = bounded(
             docker.DockerClient(base_url=base_url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
             if base_url
             else docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)
         )
         client.ping()
-    except docker.errors.DockerException as exc:
-        where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    except (docker.errors.DockerException, MadError) as exc:
         raise EngineError(
             f"no Docker Engine answers at {where}: {first_line(exc)} (start one: scripts/bootstrap)"
         ) from None

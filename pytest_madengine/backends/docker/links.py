@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import ctypes
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -21,6 +23,7 @@ import docker.tls
 
 from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S, MAX_POOL_SIZE, bounded
 from pytest_madengine.errors import MadError, first_line
+from pytest_madengine.resources.gpus import GpuInventory
 from pytest_madengine.resources.hosts import Host
 
 PING_TIMEOUT_S = 20
@@ -235,6 +238,34 @@ class HostLinks:
     def close(self) -> None:
         for name in list(self._tunnels):
             self._tunnels.pop(name).close()
+
+
+_DOCKER_HOST_TUNNELS: dict[str, SshTunnel] = {}
+_DOCKER_HOST_LOCK = threading.Lock()
+
+
+def docker_host_tunnel(url: str) -> str:
+    """A local socket URL forwarded to the engine of an ssh:// DOCKER_HOST, as
+    --mad-hosts reaches an SSH host (docker-py's ssh:// needs paramiko, and starts a
+    process on the host per connection): one tunnel per process, closed at its exit.
+    MadError when no tunnel can be made, saying what to do instead."""
+    with _DOCKER_HOST_LOCK:
+        tunnel = _DOCKER_HOST_TUNNELS.get(url)
+        if tunnel is None:
+            tunnel = SshTunnel(Host(url, url, GpuInventory((), "none")))
+            remote = tunnel.remote_socket()
+            if remote is None:
+                tunnel.close()
+                raise MadError(
+                    "the engine there is not on a Unix socket that an SSH tunnel can"
+                    " reach: install paramiko (pip install paramiko), or set DOCKER_HOST"
+                    " to a tcp:// or unix:// address"
+                )
+            tunnel.start(remote)
+            tunnel.wait()
+            _DOCKER_HOST_TUNNELS[url] = tunnel
+            atexit.register(tunnel.close)
+        return tunnel.url
 
 
 def _remote_or_error(tunnel: SshTunnel) -> str | MadError | None:
