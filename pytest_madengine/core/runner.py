@@ -53,6 +53,7 @@ from pytest_madengine.core.workspace import (
     GIT_COMMIT_FILE,
     WORKSPACE,
     ModelRun,
+    memory_kill_reason,
     read_result,
     render,
     step_failure,
@@ -127,10 +128,7 @@ def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
     if outcome.timed_out:
         return f"timeout after {timeout_s:g} s"
     if outcome.oom_killed:
-        return (
-            f"killed for memory (out of memory, exit code {outcome.exit_code}); the limit is"
-            " the host's, or the context's docker_memory"
-        )
+        return memory_kill_reason(outcome.exit_code)
     failed = step_failure(outcome.results.get(posixpath.join(WORKSPACE, FAILED_FILE)))
     if failed is not None:
         return failed.reason()

@@ -1,6 +1,7 @@
 """What used to pass silently or hide behind noise says so in one line (issue 20,
 item 11): odd parameter keys, a registry login with a misspelt key,
-a baseline that cannot be compared with."""
+a baseline that cannot be compared with, a Dockerfile the engine cannot parse,
+control characters of a model, a kill for memory the engine does not flag."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import re
 import uuid
 
+import docker
 import pytest
 
 from pytest_madengine.reporting.perf_csv import PERF_COLUMNS
@@ -126,3 +128,27 @@ def test_control_characters_of_a_model_reach_the_terminal_written_out_and_the_lo
     assert shown.count("title \\x1b]0;owned\\x07 clear \\x1b[2J over") == 4
     logs = list((pytester.path / "mad_output" / "logs").rglob("e0*.log"))
     assert b"clear \x1b[2J over\rwritten\n" in logs[0].read_bytes()
+
+
+# Its child is killed for memory; the script goes on and fails, as a model would.
+HOG = "#!/bin/sh\necho allocating\nhead -c 200000000 /dev/zero | tail > /dev/null\nexit 137\n"
+
+
+@pytest.mark.docker
+def test_a_kill_for_memory_the_engine_does_not_flag_is_named_by_the_containers_count(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient
+) -> None:
+    # Under keep-alive the model runs in an exec of a container that stays: the
+    # engine's OOMKilled flag (the container's own end) never says it, as after a kill
+    # by the host's OOM killer; the container's memory cgroup counts the kill in both.
+    root = unique_tree(pytester, [entry("hog", scripts="scripts/dummy/hog.sh")], scripts(hog=HOG))
+    result = run(pytester, "--mad-tags", "hog", "--mad-keep-alive",
+                 "--mad-context", '{"docker_memory": "32m"}')  # fmt: skip
+    log = next((root / "mad_output" / "logs").rglob("hog*.log")).read_text()
+    kept = [
+        line.split()[2] for line in log.splitlines() if line.startswith("keep-alive: container")
+    ]
+    for name in kept:
+        docker_client.containers.get(name).remove(force=True)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["killed for memory (out of memory, exit code 137);*"])
