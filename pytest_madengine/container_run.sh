@@ -5,7 +5,8 @@
 # Each step arrives as `KIND COUNT WORD...` (COUNT words follow). Every value is an
 # argument, never code: the only shell text run is the tools file's command prefix.
 # A failing step leaves `KIND<TAB>CODE<TAB>WHAT` in .madengine/failed and ends the run
-# with its exit code. pytest-madengine writes the steps (pytest_madengine/workspace.py).
+# with its exit code (KIND `model_oom`: the model failed after a kill for memory).
+# pytest-madengine writes the steps (pytest_madengine/workspace.py).
 
 state=.madengine
 model_dir=run_directory
@@ -88,15 +89,32 @@ step_copy() { # DIR
   chmod -R a+rw "./$model_dir"
 }
 
+# Processes of this container the kernel has killed for memory so far (its memory
+# cgroup's count, v2 or v1): counted for a kill by the host's OOM killer too, which the
+# engine's OOMKilled flag misses where no memory limit is set.
+oom_kills() {
+  for _events in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
+    [ -r "$_events" ] || continue
+    while read -r _key _value; do
+      [ "$_key" = oom_kill ] && { printf '%s' "$_value"; return; }
+    done <"$_events"
+  done
+  printf 0
+}
+
 step_model() { # WRAPPER ARG...
   _wrapper=$1
   shift
+  _kills=$(oom_kills)
   if [ -n "$_wrapper" ]; then
     (cd "./$model_dir" && bash -c "$_wrapper \"\$@\"" madengine-tool "$@")
   else
     (cd "./$model_dir" && "$@")
   fi
   _code=$?
+  if [ "$_code" -ne 0 ] && [ "$(oom_kills)" -gt "${_kills:-0}" ] 2>/dev/null; then
+    fail model_oom "$_code" "$1"
+  fi
   [ "$_code" -eq 0 ] || fail model "$_code" "$1"
 }
 

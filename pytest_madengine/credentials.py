@@ -37,6 +37,8 @@ DOCKERHUB_ENV = {
 DATA_ENTRIES = ("MAD_MINIO", "MAD_AWS_S3", "NAS_NODES")
 MASK = "***"
 SECRET_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "credential", "credentials")
+# The keys of a registry's entry (case-blind); any other is named when the login is short.
+REGISTRY_KEYS = ("username", "password", "repository")
 # An S3 access key id rides in USERNAME: not a password, but not for logs either.
 ACCESS_KEY_ENTRIES = ("MAD_MINIO", "MAD_AWS_S3")
 
@@ -207,9 +209,19 @@ class Credentials:
             # The values are secrets: name the entry, never show it.
             raise MadError(f"{self.source}: credential '{key}' must be an object of strings")
         username, password = field_of(entry, "username"), field_of(entry, "password")
-        if username is None or password is None:
-            return None
-        return {"username": str(username), "password": str(password)}
+        if username is not None and password is not None:
+            return {"username": str(username), "password": str(password)}
+        unknown = [str(name) for name in entry if str(name).lower() not in REGISTRY_KEYS]
+        if username is None and password is None and not unknown:
+            return None  # an entry for `repository` alone: pulls and pushes go anonymous
+        # Half a login (`passwd` for `password`) would go anonymous with no word.
+        missing = [name for name, value in (("username", username), ("password", password))
+                   if value is None]  # fmt: skip
+        unknown_keys = f"; unknown key {', '.join(map(repr, unknown))}" if unknown else ""
+        raise MadError(
+            f"{self.source}: credential '{key}': no {' and no '.join(map(repr, missing))}"
+            f"{unknown_keys} (a registry login has 'username' and 'password')"
+        )
 
     def repository(self, registry: str | None) -> str | None:
         """The entry's `repository` (images are pushed as `<registry>/<repository>:<name>`)."""

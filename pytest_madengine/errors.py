@@ -53,10 +53,29 @@ class NotRun(MadError):
     """The backend did not run the test on purpose (a dry run): it is skipped, saying so."""
 
 
+def error_text(problem: BaseException | str) -> str:
+    """An error's own words: for an engine's API error its explanation, without the
+    status and the request's URL in front (docker's APIError puts the whole URL there,
+    build arguments and all, hundreds of characters before what went wrong)."""
+    explanation = getattr(problem, "explanation", None)
+    if isinstance(explanation, str) and explanation.strip():
+        return explanation.strip()
+    return str(problem).strip()
+
+
 def first_line(problem: BaseException | str) -> str:
     """The first line of an error's text (engines and SSH say more below it), or its type."""
-    lines = str(problem).strip().splitlines()
+    lines = error_text(problem).splitlines()
     return lines[0] if lines else type(problem).__name__
+
+
+def display_path(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory when inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def read_text(path: Path, option: str = "") -> str:

@@ -36,6 +36,7 @@ class StreamMask:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         ordered = [secret.encode() for secret in _ordered(secrets)]
+        self._secrets = tuple(ordered)
         # Longest first at each position, so "s3cret-value" wins over "s3cret".
         self._pattern = re.compile(b"|".join(re.escape(s) for s in ordered)) if ordered else None
         self._longest = max((len(secret) for secret in ordered), default=0)
@@ -56,6 +57,12 @@ class StreamMask:
         limit = len(data) - (self._longest - 1)
         if self._lines_safe:
             limit = max(limit, data.rfind(b"\n") + 1)
+        if not any(secret in data for secret in self._secrets):
+            # The common case, at the speed of a byte search per secret: the regex tries
+            # each secret at each position (6 MB/s on a line of one repeated letter).
+            end = max(0, limit)
+            self._held = data[end:]
+            return data[:end]
         out, done = [], 0
         for found in self._pattern.finditer(data):
             if found.start() >= limit:

@@ -218,11 +218,13 @@ def render(run: ModelRun) -> RunSpec:
 class StepFailure:
     """What `container_run.sh` left in .madengine/failed."""
 
-    kind: str  # pre_script, post_script, clone, copy, model
+    kind: str  # pre_script, post_script, clone, copy, model, model_oom
     code: int
     what: str
 
     def reason(self) -> str:
+        if self.kind == "model_oom":
+            return memory_kill_reason(self.code)
         if self.kind in ("pre_script", "post_script"):
             return f"{self.kind.replace('_', ' ')} {self.what} failed (exit code {self.code})"
         if self.kind == "clone":
@@ -230,6 +232,15 @@ class StepFailure:
         if self.kind == "copy":
             return f"copying {self.what} into the model directory failed"
         return f"exit code {self.code}"
+
+
+def memory_kill_reason(exit_code: int | None) -> str:
+    """The reason of a run the kernel killed for memory (the engine said so, or the
+    container's memory cgroup counted the kill)."""
+    return (
+        f"killed for memory (out of memory, exit code {exit_code}); the limit is"
+        " the host's, or the context's docker_memory"
+    )
 
 
 def step_failure(text: str | None) -> StepFailure | None:

@@ -37,6 +37,7 @@ class ResultRow:
     extra: Mapping[str, str] = field(default_factory=dict)  # more multiple_results columns
     text: str | None = None  # a value that is no number, as the CSV wrote it
     perf_model: str = ""  # perf.csv's `model`: `<model>` or `<model>_<row model>`
+    baseline_note: str | None = None  # why no baseline was compared with, when one was there
 
     @property
     def shown_performance(self) -> str:
@@ -184,6 +185,9 @@ class TestRecord:
             properties += self.data.junit_properties()
         if self.reason:
             properties.append(("failure_reason", self.reason))
+        notes = [row.baseline_note for row in self.rows if row.baseline_note]
+        if notes:
+            properties.append(("baseline_note", "; ".join(notes)))
         if self.retried_after:
             properties.append(("retried_after", "; ".join(self.retried_after)))
         return properties

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pytest_madengine.errors import (
     MAX_LINE_BYTES,
@@ -302,12 +302,30 @@ class Baseline:
     """
 
     values: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+    # The last SUCCESS value of a key that has no usable one (`nan`, `inf`, `0`: no
+    # relative change can be taken from them), as written: said, not silently skipped.
+    unusable: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
 
     def lookup(self, model: str, args: str = "", docker_file: str = "") -> float | None:
+        key = self._key(self.values, model, args, docker_file)
+        return None if key is None else self.values[key]
+
+    def unusable_value(self, model: str, args: str = "", docker_file: str = "") -> str | None:
+        """The value of the baseline row a test would compare with, when there is one
+        and it cannot be compared with (see `unusable`); None otherwise."""
+        if self.lookup(model, args, docker_file) is not None:
+            return None
+        key = self._key(self.unusable, model, args, docker_file)
+        return None if key is None else self.unusable[key]
+
+    @staticmethod
+    def _key(
+        known: Mapping[tuple[str, str, str], Any], model: str, args: str, docker_file: str
+    ) -> tuple[str, str, str] | None:
         for key in ((model, args, docker_file), (model, args, ""), (model, "", docker_file),
                     (model, "", "")):  # fmt: skip
-            if key in self.values:
-                return self.values[key]
+            if key in known:
+                return key
         return None
 
     def __len__(self) -> int:
@@ -334,6 +352,7 @@ def load_baseline(path: Path, option: str = "--mad-baseline") -> Baseline:
 
 def _read_baseline(path: Path, option: str) -> Baseline:
     values: dict[tuple[str, str, str], float] = {}
+    unusable: dict[tuple[str, str, str], str] = {}
     # Streamed, and bounded: a perf.csv grows by a row per test and run, over months of CI.
     raw = open_input(path, option, max_bytes=MAX_TABLE_BYTES, max_line_bytes=MAX_LINE_BYTES)
     with io.TextIOWrapper(
@@ -347,11 +366,15 @@ def _read_baseline(path: Path, option: str) -> Baseline:
         for raw in reader:
             # Short rows read as None cells; surplus cells land under the key None.
             row = {key.strip(): (cell or "").strip() for key, cell in raw.items() if key}
+            if row["status"] != "SUCCESS" or not row["performance"]:
+                continue
+            key = (row["model"], row.get("args", ""), row.get("docker_file", ""))
             value = _number(row["performance"])
-            if row["status"] == "SUCCESS" and value is not None:
-                key = (row["model"], row.get("args", ""), row.get("docker_file", ""))
+            if value is not None and value != 0:
                 values[key] = value
-    return Baseline(values)
+            else:
+                unusable[key] = row["performance"][:_SHOWN]
+    return Baseline(values, {key: text for key, text in unusable.items() if key not in values})
 
 
 # The verdict

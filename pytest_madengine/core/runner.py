@@ -65,6 +65,7 @@ from pytest_madengine.workspace import (
     GIT_COMMIT_FILE,
     WORKSPACE,
     ModelRun,
+    memory_kill_reason,
     read_result,
     render,
     step_failure,
@@ -128,10 +129,7 @@ def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
     if outcome.timed_out:
         return f"timeout after {timeout_s:g} s"
     if outcome.oom_killed:
-        return (
-            f"killed for memory (out of memory, exit code {outcome.exit_code}); the limit is"
-            " the host's, or the context's docker_memory"
-        )
+        return memory_kill_reason(outcome.exit_code)
     failed = step_failure(outcome.results.get(posixpath.join(WORKSPACE, FAILED_FILE)))
     if failed is not None:
         return failed.reason()
@@ -515,18 +513,23 @@ class TestRunner:
         for measurement in measurements:
             model = test.model.name
             perf_model = f"{model}_{measurement.row_model}" if measurement.row_model else model
+            baseline = self.options.baseline
             verdict = judge_measurement(
                 measurement,
                 test.model.expectation,
-                self.options.baseline.lookup(perf_model, facts.args, facts.docker_file),
+                baseline.lookup(perf_model, facts.args, facts.docker_file),
                 self.options.tolerance,
             )
+            unusable = baseline.unusable_value(perf_model, facts.args, facts.docker_file)
+            note = None
+            if unusable is not None and measurement.performance is not None:
+                note = f"baseline {unusable!r} is no nonzero finite number: nothing compared"
             status = Status.SUCCESS if verdict.passed else Status.FAILURE
             rows.append(
                 ResultRow(
                     measurement.name, status, measurement.performance, measurement.metric,
                     verdict.relative_change, verdict.reason, dict(measurement.extra),
-                    text=measurement.text, perf_model=perf_model,
+                    text=measurement.text, perf_model=perf_model, baseline_note=note,
                 )
             )  # fmt: skip
             empty = measurement.performance is None and not measurement.text

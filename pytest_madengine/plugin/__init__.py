@@ -34,7 +34,7 @@ from pytest_madengine.plugin.concurrency import LiveLines, RunAhead, xdist_contr
 from pytest_madengine.plugin.options import add_options, raw_options
 from pytest_madengine.plugin.reporter import BUILD_ATTRIBUTE, RECORD_ATTRIBUTE, MadReporter
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, STATE, PluginState, plugin_state
-from pytest_madengine.plugin.terminal import to_terminal
+from pytest_madengine.plugin.terminal import printable, to_terminal
 from pytest_madengine.resources.hosts import load_hosts
 from pytest_madengine.resources.interrupts import install_stop_handler, restore_handlers
 from pytest_madengine.resources.processes import process_identity
@@ -81,12 +81,12 @@ def _options(config: pytest.Config, shared: dict[str, Any] | None) -> Options:
 
 def _live_sink(config: pytest.Config, redact: Callable[[str], str]) -> Any:
     """Writes model output straight to the terminal, around pytest's capture, with the
-    known secrets masked."""
+    known secrets masked and control characters written out."""
 
     def write(chunk: bytes) -> None:
         if config.pluginmanager.get_plugin("capturemanager") is None:
             return
-        text = redact(chunk.decode("utf-8", errors="replace"))
+        text = printable(redact(chunk.decode("utf-8", errors="replace")))
         to_terminal(config, lambda reporter: reporter.write(text))
 
     return write

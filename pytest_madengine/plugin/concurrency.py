@@ -3,7 +3,9 @@ handed to the core's Session (which runs them on threads as GPU leases allow).
 
 An item runs ahead only when nothing of the user's could take part in its run: a MAD
 item whose fixtures are ours alone (no autouse fixture of a conftest, no override of
-`mad_benchmark` or `mad_runtime`) and that carries no skip, skipif or xfail marker.
+`mad_benchmark` or `mad_runtime`, under whatever function name: pytest's own resolution
+for the item says whose definition applies) and that carries no skip, skipif or xfail
+marker.
 Any other item runs in its turn, as in a serial session.
 
 Without xdist every such item is handed over when pytest's loop starts, in item order.
@@ -25,29 +27,37 @@ from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.session import Session
 from pytest_madengine.plugin import fixtures
 from pytest_madengine.plugin.collection import MadItem
-from pytest_madengine.plugin.terminal import to_terminal
+from pytest_madengine.plugin.terminal import printable, to_terminal
 
 OUR_FIXTURES = frozenset({"mad_benchmark", "mad_runtime", "request", "pytestconfig"})
+# The modules whose fixture definitions are ours (pytestconfig is pytest's own).
+OUR_FIXTURE_MODULES = frozenset({fixtures.__name__, "_pytest.fixtures"})
 OUTCOME_MARKERS = ("skip", "skipif", "xfail")
-OVERRIDABLE = ("mad_benchmark", "mad_runtime")
 LISTING_OPTIONS = ("collectonly", "setupplan", "setuponly")  # pytest runs no test then
 
 
-def fixtures_overridden(config: pytest.Config) -> bool:
-    """Whether a conftest or another plugin defines a fixture MAD items run through."""
-    return any(
-        hasattr(plugin, name)
-        for plugin in config.pluginmanager.get_plugins()
-        if plugin is not fixtures
-        for name in OVERRIDABLE
-    )
+def fixtures_are_ours(item: pytest.Item) -> bool:
+    """Whether every fixture the item uses is one of ours, as pytest resolved it for
+    this item: the definition that applies to a name is the last of its definitions
+    (a conftest's or a plugin's override comes after ours, whatever its function's
+    name). Without pytest's resolution to ask, the item is taken as the user's."""
+    if not set(item.fixturenames) <= OUR_FIXTURES:
+        return False
+    resolved = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", None)
+    if resolved is None:
+        return False
+    for definitions in resolved.values():
+        applying = getattr(definitions[-1], "func", None) if definitions else None
+        if getattr(applying, "__module__", None) not in OUR_FIXTURE_MODULES:
+            return False
+    return True
 
 
 def runs_ahead(item: pytest.Item) -> bool:
     """Whether the item may run before its turn (see the module's docstring)."""
     return (
         isinstance(item, MadItem)
-        and set(item.fixturenames) <= OUR_FIXTURES
+        and fixtures_are_ours(item)
         and not any(next(item.iter_markers(name), None) for name in OUTCOME_MARKERS)
     )
 
@@ -91,10 +101,11 @@ class LiveLines:
         return self._put_chunk
 
     def _put_chunk(self, chunk: bytes) -> None:
-        self._lines.put((self._redact(chunk.decode("utf-8", errors="replace")), False))
+        text = printable(self._redact(chunk.decode("utf-8", errors="replace")))
+        self._lines.put((text, False))
 
     def _put(self, line: str) -> None:
-        self._lines.put((self._redact(line), True))
+        self._lines.put((printable(self._redact(line)), True))
 
     def put(self, line: str) -> None:
         """A line for the terminal, from any thread."""
@@ -129,13 +140,8 @@ class RunAhead:
         self.runtime = runtime
         self.live = live
         self.next_only = next_only
-        self._overridden: bool | None = None
 
-    def _hand_over(self, config: pytest.Config, items: Iterable[pytest.Item]) -> None:
-        if self._overridden is None:
-            self._overridden = fixtures_overridden(config)
-        if self._overridden:
-            return
+    def _hand_over(self, items: Iterable[pytest.Item]) -> None:
         tests = [(item.planned, item.nodeid) for item in items if runs_ahead(item)]
         if not tests:
             return
@@ -148,7 +154,7 @@ class RunAhead:
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         if runs_nothing(session) or hasattr(session.config, "workerinput") or self.next_only:
             return
-        self._hand_over(session.config, session.items)
+        self._hand_over(session.items)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -156,9 +162,9 @@ class RunAhead:
             # The next one only behind one that runs ahead too: else it could take the
             # GPUs first and run before the item in its turn.
             if runs_ahead(item):
-                self._hand_over(item.config, [item] if nextitem is None else [item, nextitem])
+                self._hand_over([item] if nextitem is None else [item, nextitem])
         elif hasattr(item.config, "workerinput"):
-            self._hand_over(item.config, [item, *_xdist_queued(item)])
+            self._hand_over([item, *_xdist_queued(item)])
 
 
 def _xdist_queued(item: pytest.Item) -> list[pytest.Item]:

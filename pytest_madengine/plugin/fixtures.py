@@ -18,7 +18,7 @@ from pytest_madengine.core.options import Options
 from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.session import MadSession, Session
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, PluginState, plugin_state
-from pytest_madengine.plugin.terminal import to_terminal
+from pytest_madengine.plugin.terminal import printable, to_terminal
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.placement import HostPool, Placement
 
@@ -59,7 +59,8 @@ def mad_docker() -> Iterator[docker.DockerClient]:
     """A client of the Docker Engine at DOCKER_HOST (the local one by default)."""
     # Imported here: the docker SDK is a good part of start-up, and listing tests
     # (--collect-only) needs no engine.
-    from pytest_madengine.backends.docker.containers import EngineError, connect
+    from pytest_madengine.backends.docker.containers import EngineError
+    from pytest_madengine.backends.docker.links import connect
 
     try:
         client = connect()
@@ -109,13 +110,14 @@ def mad_gpus(mad_host: Placement) -> tuple[Gpu, ...]:
 
 def _conclude(item: pytest.Item, key: Any, record: Any) -> None:
     """Keeps an item's record (for its report) and its JUnit properties, then ends the
-    test as the record says: skipped or failed in one line."""
+    test as the record says: skipped or failed in one line (the log's tail under it,
+    its control characters written out: it reaches the terminal)."""
     item.stash[key] = record
     item.user_properties.extend(record.junit_properties())
     if record.status is Status.SKIPPED:
-        pytest.skip(record.reason or "skipped")
+        pytest.skip(printable(record.reason or "skipped"))
     if record.status is Status.FAILURE:
-        pytest.fail(record.failure_text, pytrace=False)
+        pytest.fail(printable(record.failure_text), pytrace=False)
 
 
 @pytest.fixture

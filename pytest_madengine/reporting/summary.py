@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_madengine.core.build import BuildRecord
-from pytest_madengine.core.records import Status, TestRecord
+from pytest_madengine.core.records import ResultRow, Status, TestRecord
 
 COLUMNS = ("model", "status", "performance", "metric", "vs baseline", "duration")
 
@@ -29,18 +29,24 @@ def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
     for record in records:
         duration = record.duration
         for row in record.rows:
-            change = row.relative_change
             rows.append(
                 (
                     row.name,
                     row.status.value,
                     row.shown_performance,
                     row.metric,
-                    "" if change is None else f"{change * 100:+.1f}%",
+                    _versus_baseline(row),
                     "" if duration is None else f"{duration:.1f}s",
                 )
             )
     return rows
+
+
+def _versus_baseline(row: ResultRow) -> str:
+    if row.baseline_note:
+        return row.baseline_note
+    change = row.relative_change
+    return "" if change is None else f"{change * 100:+.1f}%"
 
 
 def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -86,6 +92,7 @@ def summary_document(
                 "metric": row.metric,
                 "relative_change": row.relative_change,
                 "reason": row.reason,
+                "baseline_note": row.baseline_note,
             }
             for record in records
             for row in record.rows

@@ -38,14 +38,13 @@ from pytest_madengine.backends.docker.containers import (
     Reaper,
     WorkspaceNotShared,
     answers,
-    connect,
     remove_orphans,
     remove_session,
 )
 from pytest_madengine.backends.docker.datavolumes import data_volume
 from pytest_madengine.backends.docker.engines import Engines
 from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
-from pytest_madengine.backends.docker.links import HostLinks, check_hosts
+from pytest_madengine.backends.docker.links import HostLinks, check_hosts, connect
 from pytest_madengine.backends.docker.publish import ImagePusher
 from pytest_madengine.contract import ImageFacts
 from pytest_madengine.errors import HostLost, MadError, UsageProblem, first_line

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import posixpath
 import queue
 import re
@@ -26,6 +25,7 @@ from typing import IO, Any
 import docker
 import docker.errors
 import docker.types
+import docker.utils.socket
 import requests.adapters
 import requests.exceptions
 import urllib3.exceptions
@@ -208,6 +208,33 @@ def tar_directories(
     return spool
 
 
+def attached_output(client: docker.DockerClient, container_id: str) -> Iterator[bytes]:
+    """The output of a container not started yet, as the engine copies it from the
+    container: in the blocks the model wrote (up to 32 KiB), not a piece per line as
+    the log endpoint gives it (decoded from the log driver's JSON, a Python call per
+    line: 500 MB of lines took minutes). Attached before the start, so that nothing is
+    missed; the stream ends when the container does. The request is made now, the
+    blocks are read as they are iterated."""
+    api = client.api
+    response = api._post(  # the SDK's attach, whose socket would time out in a silence
+        api._url("/containers/{0}/attach", container_id),
+        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1},
+        stream=True,
+    )
+    sock = api._get_raw_response_socket(response)
+    api._disable_socket_timeout(sock)  # a model may be silent for long: not an engine failure
+
+    def blocks() -> Iterator[bytes]:
+        try:
+            for _, block in docker.utils.socket.frames_iter(sock, tty=False):
+                yield block
+        finally:
+            response.close()
+
+    return blocks()
+
+
 class _LogPump(threading.Thread):
     """Copies the run's output to the log file as it comes (memory stays flat), with
     the spec's secrets masked in the file and the live output alike."""
@@ -220,6 +247,7 @@ class _LogPump(threading.Thread):
         header: bytes = b"",
         secrets: tuple[str, ...] = (),
         source: Any = None,
+        rereadable: bool = True,
     ) -> None:
         super().__init__(daemon=True, name=f"mad-log-{log_path.stem}")
         self.container = container
@@ -227,8 +255,10 @@ class _LogPump(threading.Thread):
         self.header = header  # our lines before the container's output
         self.on_output = on_output
         self.secrets = secrets
-        # The container's log by default; an exec's output stream under keep-alive.
+        # The container's log by default; its attached output, or an exec's output
+        # under keep-alive (which cannot be read again: not `rereadable`).
         self.source = source
+        self.rereadable = rereadable
         self.broken = False
 
     def _stream(self) -> LogStream:
@@ -259,7 +289,7 @@ class _LogPump(threading.Thread):
 
     def reread(self) -> None:
         """The whole log of the ended container, streamed into the file anew."""
-        if self.source is not None:
+        if not self.rereadable:
             return  # an exec's output cannot be read again; the log keeps what came
         self._stream().rewrite(self.container.logs(stream=True, follow=False))
 
@@ -367,8 +397,10 @@ class ContainerRun:
             on_output(self.header)
         with self._undone_on_failure():
             self.started = time.time()
-            self.container.start()
             source = None
+            if not spec.keep_alive:
+                source = attached_output(self.client, self.container.id)
+            self.container.start()
             if spec.keep_alive:
                 created = self.client.api.exec_create(
                     self.container.id, list(spec.command), workdir=spec.workdir
@@ -376,8 +408,9 @@ class ContainerRun:
                 self.exec_id = created["Id"]
                 source = self.client.api.exec_start(self.exec_id, stream=True)
             self.pump = _LogPump(
-                self.container, spec.log_path, on_output, self.header, spec.secrets, source
-            )
+                self.container, spec.log_path, on_output, self.header, spec.secrets, source,
+                rereadable=not spec.keep_alive,
+            )  # fmt: skip
             self.pump.start()
 
     @contextlib.contextmanager
@@ -649,21 +682,4 @@ def bounded(
     for prefix, transport in list(client.api.adapters.items()):
         if not isinstance(transport, _Deadlines):
             client.api.mount(prefix, _Deadlines(transport, connect_s))
-    return client
-
-
-def connect(base_url: str | None = None, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
-    """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers."""
-    try:
-        client = bounded(
-            docker.DockerClient(base_url=base_url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
-            if base_url
-            else docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)
-        )
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineError(
-            f"no Docker Engine answers at {where}: {first_line(exc)} (start one: scripts/bootstrap)"
-        ) from None
     return client

@@ -25,7 +25,7 @@ import docker.utils.build
 from pytest_madengine.backends import LABEL_PREFIX, OutputSink
 from pytest_madengine.backends.docker.containers import ENGINE_FAILURES
 from pytest_madengine.contract import ImageFacts, base_docker_of
-from pytest_madengine.errors import MadError
+from pytest_madengine.errors import MadError, display_path, error_text
 from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.once import Once
 
@@ -197,14 +197,15 @@ class ImageBuilder:
                         if on_output is not None:
                             on_output(text.encode())
             except ENGINE_FAILURES as exc:  # a refusal, or the stream cut mid-build
-                error = mask_text(str(exc).strip() or type(exc).__name__, spec.secrets)
+                error = mask_text(error_text(exc) or type(exc).__name__, spec.secrets)
                 log.write(f"ERROR: {error}\n")
         duration = time.monotonic() - start
         if error is not None:
             error = mask_text(error, spec.secrets)
             first = error.splitlines()[0] if error else "unknown error"
             raise BuildError(
-                f"image {spec.name} failed to build: {first} (log: {log_path})\n{_tail(tail)}"
+                f"image {spec.name} failed to build: {first}"
+                f" ({display_path(spec.dockerfile)}; log: {log_path})\n{_tail(tail)}"
             )
         image = self.client.images.get(spec.name)
         return {"id": image.id, "built": True, "duration": duration, "log": str(log_path)}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -17,8 +19,14 @@ import docker
 import docker.errors
 import docker.tls
 
-from pytest_madengine.backends.docker.containers import CLIENT_TIMEOUT_S, MAX_POOL_SIZE, bounded
+from pytest_madengine.backends.docker.containers import (
+    CLIENT_TIMEOUT_S,
+    MAX_POOL_SIZE,
+    EngineError,
+    bounded,
+)
 from pytest_madengine.errors import MadError, first_line
+from pytest_madengine.resources.gpus import GpuInventory
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.processes import start_helper
 
@@ -228,6 +236,34 @@ class HostLinks:
             self._tunnels.pop(name).close()
 
 
+_DOCKER_HOST_TUNNELS: dict[str, SshTunnel] = {}
+_DOCKER_HOST_LOCK = threading.Lock()
+
+
+def docker_host_tunnel(url: str) -> str:
+    """A local socket URL forwarded to the engine of an ssh:// DOCKER_HOST, as
+    --mad-hosts reaches an SSH host (docker-py's ssh:// needs paramiko, and starts a
+    process on the host per connection): one tunnel per process, closed at its exit.
+    MadError when no tunnel can be made, saying what to do instead."""
+    with _DOCKER_HOST_LOCK:
+        tunnel = _DOCKER_HOST_TUNNELS.get(url)
+        if tunnel is None:
+            tunnel = SshTunnel(Host(url, url, GpuInventory((), "none")))
+            remote = tunnel.remote_socket()
+            if remote is None:
+                tunnel.close()
+                raise MadError(
+                    "the engine there is not on a Unix socket that an SSH tunnel can"
+                    " reach: install paramiko (pip install paramiko), or set DOCKER_HOST"
+                    " to a tcp:// or unix:// address"
+                )
+            tunnel.start(remote)
+            tunnel.wait()
+            _DOCKER_HOST_TUNNELS[url] = tunnel
+            atexit.register(tunnel.close)
+        return tunnel.url
+
+
 def _remote_or_error(tunnel: SshTunnel) -> str | MadError | None:
     try:
         return tunnel.remote_socket()
@@ -257,3 +293,23 @@ def check_hosts(hosts: Sequence[Host], links: HostLinks) -> dict[str, str]:
         reasons = dict(zip((host.name for host in reachable), pings, strict=True))
     failed.update({name: reason for name, reason in reasons.items() if reason is not None})
     return failed
+
+
+def connect(base_url: str | None = None, timeout: int = CLIENT_TIMEOUT_S) -> docker.DockerClient:
+    """A client for DOCKER_HOST (or base_url); a one-line error when nothing answers.
+    An ssh:// engine is reached through an SSH tunnel, as --mad-hosts reaches one."""
+    where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if where.startswith("ssh://"):
+            base_url = docker_host_tunnel(where)
+        client = bounded(
+            docker.DockerClient(base_url=base_url, timeout=timeout, max_pool_size=MAX_POOL_SIZE)
+            if base_url
+            else docker.from_env(timeout=timeout, max_pool_size=MAX_POOL_SIZE)
+        )
+        client.ping()
+    except (docker.errors.DockerException, MadError) as exc:
+        raise EngineError(
+            f"no Docker Engine answers at {where}: {first_line(exc)} (start one: scripts/bootstrap)"
+        ) from None
+    return client

@@ -243,10 +243,10 @@ class KubernetesBackend:
     def _docker(self) -> tuple[Any, Any, Any]:
         """(Engines, ImageBuilder, ImagePusher) of the local Docker Engine, made on first
         use: a run from a manifest's registry images needs no engine here."""
-        from pytest_madengine.backends.docker.containers import connect as connect_docker
         from pytest_madengine.backends.docker.engines import Engines
         from pytest_madengine.backends.docker.images import ImageBuilder
         from pytest_madengine.backends.docker.links import HostLinks
+        from pytest_madengine.backends.docker.links import connect as connect_docker
         from pytest_madengine.backends.docker.publish import ImagePusher
 
         docker_client = connect_docker()

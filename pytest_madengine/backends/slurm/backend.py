@@ -201,7 +201,8 @@ class SlurmBackend:
 
     @functools.cached_property
     def _docker(self) -> Any:
-        from pytest_madengine.backends.docker.containers import EngineError, connect
+        from pytest_madengine.backends.docker.containers import EngineError
+        from pytest_madengine.backends.docker.links import connect
 
         try:
             return connect()

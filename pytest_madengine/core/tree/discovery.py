@@ -8,7 +8,6 @@ does not stop the others from loading.
 from __future__ import annotations
 
 import functools
-import os
 import posixpath
 import re
 import runpy
@@ -21,7 +20,7 @@ from typing import Any
 from pytest_madengine.core.results import Expectation, parse_expectation
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.core.tree.madengine_compat import madengine_importable, model_to_dict
-from pytest_madengine.errors import MadError, parse_json, parse_words, read_text
+from pytest_madengine.errors import MadError, display_path, parse_json, parse_words, read_text
 
 MODELS_JSON = "models.json"
 DYNAMIC_MODELS = "get_models_json.py"
@@ -29,15 +28,9 @@ RESERVED_NAME_CHARS = ("/", ":")
 REQUIRED_FIELDS = ("name", "dockerfile", "scripts")
 DEFAULT_TIMEOUT_S = 7200
 DEFAULT_N_GPUS = 1
-
-
-def display_path(path: Path) -> str:
-    """The path as a user would type it: relative to the working directory when inside it."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return str(path) if relative.startswith("..") else relative
+# A parameter becomes `--key value` in the script's args: the key must be one word
+# that reads as an option name (an empty key gave `-- 2`, a spaced one two words).
+PARAMETER_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -192,6 +185,10 @@ def _param_sets(value: Any) -> tuple[tuple[tuple[str, str], ...], ...]:
             "field 'parametrize' must be a list of non-empty objects such as"
             f' [{{"batch_size": 256}}], got {value!r}'
         )
+    for item in value:
+        for key in item:
+            if problem := parameter_key_problem(key):
+                raise ValueError(f"field 'parametrize': {problem}")
     sets = tuple(
         tuple((key, _param_value(key, val)) for key, val in item.items()) for item in value
     )
@@ -206,6 +203,16 @@ def _words(text: str, where: str) -> list[str]:
         return parse_words(text, where)
     except MadError as exc:
         raise ValueError(str(exc)) from None
+
+
+def parameter_key_problem(key: str) -> str | None:
+    """Why a parameter's key cannot be an option name of the script (None if it can)."""
+    if PARAMETER_KEY.fullmatch(key):
+        return None
+    return (
+        f"key {key!r} must be one word of letters, digits, '_', '-' or '.'"
+        " (it is passed as --key value)"
+    )
 
 
 def _param_value(key: str, value: Any) -> str:

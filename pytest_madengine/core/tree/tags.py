@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pytest_madengine.core.tree.discovery import Model, names_and_tags
+from pytest_madengine.core.tree.discovery import Model, names_and_tags, parameter_key_problem
 from pytest_madengine.errors import MadError, parse_words
 
 ALL = "all"
@@ -56,6 +56,8 @@ def parse_tag(text: str) -> TagRequest:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MadError(f"--mad-tags: '{text}': expected key=value after ':', got '{pair}'")
+        if problem := parameter_key_problem(key):
+            raise MadError(f"--mad-tags: '{text}': {problem}")
         parse_words(f"--{key} {value}", f"--mad-tags: '{text}': parameter '{key}'")
         params.append((key, value))
     directory, slash, target = head.rpartition("/")
