@@ -22,14 +22,19 @@ from pytest_madengine.cli.output import console, errors
 from pytest_madengine.cli.output import fail as _fail
 from pytest_madengine.cli.report import report_app
 from pytest_madengine.cli.translate import (
+    BUILD_PHASES,
     DEFAULT_TIMEOUT,
-    RUN_SWITCHES,
     CliUsageError,
     build_args,
     check_passthrough,
     run_args,
 )
 from pytest_madengine.core.build import BuildRecord
+from pytest_madengine.core.option_table import (
+    DEFAULT_MANIFEST_OUTPUT,
+    MADENGINE_UNSUPPORTED,
+    OPTIONS_BY_NAME,
+)
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.core.tree.tags import split_tags
 from pytest_madengine.errors import MadError
@@ -45,30 +50,36 @@ app.add_typer(report_app, name="report")
 # Anything after `--` goes to pytest as it is: `madengine run -t x -- -n 4 --junitxml r.xml`.
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": False}
 
-Tags = Annotated[
-    list[str] | None,
-    typer.Option("--tags", "-t", help="models: names, tags, all, X:key=value, dir/X; "
-                 "repeatable and comma-separated"),
-]  # fmt: skip
-Context = Annotated[
-    str, typer.Option("--additional-context", "-c", help="run context as JSON")
-]
-ContextFile = Annotated[
-    str | None, typer.Option("--additional-context-file", "-f", help="run context JSON file")
-]
-Registry = Annotated[str | None, typer.Option("--registry", "-r", help="image registry")]
-SummaryOutput = Annotated[
-    str | None, typer.Option("--summary-output", "-s", help="write a JSON summary here")
-]
-LiveOutput = Annotated[
-    bool, typer.Option("--live-output", "-l", help="stream build and model output")
-]
-CleanCache = Annotated[
-    bool, typer.Option("--clean-docker-cache", help="build without Docker's layer cache")
-]
+
+def _option(name: str, *more_flags: str) -> Any:
+    """The madengine option of a row of the core's option table: its flags and help
+    (`more_flags`: a short name that only one command gives it)."""
+    spec = OPTIONS_BY_NAME[name]
+    return typer.Option(*spec.madengine, *more_flags, help=spec.madengine_help)
+
+
+# The command's parameters are named after the table's rows (ctx.params -> translate).
+Tags = Annotated[list[str] | None, _option("tags")]
+Context = Annotated[str, _option("context_json")]
+ContextFile = Annotated[str | None, _option("context_file")]
+Registry = Annotated[str | None, _option("registry")]
+SummaryOutput = Annotated[str | None, _option("summary")]
+LiveOutput = Annotated[bool, _option("live_output")]
+CleanCache = Annotated[bool, _option("clean_cache")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="pytest's verbose output")]
-ManifestOutput = Annotated[
-    str, typer.Option("--manifest-output", help="the build manifest written")
+ManifestOutput = Annotated[str, _option("manifest_output")]
+ManifestFile = Annotated[str | None, _option("manifest")]
+Timeout = Annotated[int, _option("timeout")]
+PerfCsv = Annotated[str | None, _option("perf_csv")]
+KeepAlive = Annotated[bool, _option("keep_alive")]
+KeepModelDir = Annotated[bool, _option("keep_model_dir")]
+SkipModelRun = Annotated[bool, _option("skip_model_run")]
+DisableSkipGpuArch = Annotated[bool, _option("disable_skip_gpu_arch")]
+ForceMirrorLocal = Annotated[str | None, _option("force_mirror_local")]
+ToolsConfig = Annotated[str | None, _option("tools_file")]
+# Without a row: refused when given (translate), so that no script loses it silently.
+DataConfig = Annotated[
+    str | None, typer.Option("--data-config", help=MADENGINE_UNSUPPORTED["--data-config"])
 ]
 
 
@@ -89,8 +100,9 @@ def _show_version(wanted: bool) -> None:
 def _main(
     show_version: Annotated[
         bool,
-        typer.Option("--version", help="show the version and exit", is_eager=True,
-                     callback=_show_version),
+        typer.Option(
+            "--version", help="show the version and exit", is_eager=True, callback=_show_version
+        ),
     ] = False,
 ) -> None:
     """Build and run MAD models in Docker, as madengine does (on pytest-madengine)."""
@@ -174,29 +186,19 @@ def build(
     ctx: typer.Context,
     tags: Tags = None,
     registry: Registry = None,
-    batch_manifest: Annotated[
-        str | None, typer.Option("--batch-manifest", help="madengine's batch.json")
-    ] = None,
-    additional_context: Context = "{}",
-    additional_context_file: ContextFile = None,
-    clean_docker_cache: CleanCache = False,
-    manifest_output: Annotated[
-        str, typer.Option("--manifest-output", "-m", help="the build manifest written")
-    ] = "build_manifest.json",
-    summary_output: SummaryOutput = None,
+    batch_manifest: Annotated[str | None, _option("batch_manifest")] = None,
+    context_json: Context = "{}",
+    context_file: ContextFile = None,
+    clean_cache: CleanCache = False,
+    manifest_output: Annotated[str, _option("manifest_output", "-m")] = DEFAULT_MANIFEST_OUTPUT,
+    summary: SummaryOutput = None,
     live_output: LiveOutput = False,
     verbose: Verbose = False,
 ) -> None:
     """Build the images of the selected models (push them with --registry) and write
     a build manifest. Exit 2 when a build or push failed."""
     try:
-        args = build_args(
-            registry=registry, batch_manifest=batch_manifest, manifest_output=manifest_output,
-            tags=_tags(tags), additional_context=additional_context,
-            additional_context_file=additional_context_file, live_output=live_output,
-            clean_docker_cache=clean_docker_cache, summary_output=summary_output,
-            verbose=verbose,
-        )  # fmt: skip
+        args = build_args(**ctx.params)
         check_passthrough(ctx.args)
     except CliUsageError as exc:
         raise _fail(str(exc), ExitCode.INVALID_ARGS) from None
@@ -211,77 +213,48 @@ def build(
 def run(
     ctx: typer.Context,
     tags: Tags = None,
-    manifest_file: Annotated[
-        str | None,
-        typer.Option("--manifest-file", "-m", help="run the images of this build manifest"),
-    ] = None,
+    manifest: ManifestFile = None,
     registry: Registry = None,
-    timeout: Annotated[
-        int, typer.Option("--timeout", help="seconds per model; -1 the models' own, 0 none")
-    ] = DEFAULT_TIMEOUT,
-    additional_context: Context = "{}",
-    additional_context_file: ContextFile = None,
-    keep_alive: Annotated[bool, typer.Option("--keep-alive")] = False,
-    keep_model_dir: Annotated[bool, typer.Option("--keep-model-dir")] = False,
-    skip_model_run: Annotated[bool, typer.Option("--skip-model-run")] = False,
-    disable_skip_gpu_arch: Annotated[bool, typer.Option("--disable-skip-gpu-arch")] = False,
-    force_mirror_local: Annotated[str | None, typer.Option("--force-mirror-local")] = None,
-    data_config: Annotated[str | None, typer.Option("--data-config")] = None,
-    tools_config: Annotated[str | None, typer.Option("--tools-config")] = None,
-    clean_docker_cache: CleanCache = False,
-    manifest_output: ManifestOutput = "build_manifest.json",
-    summary_output: SummaryOutput = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    context_json: Context = "{}",
+    context_file: ContextFile = None,
+    keep_alive: KeepAlive = False,
+    keep_model_dir: KeepModelDir = False,
+    skip_model_run: SkipModelRun = False,
+    disable_skip_gpu_arch: DisableSkipGpuArch = False,
+    force_mirror_local: ForceMirrorLocal = None,
+    data_config: DataConfig = None,
+    tools_file: ToolsConfig = None,
+    clean_cache: CleanCache = False,
+    manifest_output: ManifestOutput = DEFAULT_MANIFEST_OUTPUT,
+    summary: SummaryOutput = None,
     live_output: LiveOutput = False,
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="perf.csv to append to")
-    ] = None,
+    perf_csv: PerfCsv = None,
     verbose: Verbose = False,
 ) -> None:
     """Run models: from a build manifest (pulling its images), or, without one, build
     first (writing --manifest-output) and run what was built. Exit 3 when a model
     failed, 2 when a build did."""
-    given = {
-        "--keep-alive": keep_alive,
-        "--keep-model-dir": keep_model_dir,
-        "--skip-model-run": skip_model_run,
-        "--disable-skip-gpu-arch": disable_skip_gpu_arch,
-    }
-    switches = [name for name in RUN_SWITCHES if given[name]]
-    valued = {
-        "--force-mirror-local": force_mirror_local,
-        "--data-config": data_config,
-        "--tools-config": tools_config,
-    }
-    values = [(name, value) for name, value in valued.items() if value]
-    common = {"additional_context": additional_context,
-              "additional_context_file": additional_context_file, "live_output": live_output,
-              "verbose": verbose}  # fmt: skip
     try:
-        if manifest_file:
-            args = run_args(manifest_file=manifest_file, registry=registry, timeout=timeout,
-                            output=output, switches=switches, values=values,
-                            summary_output=summary_output, tags=_tags(tags), **common)  # fmt: skip
-            building = None
+        if manifest:
+            args, building = run_args(**ctx.params), None
         else:
-            args = run_args(manifest_file=manifest_output, timeout=timeout, output=output,
-                            switches=switches, values=values, summary_output=summary_output,
-                            tags=_tags(tags), **common)  # fmt: skip
-            building = build_args(registry=registry, manifest_output=manifest_output,
-                                  tags=_tags(tags), clean_docker_cache=clean_docker_cache,
-                                  **common)  # fmt: skip
+            # The run pulls what the manifest just written names (its registry too).
+            args = run_args(**{**ctx.params, "manifest": manifest_output, "registry": None})
+            building = build_args(**ctx.params, phases=BUILD_PHASES)
         check_passthrough(ctx.args)
         _check_run_paths(
-            output=output,
-            summary_output=summary_output,
-            manifest_output=None if manifest_file else manifest_output,
+            output=perf_csv,
+            summary_output=summary,
+            manifest_output=None if manifest else manifest_output,
             force_mirror_local=force_mirror_local,
-            tools_config=tools_config,
+            tools_config=tools_file,
         )
     except (CliUsageError, MadError) as exc:
         raise _fail(str(exc), ExitCode.INVALID_ARGS) from None
     _panel("madengine run", {"tags": ", ".join(_tags(tags)),
-                             "manifest": manifest_file or f"built now: {manifest_output}",
-                             "registry": registry, "perf.csv": output or "perf.csv"})  # fmt: skip
+                             "manifest": manifest or f"built now: {manifest_output}",
+                             "registry": registry, "perf.csv": perf_csv or "perf.csv"})  # fmt: skip
     built_code = ExitCode.SUCCESS
     if building is not None:
         outcome, built_code = _session([*building, *ctx.args], Phase.BUILD)

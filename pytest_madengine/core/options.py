@@ -1,8 +1,9 @@
 """Every option of a session, parsed and checked once, before any test runs.
 
 Front ends (the pytest plugin, the `madengine` command, user code) fill `RawOptions`
-with what the user wrote; `parse_options` turns it into a frozen `Options` or raises a
-`UsageProblem` naming the option and the value: a bad option never reaches a test.
+(core/option_table.py, where every option is declared) with what the user wrote;
+`parse_options` turns it into a frozen `Options` or raises a `UsageProblem`
+naming the option and the value: a bad option never reaches a test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
 from pytest_madengine.core.build import BatchEntry, load_batch_manifest
 from pytest_madengine.core.context import RunContext, build_context
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
+from pytest_madengine.core.option_table import (
+    DEFAULT_MANIFEST_OUTPUT,
+    DEFAULT_TOLERANCE,
+    RawOptions,
+)
 from pytest_madengine.core.results import Baseline, load_baseline, parse_tolerance
 from pytest_madengine.core.tree.tags import parse_tag, split_tags
 from pytest_madengine.credentials import Credentials, load_credentials
@@ -31,61 +37,11 @@ from pytest_madengine.resources.gpus import GpuInventory, inventory
 from pytest_madengine.tools import ToolBox, load_toolbox
 
 DEFAULT_GPU_VENDOR = "AMD"
-DEFAULT_TOLERANCE = "5%"
 DEFAULT_OUTPUT = "mad_output"
 DEFAULT_PERF_CSV = "perf.csv"
 DEFAULT_DEPLOY = DEFAULT_BACKEND
-DEFAULT_MANIFEST_OUTPUT = "build_manifest.json"  # madengine's name
 # What an HTML report needs beyond the plugin's own dependencies (the `report` extra).
 REPORT_MODULES = ("jinja2", "pandas")
-
-
-@dataclass(frozen=True)
-class RawOptions:
-    """Options as written (command line, ini file, or a caller's keywords)."""
-
-    root: str | None = None
-    tags: tuple[str, ...] = ()
-    context_json: str | None = None
-    context_file: str | None = None
-    gpus: str | None = None
-    timeout: str | int | None = None
-    clean_cache: bool = False
-    live_output: bool = False
-    baseline: str | None = None
-    tolerance: str = DEFAULT_TOLERANCE
-    output: str | None = None
-    perf_csv: str | None = None
-    summary: str | None = None
-    hosts: str | None = None
-    manifest: str | None = None
-    registry: str | None = None
-    retries: str | int = 1
-    concurrency: str | int | None = None  # tests run at once in this process; "auto"
-    deploy: str | None = None
-    # madengine's run options.
-    keep_alive: bool = False
-    keep_model_dir: bool = False
-    skip_model_run: bool = False
-    disable_skip_gpu_arch: bool = False
-    force_mirror_local: str | None = None
-    # Write the SLURM batch scripts, submit nothing (implies deploy slurm).
-    slurm_dry_run: bool = False
-    # Write the Kubernetes manifests there, apply nothing (implies deploy k8s).
-    k8s_dry_run: str | None = None
-    build_only: bool = False
-    manifest_output: str | None = None
-    batch_manifest: str | None = None
-    html_report: str | None = None
-    tools_file: str | None = None
-    # Relative paths are taken from here (pytest: the invocation directory).
-    base_dir: Path = field(default_factory=Path.cwd)
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
-
-    @property
-    def active(self) -> bool:
-        """Whether the session has anything of ours to do (tags or a manifest)."""
-        return bool(self.tags or self.manifest or self.batch_manifest or self.build_only)
 
 
 @dataclass(frozen=True)
@@ -327,12 +283,11 @@ def _html_report(raw: RawOptions) -> Path | None:
     return writable_file(_path(raw, raw.html_report), "--mad-html")
 
 
-def _parse(raw: RawOptions) -> Options:
-    _check_build_only(raw)
-    root_text = raw.root or raw.environ.get("MODEL_DIR")
-    root = (_path(raw, root_text) if root_text else raw.base_dir).resolve()
+def _selection(
+    raw: RawOptions, registry: str | None
+) -> tuple[tuple[str, ...], BuildManifest | None, tuple[BatchEntry, ...] | None]:
+    """The tags, else the models of the batch manifest, else those of the build manifest."""
     manifest_path = _path(raw, raw.manifest) if raw.manifest else None
-    registry = _registry(raw.registry)
     manifest = load_manifest(manifest_path, registry) if manifest_path else None
     batch = None
     if raw.batch_manifest:
@@ -350,47 +305,101 @@ def _parse(raw: RawOptions) -> Options:
         raise UsageProblem("--mad-tags: no tag given (a model name, a tag, or all)")
     for tag in tags:
         parse_tag(tag)  # a malformed tag is a usage error now, not a traceback later
-    context = build_context(
-        raw.context_json, _path(raw, raw.context_file) if raw.context_file else None
-    )
-    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None, root)
-    tools.names(context.get("tools") or [])
-    # --mad-gpus over the context's docker_gpus: the GPUs the runs may have.
+    return tags, manifest, batch
+
+
+def _gpus(raw: RawOptions, context: RunContext) -> GpuInventory:
+    """--mad-gpus over the context's docker_gpus: the GPUs the runs may have."""
     declared, origin, ids_only = raw.gpus, "--mad-gpus", False
     if declared is None and context.get("docker_gpus") not in (None, ""):
         declared, origin, ids_only = str(context.get("docker_gpus")), "context 'docker_gpus'", True
-    gpus = inventory(
+    return inventory(
         declared, context.gpu_vendor, context.gpu_architecture, origin=origin, ids_only=ids_only
     )
-    tolerance_text = raw.tolerance if raw.tolerance is not None else DEFAULT_TOLERANCE
+
+
+def _tolerance(raw: RawOptions) -> float:
     try:
-        tolerance = parse_tolerance(tolerance_text)
+        return parse_tolerance(raw.tolerance if raw.tolerance is not None else DEFAULT_TOLERANCE)
     except ValueError as exc:
         raise UsageProblem(f"--mad-tolerance: {exc}") from None
-    baseline = load_baseline(_path(raw, raw.baseline)) if raw.baseline else Baseline()
+
+
+def _deploy(raw: RawOptions, context: RunContext) -> tuple[RunContext, str]:
+    """The backend, from --mad-deploy, the context or a dry run, checked by name."""
     deploy = str(raw.deploy or context.get("deploy") or DEFAULT_DEPLOY)
     if raw.slurm_dry_run:
         context, deploy = _slurm_dry_run(raw, context)
     if raw.k8s_dry_run:
         deploy = _k8s_dry_run(raw, context)
     check_backend_name(deploy, "--mad-deploy" if raw.deploy else "context 'deploy'")
+    return context, deploy
+
+
+def _outputs(raw: RawOptions) -> dict[str, Any]:
+    """The files and directories the session writes, each checked now, in this order."""
+    return {
+        "output_dir": writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
+        "perf_csv": writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
+        "summary": (
+            writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None
+        ),
+    }
+
+
+def _kept_files(raw: RawOptions) -> dict[str, Any]:
+    """Where fetched data, a written build manifest and the HTML report go."""
+    return {
+        "force_mirror_local": (
+            writable_dir(_path(raw, raw.force_mirror_local), "--mad-force-mirror-local")
+            if raw.force_mirror_local
+            else None
+        ),
+        "manifest_output": (
+            writable_file(
+                _path(raw, raw.manifest_output or DEFAULT_MANIFEST_OUTPUT),
+                "--mad-manifest-output",
+            )
+            if raw.build_only
+            else None
+        ),
+        "html_report": _html_report(raw),
+    }
+
+
+def _parse(raw: RawOptions) -> Options:
+    _check_build_only(raw)
+    root_text = raw.root or raw.environ.get("MODEL_DIR")
+    root = (_path(raw, root_text) if root_text else raw.base_dir).resolve()
+    registry = _registry(raw.registry)
+    tags, manifest, batch = _selection(raw, registry)
+    context = build_context(
+        raw.context_json, _path(raw, raw.context_file) if raw.context_file else None
+    )
+    tools = load_toolbox(_path(raw, raw.tools_file) if raw.tools_file else None, root)
+    tools.names(context.get("tools") or [])
+    gpus = _gpus(raw, context)
+    tolerance = _tolerance(raw)
+    baseline = load_baseline(_path(raw, raw.baseline)) if raw.baseline else Baseline()
+    context, deploy = _deploy(raw, context)
+    timeout = _int(raw.timeout, "--mad-timeout")
+    outputs = _outputs(raw)
+    retries = _int(raw.retries, "--mad-retries") or 0
+    concurrency = _concurrency(raw.concurrency)
     return Options(
         root=root,
         tags=tags,
         context=context,
         gpus=gpus,
-        timeout=_int(raw.timeout, "--mad-timeout"),
+        timeout=timeout,
         clean_cache=raw.clean_cache,
         live_output=raw.live_output,
         baseline=baseline,
         tolerance=tolerance,
-        output_dir=writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
-        perf_csv=writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
-        summary=writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None,
         hosts_file=_path(raw, raw.hosts) if raw.hosts else None,
         manifest=manifest,
-        retries=_int(raw.retries, "--mad-retries") or 0,
-        concurrency=_concurrency(raw.concurrency),
+        retries=retries,
+        concurrency=concurrency,
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),
@@ -403,19 +412,10 @@ def _parse(raw: RawOptions) -> Options:
         skip_model_run=raw.skip_model_run,
         disable_skip_gpu_arch=raw.disable_skip_gpu_arch,
         data_cache=default_cache_dir(raw.environ),
-        force_mirror_local=(
-            writable_dir(_path(raw, raw.force_mirror_local), "--mad-force-mirror-local")
-            if raw.force_mirror_local
-            else None
-        ),
         registry=registry,
         k8s_dry_run=_path(raw, raw.k8s_dry_run) if raw.k8s_dry_run else None,
         build_only=raw.build_only,
-        manifest_output=writable_file(
-            _path(raw, raw.manifest_output or DEFAULT_MANIFEST_OUTPUT), "--mad-manifest-output"
-        )
-        if raw.build_only
-        else None,
         batch=batch,
-        html_report=_html_report(raw),
+        **outputs,
+        **_kept_files(raw),
     )

@@ -8,32 +8,45 @@ import pytest
 from pytest_madengine.cli.driver import ExitCode, Phase, SessionOutcome, exit_code
 from pytest_madengine.cli.translate import (
     BASE_ARGS,
-    RUN_SWITCHES,
-    RUN_VALUES,
+    BUILD_PHASES,
     CliUsageError,
     build_args,
     plugin_option_names,
     run_args,
 )
+from pytest_madengine.core.option_table import OPTION_TABLE
 
 
 def test_build_maps_madengine_options_onto_a_build_only_session() -> None:
     args = build_args(tags=["a", "b"], registry="localhost:5000", manifest_output="m.json",
-                      additional_context='{"gpu_vendor": "AMD"}', clean_docker_cache=True,
-                      live_output=True, summary_output="s.json")  # fmt: skip
+                      context_json='{"gpu_vendor": "AMD"}', clean_cache=True,
+                      live_output=True, summary="s.json")  # fmt: skip
     assert args == [
         *BASE_ARGS, "--mad-tags", "a", "--mad-tags", "b", "--mad-context", '{"gpu_vendor": "AMD"}',
-        "--mad-live-output", "--mad-clean-cache", "--mad-summary", "s.json", "--mad-build-only",
-        "--mad-manifest-output", "m.json", "--mad-registry", "localhost:5000",
+        "--mad-clean-cache", "--mad-live-output", "--mad-summary", "s.json", "--mad-registry",
+        "localhost:5000", "--mad-build-only", "--mad-manifest-output", "m.json",
     ]  # fmt: skip
 
 
 def test_run_maps_timeout_output_and_manifest() -> None:
-    args = run_args(manifest_file="b.json", timeout=0, output="perf_entry.csv", verbose=True,
-                    additional_context="{}", additional_context_file="ctx.json")  # fmt: skip
-    assert args == [*BASE_ARGS, "-v", "--mad-context-file", "ctx.json", "--mad-manifest",
-                    "b.json", "--mad-timeout", "0", "--mad-perf-csv", "perf_entry.csv"]  # fmt: skip
+    args = run_args(manifest="b.json", timeout=0, perf_csv="perf_entry.csv", verbose=True,
+                    context_json="{}", context_file="ctx.json")  # fmt: skip
+    assert args == [*BASE_ARGS, "-v", "--mad-context-file", "ctx.json", "--mad-timeout", "0",
+                    "--mad-perf-csv", "perf_entry.csv", "--mad-manifest", "b.json"]  # fmt: skip
     assert "--mad-timeout" not in run_args(timeout=-1)  # the models' own timeouts
+
+
+def test_a_run_that_builds_first_splits_the_options_between_its_sessions() -> None:
+    given = {"tags": ["a,b"], "clean_cache": True, "registry": "r:5000", "keep_alive": True,
+             "manifest_output": "m.json", "summary": "s.json", "live_output": True}  # fmt: skip
+    build = build_args(**given, phases=BUILD_PHASES)
+    assert build == [*BASE_ARGS, "--mad-tags", "a", "--mad-tags", "b", "--mad-clean-cache",
+                     "--mad-live-output", "--mad-registry", "r:5000", "--mad-build-only",
+                     "--mad-manifest-output", "m.json"]  # fmt: skip
+    run = run_args(**{**given, "manifest": "m.json", "registry": None})
+    assert run == [*BASE_ARGS, "--mad-tags", "a", "--mad-tags", "b", "--mad-live-output",
+                   "--mad-summary", "s.json", "--mad-manifest", "m.json",
+                   "--mad-keep-alive"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -41,27 +54,23 @@ def test_run_maps_timeout_output_and_manifest() -> None:
     [
         (lambda: run_args(timeout=-2), "--timeout"),
         (lambda: build_args(tags=["a"], batch_manifest="b.json"), "give one"),
-        (lambda: run_args(additional_context='{"a": 1}', additional_context_file="c.json"),
+        (lambda: run_args(context_json='{"a": 1}', context_file="c.json"),
          "give one of them"),
+        (lambda: run_args(data_config="d.json"), "--data-config: not supported"),
     ],
 )  # fmt: skip
-def test_contradictory_options_are_usage_errors(call, message: str) -> None:
+def test_contradictory_or_unknown_options_are_usage_errors(call, message: str) -> None:
     with pytest.raises(CliUsageError, match=message):
         call()
 
 
-def test_run_options_map_to_plugin_options_or_say_they_are_not_supported() -> None:
-    known = plugin_option_names()
-    assert {"--mad-tags", "--mad-build-only", "--mad-manifest"} <= known
-    for option, plugin_option in {**RUN_SWITCHES, **RUN_VALUES}.items():
-        if plugin_option in known:
-            assert plugin_option in run_args(switches=[option] if option in RUN_SWITCHES else [],
-                                             values=[(option, "x")] if option in RUN_VALUES
-                                             else [])  # fmt: skip
-        else:
-            with pytest.raises(CliUsageError, match=f"{option}: not supported"):
-                run_args(switches=[option] if option in RUN_SWITCHES else [],
-                         values=[(option, "x")] if option in RUN_VALUES else [])  # fmt: skip
+def test_every_madengine_option_of_the_table_becomes_its_plugin_option() -> None:
+    assert {"--mad-tags", "--mad-build-only", "--mad-manifest"} <= plugin_option_names()
+    for spec in OPTION_TABLE:
+        if spec.madengine:
+            value = {bool: True, tuple: ["x"]}.get(type(spec.default), "7")
+            args = build_args(**{spec.name: value})
+            assert spec.flag in args, spec
 
 
 @pytest.mark.parametrize(
