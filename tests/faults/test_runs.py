@@ -7,12 +7,14 @@ in tests/e2e/test_run.py and tests/e2e/test_hosts.py.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +25,11 @@ from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
 from pytest_madengine.backends.docker import containers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
-from tests.conftest import entry
+from tests.conftest import BUSYBOX_BASE, TEST_IMAGE_LABEL, TEST_SESSION, entry
 from tests.e2e.test_run import SLEEPER, junit_properties, read_perf, run, scripts, unique_tree
 
 pytestmark = [pytest.mark.docker]
+TEST_IMAGE_MARK = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"  # on every image this process builds
 HOST_DIR = Path("/var/lib/pytest-madengine")
 # Prints a value chosen by its first argument: each test's result is its own.
 BY_ARGUMENT = """#!/bin/sh
@@ -41,7 +44,14 @@ echo "performance: $value fps"
 
 
 def ours(client: docker.DockerClient) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": SESSION_LABEL})}
+    """Containers of our sessions: by the label the backends set, and by the images this
+    test process built, so that a container started without the label is seen too."""
+    found = {c.id for c in client.containers.list(all=True, filters={"label": SESSION_LABEL})}
+    built = [image.id for image in client.images.list(filters={"label": TEST_IMAGE_MARK})]
+    if built:
+        by_image = client.containers.list(all=True, filters={"ancestor": built})
+        found |= {container.id for container in by_image}
+    return found
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +80,18 @@ def wait_for_container(client: docker.DockerClient, session: subprocess.Popen[st
         assert time.monotonic() < deadline, "no test ever started"
         assert session.poll() is None, session.communicate()[0]
         time.sleep(0.1)
+
+
+def test_the_leak_check_sees_a_container_started_without_our_labels(
+    docker_client: docker.DockerClient,
+) -> None:
+    dockerfile = f"FROM {BUSYBOX_BASE}\nLABEL {TEST_IMAGE_MARK}\nLABEL leak-check={uuid.uuid4()}\n"
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), rm=True)
+    stray = docker_client.containers.create(image.id, ["true"])  # no label of ours
+    try:
+        assert stray.id in ours(docker_client)
+    finally:
+        stray.remove(force=True)
 
 
 def test_ids_that_read_alike_keep_their_own_logs_and_values(pytester: pytest.Pytester) -> None:
