@@ -432,6 +432,8 @@ def test_a_node_that_fails_mid_run_fails_the_test_as_node_fail(
     assert Path(props["log_path"]).read_text().count("sleeping 20") == 1
     assert our_jobs(running[0].labels[SESSION_LABEL]) == []
     assert containers_of(docker_client, running[0].labels[SESSION_LABEL]) == []
+    # By its name too, in case the label went missing (the node script names it so).
+    assert docker_client.containers.list(all=True, filters={"name": f"mad-slurm-{job_id}-"}) == []
 
 
 # ---- dry run ----
