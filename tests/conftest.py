@@ -84,7 +84,8 @@ BUSYBOX_BASE = "mad-base/busybox:latest"
 # images and no other's (another session may run beside it).
 TEST_IMAGE_LABEL = "org.pytest-madengine.test-session"
 TEST_SESSION = uuid.uuid4().hex[:12]
-TEST_IMAGE_LABEL_LINE = f"LABEL {TEST_IMAGE_LABEL}={TEST_SESSION}"
+TEST_IMAGE_MARK = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"
+TEST_IMAGE_LABEL_LINE = f"LABEL {TEST_IMAGE_MARK}"
 DEBIAN_BASE = "mad-base/debian:bookworm"
 
 
@@ -105,9 +106,17 @@ def docker_client():
     client.close()
 
 
+def containers_of_our_images(client) -> list:
+    """Containers (any state) of the images this test process built, whatever labels they
+    were given: leak checks add them to those with our session label, so that a container
+    started without that label is not missed."""
+    built = [image.id for image in client.images.list(filters={"label": TEST_IMAGE_MARK})]
+    return client.containers.list(all=True, filters={"ancestor": built}) if built else []
+
+
 def remove_test_images(client) -> None:
     """Leaves an engine without the images this test session made."""
-    for image in client.images.list(filters={"label": f"{TEST_IMAGE_LABEL}={TEST_SESSION}"}):
+    for image in client.images.list(filters={"label": TEST_IMAGE_MARK}):
         with contextlib.suppress(Exception):  # gone already, or still used by a container
             client.images.remove(image.id, force=True)
 

@@ -25,11 +25,17 @@ from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
 from pytest_madengine.backends.docker import containers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
-from tests.conftest import BUSYBOX_BASE, TEST_IMAGE_LABEL, TEST_SESSION, entry
+from tests.conftest import (
+    BUSYBOX_BASE,
+    TEST_IMAGE_LABEL,
+    TEST_IMAGE_MARK,
+    TEST_SESSION,
+    containers_of_our_images,
+    entry,
+)
 from tests.e2e.test_run import SLEEPER, junit_properties, read_perf, run, scripts, unique_tree
 
 pytestmark = [pytest.mark.docker]
-TEST_IMAGE_MARK = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"  # on every image this process builds
 HOST_DIR = Path("/var/lib/pytest-madengine")
 # Prints a value chosen by its first argument: each test's result is its own.
 BY_ARGUMENT = """#!/bin/sh
@@ -45,13 +51,11 @@ echo "performance: $value fps"
 
 def ours(client: docker.DockerClient) -> set[str]:
     """Containers of our sessions: by the label the backends set, and by the images this
-    test process built, so that a container started without the label is seen too."""
-    found = {c.id for c in client.containers.list(all=True, filters={"label": SESSION_LABEL})}
-    built = [image.id for image in client.images.list(filters={"label": TEST_IMAGE_MARK})]
-    if built:
-        by_image = client.containers.list(all=True, filters={"ancestor": built})
-        found |= {container.id for container in by_image}
-    return found
+    test process built, so that a container started without the label is seen too. Those
+    of images another test process built are its own (it runs beside this one)."""
+    labelled = client.containers.list(all=True, filters={"label": SESSION_LABEL})
+    mine = [c for c in labelled if c.labels.get(TEST_IMAGE_LABEL, TEST_SESSION) == TEST_SESSION]
+    return {c.id for c in (*mine, *containers_of_our_images(client))}
 
 
 @pytest.fixture(autouse=True)
