@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_madengine.backends.slurm.script import LINE_BREAKS
 from pytest_madengine.errors import UsageProblem
 
 # Seconds the job gets beyond the model's timeout: pulling the image and starting the
@@ -32,8 +33,6 @@ KNOWN_KEYS = (
     "pending_timeout",
     "dry_run",
 )
-# A value holding one of these would end its #SBATCH or shell line in the job's script.
-LINE_BREAKS = ("\n", "\r", "\0")
 TIME_FORMS = re.compile(r"(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?")
 
 
