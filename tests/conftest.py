@@ -27,10 +27,18 @@ NVIDIA_DOCKERFILE = AMD_DOCKERFILE.replace("AMD", "NVIDIA")
 RUN_SH = "#!/bin/sh\necho 'performance: 42.0 samples_per_second'\n"
 
 
+# How CI systems spell "this is CI": true (GitHub, GitLab), True (AppVeyor), 1 (others).
+CI_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
+
+
 def component_missing(message: str) -> NoReturn:
     """A test's component (engine, hosts, registry, cluster...) is not there: skipped on
     a developer's machine, a failure under CI, which must have started everything."""
-    if os.environ.get("CI") == "true":
+    if under_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
 
@@ -76,7 +84,8 @@ BUSYBOX_BASE = "mad-base/busybox:latest"
 # images and no other's (another session may run beside it).
 TEST_IMAGE_LABEL = "org.pytest-madengine.test-session"
 TEST_SESSION = uuid.uuid4().hex[:12]
-TEST_IMAGE_LABEL_LINE = f"LABEL {TEST_IMAGE_LABEL}={TEST_SESSION}"
+TEST_IMAGE_MARK = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"
+TEST_IMAGE_LABEL_LINE = f"LABEL {TEST_IMAGE_MARK}"
 DEBIAN_BASE = "mad-base/debian:bookworm"
 
 
@@ -97,9 +106,17 @@ def docker_client():
     client.close()
 
 
+def containers_of_our_images(client) -> list:
+    """Containers (any state) of the images this test process built, whatever labels they
+    were given: leak checks add them to those with our session label, so that a container
+    started without that label is not missed."""
+    built = [image.id for image in client.images.list(filters={"label": TEST_IMAGE_MARK})]
+    return client.containers.list(all=True, filters={"ancestor": built}) if built else []
+
+
 def remove_test_images(client) -> None:
     """Leaves an engine without the images this test session made."""
-    for image in client.images.list(filters={"label": f"{TEST_IMAGE_LABEL}={TEST_SESSION}"}):
+    for image in client.images.list(filters={"label": TEST_IMAGE_MARK}):
         with contextlib.suppress(Exception):  # gone already, or still used by a container
             client.images.remove(image.id, force=True)
 

@@ -47,7 +47,9 @@ def test_run_builds_then_runs_and_writes_the_rows_pytest_writes(
 
 
 def test_build_push_delete_run_round_trip_leaks_no_secret(
-    pytester: pytest.Pytester, docker_client: docker.DockerClient, registry,
+    pytester: pytest.Pytester,
+    docker_client: docker.DockerClient,
+    registry,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The CI split: a build server pushes, a GPU node without the images pulls and runs.
@@ -65,7 +67,7 @@ def test_build_push_delete_run_round_trip_leaks_no_secret(
     assert built.ret == 0, output_of(built)
     manifest = json.loads((pytester.path / "build_manifest.json").read_text())
     pushed = [image["registry_image"] for image in manifest["built_images"].values()]
-    assert all(reference.startswith(f"{address}/") for reference in pushed)
+    assert len(pushed) == 2 and all(ref.startswith(f"{address}/") for ref in pushed), pushed
     remove_images(docker_client, *(IMAGE.format(model=m) for m in ("m0", "m1")), *pushed)
     ran = madengine(pytester, "run", "--manifest-file", "build_manifest.json",
                     "--summary-output", "run.json", "--", "--junitxml", "r.xml")  # fmt: skip

@@ -17,7 +17,7 @@ import pytest
 from pytest_madengine.backends import SESSION_LABEL, TEST_LABEL
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
-from tests.conftest import entry
+from tests.conftest import containers_of_our_images, entry
 from tests.e2e.test_run import SLEEPER, junit_properties, run, scripts, unique_tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("real_home")]
@@ -36,8 +36,12 @@ def clients(links: HostLinks, hosts_file: Path) -> dict[str, docker.DockerClient
 
 
 def ours(client: docker.DockerClient, session: str | None = None) -> list:
+    """Containers of the session (of any session of ours), and any of the images this
+    test process built: one started without our label is not missed."""
     label = f"{SESSION_LABEL}={session}" if session else SESSION_LABEL
-    return client.containers.list(all=True, filters={"label": label})
+    found = client.containers.list(all=True, filters={"label": label})
+    known = {container.id for container in found}
+    return found + [c for c in containers_of_our_images(client) if c.id not in known]
 
 
 def test_tests_spread_over_the_hosts(pytester: pytest.Pytester, test_hosts: Path) -> None:

@@ -5,6 +5,7 @@ secret made from credential.json; each test a Job in a namespace of its own."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -263,13 +264,16 @@ def wait_for_running_pod(k8s_cluster: Any, namespace: str, timeout: float = 90) 
     raise AssertionError(f"no running pod in {namespace} after {timeout} s")
 
 
-def start_session(pytester: pytest.Pytester, namespace: str, registry: Any) -> subprocess.Popen:
+def start_session(
+    pytester: pytest.Pytester, namespace: str, registry: Any, *more: str
+) -> subprocess.Popen:
     args = [
         "--mad-tags",
         "sleepy",
         "-p",
         "no:cacheprovider",
         *k8s_args(namespace, registry, k8s={"termination_grace_period": 2}),
+        *more,
     ]
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", *args],
@@ -306,6 +310,41 @@ def test_an_interrupted_session_leaves_no_job_pod_or_container(
     assert "KeyboardInterrupt" in output, output
     assert left_in(k8s_cluster, namespace) == [], output
     assert container not in node_tasks()
+
+
+def test_a_pod_deleted_from_outside_fails_saying_so(
+    pytester: pytest.Pytester,
+    k8s_tree: Callable[..., Path],
+    registry: Any,
+    namespace: str,
+    k8s_cluster: Any,
+) -> None:
+    """`kubectl delete pod` while the model runs: the container ends with 143 on SIGTERM;
+    the test fails saying its pod was deleted from outside, not only `exit code 143`."""
+    from kubernetes import client
+
+    k8s_tree(
+        [entry("sleepy", args="600 1", scripts="scripts/dummy/sleeper.sh")],
+        scripts(sleeper=SLEEPER),
+    )
+    session = start_session(pytester, namespace, registry, "--junitxml", "r.xml")
+    try:
+        pod = wait_for_running_pod(k8s_cluster, namespace)
+        client.CoreV1Api(k8s_cluster).delete_namespaced_pod(pod.metadata.name, namespace)
+        output, _ = session.communicate(timeout=120)
+    finally:
+        if session.poll() is None:
+            session.kill()
+    assert session.returncode == pytest.ExitCode.TESTS_FAILED, output
+    reason = junit_properties(pytester.path / "r.xml")["sleepy"]["failure_reason"]
+    assert reason.startswith(
+        f"pod {pod.metadata.name} was deleted from outside this session (at "
+    ), reason
+    assert "Kubernetes does not record by whom" in reason, reason
+    # 143 where the model's shell ends on SIGTERM, 137 where the grace ran out first.
+    assert re.search(r"while its container ran( \(it ended with exit code (137|143)\))?$", reason)
+    assert f"pod {pod.metadata.name} was deleted from outside this session" in output, output
+    assert left_in(k8s_cluster, namespace) == [], output
 
 
 def test_a_killed_sessions_jobs_are_removed_by_the_next_session(

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import entry, write_tree
+from tests.e2e.test_run import unique_tree
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 # A backend that runs a model's script as a plain process on this machine: small, but a
 # real backend, registered through package metadata exactly as a third party's would be.
-PROCESS_BACKEND = '''
+PROCESS_BACKEND = """
 import os, shutil, subprocess, tempfile, time
 from pytest_madengine.backends import RunOutcome
 from pytest_madengine.core.records import ImageFacts
@@ -77,7 +78,7 @@ class ProcessBackend:
 
 def create(setup):
     return ProcessBackend(setup)
-'''
+"""
 
 
 def install_backend(site: Path) -> None:
@@ -176,17 +177,25 @@ def readme_block(marker: str) -> str:
     return textwrap.dedent(after.split("```python\n", 1)[1].split("```", 1)[0])
 
 
+@pytest.mark.parametrize("deploy", ["process", pytest.param("docker", marks=pytest.mark.docker)])
 def test_the_readme_hooks_example_changes_the_spec_and_receives_records(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """README's conftest.py, as written there, run through the process backend."""
-    install_backend(pytester.path / "site")
-    monkeypatch.setenv("PYTHONPATH", str(pytester.path / "site"))
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    deploy: str,
+) -> None:  # fmt: skip
+    """README's conftest.py, as written there, run through the process backend and
+    through Docker (the spec the hook changes is what the container gets)."""
     script = '#!/bin/sh\necho "performance: ${BATCH:-1} runs"\n'
-    write_tree(pytester.path, [entry("alpha"), entry("beta")], {"scripts/dummy/run.sh": script})
+    models = [entry("alpha"), entry("beta")]
+    if deploy == "process":
+        install_backend(pytester.path / "site")
+        monkeypatch.setenv("PYTHONPATH", str(pytester.path / "site"))
+        write_tree(pytester.path, models, {"scripts/dummy/run.sh": script})
+    else:
+        request.getfixturevalue("docker_client")  # our base images, or skipped
+        unique_tree(pytester, models, {"scripts/dummy/run.sh": script})
     pytester.makeconftest(readme_block("hooks-example"))
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--mad-tags", "dummies", "--mad-deploy", "process"
+        "-p", "no:cacheprovider", "--mad-tags", "dummies", "--mad-deploy", deploy
     )
     result.assert_outcomes(passed=2)
     # The example adds BATCH=64 to every test and writes one line per record.

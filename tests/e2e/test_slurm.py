@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +323,121 @@ def test_an_unknown_partition_is_a_usage_error(pytester: pytest.Pytester) -> Non
     result.stderr.fnmatch_lines(["*context 'slurm': partition 'nope' does not exist*"])
 
 
+def test_the_readmes_exclusive_example_runs_on_the_gpus_the_test_asked_for(
+    pytester: pytest.Pytester,
+) -> None:
+    """`extra_sbatch: ["--exclusive", "--mem=0"]` gives the job all of a node's GPUs: the
+    test runs on the count it asked for, and the JUnit properties say what the job held."""
+    models = [entry("alone", scripts="scripts/dummy/show.sh", n_gpus=1, args="0")]
+    unique_tree(pytester, models, scripts(show=GPU_SHOW))
+    context = {"slurm": {"extra_sbatch": ["--exclusive", "--mem=0"]}}
+    result = slurm_run(pytester, "--mad-tags", "alone", "--junitxml", "r.xml",
+                       "--mad-context", json.dumps(context))  # fmt: skip
+    result.assert_outcomes(passed=1)
+    props = junit_properties(pytester.path / "r.xml")["alone"]
+    node = props["slurm_nodes"]
+    assert props["slurm_gpus_allocated"] == f"{node}:0,1,2,3", props
+    assert props["slurm_gpus"] == f"{node}:0" and props["gpus"] == "0", props
+    log = Path(props["log_path"]).read_text()
+    assert "host=0 n=1" in log, log
+    assert f"SLURM gave {node} GPUs '0,1,2,3' (the job holds more than it asked for)" in log, log
+
+
+def resume(node: str) -> None:
+    """Back in service (ReturnToService=2 may have done it already: then scontrol refuses)."""
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                   capture_output=True, timeout=30)  # fmt: skip
+
+
+@pytest.fixture
+def set_down(slurm) -> Iterator[Callable[[str], None]]:
+    """Sets a node DOWN (it kills the node's jobs); the node is resumed however the test
+    ends. Other sessions share the cluster: one node, as briefly as the test allows."""
+    downed: list[str] = []
+
+    def down(node: str) -> None:
+        downed.append(node)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                        "reason=pytest-madengine node failure test"],
+                       check=True, capture_output=True, timeout=30)  # fmt: skip
+
+    yield down
+    for node in downed:
+        resume(node)
+
+
+@pytest.fixture
+def background(pytester: pytest.Pytester) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts pytest sessions in the test's directory; one still running when the test
+    ends is interrupted (its jobs are cancelled)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args]
+        session = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        started.append(session)
+        return session
+
+    yield start
+    for session in started:
+        if session.poll() is None:
+            session.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                session.communicate(timeout=60)
+
+
+def job_state(job_id: str) -> tuple[str, str]:
+    """(state, nodes) of a job in the queue; ("", "") once it left the queue."""
+    done = subprocess.run(["squeue", "--noheader", "--format=%T|%N", f"--jobs={job_id}"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    state, _, nodes = done.stdout.strip().partition("|")
+    return state, nodes
+
+
+def test_a_node_that_fails_mid_run_fails_the_test_as_node_fail(
+    pytester: pytest.Pytester, docker_client: docker.DockerClient, set_down, background
+) -> None:
+    """SLURM would requeue the job and run the model again into the same log: the test
+    fails with NODE_FAIL instead, and leaves no job and no container."""
+    unique_tree(pytester, [entry("victim", scripts="scripts/dummy/sleeper.sh", args="20")],
+                scripts(sleeper=SLEEPER))  # fmt: skip
+    # Alone on its node (--exclusive), so that setting the node down ends no other job.
+    context = {"slurm": {"extra_sbatch": ["--exclusive"]}}
+    session = background("--mad-tags", "victim", "--mad-deploy", "slurm", "--junitxml", "r.xml",
+                         "--mad-context", json.dumps(context))  # fmt: skip
+    sessions = pytester.path / "mad_output" / "slurm"
+    deadline = time.monotonic() + 120
+    while not (running := [c for c in docker_client.containers.list(filters={"label": JOB_LABEL})
+                           if (sessions / c.labels.get(SESSION_LABEL, "-")).is_dir()]):  # fmt: skip
+        assert time.monotonic() < deadline, "the job's container never started"
+        assert session.poll() is None, session.communicate()[0]
+        time.sleep(0.2)
+    job_id = running[0].labels[JOB_LABEL]
+    logs = pytester.path / "mad_output" / "logs"
+    while not any("sleeping 20" in log.read_text() for log in logs.glob("*/victim*.log")):
+        assert time.monotonic() < deadline, "the model never started"
+        time.sleep(0.2)
+    state, node = job_state(job_id)
+    assert state == "RUNNING" and node, (state, node)
+    set_down(node)
+    while job_state(job_id)[0] == "RUNNING":  # SLURM ends (or requeues) it
+        assert time.monotonic() < deadline + 60, "the job outlived its node"
+        time.sleep(0.2)
+    resume(node)
+    output, _ = session.communicate(timeout=300)
+    assert session.returncode == pytest.ExitCode.TESTS_FAILED, output
+    props = junit_properties(pytester.path / "r.xml")["victim"]
+    assert props["slurm_state"] == "NODE_FAIL", props
+    assert re.fullmatch(rf"slurm job {job_id} NODE_FAIL( \(.*\))?: a node of the job failed",
+                        props["failure_reason"]), props  # fmt: skip
+    assert Path(props["log_path"]).read_text().count("sleeping 20") == 1
+    assert our_jobs(running[0].labels[SESSION_LABEL]) == []
+    assert containers_of(docker_client, running[0].labels[SESSION_LABEL]) == []
+    # By its name too, in case the label went missing (the node script names it so).
+    assert docker_client.containers.list(all=True, filters={"name": f"mad-slurm-{job_id}-"}) == []
+
+
 # ---- dry run ----
 
 
@@ -336,7 +451,8 @@ def test_a_dry_run_writes_the_scripts_and_submits_nothing(pytester: pytest.Pytes
     script = next((pytester.path / "mad_output" / "slurm").glob("*/dummy.*/job.sh"))
     text = script.read_text()
     for line in ('#SBATCH --account="proj x"', "#SBATCH --gres=gpu:2", "#SBATCH --time=00:15:00",
-                 "module load rocm/6.2 || exit", "export A='it'\"'\"'s'"):  # fmt: skip
+                 "module load rocm/6.2 || exit", "export A='it'\"'\"'s'",
+                 "#SBATCH --no-requeue"):  # fmt: skip
         assert line in text, text
     assert (script.parent / "node.sh").exists() and (script.parent / "container.env").exists()
     assert our_jobs(script.parent.parent.name) == []

@@ -351,3 +351,29 @@ def test_a_kubeconfig_that_is_no_kubeconfig_fails_the_start(
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     result.stderr.fnmatch_lines([f"ERROR: k8s: kubeconfig *kubeconfig: {message}*"])
+
+
+@pytest.mark.parametrize(
+    ("slurm", "field"),
+    [
+        ({"extra_sbatch": ["--exclusive", "--mem=0\n#SBATCH --x"]}, "'extra_sbatch'[1]"),
+        ({"extra_sbatch": "--comment=a\0b"}, "'extra_sbatch'[0]"),
+        ({"extra_sbatch": ["exclusive"]}, "'extra_sbatch'[0]: 'exclusive' is not an sbatch"),
+        ({"modules": ["rocm\n"]}, "'modules'[0]"),
+        ({"qos": "high\r"}, "'qos'"),
+    ],
+)
+def test_slurm_values_that_would_break_the_job_script_fail_the_start(
+    pytester: pytest.Pytester, slurm: dict, field: str
+) -> None:
+    """Refused while the settings are read, before any cluster is asked or test runs."""
+    write_tree(pytester.path, [entry("alpha")])
+    context = json.dumps({"slurm": slurm})
+    result = pytester.runpytest_subprocess(
+        "--mad-tags", "alpha", "--mad-deploy", "slurm", "--mad-context", context
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: context 'slurm': {field}"), errors
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert "alpha" not in result.stdout.str()

@@ -8,6 +8,7 @@ in tests/e2e/test_run.py and tests/e2e/test_hosts.py.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import signal
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import termios
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +28,14 @@ from pytest_madengine.backends import CONTROLLER_LABEL, SESSION_LABEL
 from pytest_madengine.backends.docker import containers
 from pytest_madengine.backends.docker.links import HostLinks
 from pytest_madengine.resources.hosts import load_hosts
-from tests.conftest import TEST_IMAGE_LABEL, TEST_SESSION, entry
+from tests.conftest import (
+    BUSYBOX_BASE,
+    TEST_IMAGE_LABEL,
+    TEST_IMAGE_MARK,
+    TEST_SESSION,
+    containers_of_our_images,
+    entry,
+)
 from tests.e2e.test_run import SLEEPER, junit_properties, read_perf, run, scripts, unique_tree
 
 pytestmark = [pytest.mark.docker]
@@ -44,10 +53,12 @@ echo "performance: $value fps"
 
 
 def ours(client: docker.DockerClient) -> set[str]:
-    """Containers of the images this suite built (unique_tree labels them), whatever
-    labels of ours they carry: other sessions on this engine run other images."""
-    mine = f"{TEST_IMAGE_LABEL}={TEST_SESSION}"
-    return {c.id for c in client.containers.list(all=True, filters={"label": mine})}
+    """Containers of our sessions: by the label the backends set, and by the images this
+    test process built, so that a container started without the label is seen too. Those
+    of images another test process built are its own (it runs beside this one)."""
+    labelled = client.containers.list(all=True, filters={"label": SESSION_LABEL})
+    mine = [c for c in labelled if c.labels.get(TEST_IMAGE_LABEL, TEST_SESSION) == TEST_SESSION]
+    return {c.id for c in (*mine, *containers_of_our_images(client))}
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +87,18 @@ def wait_for_container(client: docker.DockerClient, session: subprocess.Popen[st
         assert time.monotonic() < deadline, "no test ever started"
         assert session.poll() is None, session.communicate()[0]
         time.sleep(0.1)
+
+
+def test_the_leak_check_sees_a_container_started_without_our_labels(
+    docker_client: docker.DockerClient,
+) -> None:
+    dockerfile = f"FROM {BUSYBOX_BASE}\nLABEL {TEST_IMAGE_MARK}\nLABEL leak-check={uuid.uuid4()}\n"
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), rm=True)
+    stray = docker_client.containers.create(image.id, ["true"])  # no label of ours
+    try:
+        assert stray.id in ours(docker_client)
+    finally:
+        stray.remove(force=True)
 
 
 def test_ids_that_read_alike_keep_their_own_logs_and_values(pytester: pytest.Pytester) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_madengine.backends.slurm import SlurmCluster, SlurmJobSpec, write_script
+from pytest_madengine.backends.slurm.watcher import JobWatch, JobWatcher
 from pytest_madengine.errors import MadError
 from tests.conftest import BUSYBOX_BASE, sinfo_nodes
 
@@ -98,6 +99,8 @@ def test_gres_gives_the_job_its_gpu_ids(slurm, tmp_path: Path) -> None:
 
 
 def test_three_jobs_polled_together_one_squeue_a_round(slurm, cluster, tmp_path: Path) -> None:
+    """The backend's JobWatcher, on its own thread, as a session drives it: every round
+    asks about every outstanding job with one squeue call."""
     # All the GPUs of a node each: the three run side by side, one on every node.
     scripts = [
         job(
@@ -109,31 +112,42 @@ def test_three_jobs_polled_together_one_squeue_a_round(slurm, cluster, tmp_path:
         )
         for i in range(3)
     ]
-    rounds = 0
+    watcher = JobWatcher(cluster, pending_timeout_s=30)
+    rounds: list[tuple[list[str], list[str]]] = []  # (asked about, outstanding) each round
+    watches: list[JobWatch] = []
     poll = cluster.poll
 
-    def counted_poll(job_ids):
-        nonlocal rounds
-        rounds += 1
+    def recorded_poll(job_ids):
+        outstanding = sorted(w.job_id for w in watches if not w.done.is_set())
+        rounds.append((sorted(job_ids), outstanding))
         return poll(job_ids)
 
-    cluster.poll = counted_poll  # type: ignore[method-assign]
+    cluster.poll = recorded_poll  # type: ignore[method-assign]
     start = time.monotonic()
     job_ids = [cluster.submit(script) for script in scripts]
-    result = cluster.wait(job_ids, stuck_grace_s=30, timeout_s=60)
+    try:
+        watches.extend(watcher.watch(job_id) for job_id in job_ids)
+        for watch in watches:
+            assert watch.done.wait(60), f"job {watch.job_id} still outstanding: {watch.state}"
+    finally:
+        watcher.close()
     elapsed = time.monotonic() - start
-    assert result.all_finished and not result.stuck and not result.timed_out
-    states = [result.states[job_id] for job_id in job_ids]
-    assert all(state.succeeded for state in states), states
-    assert sorted(state.node_list for state in states) == ["n1", "n2", "n3"]
+    assert not any(watch.stuck or watch.error for watch in watches)
+    states = [watch.state for watch in watches]
+    assert all(state and state.succeeded for state in states), states
+    assert sorted(state.node_list for state in states) == ["n1", "n2", "n3"]  # type: ignore[union-attr]
     for i, (job_id, state) in enumerate(zip(job_ids, states, strict=True)):
+        assert state is not None
         assert output(tmp_path, job_id) == f"job {i} on {state.node_list}\n"
         assert state.submit_time and state.start_time and state.end_time
         assert state.submit_time <= state.start_time <= state.end_time
-    assert cluster.calls["squeue"] == rounds
-    assert cluster.calls["scontrol"] <= rounds
+    # The three were watched before the first round: it asked about all of them at once.
+    assert rounds[0][0] == sorted(job_ids), rounds
+    assert all(asked == outstanding for asked, outstanding in rounds), rounds
+    assert cluster.calls["squeue"] == len(rounds) == watcher.rounds
+    assert cluster.calls["scontrol"] <= len(rounds)
     print(
-        f"3 jobs submit-to-end {elapsed:.1f} s, {rounds} polls, "
+        f"3 jobs submit-to-end {elapsed:.1f} s, {len(rounds)} polls, "
         f"{cluster.calls['squeue'] / 3:.1f} squeue calls a job"
     )
 

@@ -179,7 +179,60 @@ def test_a_job_deleted_by_someone_else_fails_the_run() -> None:
     assert step.phase is Phase.FAIL and step.reason == f"Job {JOB} was deleted before it ended"
     gone = pod(phase="Running", node="n1", state={"running": {}})
     step = tracker().step(snap(gone, deleted_pods=frozenset({gone["metadata"]["name"]})), 101.0)
-    assert step.phase is Phase.FAIL and "was deleted before it ended" in step.reason
+    assert step.phase is Phase.FAIL and step.reason == (
+        f"pod {JOB}-x1 was deleted from outside this session (Kubernetes does not record by"
+        " whom: see the cluster's audit log) while its container ran"
+    )
+
+
+def deleting(body: dict[str, Any], at: str = "2026-01-01T00:00:02Z") -> dict[str, Any]:
+    body["metadata"].update(deletionTimestamp=at, deletionGracePeriodSeconds=30)
+    return body
+
+
+SIGTERMED = {
+    "terminated": {
+        "exitCode": 143,
+        "reason": "Error",
+        "startedAt": "2026-01-01T00:00:01Z",
+        "finishedAt": "2026-01-01T00:00:03Z",
+    }
+}
+
+
+def test_a_pod_deleted_from_outside_says_so_not_only_its_exit_code() -> None:
+    """`kubectl delete pod`: the container gets SIGTERM and ends with 143; the run fails
+    saying the pod was deleted, when, and that the API does not say by whom."""
+    watch = tracker()
+    stopping = deleting(pod(phase="Running", node="n1", state={"running": {}}))
+    assert watch.step(snap(stopping), 101.0).phase is Phase.RUN  # its log still comes
+    ended = deleting(pod(phase="Failed", node="n1", state=SIGTERMED))
+    step = watch.step(snap(ended), 102.0)
+    assert step.phase is Phase.FAIL and step.reason == (
+        f"pod {JOB}-x1 was deleted from outside this session (at 2026-01-01T00:00:02Z, 30 s"
+        " grace, Kubernetes does not record by whom: see the cluster's audit log) while its"
+        " container ran (it ended with exit code 143)"
+    )
+    # Where the API says who (Kubernetes 1.26+), the line says it.
+    evicted = deleting(pod(phase="Failed", node="n1", state=SIGTERMED, conditions=[{
+        "type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting"}]))  # fmt: skip
+    assert "(at 2026-01-01T00:00:02Z, 30 s grace, by EvictionByEvictionAPI: Eviction API:" in (
+        tracker().step(snap(evicted), 102.0).reason
+    )
+
+
+def test_a_pod_deleted_after_it_ended_keeps_its_own_outcome() -> None:
+    done = deleting(pod(phase="Succeeded", node="n1", state=TERMINATED), "2026-01-01T00:00:09Z")
+    assert tracker().step(snap(done), 101.0).phase is Phase.DONE
+    failed_first = {"terminated": {**SIGTERMED["terminated"], "exitCode": 1}}
+    late = deleting(pod(phase="Failed", node="n1", state=failed_first), "2026-01-01T00:00:09Z")
+    assert tracker().step(snap(late), 101.0).phase is Phase.DONE
+    # Of a multi-node Job, a rank that failed on its own is why: the Job's controller
+    # deleted the other one.
+    own = pod(f"{JOB}-a", phase="Failed", node="n1", state=failed_first)
+    other = deleting(pod(f"{JOB}-b", phase="Failed", node="n2", state=SIGTERMED))
+    assert tracker(nnodes=2).step(snap(own, other), 101.0).phase is Phase.DONE
 
 
 def test_a_run_past_its_timeout_that_the_kubelet_did_not_stop() -> None:

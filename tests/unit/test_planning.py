@@ -61,9 +61,12 @@ def test_mad_container_image_plans_one_test_per_model_and_no_build(tmp_path: Pat
 def test_skip_gpu_arch_is_waived_on_request(tmp_path: Path) -> None:
     models = [entry("m", skip_gpu_arch="gfx90a")]
     context = {"gpu_architecture": "gfx90a"}
+    both = ["m[rocm.amd]", "m[ubuntu.amd]"]  # the two AMD Dockerfiles
     _, tests = plan(tmp_path / "a", models, context)
+    assert [t.name for t in tests] == both
     assert all("skip_gpu_arch lists gfx90a" in (t.skip_reason or "") for t in tests)
     options, tests = plan(tmp_path / "b", models, context, disable_skip_gpu_arch=True)
+    assert [t.name for t in tests] == both
     assert options.disable_skip_gpu_arch and all(t.skip_reason is None for t in tests)
 
 

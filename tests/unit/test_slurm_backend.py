@@ -13,7 +13,9 @@ import pytest
 from pytest_madengine.backends import Bind, DataBind, Device, RunSpec
 from pytest_madengine.backends.slurm import JobState, parse_sinfo
 from pytest_madengine.backends.slurm.backend import JobFiles, job_failure, job_outcome
+from pytest_madengine.backends.slurm.cluster import parse_scontrol_jobs
 from pytest_madengine.backends.slurm.node import (
+    NodeFacts,
     NodeScript,
     create_args,
     env_file_text,
@@ -252,6 +254,22 @@ def test_slurm_kills_and_stuck_jobs_say_why(tmp_path: Path) -> None:
     assert job_failure("7", None, [], watch, log, False).startswith(
         "slurm job 7 could not start: pending for 60 s: ReqNodeNotAvail"
     )
+
+
+def test_a_job_slurm_requeued_fails_saying_so(tmp_path: Path) -> None:
+    """Its log holds two runs of the model: it fails even when the last one passed."""
+    line = ("JobId=9 JobName=x JobState=COMPLETED Reason=None Dependency=(null) Requeue=1"
+            " Restarts=1 BatchFlag=1 ExitCode=0:0 NodeList=n2")  # fmt: skip
+    [state] = parse_scontrol_jobs(line)
+    assert state.restarts == 1 and state.succeeded
+    ran = [NodeFacts(rank=0, node="n2", exit_code=0)]
+    failure = job_failure("9", state, ran, JobWatch("9"), tmp_path / "x.log", False)
+    assert failure == (
+        "slurm job 9 was requeued by SLURM (1 restart(s)): its log holds more than one run"
+        " of the model"
+    )
+    [once] = parse_scontrol_jobs(line.replace("Restarts=1", "Restarts=0"))
+    assert job_failure("9", once, ran, JobWatch("9"), tmp_path / "x.log", False) is None
 
 
 def test_a_failed_rank_fails_a_multi_node_job(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from pytest_madengine.backends.kubernetes.manifests import COMPLETION_INDEX, CONTAINER
@@ -59,7 +59,10 @@ class PodState:
     ended_reason: str | None = None  # Completed, Error, OOMKilled...
     started_at: float | None = None  # the container's start and end (server clock)
     finished_at: float | None = None
-    deleted: bool = False
+    deleted: bool = False  # gone from the API
+    deleting_at: float | None = None  # metadata.deletionTimestamp: someone deleted it
+    grace_s: int | None = None  # metadata.deletionGracePeriodSeconds
+    disruption: str | None = None  # the DisruptionTarget condition: who ended it, if said
 
     @property
     def terminal(self) -> bool:
@@ -74,12 +77,24 @@ class PodState:
     def timed_out(self) -> bool:
         return self.reason == "DeadlineExceeded"
 
+    @property
+    def killed_by_deletion(self) -> bool:
+        """Whether a deletion ended its container (or kept it from ever running): it was
+        deleted before the container finished. One that ended first ended on its own."""
+        if self.deleting_at is None and not self.deleted:
+            return False
+        if self.phase == "Succeeded" or self.exit_code == 0:
+            return False
+        if self.finished_at is None or self.deleting_at is None:
+            return True
+        return self.deleting_at <= self.finished_at  # one clock: the API server's, whole seconds
+
 
 def pod_state(raw: Mapping[str, Any], deleted: bool = False) -> PodState:
     metadata = raw.get("metadata") or {}
     spec = raw.get("spec") or {}
     status = raw.get("status") or {}
-    unschedulable = None
+    unschedulable = disruption = None
     for condition in status.get("conditions") or []:
         if (
             condition.get("type") == "PodScheduled"
@@ -87,6 +102,10 @@ def pod_state(raw: Mapping[str, Any], deleted: bool = False) -> PodState:
             and condition.get("reason") == "Unschedulable"
         ):
             unschedulable = condition.get("message") or "Unschedulable"
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            # Kubernetes 1.26+: EvictionByEvictionAPI, PreemptionByScheduler, ...
+            parts = (condition.get("reason"), condition.get("message"))
+            disruption = ": ".join(part for part in parts if part) or "DisruptionTarget"
     container = next(
         (c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER), {}
     )
@@ -112,7 +131,37 @@ def pod_state(raw: Mapping[str, Any], deleted: bool = False) -> PodState:
         started_at=parse_time((running or terminated or {}).get("startedAt")),
         finished_at=parse_time(terminated.get("finishedAt")) if terminated else None,
         deleted=deleted,
+        deleting_at=parse_time(metadata.get("deletionTimestamp")),
+        grace_s=metadata.get("deletionGracePeriodSeconds"),
+        disruption=disruption,
     )
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deleted_from_outside(pod: PodState, job: Mapping[str, Any] | None) -> str:
+    """Why a run failed whose pod someone deleted (the session only deletes a Job once it
+    stopped following it): what, when, by whom as far as the API says, and the exit code."""
+    job_deleting = parse_time(((job or {}).get("metadata") or {}).get("deletionTimestamp"))
+    if job_deleting is not None and pod.disruption is None:
+        what, when = f"its Job (pod {pod.name})", job_deleting
+    else:
+        what, when = f"pod {pod.name}", pod.deleting_at
+    detail = [] if when is None else [f"at {_utc(when)}"]
+    if pod.grace_s is not None:
+        detail.append(f"{pod.grace_s} s grace")
+    if pod.disruption:
+        detail.append(f"by {pod.disruption}")
+    else:
+        detail.append("Kubernetes does not record by whom: see the cluster's audit log")
+    ended = "before its container started"
+    if pod.exit_code is not None:
+        ended = f"while its container ran (it ended with exit code {pod.exit_code})"
+    elif pod.has_log:
+        ended = "while its container ran"
+    return f"{what} was deleted from outside this session ({', '.join(detail)}) {ended}"
 
 
 def job_condition(job: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -179,13 +228,13 @@ class JobTracker:
         all_ended = len(finished) >= self.nnodes or (
             ended is not None and all(p.terminal or p.deleted for p in pods)
         )
+        killed = self._killed_by_deletion(pods)
+        if killed is not None:
+            return Step(Phase.FAIL, pods, deleted_from_outside(killed, snapshot.job))
         if all_ended and finished:
             return Step(Phase.DONE, pods)
         if snapshot.job_deleted:
             return Step(Phase.FAIL, pods, f"Job {self.name} was deleted before it ended")
-        for pod in pods:
-            if pod.deleted and not pod.terminal:
-                return Step(Phase.FAIL, pods, f"pod {pod.name} was deleted before it ended")
         if ended and ended[0] == "Failed" and not finished:
             return Step(Phase.FAIL, pods, f"Job {self.name} failed: {ended[1]}")
 
@@ -200,6 +249,15 @@ class JobTracker:
         if self.start_timeout_s and now - self.created > self.start_timeout_s:
             return Step(Phase.FAIL, pods, self._not_started(live))
         return Step(Phase.WAIT, pods, ranks=self.ranks(live))
+
+    def _killed_by_deletion(self, pods: tuple[PodState, ...]) -> PodState | None:
+        """A pod whose deletion ended the run, once that pod has ended or gone (so that
+        its log is whole); None while it stops, and when a pod of the test failed on its
+        own (the Job's controller then deletes the other ranks: the failure says why)."""
+        if any(p.terminal and p.exit_code not in (0, None) and not p.killed_by_deletion
+               for p in pods):  # fmt: skip
+            return None
+        return next((p for p in pods if p.killed_by_deletion and (p.deleted or p.terminal)), None)
 
     def _fatal(self, live: list[PodState]) -> str | None:
         for pod in live:

@@ -284,7 +284,9 @@ class SlurmBackend:
             time_limit_s=files.time_limit_s,
             workdir=str(files.directory),
             # The log starts with the session's notes (its data); the job adds to them.
-            extra_sbatch=("--open-mode=append", *settings.extra_sbatch),
+            # A job that SLURM requeued (a node failed) would run the model again into
+            # the same log and pass as one run: it ends as NODE_FAIL instead.
+            extra_sbatch=("--open-mode=append", "--no-requeue", *settings.extra_sbatch),
             modules=settings.modules,
             env=settings.env,
         )
@@ -517,6 +519,11 @@ def job_failure(
     if cancelled:
         return f"slurm job {job_id} cancelled"
     name = state.state if state else "UNKNOWN"
+    if state and state.restarts:
+        return (
+            f"slurm job {job_id} was requeued by SLURM ({state.restarts} restart(s)): its log"
+            f" holds more than one run of the model"
+        )
     if name in KILLED:
         reason = f" ({state.reason})" if state and state.reason else ""
         limit = ""
@@ -587,6 +594,9 @@ def job_outcome(
         properties["slurm_run_time"] = f"{max((job_end or now) - job_start, 0.0):.2f}"
     if any(fact.gpus for fact in facts):
         properties["slurm_gpus"] = _gpu_text(facts)
+    if any(fact.allocated for fact in facts):  # the job holds more (--exclusive)
+        held = [NodeFacts(fact.rank, fact.node, fact.allocated or fact.gpus) for fact in facts]
+        properties["slurm_gpus_allocated"] = _gpu_text(held)
     if files.launcher:
         # perf.csv's nnodes and launcher columns read these.
         properties["nnodes"] = str(files.nnodes)

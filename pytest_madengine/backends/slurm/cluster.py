@@ -83,6 +83,7 @@ class JobState:
     submit_time: float | None = None  # epoch seconds
     start_time: float | None = None  # None while pending
     end_time: float | None = None  # None until it ended
+    restarts: int = 0  # times SLURM requeued it (scontrol's Restarts; squeue does not say)
 
     @property
     def finished(self) -> bool:
@@ -267,6 +268,7 @@ def parse_scontrol_jobs(text: str) -> list[JobState]:
                 if base != "PENDING"
                 else None,
                 end_time=slurm_timestamp(fields.get("EndTime", "")) if final else None,
+                restarts=int(restarts) if (restarts := fields.get("Restarts", "")).isdigit() else 0,
             )
         )
     return jobs

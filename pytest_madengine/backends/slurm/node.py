@@ -215,7 +215,8 @@ class NodeFacts:
 
     rank: int
     node: str | None = None
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[int, ...] = ()  # those the test runs on
+    allocated: tuple[int, ...] = ()  # all SLURM gave, when more than asked (--exclusive)
     mapped: bool = False
     master: str | None = None
     image_id: str | None = None
@@ -239,6 +240,10 @@ def _float(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.isdigit())
+
+
 def parse_facts(text: str, rank: int) -> NodeFacts:
     """facts.<rank> (key=value lines, later lines win)."""
     values: dict[str, str] = {}
@@ -246,12 +251,13 @@ def parse_facts(text: str, rank: int) -> NodeFacts:
         key, sep, value = line.partition("=")
         if sep:
             values[key.strip()] = value.strip()
-    gpus = tuple(int(part) for part in values.get("gpus", "").split(",") if part.isdigit())
+    gpus = _ids(values.get("gpus", ""))
     code = values.get("exit", "")
     return NodeFacts(
         rank=rank,
         node=values.get("node") or None,
         gpus=gpus,
+        allocated=_ids(values.get("allocated", "")),
         mapped=values.get("mapped") == "1",
         master=values.get("master") or None,
         image_id=values.get("image_id") or None,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_madengine.backends.slurm.script import LINE_BREAKS
 from pytest_madengine.errors import UsageProblem
 
 # Seconds the job gets beyond the model's timeout: pulling the image and starting the
@@ -122,12 +123,28 @@ def _seconds(value: Any, where: str) -> float:
     return float(value)
 
 
+def _one_line(value: str, where: str) -> str:
+    """The value, refused when it holds a line break or NUL (it goes on one script line)."""
+    if any(brk in value for brk in LINE_BREAKS):
+        raise UsageProblem(f"{where}: {value!r} holds a line break or NUL, which would end"
+                           " its line of the job's script")  # fmt: skip
+    return value
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise UsageProblem(f"{where}: expected a list of strings, got {value!r}")
-    return tuple(value)
+    return tuple(_one_line(item, f"{where}[{index}]") for index, item in enumerate(value))
+
+
+def _sbatch_options(value: Any, where: str) -> tuple[str, ...]:
+    options = _strings(value, where)
+    for index, option in enumerate(options):
+        if not option.startswith("-"):
+            raise UsageProblem(f"{where}[{index}]: {option!r} is not an sbatch option")
+    return options
 
 
 def _distributed(block: Any) -> Distributed:
@@ -168,7 +185,7 @@ def parse_settings(context: Mapping[str, Any]) -> SlurmSettings:
         value = block.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise UsageProblem(f"{where}: '{key}' must be a non-empty string, got {value!r}")
-        values[key] = value
+        values[key] = value if value is None else _one_line(value, f"{where}: '{key}'")
     env = block.get("env") or {}
     if not isinstance(env, dict) or not all(
         isinstance(name, str) and isinstance(item, str | int | float) and not isinstance(item, bool)
@@ -194,7 +211,7 @@ def parse_settings(context: Mapping[str, Any]) -> SlurmSettings:
     return SlurmSettings(
         **values,
         modules=_strings(block.get("modules", []), f"{where}: 'modules'"),
-        extra_sbatch=_strings(block.get("extra_sbatch", []), f"{where}: 'extra_sbatch'"),
+        extra_sbatch=_sbatch_options(block.get("extra_sbatch", []), f"{where}: 'extra_sbatch'"),
         env={name: str(item) for name, item in env.items()},
         time_limit_s=time_limit,
         time_margin_s=int(margin),
