@@ -1,5 +1,5 @@
 """The seams of the core: options checked once (usage errors), a backend from an entry
-point, and the hooks users implement in conftest.py (the README's example)."""
+point, and the hooks users implement in conftest.py (the example of docs/api.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import entry, write_tree
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+HOOKS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 # A backend that runs a model's script as a plain process on this machine: small, but a
 # real backend, registered through package metadata exactly as a third party's would be.
@@ -169,22 +169,22 @@ def test_an_engine_that_does_not_answer_is_a_usage_error(
     result.stdout.fnmatch_lines(["models.json::alpha"])
 
 
-def readme_block(marker: str) -> str:
-    """The code block that follows `<!-- marker -->` in README.md."""
-    text = README.read_text()
+def docs_block(marker: str) -> str:
+    """The code block that follows `<!-- marker -->` in docs/api.md."""
+    text = HOOKS_PAGE.read_text()
     after = text[text.index(f"<!-- {marker} -->") :]
     return textwrap.dedent(after.split("```python\n", 1)[1].split("```", 1)[0])
 
 
-def test_the_readme_hooks_example_changes_the_spec_and_receives_records(
+def test_the_documented_hooks_example_changes_the_spec_and_receives_records(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """README's conftest.py, as written there, run through the process backend."""
+    """The conftest.py of docs/api.md, as written there, run through the process backend."""
     install_backend(pytester.path / "site")
     monkeypatch.setenv("PYTHONPATH", str(pytester.path / "site"))
     script = '#!/bin/sh\necho "performance: ${BATCH:-1} runs"\n'
     write_tree(pytester.path, [entry("alpha"), entry("beta")], {"scripts/dummy/run.sh": script})
-    pytester.makeconftest(readme_block("hooks-example"))
+    pytester.makeconftest(docs_block("hooks-example"))
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--mad-tags", "dummies", "--mad-deploy", "process"
     )
