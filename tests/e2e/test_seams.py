@@ -1,5 +1,5 @@
 """The seams of the core: options checked once (usage errors), a backend from an entry
-point, and the hooks users implement in conftest.py (the README's example)."""
+point, and the hooks users implement in conftest.py (the example of docs/api.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import entry, write_tree
 from tests.e2e.test_run import unique_tree
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+HOOKS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 # A backend that runs a model's script as a plain process on this machine: small, but a
 # real backend, registered through package metadata exactly as a third party's would be.
@@ -170,20 +170,20 @@ def test_an_engine_that_does_not_answer_is_a_usage_error(
     result.stdout.fnmatch_lines(["models.json::alpha"])
 
 
-def readme_block(marker: str) -> str:
-    """The code block that follows `<!-- marker -->` in README.md."""
-    text = README.read_text()
+def docs_block(marker: str) -> str:
+    """The code block that follows `<!-- marker -->` in docs/api.md."""
+    text = HOOKS_PAGE.read_text()
     after = text[text.index(f"<!-- {marker} -->") :]
     return textwrap.dedent(after.split("```python\n", 1)[1].split("```", 1)[0])
 
 
 @pytest.mark.parametrize("deploy", ["process", pytest.param("docker", marks=pytest.mark.docker)])
-def test_the_readme_hooks_example_changes_the_spec_and_receives_records(
+def test_the_documented_hooks_example_changes_the_spec_and_receives_records(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
     deploy: str,
 ) -> None:  # fmt: skip
-    """README's conftest.py, as written there, run through the process backend and
-    through Docker (the spec the hook changes is what the container gets)."""
+    """The conftest.py of docs/api.md, as written there, run through the process backend
+    and through Docker (the spec the hook changes is what the container gets)."""
     script = '#!/bin/sh\necho "performance: ${BATCH:-1} runs"\n'
     models = [entry("alpha"), entry("beta")]
     if deploy == "process":
@@ -193,7 +193,7 @@ def test_the_readme_hooks_example_changes_the_spec_and_receives_records(
     else:
         request.getfixturevalue("docker_client")  # our base images, or skipped
         unique_tree(pytester, models, {"scripts/dummy/run.sh": script})
-    pytester.makeconftest(readme_block("hooks-example"))
+    pytester.makeconftest(docs_block("hooks-example"))
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--mad-tags", "dummies", "--mad-deploy", deploy
     )
