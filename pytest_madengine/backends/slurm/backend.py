@@ -40,6 +40,7 @@ from pytest_madengine.backends import (
     RunSpec,
     secret_argument_variable,
 )
+from pytest_madengine.backends.docker.local import EngineError, LocalImages
 from pytest_madengine.backends.slurm.cluster import JobState, SlurmCluster
 from pytest_madengine.backends.slurm.node import (
     JOB_LABEL,
@@ -200,20 +201,14 @@ class SlurmBackend:
     # ---- images ----
 
     @functools.cached_property
-    def _docker(self) -> Any:
-        from pytest_madengine.backends.docker.containers import EngineError, connect
-
+    def _images(self) -> LocalImages:
+        """This machine's engine, where images are built (made on first use)."""
         try:
-            return connect()
+            return LocalImages.connect(
+                self.options.output_dir / "builds", self._once, self.options.clean_cache
+            )
         except EngineError as exc:
             raise MadError(f"slurm: images are built on this machine's engine: {exc}") from None
-
-    @functools.cached_property
-    def _builder(self) -> Any:
-        from pytest_madengine.backends.docker.images import ImageBuilder
-
-        log_dir = self.options.output_dir / "builds"
-        return ImageBuilder(self._docker, log_dir, self._once, self.options.clean_cache)
 
     def prepare(
         self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
@@ -228,14 +223,9 @@ class SlurmBackend:
         if self.settings.dry_run:
             return ImageFacts(reference, "", request.base_docker)
         if request.dockerfile is not None:
-            from pytest_madengine.backends.docker.images import ImageSpec
-
-            assert request.context_dir is not None
-            spec = ImageSpec(request.name, request.dockerfile, request.context_dir,
-                             request.build_args, request.secrets)  # fmt: skip
-            return self._builder.ensure(spec, on_output)  # type: ignore[no-any-return]
+            return self._images.build(request, on_output)
         try:
-            image_id = str(self._docker.images.get(reference).id)
+            image_id = str(self._images.client.images.get(reference).id)
         except Exception as exc:  # the SDK's NotFound, or the engine going away
             raise MadError(
                 f"image {reference} of the build manifest is not on this machine's engine"
@@ -366,7 +356,7 @@ class SlurmBackend:
         The job's script removes its own on its node; this is for nodes that share the
         engine, and for a script that was killed outright."""
         try:
-            containers = self._docker.containers.list(all=True, filters={"label": label})
+            containers = self._images.client.containers.list(all=True, filters={"label": label})
         except Exception:  # no engine here, or it does not answer: the nodes' scripts clean
             return 0
         for container in containers:
@@ -395,9 +385,8 @@ class SlurmBackend:
 
     def close(self) -> None:
         self.watcher.close()
-        if "_docker" in self.__dict__:
-            with contextlib.suppress(Exception):
-                self._docker.close()
+        if "_images" in self.__dict__:
+            self._images.close()
 
 
 def _says_done(directory: Path) -> bool:
