@@ -535,6 +535,48 @@ def _last_said(log_path: Path) -> str:
     return lines[-1].removeprefix("madengine-slurm: ").strip() if lines else ""
 
 
+def job_properties(
+    files: JobFiles,
+    job_id: str,
+    partition: str,
+    state: JobState | None,
+    facts: list[NodeFacts],
+    submitted: float,
+    now: float,
+) -> dict[str, str]:
+    """What the record tells of the job: its id, state, nodes, queue wait and GPUs."""
+    properties = {
+        "slurm_job_id": job_id,
+        "slurm_partition": partition,
+        "slurm_state": state.state if state else "UNKNOWN",
+        "slurm_script": str(files.script),
+    }
+    if state and state.node_list:
+        properties["slurm_nodes"] = state.node_list
+    if state and state.reason and state.state != "COMPLETED":
+        properties["slurm_reason"] = state.reason
+    job_start = state.start_time if state and state.start_time else None
+    job_end = state.end_time if state and state.end_time else None
+    queued_from = (state.submit_time if state and state.submit_time else None) or submitted
+    if job_start:
+        properties["slurm_queue_wait"] = f"{max(job_start - queued_from, 0.0):.2f}"
+        properties["slurm_run_time"] = f"{max((job_end or now) - job_start, 0.0):.2f}"
+    if any(fact.gpus for fact in facts):
+        properties["slurm_gpus"] = _gpu_text(facts)
+    if files.launcher:
+        # perf.csv's nnodes and launcher columns read these.
+        properties["nnodes"] = str(files.nnodes)
+        properties["launcher"] = files.launcher
+    if files.nnodes > 1:
+        properties["slurm_node_ranks"] = " ".join(f"{f.rank}:{f.node}" for f in facts)
+        masters = sorted({f.master for f in facts if f.master})
+        properties["slurm_master"] = ",".join(masters)
+    first = facts[0] if facts and facts[0].rank == 0 else None
+    if first is not None and first.image_id:
+        properties["slurm_image_id"] = first.image_id
+    return properties
+
+
 def job_outcome(
     spec: RunSpec,
     files: JobFiles,
@@ -559,32 +601,7 @@ def job_outcome(
         path: read_result(files.directory / f"result.{index}")
         for index, path in enumerate(spec.result_files)
     }
-    properties = {
-        "slurm_job_id": job_id,
-        "slurm_partition": partition,
-        "slurm_state": state.state if state else "UNKNOWN",
-        "slurm_script": str(files.script),
-    }
-    if state and state.node_list:
-        properties["slurm_nodes"] = state.node_list
-    if state and state.reason and state.state != "COMPLETED":
-        properties["slurm_reason"] = state.reason
-    queued_from = (state.submit_time if state and state.submit_time else None) or submitted
-    if job_start:
-        properties["slurm_queue_wait"] = f"{max(job_start - queued_from, 0.0):.2f}"
-        properties["slurm_run_time"] = f"{max((job_end or now) - job_start, 0.0):.2f}"
-    if any(fact.gpus for fact in facts):
-        properties["slurm_gpus"] = _gpu_text(facts)
-    if files.launcher:
-        # perf.csv's nnodes and launcher columns read these.
-        properties["nnodes"] = str(files.nnodes)
-        properties["launcher"] = files.launcher
-    if files.nnodes > 1:
-        properties["slurm_node_ranks"] = " ".join(f"{f.rank}:{f.node}" for f in facts)
-        masters = sorted({f.master for f in facts if f.master})
-        properties["slurm_master"] = ",".join(masters)
-    if first.image_id:
-        properties["slurm_image_id"] = first.image_id
+    properties = job_properties(files, job_id, partition, state, facts, submitted, now)
     failure = job_failure(job_id, state, facts, watch, spec.log_path, cancelled, files.time_limit_s)
     return RunOutcome(
         exit_code=first.exit_code,
