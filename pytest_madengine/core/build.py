@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pytest_madengine.backends import (
     Backend,
@@ -24,7 +23,7 @@ from pytest_madengine.backends import (
     PushProgressSink,
 )
 from pytest_madengine.core.planning import Plan, PlannedTest
-from pytest_madengine.core.records import ImageFacts, Status, _plain
+from pytest_madengine.core.records import BuildRecord, Status, build_failed, build_skipped
 from pytest_madengine.core.tree.tags import parse_tag
 from pytest_madengine.credentials import DOCKERHUB, Credentials, registry_key, registry_of
 from pytest_madengine.errors import MadError, UsageProblem, read_json
@@ -145,71 +144,6 @@ def plan_builds(
     return BuildPlan(built, listed)
 
 
-@dataclass(frozen=True)
-class BuildRecord:
-    """A finished build item: the image, and where it was pushed (or why it was not)."""
-
-    __test__ = False  # not a pytest test class
-
-    name: str  # the image name
-    model: str
-    status: Status
-    reason: str | None = None  # one line; None on success
-    detail: str = ""  # the build log's tail
-    dockerfile: str = ""  # relative to the MAD root
-    image: ImageFacts | None = None
-    registry: str | None = None
-    reference: str | None = None  # where it was to be pushed
-    pushed: bool = False
-    digest: str = ""
-    started_at: float | None = None
-    ended_at: float | None = None
-
-    @property
-    def registry_image(self) -> str | None:
-        """What a run phase pulls: the reference, once it is pushed."""
-        return self.reference if self.pushed else None
-
-    @property
-    def failure_text(self) -> str:
-        reason = self.reason or "failed"
-        return f"{reason}\n{self.detail}".rstrip() if self.detail else reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BuildRecord:
-        image = data.get("image")
-        return cls(
-            **{
-                **data,
-                "status": Status(data["status"]),
-                "image": ImageFacts(**image) if image else None,
-            }
-        )
-
-    def junit_properties(self) -> list[tuple[str, str]]:
-        image = self.image
-        properties = [
-            ("status", self.status.value),
-            ("image", self.name),
-            ("docker_sha", image.docker_sha if image else ""),
-            ("image_built", str(bool(image and image.built)).lower()),
-            ("build_duration", f"{image.build_duration if image else 0.0:.2f}"),
-        ]
-        if image and image.log_path:
-            properties.append(("build_log", image.log_path))
-        if self.reference:
-            properties.append(("registry_image", self.reference))
-            properties.append(("pushed", str(self.pushed).lower()))
-        if self.digest:
-            properties.append(("digest", self.digest))
-        if self.reason:
-            properties.append(("failure_reason", self.reason))
-        return properties
-
-
 def check_publisher(backend: Backend) -> ImagePublisher:
     """The backend, when it can build for a registry; else a usage error."""
     if not isinstance(backend, ImagePublisher):
@@ -218,6 +152,19 @@ def check_publisher(backend: Backend) -> ImagePublisher:
             " (it has no build and push methods)"
         )
     return backend
+
+
+def pending_record(target: BuildTarget) -> BuildRecord:
+    """The target's record before its build: what every record of it says."""
+    test = target.test
+    return BuildRecord(
+        name=target.name,
+        model=test.model.name,
+        status=Status.SUCCESS,
+        dockerfile=test.dockerfile.relpath if test.dockerfile else "",
+        registry=target.registry,
+        reference=target.reference,
+    )
 
 
 def build_target(
@@ -229,25 +176,15 @@ def build_target(
 ) -> BuildRecord:
     """Builds the target's image and pushes it when it has a reference. Every failure
     ends as a FAILURE record with a one-line reason free of known secrets."""
-    test = target.test
-    record = BuildRecord(
-        name=target.name,
-        model=test.model.name,
-        status=Status.SUCCESS,
-        dockerfile=test.dockerfile.relpath if test.dockerfile else "",
-        registry=target.registry,
-        reference=target.reference,
-        started_at=time.time(),
-    )
+    record = dataclasses.replace(pending_record(target), started_at=time.time())
     if target.skip_reason:
-        return dataclasses.replace(
-            record, status=Status.SKIPPED, reason=target.skip_reason, ended_at=time.time()
-        )
+        return build_skipped(record, target.skip_reason, ended_at=time.time())
+    redact = credentials.redact  # an engine's message may quote a secret
     try:
-        image = publisher.build(request_of(test))
+        image = publisher.build(request_of(target.test))
     except MadError as exc:
         reason, _, detail = str(exc).partition("\n")
-        return _failed(record, credentials, reason, detail)
+        return build_failed(record, reason, detail, redact, ended_at=time.time())
     record = dataclasses.replace(record, image=image)
     if target.reference is None:
         return dataclasses.replace(record, ended_at=time.time())
@@ -255,15 +192,6 @@ def build_target(
         auth = credentials.registry_auth(registry_of(target.reference))
         digest = publisher.push(target.name, target.reference, auth, on_progress)
     except MadError as exc:
-        return _failed(record, credentials, str(exc).partition("\n")[0], "")
+        reason = str(exc).partition("\n")[0]
+        return build_failed(record, reason, "", redact, ended_at=time.time())
     return dataclasses.replace(record, pushed=True, digest=digest, ended_at=time.time())
-
-
-def _failed(record: BuildRecord, credentials: Credentials, reason: str, detail: str) -> BuildRecord:
-    return dataclasses.replace(
-        record,
-        status=Status.FAILURE,
-        reason=credentials.redact(reason),  # an engine's message may quote a secret
-        detail=credentials.redact(detail),
-        ended_at=time.time(),
-    )

@@ -1,19 +1,26 @@
-"""What one finished test leaves: a typed record that every report is written from.
+"""What one finished test or build leaves: a typed record that every report is written
+from, and the pure functions that make one (the runner, the session and the plugin all
+make their records here).
 
 A record crosses from an xdist worker to the controller as a plain dict (`to_dict`,
 `from_dict`), so perf.csv, the summary, JUnit properties and user hooks all read the
-same typed facts, never strings parsed back.
+same typed facts, never strings parsed back. `TestRecord` and `BuildRecord` are the two
+kinds of `Record`; they share `RecordBase` for what they do alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from pytest_madengine.contract import ImageFacts  # re-exported: records name it
+from pytest_madengine.contract import ImageFacts, RunOutcome  # ImageFacts: re-exported
+from pytest_madengine.errors import MadError, NotRun
+
+Redact = Callable[[str], str]
+R = TypeVar("R", bound="RecordBase")
 
 
 class Status(str, enum.Enum):
@@ -92,8 +99,56 @@ class DataFacts:
         return properties
 
 
+class Record(Protocol):
+    """What every record says, whatever it is of: reports and hooks read these."""
+
+    name: str
+    status: Status
+    reason: str | None  # one line; None on success
+    detail: str  # a log's tail, shown under the reason
+
+    @property
+    def failure_text(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def junit_properties(self) -> list[tuple[str, str]]: ...
+
+
+class RecordBase:
+    """What the two kinds of record do alike: the failure text, and the plain dict that
+    carries them across xdist (each kind names how its nested fields come back)."""
+
+    # A field's plain value -> its typed one, for the fields that are not plain.
+    _REVIVE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
+    reason: str | None
+    detail: str
+
+    @property
+    def failure_text(self) -> str:
+        reason = self.reason or "failed"
+        return f"{reason}\n{self.detail}".rstrip() if self.detail else reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        """The record of `to_dict`'s dict; keys it does not know are left out."""
+        known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        revive = cls._REVIVE
+        return cls(**{
+            key: revive[key](value) if key in revive and value is not None else value
+            for key, value in data.items() if key in known
+        })  # fmt: skip
+
+
+def _image(value: Mapping[str, Any]) -> ImageFacts | None:
+    return ImageFacts(**value) if value else None
+
+
 @dataclass(frozen=True)
-class TestRecord:
+class TestRecord(RecordBase):
     """A finished test: its status and one-line reason, results, image and placement."""
 
     __test__ = False  # not a pytest test class, whatever its name
@@ -115,45 +170,24 @@ class TestRecord:
     properties: Mapping[str, str] = field(default_factory=dict)  # backend facts for JUnit
     data: DataFacts | None = None  # None: the model names no data
 
+    _REVIVE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "status": Status,
+        "facts": lambda facts: ModelFacts(**{**facts, "tags": tuple(facts.get("tags", ()))}),
+        "rows": lambda rows: tuple(
+            ResultRow(**{**row, "status": Status(row["status"])}) for row in rows
+        ),
+        "image": _image,
+        "gpus": tuple,
+        "retried_after": tuple,
+        "properties": dict,
+        "data": lambda data: DataFacts(**data) if data else None,
+    }
+
     @property
     def duration(self) -> float | None:
         if self.started_at is None or self.ended_at is None:
             return None
         return self.ended_at - self.started_at
-
-    @property
-    def failure_text(self) -> str:
-        reason = self.reason or "failed"
-        return f"{reason}\n{self.detail}".rstrip() if self.detail else reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TestRecord:
-        image = data.get("image")
-        data_facts = data.get("data")
-        return cls(
-            name=data["name"],
-            status=Status(data["status"]),
-            facts=ModelFacts(**{**data["facts"], "tags": tuple(data["facts"].get("tags", ()))}),
-            reason=data.get("reason"),
-            detail=data.get("detail", ""),
-            rows=tuple(
-                ResultRow(**{**row, "status": Status(row["status"])})
-                for row in data.get("rows", ())
-            ),
-            image=ImageFacts(**image) if image else None,
-            backend=data.get("backend", "docker"),
-            host=data.get("host"),
-            gpus=tuple(data.get("gpus", ())),
-            started_at=data.get("started_at"),
-            ended_at=data.get("ended_at"),
-            log_path=data.get("log_path"),
-            retried_after=tuple(data.get("retried_after", ())),
-            properties=dict(data.get("properties", {})),
-            data=DataFacts(**data_facts) if data_facts else None,
-        )
 
     def junit_properties(self) -> list[tuple[str, str]]:
         """The test's JUnit properties (they reach the controller's XML under xdist)."""
@@ -191,6 +225,169 @@ class TestRecord:
         if self.retried_after:
             properties.append(("retried_after", "; ".join(self.retried_after)))
         return properties
+
+
+@dataclass(frozen=True)
+class BuildRecord(RecordBase):
+    """A finished build item: the image, and where it was pushed (or why it was not)."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str  # the image name
+    model: str
+    status: Status
+    reason: str | None = None  # one line; None on success
+    detail: str = ""  # the build log's tail
+    dockerfile: str = ""  # relative to the MAD root
+    image: ImageFacts | None = None
+    registry: str | None = None
+    reference: str | None = None  # where it was to be pushed
+    pushed: bool = False
+    digest: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    _REVIVE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"status": Status, "image": _image}
+
+    @property
+    def registry_image(self) -> str | None:
+        """What a run phase pulls: the reference, once it is pushed."""
+        return self.reference if self.pushed else None
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        image = self.image
+        properties = [
+            ("status", self.status.value),
+            ("image", self.name),
+            ("docker_sha", image.docker_sha if image else ""),
+            ("image_built", str(bool(image and image.built)).lower()),
+            ("build_duration", f"{image.build_duration if image else 0.0:.2f}"),
+        ]
+        if image and image.log_path:
+            properties.append(("build_log", image.log_path))
+        if self.reference:
+            properties.append(("registry_image", self.reference))
+            properties.append(("pushed", str(self.pushed).lower()))
+        if self.digest:
+            properties.append(("digest", self.digest))
+        if self.reason:
+            properties.append(("failure_reason", self.reason))
+        return properties
+
+
+# ---- making records: pure functions, the one place a record is put together ----
+
+
+def _keep(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a test's record says of it whatever became of the run."""
+
+    name: str  # the test name
+    facts: ModelFacts
+    backend: str
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """How far a test got: its image, placement, times, log and data (each empty until
+    the test got there), and the placements given up before."""
+
+    image: ImageFacts | None = None
+    host: str | None = None
+    gpus: tuple[int, ...] = ()
+    started_at: float | None = None
+    ended_at: float | None = None
+    log_path: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+    data: DataFacts | None = None
+    retried_after: tuple[str, ...] = ()
+
+
+NOT_STARTED = RunFacts()
+
+
+def ran_from(outcome: RunOutcome, before: RunFacts) -> RunFacts:
+    """The facts of a finished run: the backend's outcome over what was known before
+    (the GPUs too, when its scheduler chose them)."""
+    return dataclasses.replace(
+        before,
+        host=outcome.host,
+        gpus=outcome.gpus if outcome.gpus is not None else before.gpus,
+        started_at=outcome.started_at,
+        ended_at=outcome.ended_at,
+        log_path=str(outcome.log_path),
+        properties=dict(outcome.properties),
+    )
+
+
+def _record(
+    subject: Subject, status: Status, reason: str | None, rows: tuple[ResultRow, ...],
+    ran: RunFacts, detail: str = "",
+) -> TestRecord:  # fmt: skip
+    placed = {field.name: getattr(ran, field.name) for field in dataclasses.fields(ran)}
+    return TestRecord(subject.name, status, subject.facts, reason, detail, rows,
+                      backend=subject.backend, **placed)  # fmt: skip
+
+
+def _one_row(subject: Subject, status: Status, reason: str) -> tuple[ResultRow, ...]:
+    return (ResultRow(subject.name, status, reason=reason, perf_model=subject.facts.model),)
+
+
+def skipped(subject: Subject, reason: str, ran: RunFacts = NOT_STARTED) -> TestRecord:
+    """A test that did not run (or ran without its model): one SKIPPED row."""
+    rows = _one_row(subject, Status.SKIPPED, reason)
+    return _record(subject, Status.SKIPPED, reason, rows, ran)
+
+
+def failed(
+    subject: Subject, reason: str, ran: RunFacts = NOT_STARTED, detail: str = "",
+    redact: Redact = _keep,
+) -> TestRecord:  # fmt: skip
+    """A failed test: one FAILURE row with the one-line reason (redacted: an engine's
+    message may quote a secret) and `detail` under it."""
+    reason, detail = redact(reason), redact(detail)
+    rows = _one_row(subject, Status.FAILURE, reason)
+    return _record(subject, Status.FAILURE, reason, rows, ran, detail)
+
+
+def record_from_error(
+    subject: Subject, error: MadError, ran: RunFacts, redact: Redact = _keep
+) -> TestRecord:
+    """The record of a test that a step or its backend ended early: NotRun skips it (it
+    held no GPUs and used no data), any other MadError fails it with its first line as
+    the reason and the rest as detail."""
+    if isinstance(error, NotRun):
+        return skipped(subject, str(error), RunFacts(image=ran.image, host=ran.host))
+    reason, _, detail = str(error).partition("\n")
+    return failed(subject, reason, ran, detail, redact)
+
+
+def record_from_results(
+    subject: Subject, rows: tuple[ResultRow, ...], misses: tuple[str, ...], ran: RunFacts
+) -> TestRecord:
+    """A measured test: SUCCESS, or FAILURE naming the expectations it missed."""
+    status = Status.FAILURE if misses else Status.SUCCESS
+    return _record(subject, status, "; ".join(misses) or None, rows, ran)
+
+
+def build_failed(
+    record: BuildRecord, reason: str, detail: str = "", redact: Redact = _keep,
+    ended_at: float | None = None,
+) -> BuildRecord:  # fmt: skip
+    """The build record ended as FAILURE, its reason and detail redacted."""
+    return dataclasses.replace(
+        record, status=Status.FAILURE, reason=redact(reason), detail=redact(detail),
+        ended_at=ended_at,
+    )  # fmt: skip
+
+
+def build_skipped(record: BuildRecord, reason: str, ended_at: float | None = None) -> BuildRecord:
+    """The build record ended as SKIPPED: nothing was built."""
+    return dataclasses.replace(record, status=Status.SKIPPED, reason=reason, ended_at=ended_at)
 
 
 def _plain(value: Any) -> Any:

@@ -35,8 +35,15 @@ from pytest_madengine.core.records import (
     ImageFacts,
     ModelFacts,
     ResultRow,
+    RunFacts,
     Status,
+    Subject,
     TestRecord,
+    failed,
+    ran_from,
+    record_from_error,
+    record_from_results,
+    skipped,
 )
 from pytest_madengine.core.results import (
     Measurement,
@@ -55,7 +62,7 @@ from pytest_madengine.data import (
     ProgressSink,
     resolve_data,
 )
-from pytest_madengine.errors import HostLost, MadError, NotRun, Stopped
+from pytest_madengine.errors import HostLost, MadError, Stopped
 from pytest_madengine.masking import mask_all
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import Placement
@@ -72,6 +79,7 @@ from pytest_madengine.workspace import (
 )
 
 LOG_TAIL_LINES = 25
+SKIP_MODEL_REASON = "skip-model-run: the container and its scripts ran, the model did not"
 TAIL_LINE_CHARS = 2000
 # Changes a test's run spec before it starts (the plugin's pytest_mad_run_spec hook).
 SpecHook = Callable[[RunSpec, PlannedTest], RunSpec]
@@ -177,29 +185,15 @@ def data_note(data_name: str, mount: DataMount) -> str:
     return f"data '{data_name}': {where}: {how}, at MAD_DATAHOME={home}"
 
 
-def skipped_record(
-    test: PlannedTest, options: Options, reason: str, **facts: object
-) -> TestRecord:
-    row = ResultRow(test.name, Status.SKIPPED, reason=reason, perf_model=test.model.name)
-    return TestRecord(
-        test.name, Status.SKIPPED, model_facts(test, options), reason, rows=(row,),
-        backend=options.deploy, **facts,  # type: ignore[arg-type]
-    )  # fmt: skip
+def subject_of(test: PlannedTest, options: Options) -> Subject:
+    """What every record of the test says, whatever becomes of its run."""
+    return Subject(test.name, model_facts(test, options), options.deploy)
 
 
 def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecord:
     """The record with every text in it masked: what a model, an engine or a registry
     wrote, and what the user gave (args, tag parameters)."""
     return mask_all(record, redact)
-
-
-def failed_record(test: PlannedTest, options: Options, reason: str, **facts: object) -> TestRecord:
-    reason = options.credentials.redact(reason)  # an engine's message may quote a secret
-    row = ResultRow(test.name, Status.FAILURE, reason=reason, perf_model=test.model.name)
-    return TestRecord(
-        test.name, Status.FAILURE, model_facts(test, options), reason, rows=(row,),
-        backend=options.deploy, **facts,  # type: ignore[arg-type]
-    )  # fmt: skip
 
 
 class TestRunner:
@@ -426,82 +420,102 @@ class TestRunner:
         made: MadeAhead | None = None,
         on_started: Callable[[], None] | None = None,
     ) -> TestRecord:
-        host, gpus = placement.host, placement.gpus
+        """The record of the test on its placement: prepared (unless made ahead), run,
+        then judged; a MadError on the way ends it as the record says."""
+        host = placement.host
+        subject = self._subject_on(test, host)
         # On a scheduled host the lease only counts GPUs: the scheduler says which ones.
-        gpu_ids = () if host.scheduled else tuple(gpu.index for gpu in gpus)
-        facts = model_facts(test, self.options)
-        if host.architecture:
-            facts = dataclasses.replace(facts, gpu_architecture=host.architecture)
-        image: ImageFacts | None = None
-        data_facts: DataFacts | None = None
+        gpu_ids = () if host.scheduled else tuple(gpu.index for gpu in placement.gpus)
+        ran = RunFacts(host=host.name, gpus=gpu_ids)
         try:
-            if made is not None:
-                image, run, spec = made.image, made.run, made.spec
-            else:
+            if made is None:
                 request = self.image_request(test)
                 image = self.backend.prepare(request, host, sink)
                 self._images_ready.add(image_key(request, host))
-                data: DataMount | None = None
-                notes: tuple[str, ...] = ()
-                if test.model.data:
-                    data, data_facts, notes = self.resolve_data(test.model.data)
-                    facts = dataclasses.replace(facts, data_provider=data_facts.provider)
+                ran = dataclasses.replace(ran, image=image)
+                data, ran, subject, notes = self._data(test, ran, subject)
                 run, spec = self._spec(test, test_id, placement, image, data, notes)
-            if self._stopped:  # stopped while it built or fetched: start nothing now
-                if made is not None:
-                    made.container.discard()
-                raise Stopped(f"{test_id}: the session is stopping")
-            if made is not None:
-                handle = made.container.start(sink)
-                made = None  # started: waiting removes it
             else:
-                handle = self.backend.start(spec, host, sink)
-            if on_started is not None:
-                on_started()
-            outcome = self._wait(handle, on_exit)
+                ran = dataclasses.replace(ran, image=made.image)
+                run, spec = made.run, made.spec
+            outcome = self._start_and_wait(spec, host, test_id, sink, on_exit, made, on_started)
         except (HostLost, Stopped):
             raise
-        except NotRun as exc:
-            record = skipped_record(test, self.options, str(exc))
-            return dataclasses.replace(record, facts=facts, image=image, host=host.name)
         except MadError as exc:
-            reason, _, detail = str(exc).partition("\n")
-            record = failed_record(
-                test, self.options, reason, image=image, host=host.name, gpus=gpu_ids
-            )
-            detail = self.options.credentials.redact(detail)
-            return dataclasses.replace(record, facts=facts, detail=detail, data=data_facts)
-        if outcome.gpus is not None:
-            gpu_ids = outcome.gpus
-        placed = {
-            "image": image, "host": outcome.host, "gpus": gpu_ids, "started_at": outcome.started_at,
-            "ended_at": outcome.ended_at, "log_path": str(outcome.log_path),
-            "properties": dict(outcome.properties), "data": data_facts,
-        }  # fmt: skip
+            return record_from_error(subject, exc, ran, self.options.credentials.redact)
+        return self._judged(test, subject, run, spec, outcome, ran_from(outcome, ran))
+
+    def _subject_on(self, test: PlannedTest, host: Host) -> Subject:
+        """The test's subject, with the GPU architecture of the host it runs on."""
+        subject = subject_of(test, self.options)
+        if not host.architecture:
+            return subject
+        facts = dataclasses.replace(subject.facts, gpu_architecture=host.architecture)
+        return dataclasses.replace(subject, facts=facts)
+
+    def _data(
+        self, test: PlannedTest, ran: RunFacts, subject: Subject
+    ) -> tuple[DataMount | None, RunFacts, Subject, tuple[str, ...]]:
+        """The test's data (when its model names any): (the mount, the facts and the
+        subject saying what served it, the lines the log starts with)."""
+        if not test.model.data:
+            return None, ran, subject, ()
+        data, data_facts, notes = self.resolve_data(test.model.data)
+        facts = dataclasses.replace(subject.facts, data_provider=data_facts.provider)
+        subject = dataclasses.replace(subject, facts=facts)
+        return data, dataclasses.replace(ran, data=data_facts), subject, notes
+
+    def _start_and_wait(
+        self,
+        spec: RunSpec,
+        host: Host,
+        test_id: str,
+        sink: OutputSink | None,
+        on_exit: Callable[[], None] | None,
+        made: MadeAhead | None,
+        on_started: Callable[[], None] | None,
+    ) -> RunOutcome:
+        """Starts the run (the container made ahead, when there is one) and waits for
+        its end; Stopped, starting nothing, when the runner was stopped meanwhile."""
+        if self._stopped:  # stopped while it built or fetched: start nothing now
+            if made is not None:
+                made.container.discard()
+            raise Stopped(f"{test_id}: the session is stopping")
+        if made is not None:
+            handle = made.container.start(sink)  # started: waiting removes it
+        else:
+            handle = self.backend.start(spec, host, sink)
+        if on_started is not None:
+            on_started()
+        return self._wait(handle, on_exit)
+
+    def _judged(
+        self,
+        test: PlannedTest,
+        subject: Subject,
+        run: ModelRun,
+        spec: RunSpec,
+        outcome: RunOutcome,
+        ran: RunFacts,
+    ) -> TestRecord:
+        """The record of a finished run: failed (with the log's tail), skipped (the
+        model itself did not run), or its measurements judged."""
         cloned = (outcome.results.get(posixpath.join(WORKSPACE, GIT_COMMIT_FILE)) or "").strip()
         if cloned:
-            facts = dataclasses.replace(facts, git_commit=cloned)
-        tail = log_tail(outcome.log_path)
+            facts = dataclasses.replace(subject.facts, git_commit=cloned)
+            subject = dataclasses.replace(subject, facts=facts)
         failure = run_failure(outcome, spec.timeout_s)
         if failure is None and run.skip_model:
-            reason = "skip-model-run: the container and its scripts ran, the model did not"
-            record = skipped_record(test, self.options, reason, **placed)
-            return dataclasses.replace(record, facts=facts)
+            return skipped(subject, SKIP_MODEL_REASON, ran)
         if failure is None:
             try:
                 measurements = measure(test, outcome, run)
             except ResultError as exc:
                 failure = str(exc)
         if failure is not None:
-            record = failed_record(test, self.options, failure, **placed)
-            redacted = self.options.credentials.redact(tail)
-            return dataclasses.replace(record, facts=facts, detail=redacted)
-        rows, misses = self._judge(test, measurements, facts)
-        status = Status.FAILURE if misses else Status.SUCCESS
-        return TestRecord(
-            test.name, status, facts, "; ".join(misses) or None, rows=tuple(rows),
-            backend=self.options.deploy, **placed,  # type: ignore[arg-type]
-        )  # fmt: skip
+            return failed(subject, failure, ran, log_tail(outcome.log_path))
+        rows, misses = self._judge(test, measurements, subject.facts)
+        return record_from_results(subject, tuple(rows), tuple(misses), ran)
 
     def _judge(
         self, test: PlannedTest, measurements: list[Measurement], facts: ModelFacts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pytest_madengine.backends import (
     Device,
     RunSpec,
 )
+from pytest_madengine.core.context import RunContext
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.data import DataMount
@@ -135,6 +137,153 @@ def model_scripts(
     return pre, post
 
 
+@dataclass(frozen=True)
+class GpuAccess:
+    """How a test's container sees its GPUs on its host."""
+
+    count: int  # MAD_RUNTIME_NGPUS, and what the backend asks a scheduler for
+    gpus: tuple[Gpu, ...]  # the leased GPUs; none when the cluster's scheduler picks
+    mapped: bool  # whether the container really gets the devices (else they are virtual)
+    devices: tuple[Device, ...] = ()
+    group_add: tuple[str, ...] = ()
+    nvidia_ids: tuple[int, ...] | None = None
+
+
+def gpu_access(n_gpus: int, host: Host, gpus: Sequence[Gpu], vendor: str) -> GpuAccess:
+    """The GPUs of a test asking for `n_gpus` (-1: all) on its host and lease."""
+    if host.scheduler_checks_fit:
+        # The cluster's scheduler judges the request, and its device plugin sets the
+        # visibility variables: the test asks for its n_gpus, -1 being a whole node's.
+        return GpuAccess(host.gpus.count if n_gpus < 0 else n_gpus, (), False)
+    device_root = host.device_root or (None if host.gpus.virtual else "/dev")
+    if vendor == "NVIDIA":
+        mapped = bool(gpus) and not host.gpus.virtual
+        ids = tuple(gpu.index for gpu in gpus) if mapped else None
+        return GpuAccess(len(gpus), tuple(gpus), mapped, nvidia_ids=ids)
+    mapped = bool(gpus) and device_root is not None
+    if not mapped:
+        return GpuAccess(len(gpus), tuple(gpus), False)
+    devices = amd_devices(str(device_root), gpus)
+    return GpuAccess(len(gpus), tuple(gpus), True, devices, ("video",))
+
+
+def _command(test: PlannedTest, options: Options) -> tuple[str, tuple[str, ...]]:
+    """(directory to copy in, argv) of the model's script with its args and parameters."""
+    model = test.model
+    args = options.effective_context.get("model_args") or model.args
+    return script_command(
+        model.scripts,
+        parse_words(args, f"model '{model.name}': args")
+        + parse_words(test.selected.extra_args, f"model '{model.name}': parameters"),
+        # A url model's scripts may come with its repository: madengine's rule then.
+        (options.root / model.scripts).is_dir()
+        or (model.url is not None and not model.scripts.endswith((".sh", ".py"))),
+    )
+
+
+def _env(
+    test: PlannedTest, options: Options, host: Host, access: GpuAccess, data: DataMount | None
+) -> dict[str, str]:
+    """The container's variables: madengine's MAD_*, GPU visibility, the data's, the
+    context's, then the model's credentials."""
+    model, context, vendor = test.model, options.effective_context, options.gpu_vendor
+    env: dict[str, str] = {
+        "MAD_MODEL_NAME": model.name,
+        "MAD_GPU_VENDOR": vendor,
+        "MAD_SYSTEM_NGPUS": str(host.gpus.count),
+        "MAD_RUNTIME_NGPUS": str(access.count),
+        "MAD_SYSTEM_GPU_ARCHITECTURE": host.architecture or context.gpu_architecture or "",
+        "MAD_GUEST_OS": str(context.get("guest_os") or ""),
+    }
+    if access.gpus:
+        env.update(visibility_env(vendor, access.gpus, access.mapped))
+    if model.multiple_results:
+        env["MAD_OUTPUT_CSV"] = model.multiple_results
+    env.update(data.env if data else {})
+    env.update({key: str(value) for key, value in context.get("docker_env_vars", {}).items()})
+    env.update(_secret_env(test, options))
+    return env
+
+
+def _container_settings(context: RunContext) -> dict[str, Any]:
+    """The RunSpec fields the context's docker_* keys set."""
+    return {
+        "binds": tuple(
+            Bind(str(host), str(container))
+            for container, host in context.get("docker_mounts", {}).items()
+        ),
+        "privileged": bool(context.get("docker_privileged", False)),
+        "cap_add": tuple(context.get("docker_cap_add", ())),
+        "cpuset_cpus": str(context.get("docker_cpus")) if context.get("docker_cpus") else None,
+        "memory": str(context.get("docker_memory")) if context.get("docker_memory") else None,
+        "network": context.get("docker_network") or "host",
+        "ipc": context.get("docker_ipc") or "host",
+    }
+
+
+def _run_spec(
+    test: PlannedTest,
+    options: Options,
+    host: Host,
+    access: GpuAccess,
+    argv: tuple[str, ...],
+    named: RunNames,
+) -> RunSpec:
+    """What the backend runs: the image, command, variables and container settings."""
+    root, data = options.root, named.data
+    return RunSpec(
+        image=named.image,
+        image_id=named.image_id,
+        command=argv,
+        workdir=WORKSPACE,
+        log_path=named.log_path,
+        env=_env(test, options, host, access, data),
+        labels={
+            SESSION_LABEL: named.session_id,
+            TEST_LABEL: named.test_id,
+            MODEL_LABEL: test.model.name,
+            CONTROLLER_LABEL: named.controller,
+        },
+        # A script at the tree's root copies the whole tree: never its secrets, its git
+        # history, or our own output (logs of earlier sessions).
+        copy_excludes=(
+            root / "credential.json",
+            root / ".git",
+            options.output_dir.resolve(),
+            options.perf_csv.resolve(),
+        ),
+        copy_within=root,
+        data=data.binds if data else (),
+        devices=access.devices,
+        group_add=access.group_add,
+        nvidia_gpu_ids=access.nvidia_ids,
+        gpu_count=access.count,
+        timeout_s=named.timeout_s,
+        log_notes=tuple(named.log_notes),
+        secrets=options.credentials.secrets(),
+        collect_to=options.workspace,
+        collect_keep_out=_our_output(options),
+        collect_ledger=options.output_dir / "collected.json",
+        keep_alive=options.keep_alive,
+        **_container_settings(options.effective_context),
+    )
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """What names one run and where it writes: its image, ids, log, data and deadline."""
+
+    image: str
+    image_id: str | None
+    session_id: str
+    test_id: str
+    log_path: Path
+    data: DataMount | None
+    controller: str
+    log_notes: tuple[str, ...]
+    timeout_s: float | None
+
+
 def build_model_run(
     test: PlannedTest,
     options: Options,
@@ -153,110 +302,20 @@ def build_model_run(
     """The container of one test on its host, and the steps run in it: the host's own
     GPU facts (device root, architecture) come from `host`, the user's settings from
     `options`."""
-    model = test.model
-    context = options.effective_context
-    root = options.root
-    script_dir, argv = script_command(
-        model.scripts,
-        parse_words(context.get("model_args") or model.args, f"model '{model.name}': args")
-        + parse_words(test.selected.extra_args, f"model '{model.name}': parameters"),
-        # A url model's scripts may come with its repository: madengine's rule then.
-        (root / model.scripts).is_dir()
-        or (model.url is not None and not model.scripts.endswith((".sh", ".py"))),
-    )
-    vendor = options.gpu_vendor
-    if host.scheduler_checks_fit:
-        # The cluster's scheduler judges the request, and its device plugin sets the
-        # visibility variables: the test asks for its n_gpus, -1 being a whole node's.
-        gpu_count = host.gpus.count if model.n_gpus < 0 else model.n_gpus
-        gpus = ()
-    else:
-        gpu_count = len(gpus)
-    device_root = host.device_root or (None if host.gpus.virtual else "/dev")
-    # Whether the container really gets the devices (else the GPUs are virtual to it).
-    if vendor == "NVIDIA":
-        mapped = bool(gpus) and not host.gpus.virtual
-    else:
-        mapped = bool(gpus) and device_root is not None
-
-    env: dict[str, str] = {
-        "MAD_MODEL_NAME": model.name,
-        "MAD_GPU_VENDOR": vendor,
-        "MAD_SYSTEM_NGPUS": str(host.gpus.count),
-        "MAD_RUNTIME_NGPUS": str(gpu_count),
-        "MAD_SYSTEM_GPU_ARCHITECTURE": host.architecture or context.gpu_architecture or "",
-        "MAD_GUEST_OS": str(context.get("guest_os") or ""),
-    }
-    if gpus:
-        env.update(visibility_env(vendor, gpus, mapped))
-    if model.multiple_results:
-        env["MAD_OUTPUT_CSV"] = model.multiple_results
-    binds: tuple[Bind, ...] = ()
-    env.update(data.env if data else {})
-    env.update({key: str(value) for key, value in context.get("docker_env_vars", {}).items()})
-    env.update(_secret_env(test, options))
-    binds += tuple(
-        Bind(str(host), str(container))
-        for container, host in context.get("docker_mounts", {}).items()
-    )
-
-    devices: tuple[Device, ...] = ()
-    group_add: tuple[str, ...] = ()
-    nvidia_ids: tuple[int, ...] | None = None
-    if mapped and vendor == "NVIDIA":
-        nvidia_ids = tuple(gpu.index for gpu in gpus)
-    elif mapped:
-        devices, group_add = amd_devices(str(device_root), gpus), ("video",)
-
+    model, context = test.model, options.effective_context
+    script_dir, argv = _command(test, options)
+    access = gpu_access(model.n_gpus, host, gpus, options.gpu_vendor)
     timeout_s = effective_timeout(
         model.timeout, options.timeout, float(context.get("timeout_multiplier") or 1.0)
     )
-    spec = RunSpec(
-        image=image,
-        image_id=image_id,
-        command=argv,
-        workdir=WORKSPACE,
-        log_path=log_path,
-        env=env,
-        labels={
-            SESSION_LABEL: session_id,
-            TEST_LABEL: test_id,
-            MODEL_LABEL: model.name,
-            CONTROLLER_LABEL: controller,
-        },
-        # A script at the tree's root copies the whole tree: never its secrets, its git
-        # history, or our own output (logs of earlier sessions).
-        copy_excludes=(
-            root / "credential.json", root / ".git", options.output_dir.resolve(),
-            options.perf_csv.resolve(),
-        ),
-        copy_within=root,
-        binds=binds,
-        data=data.binds if data else (),
-        devices=devices,
-        group_add=group_add,
-        nvidia_gpu_ids=nvidia_ids,
-        gpu_count=gpu_count,
-        timeout_s=timeout_s,
-        privileged=bool(context.get("docker_privileged", False)),
-        cap_add=tuple(context.get("docker_cap_add", ())),
-        cpuset_cpus=str(context.get("docker_cpus")) if context.get("docker_cpus") else None,
-        memory=str(context.get("docker_memory")) if context.get("docker_memory") else None,
-        network=context.get("docker_network") or "host",
-        ipc=context.get("docker_ipc") or "host",
-        log_notes=tuple(log_notes),
-        secrets=options.credentials.secrets(),
-        collect_to=options.workspace,
-        collect_keep_out=_our_output(options),
-        collect_ledger=options.output_dir / "collected.json",
-        keep_alive=options.keep_alive,
-    )
+    named = RunNames(image, image_id, session_id, test_id, log_path, data, controller,
+                     tuple(log_notes), timeout_s)  # fmt: skip
     pre, post = model_scripts(test, options)
     # madengine's context key: a command prefix of every model, inside the tools' own.
     encapsulate = str(context.get("encapsulate_script") or "").strip()
     return ModelRun(
-        spec=spec,
-        tree_root=root,
+        spec=_run_spec(test, options, host, access, argv, named),
+        tree_root=options.root,
         script_dir=script_dir,
         argv=argv,
         timeout_line=timeout_line(timeout_s),

@@ -29,6 +29,7 @@ from pytest_madengine.backends import (
     PushProgressSink,
     create_backend,
 )
+from pytest_madengine.core import records
 from pytest_madengine.core.build import (
     BuildPlan,
     BuildRecord,
@@ -40,13 +41,12 @@ from pytest_madengine.core.build import (
 from pytest_madengine.core.concurrency import RunsAhead, SinkFor
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
-from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.records import RunFacts, TestRecord
 from pytest_madengine.core.runner import (
     MadeAhead,
     SpecHook,
     TestRunner,
-    failed_record,
-    skipped_record,
+    subject_of,
 )
 from pytest_madengine.core.tree.discovery import Tree, load_tree
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
@@ -225,8 +225,10 @@ class Session:
     def _place_and_run(
         self, test: PlannedTest, test_id: str, on_output: OutputSink | None
     ) -> TestRecord:
+        subject = subject_of(test, self.options)
+        redact = self.options.credentials.redact
         if test.skip_reason:
-            return skipped_record(test, self.options, test.skip_reason)
+            return records.skipped(subject, test.skip_reason)
         lost: list[str] = []
         retries = self.options.retries
         for _ in range(1 + retries):
@@ -234,9 +236,10 @@ class Session:
                 placement, made = self._place(test, test_id)
             except NoHost as exc:
                 if lost:
-                    return failed_record(test, self.options, "; ".join([*lost, str(exc)]),
-                                         retried_after=tuple(lost))  # fmt: skip
-                return skipped_record(test, self.options, str(exc))
+                    given_up = RunFacts(retried_after=tuple(lost))
+                    reason = "; ".join([*lost, str(exc)])
+                    return records.failed(subject, reason, given_up, redact=redact)
+                return records.skipped(subject, str(exc))
             try:
                 on_exit = functools.partial(self.pool.release, placement)
                 on_started = functools.partial(self._started, placement)
@@ -250,7 +253,7 @@ class Session:
                 self.pool.release(placement)
             return dataclasses.replace(record, retried_after=tuple(lost))
         reason = f"{'; '.join(lost)}; no retry left (--mad-retries {retries})"
-        return failed_record(test, self.options, reason, retried_after=tuple(lost))
+        return records.failed(subject, reason, RunFacts(retried_after=tuple(lost)), redact=redact)
 
     # Containers made ahead. While a test waits for GPUs (a thread of --mad-concurrency,
     # or the test after the running one), its container is made on the GPUs it is

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 from pytest_madengine.backends import BackendSetup
-from pytest_madengine.core.build import BuildRecord
+from pytest_madengine.core import records
+from pytest_madengine.core.build import BuildRecord, pending_record
 from pytest_madengine.core.options import Options, parse_options
-from pytest_madengine.core.records import Status, TestRecord
-from pytest_madengine.core.runner import failed_record, skipped_record
+from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.runner import subject_of
 from pytest_madengine.core.session import MadSession, Session, new_session_id
 from pytest_madengine.data import DataProgress, ProgressSink
 from pytest_madengine.errors import MadError
@@ -278,12 +279,10 @@ def _record_of(item: MadItem, report: pytest.TestReport, options: Options) -> Te
     record = item.stash.get(RECORD, None)
     if record is not None:
         return record
+    subject = subject_of(item.planned, options)
     if report.skipped:
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else "skipped"
-        return skipped_record(item.planned, options, str(reason).removeprefix("Skipped: "))
-    reason = f"failed in {report.when} before the benchmark ran"
-    return failed_record(item.planned, options, reason)
+        return records.skipped(subject, _skip_reason(report))
+    return records.failed(subject, f"failed in {report.when} before the benchmark ran")
 
 
 def _build_record_of(item: MadBuildItem, report: pytest.TestReport) -> BuildRecord:
@@ -291,15 +290,16 @@ def _build_record_of(item: MadBuildItem, report: pytest.TestReport) -> BuildReco
     record = item.stash.get(BUILD_RECORD, None)
     if record is not None:
         return record
-    target = item.target
+    pending = pending_record(item.target)
     if report.skipped:
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else "skipped"
-        status, why = Status.SKIPPED, str(reason).removeprefix("Skipped: ")
-    else:
-        status, why = Status.FAILURE, f"failed in {report.when} before the image was built"
-    return BuildRecord(target.name, target.test.model.name, status, why,
-                       registry=target.registry, reference=target.reference)  # fmt: skip
+        return records.build_skipped(pending, _skip_reason(report))
+    return records.build_failed(pending, f"failed in {report.when} before the image was built")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else "skipped"
+    return str(reason).removeprefix("Skipped: ")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.backends import SESSION_LABEL, Device, RunSpec
+from pytest_madengine.backends import SESSION_LABEL, Device, ImageRequest, RunSpec
 from pytest_madengine.backends.docker.containers import ContainerRun, remove_session
 from pytest_madengine.backends.docker.images import (
     CONTENT_HASH_LABEL,
     ImageBuilder,
-    ImageSpec,
     content_hash,
 )
 from pytest_madengine.errors import MadError
@@ -53,7 +52,7 @@ def builder(client, tmp_path: Path, lock: str = "locks", no_cache: bool = False)
 
 
 def test_build_once_then_reuse_by_content(docker_client, tmp_path, context_dir, image_name):
-    spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
+    spec = ImageRequest(image_name, context_dir / "t.Dockerfile", context_dir)
     first = builder(docker_client, tmp_path).ensure(spec)
     assert first.built and first.log_path and "built" in Path(first.log_path).read_text()
     labels = docker_client.images.get(image_name).labels
@@ -65,12 +64,12 @@ def test_build_once_then_reuse_by_content(docker_client, tmp_path, context_dir, 
 
 
 def test_changed_context_or_build_args_rebuild(docker_client, tmp_path, context_dir, image_name):
-    spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
+    spec = ImageRequest(image_name, context_dir / "t.Dockerfile", context_dir)
     first = builder(docker_client, tmp_path).ensure(spec)
     (context_dir / "extra.txt").write_text("new file in the build context")
     second = builder(docker_client, tmp_path, "l2").ensure(spec)
     assert second.built and second.docker_sha != first.docker_sha
-    with_args = ImageSpec(spec.name, spec.dockerfile, context_dir, {"BASE_DOCKER": BUSYBOX_BASE})
+    with_args = ImageRequest(spec.name, spec.dockerfile, context_dir, {"BASE_DOCKER": BUSYBOX_BASE})
     assert builder(docker_client, tmp_path, "l3").ensure(with_args).built
 
 
@@ -80,7 +79,7 @@ def test_failed_build_reports_tail_and_is_not_retried(docker_client, tmp_path, i
     (directory / "b.Dockerfile").write_text(
         f"FROM {BUSYBOX_BASE}\nRUN echo step-output && exit 3\n"
     )
-    spec = ImageSpec(image_name, directory / "b.Dockerfile", directory)
+    spec = ImageRequest(image_name, directory / "b.Dockerfile", directory)
     with pytest.raises(MadError) as caught:
         builder(docker_client, tmp_path).ensure(spec)
     reason, _, tail = str(caught.value).partition("\n")
@@ -165,7 +164,7 @@ def test_remove_session_removes_leftovers(docker_client):
 
 
 def test_clean_cache_rebuilds_once_per_session(docker_client, tmp_path, context_dir, image_name):
-    spec = ImageSpec(image_name, context_dir / "t.Dockerfile", context_dir)
+    spec = ImageRequest(image_name, context_dir / "t.Dockerfile", context_dir)
     assert builder(docker_client, tmp_path, "first").ensure(spec).built
     rebuilt = builder(docker_client, tmp_path, "second", no_cache=True).ensure(spec)
     assert rebuilt.built and "Using cache" not in Path(rebuilt.log_path).read_text()

@@ -43,7 +43,7 @@ from pytest_madengine.backends.docker.containers import (
 )
 from pytest_madengine.backends.docker.datavolumes import data_volume
 from pytest_madengine.backends.docker.engines import Engines
-from pytest_madengine.backends.docker.images import ImageBuilder, ImageSpec
+from pytest_madengine.backends.docker.images import ImageBuilder
 from pytest_madengine.backends.docker.links import HostLinks, check_hosts, connect
 from pytest_madengine.backends.docker.publish import ImagePusher
 from pytest_madengine.contract import ImageFacts
@@ -142,12 +142,7 @@ class DockerBackend:
     ) -> ImageFacts:
         try:
             if request.dockerfile is not None:
-                assert request.context_dir is not None
-                spec = ImageSpec(
-                    request.name, request.dockerfile, request.context_dir, request.build_args,
-                    request.secrets,
-                )  # fmt: skip
-                facts = self.builder.ensure(spec, on_output)
+                facts = self.builder.ensure(request, on_output)
                 self.engines.ship(facts.name, facts.docker_sha, host)
                 return facts
             reference = request.reference or request.name
@@ -171,11 +166,8 @@ class DockerBackend:
 
     def build(self, request: ImageRequest) -> ImageFacts:
         """The image built on the build engine (build-only sessions): shipped nowhere."""
-        if request.dockerfile is None or request.context_dir is None:
-            raise MadError(f"{request.name}: nothing to build (no Dockerfile)")
-        spec = ImageSpec(request.name, request.dockerfile, request.context_dir, request.build_args)
         try:
-            return self.builder.ensure(spec)
+            return self.builder.ensure(request)
         except ENGINE_FAILURES as exc:
             raise EngineError(f"building {request.name} failed: {first_line(exc)}") from None
 

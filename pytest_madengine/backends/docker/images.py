@@ -13,8 +13,6 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import docker.utils.build
 
 from pytest_madengine.backends import LABEL_PREFIX, OutputSink
 from pytest_madengine.backends.docker.containers import ENGINE_FAILURES
-from pytest_madengine.contract import ImageFacts, base_docker_of
+from pytest_madengine.contract import ImageFacts, ImageRequest, base_docker_of
 from pytest_madengine.errors import MadError, display_path, error_text
 from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.once import Once
@@ -34,22 +32,15 @@ LOG_TAIL_LINES = 30
 HASH_BLOCK = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    name: str  # ci-<model>_<dockerfile stem>
-    dockerfile: Path
-    context_dir: Path
-    build_args: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
-    # Masked in the build log and live output (a cred's build args may be echoed).
-    secrets: tuple[str, ...] = field(default=(), compare=False, hash=False, repr=False)
-
-    @property
-    def base_docker(self) -> str:
-        return base_docker_of(self.dockerfile, self.build_args)
-
-
 class BuildError(MadError):
     """A failed build; the message holds the reason and the tail of the build log."""
+
+
+def build_inputs(request: ImageRequest) -> tuple[Path, Path]:
+    """(Dockerfile, build context) of a request to build; MadError when it names none."""
+    if request.dockerfile is None or request.context_dir is None:
+        raise MadError(f"{request.name}: nothing to build (no Dockerfile)")
+    return request.dockerfile, request.context_dir
 
 
 def _context_files(context_dir: Path, dockerfile: Path) -> list[str]:
@@ -71,16 +62,16 @@ def _file_digest(path: Path) -> bytes:
     return digest.digest()
 
 
-def content_hash(spec: ImageSpec, skip: tuple[Path, ...] = ()) -> str:
+def content_hash(request: ImageRequest, skip: tuple[Path, ...] = ()) -> str:
     """Hash of the Dockerfile, the build context's regular files (as .dockerignore
     leaves them, without `skip`: our own output when the context is the tree), and
     the build args. Files are read in blocks; links and FIFOs are named, not read."""
+    dockerfile, context = build_inputs(request)
     digest = hashlib.sha256()
-    digest.update(spec.dockerfile.read_bytes())
-    context = spec.context_dir
+    digest.update(dockerfile.read_bytes())
     skipped = {path.resolve() for path in skip}
     if context.is_dir():
-        for relative in _context_files(context, spec.dockerfile):
+        for relative in _context_files(context, dockerfile):
             path = context / relative
             if path.resolve() in skipped or any(p in skipped for p in path.resolve().parents):
                 continue
@@ -89,7 +80,7 @@ def content_hash(spec: ImageSpec, skip: tuple[Path, ...] = ()) -> str:
                 digest.update(_file_digest(path))
             elif path.is_symlink():
                 digest.update(os.readlink(path).encode(errors="surrogateescape"))
-    digest.update(json.dumps(dict(spec.build_args), sort_keys=True).encode())
+    digest.update(json.dumps(dict(request.build_args), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -116,8 +107,10 @@ class ImageBuilder:
         self._tagged: set[tuple[str, str]] = set()  # (name, image id) this process tagged
         self._hashes: dict[tuple[object, ...], str] = {}
 
-    def ensure(self, spec: ImageSpec, on_output: OutputSink | None = None) -> ImageFacts:
-        """The image of the spec, built now unless this session or an earlier one has.
+    def ensure(self, request: ImageRequest, on_output: OutputSink | None = None) -> ImageFacts:
+        """The image the request builds, built now unless this session or an earlier one
+        has; MadError when the request names no Dockerfile. Its `secrets` are masked in
+        the build log and the live output.
 
         Images are keyed by content: models sharing a Dockerfile and context share one
         build, and each gets its own name as a tag of it. `built` is True for the one
@@ -125,9 +118,10 @@ class ImageBuilder:
         """
         # Hashed once per process: a context that holds files changing as the session
         # runs (logs, when the context is the tree) must not give each test a build.
-        key = (spec.dockerfile, spec.context_dir, tuple(sorted(spec.build_args.items())))
+        dockerfile, context = build_inputs(request)
+        key = (dockerfile, context, tuple(sorted(request.build_args.items())))
         if key not in self._hashes:
-            self._hashes[key] = content_hash(spec, self.skip)
+            self._hashes[key] = content_hash(request, self.skip)
         wanted = self._hashes[key]
 
         def build_or_reuse() -> dict[str, Any]:
@@ -135,15 +129,15 @@ class ImageBuilder:
             existing = None if self.no_cache else self._existing(wanted)
             if existing is not None:
                 return {"id": existing.id, "built": False, "duration": 0.0, "log": None}
-            return self._build(spec, wanted, on_output)
+            return self._build(request, wanted, on_output)
 
         result, ran = self.once.run(f"build-{wanted[:24]}", build_or_reuse)
-        self._tag(spec.name, result["id"])
+        self._tag(request.name, result["id"])
         built = ran and bool(result["built"])
         return ImageFacts(
-            name=spec.name,
+            name=request.name,
             docker_sha=result["id"],
-            base_docker=spec.base_docker,
+            base_docker=request.base_docker or base_docker_of(dockerfile, request.build_args),
             built=built,
             build_duration=float(result["duration"]) if built else 0.0,
             log_path=result["log"] if built else None,
@@ -164,20 +158,21 @@ class ImageBuilder:
         return found[0] if found else None
 
     def _build(
-        self, spec: ImageSpec, wanted: str, on_output: OutputSink | None = None
+        self, request: ImageRequest, wanted: str, on_output: OutputSink | None = None
     ) -> dict[str, Any]:
+        dockerfile, context = build_inputs(request)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{spec.name}.build.log"
+        log_path = self.log_dir / f"{request.name}.build.log"
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         start = time.monotonic()
         error: str | None = None
         with log_path.open("w", encoding="utf-8") as log:
             try:
                 stream = self.client.api.build(
-                    path=str(spec.context_dir),
-                    dockerfile=str(spec.dockerfile),
-                    tag=spec.name,
-                    buildargs=dict(spec.build_args),
+                    path=str(context),
+                    dockerfile=str(dockerfile),
+                    tag=request.name,
+                    buildargs=dict(request.build_args),
                     labels={CONTENT_HASH_LABEL: wanted},
                     nocache=self.no_cache,
                     rm=True,
@@ -191,21 +186,21 @@ class ImageBuilder:
                         text = f"ERROR: {error}\n"
                     if text:
                         # The engine sends whole lines, so masking each chunk is enough.
-                        text = mask_text(text, spec.secrets)
+                        text = mask_text(text, request.secrets)
                         log.write(text)
                         tail.append(text if text.endswith("\n") else text + "\n")
                         if on_output is not None:
                             on_output(text.encode())
             except ENGINE_FAILURES as exc:  # a refusal, or the stream cut mid-build
-                error = mask_text(error_text(exc) or type(exc).__name__, spec.secrets)
+                error = mask_text(error_text(exc) or type(exc).__name__, request.secrets)
                 log.write(f"ERROR: {error}\n")
         duration = time.monotonic() - start
         if error is not None:
-            error = mask_text(error, spec.secrets)
+            error = mask_text(error, request.secrets)
             first = error.splitlines()[0] if error else "unknown error"
             raise BuildError(
-                f"image {spec.name} failed to build: {first}"
-                f" ({display_path(spec.dockerfile)}; log: {log_path})\n{_tail(tail)}"
+                f"image {request.name} failed to build: {first}"
+                f" ({display_path(request.dockerfile)}; log: {log_path})\n{_tail(tail)}"
             )
-        image = self.client.images.get(spec.name)
+        image = self.client.images.get(request.name)
         return {"id": image.id, "built": True, "duration": duration, "log": str(log_path)}

@@ -41,6 +41,7 @@ from pytest_madengine.backends import (
     RunSpec,
     secret_argument_variable,
 )
+from pytest_madengine.backends.docker.local import ENGINE_FAILURES, LocalImages
 from pytest_madengine.backends.kubernetes import manifests
 from pytest_madengine.backends.kubernetes.api import (
     CONNECTION_FAILURES,
@@ -240,21 +241,12 @@ class KubernetesBackend:
         return dict(self.shared)
 
     @functools.cached_property
-    def _docker(self) -> tuple[Any, Any, Any]:
-        """(Engines, ImageBuilder, ImagePusher) of the local Docker Engine, made on first
-        use: a run from a manifest's registry images needs no engine here."""
-        from pytest_madengine.backends.docker.engines import Engines
-        from pytest_madengine.backends.docker.images import ImageBuilder
-        from pytest_madengine.backends.docker.links import HostLinks
-        from pytest_madengine.backends.docker.links import connect as connect_docker
-        from pytest_madengine.backends.docker.publish import ImagePusher
-
-        docker_client = connect_docker()
-        engines = Engines(docker_client, self._once, HostLinks())
-        builder = ImageBuilder(
-            docker_client, self.options.output_dir / "builds", self._once, self.options.clean_cache
+    def _images(self) -> LocalImages:
+        """The local Docker Engine's images, made on first use: a run from a manifest's
+        registry images needs no engine here."""
+        return LocalImages.connect(
+            self.options.output_dir / "builds", self._once, self.options.clean_cache
         )
-        return engines, builder, ImagePusher(docker_client, self._once)
 
     def prepare(
         self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
@@ -268,23 +260,15 @@ class KubernetesBackend:
                 pulled=True,
                 build_duration=request.build_duration,
             )
-        from pytest_madengine.backends.docker.containers import ENGINE_FAILURES
-        from pytest_madengine.backends.docker.images import ImageSpec
-
         try:
-            engines, builder, pusher = self._docker
+            images = self._images
             if request.dockerfile is not None:
-                assert request.context_dir is not None
-                spec = ImageSpec(
-                    request.name, request.dockerfile, request.context_dir, request.build_args,
-                    request.secrets,
-                )  # fmt: skip
-                facts = builder.ensure(spec, on_output)
+                facts = images.build(request, on_output)
             else:
                 name = request.reference or request.name
                 facts = ImageFacts(
                     name,
-                    engines.local_image_id(name),
+                    images.image_id(name),
                     request.base_docker,
                     build_duration=request.build_duration,
                 )
@@ -295,7 +279,7 @@ class KubernetesBackend:
                 )
             reference = f"{self.registry.rstrip('/')}/{facts.name}"
             auth = self.options.credentials.registry_auth(self.registry)
-            digest = pusher.push(facts.name, reference, auth, image_id=facts.docker_sha or None)
+            digest = images.push(facts.name, reference, auth, facts.docker_sha or None)
         except ENGINE_FAILURES as exc:
             raise MadError(f"k8s: preparing {request.name}: {first_line(exc)}") from None
         # Pinned by digest: a node never runs a stale image of the same tag.
@@ -533,11 +517,8 @@ class KubernetesBackend:
         for watch in self._watches.values():
             watch.stop()
         self._watches.clear()
-        if "_docker" in self.__dict__:
-            engines, _, _ = self._docker
-            engines.close()
-            with contextlib.suppress(Exception):
-                engines.build_client.close()
+        if "_images" in self.__dict__:
+            self._images.close()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 self.api.close()

@@ -387,7 +387,11 @@ def _resources(plan: JobPlan) -> client.V1ResourceRequirements | None:
     return client.V1ResourceRequirements(limits=limits or None, requests=requests or None)
 
 
-def _volumes(plan: JobPlan) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
+Volumes = tuple[list[client.V1Volume], list[client.V1VolumeMount]]
+
+
+def _copy_volumes(plan: JobPlan) -> Volumes:
+    """The config maps of the run's copied files, one volume each under COPIES_ROOT."""
     volumes: list[client.V1Volume] = []
     mounts: list[client.V1VolumeMount] = []
     for index, scripts in enumerate(plan.scripts):
@@ -395,12 +399,8 @@ def _volumes(plan: JobPlan) -> tuple[list[client.V1Volume], list[client.V1Volume
             client.V1KeyToPath(key=f.key, path=f.path, mode=0o755 if f.executable else None)
             for f in scripts.files
         ]
-        volumes.append(
-            client.V1Volume(
-                name=f"copy-{index}",
-                config_map=client.V1ConfigMapVolumeSource(name=scripts.name, items=items or None),
-            )
-        )
+        source = client.V1ConfigMapVolumeSource(name=scripts.name, items=items or None)
+        volumes.append(client.V1Volume(name=f"copy-{index}", config_map=source))
         mounts.append(
             client.V1VolumeMount(
                 name=f"copy-{index}",
@@ -408,73 +408,78 @@ def _volumes(plan: JobPlan) -> tuple[list[client.V1Volume], list[client.V1Volume
                 read_only=True,
             )
         )
+    return volumes, mounts
+
+
+def _host_volumes(plan: JobPlan) -> Volumes:
+    """The spec's binds and datasets, as paths on the node."""
+    volumes: list[client.V1Volume] = []
+    mounts: list[client.V1VolumeMount] = []
     for index, bind in enumerate(plan.spec.binds):
         # Never created on the node (as `docker run --mount` would not): a path that is
         # not there fails the pod's mount instead of looking like empty data.
         kind = "File" if Path(bind.host_path).is_file() else "Directory"
-        volumes.append(
-            client.V1Volume(
-                name=f"bind-{index}",
-                host_path=client.V1HostPathVolumeSource(path=bind.host_path, type=kind),
-            )
-        )
+        source = client.V1HostPathVolumeSource(path=bind.host_path, type=kind)
+        volumes.append(client.V1Volume(name=f"bind-{index}", host_path=source))
         mounts.append(
             client.V1VolumeMount(
-                name=f"bind-{index}",
-                mount_path=bind.container_path,
-                read_only=bind.read_only,
+                name=f"bind-{index}", mount_path=bind.container_path, read_only=bind.read_only
             )
         )
     for index, data in enumerate(plan.spec.data):
         # A dataset is a path on the node: a shared filesystem mounted alike on every
         # node, as madengine's `local` (a fetched copy is on this machine's disk, which
         # a node of a one-machine cluster shares).
-        volumes.append(
-            client.V1Volume(
-                name=f"data-{index}",
-                host_path=client.V1HostPathVolumeSource(path=data.source, type="Directory"),
-            )
-        )
+        source = client.V1HostPathVolumeSource(path=data.source, type="Directory")
+        volumes.append(client.V1Volume(name=f"data-{index}", host_path=source))
         mounts.append(
             client.V1VolumeMount(
                 name=f"data-{index}", mount_path=data.container_path, read_only=True
             )
         )
+    return volumes, mounts
+
+
+def _volumes(plan: JobPlan) -> Volumes:
+    """Every volume of the pod and where its container mounts it."""
+    copies, copy_mounts = _copy_volumes(plan)
+    on_host, host_mounts = _host_volumes(plan)
+    volumes, mounts = [*copies, *on_host], [*copy_mounts, *host_mounts]
     if not plan.settings.host_ipc:
         # Frameworks outgrow the runtime's 64 MB /dev/shm (Docker runs with --ipc=host).
-        volumes.append(
-            client.V1Volume(
-                name="shm",
-                empty_dir=client.V1EmptyDirVolumeSource(
-                    medium="Memory", size_limit=plan.settings.shm_size
-                ),
-            )
-        )
+        memory = client.V1EmptyDirVolumeSource(medium="Memory", size_limit=plan.settings.shm_size)
+        volumes.append(client.V1Volume(name="shm", empty_dir=memory))
         mounts.append(client.V1VolumeMount(name="shm", mount_path="/dev/shm"))
     return volumes, mounts
 
 
-def job(plan: JobPlan) -> client.V1Job:
-    spec, settings = plan.spec, plan.settings
-    volumes, mounts = _volumes(plan)
+def _container(plan: JobPlan, mounts: list[client.V1VolumeMount]) -> client.V1Container:
+    """The pod's one container: the image, the wrapped command, variables and limits."""
+    spec = plan.spec
     security = None
     if spec.privileged or spec.cap_add:
         security = client.V1SecurityContext(
             privileged=spec.privileged or None,
             capabilities=client.V1Capabilities(add=list(spec.cap_add)) if spec.cap_add else None,
         )
-    container = client.V1Container(
+    return client.V1Container(
         name=CONTAINER,
         image=plan.image,
-        image_pull_policy=settings.image_pull_policy,
+        image_pull_policy=plan.settings.image_pull_policy,
         command=["/bin/sh", "-c", WRAPPER, "madengine-run", *_command(spec)],
         env=environment(plan),
         resources=_resources(plan),
         volume_mounts=mounts or None,
         security_context=security,
     )
-    pod = client.V1PodSpec(
-        containers=[container],
+
+
+def _pod(plan: JobPlan) -> client.V1PodSpec:
+    """The pod of each node: its container, volumes, and the k8s block's settings."""
+    spec, settings = plan.spec, plan.settings
+    volumes, mounts = _volumes(plan)
+    return client.V1PodSpec(
+        containers=[_container(plan, mounts)],
         restart_policy="Never",
         volumes=volumes or None,
         image_pull_secrets=[client.V1LocalObjectReference(name=name) for name in plan.pull_secrets]
@@ -492,6 +497,11 @@ def job(plan: JobPlan) -> client.V1Job:
         priority_class_name=settings.priority_class,
         enable_service_links=False,
     )
+
+
+def job(plan: JobPlan) -> client.V1Job:
+    """The batch/v1 Job of a run: one pod, or one per node rank."""
+    pod = _pod(plan)
     several = plan.nnodes > 1
     return client.V1Job(
         api_version="batch/v1",

@@ -40,6 +40,7 @@ from pytest_madengine.backends import (
     RunSpec,
     secret_argument_variable,
 )
+from pytest_madengine.backends.docker.local import EngineError, LocalImages
 from pytest_madengine.backends.slurm.cluster import JobState, SlurmCluster
 from pytest_madengine.backends.slurm.node import (
     JOB_LABEL,
@@ -200,21 +201,14 @@ class SlurmBackend:
     # ---- images ----
 
     @functools.cached_property
-    def _docker(self) -> Any:
-        from pytest_madengine.backends.docker.containers import EngineError
-        from pytest_madengine.backends.docker.links import connect
-
+    def _images(self) -> LocalImages:
+        """This machine's engine, where images are built (made on first use)."""
         try:
-            return connect()
+            return LocalImages.connect(
+                self.options.output_dir / "builds", self._once, self.options.clean_cache
+            )
         except EngineError as exc:
             raise MadError(f"slurm: images are built on this machine's engine: {exc}") from None
-
-    @functools.cached_property
-    def _builder(self) -> Any:
-        from pytest_madengine.backends.docker.images import ImageBuilder
-
-        log_dir = self.options.output_dir / "builds"
-        return ImageBuilder(self._docker, log_dir, self._once, self.options.clean_cache)
 
     def prepare(
         self, request: ImageRequest, host: Host, on_output: OutputSink | None = None
@@ -229,14 +223,9 @@ class SlurmBackend:
         if self.settings.dry_run:
             return ImageFacts(reference, "", request.base_docker)
         if request.dockerfile is not None:
-            from pytest_madengine.backends.docker.images import ImageSpec
-
-            assert request.context_dir is not None
-            spec = ImageSpec(request.name, request.dockerfile, request.context_dir,
-                             request.build_args, request.secrets)  # fmt: skip
-            return self._builder.ensure(spec, on_output)  # type: ignore[no-any-return]
+            return self._images.build(request, on_output)
         try:
-            image_id = str(self._docker.images.get(reference).id)
+            image_id = str(self._images.client.images.get(reference).id)
         except Exception as exc:  # the SDK's NotFound, or the engine going away
             raise MadError(
                 f"image {reference} of the build manifest is not on this machine's engine"
@@ -369,7 +358,7 @@ class SlurmBackend:
         The job's script removes its own on its node; this is for nodes that share the
         engine, and for a script that was killed outright."""
         try:
-            containers = self._docker.containers.list(all=True, filters={"label": label})
+            containers = self._images.client.containers.list(all=True, filters={"label": label})
         except Exception:  # no engine here, or it does not answer: the nodes' scripts clean
             return 0
         for container in containers:
@@ -398,9 +387,8 @@ class SlurmBackend:
 
     def close(self) -> None:
         self.watcher.close()
-        if "_docker" in self.__dict__:
-            with contextlib.suppress(Exception):
-                self._docker.close()
+        if "_images" in self.__dict__:
+            self._images.close()
 
 
 def _says_done(directory: Path) -> bool:
@@ -554,6 +542,51 @@ def _last_said(log_path: Path) -> str:
     return lines[-1].removeprefix("madengine-slurm: ").strip() if lines else ""
 
 
+def job_properties(
+    files: JobFiles,
+    job_id: str,
+    partition: str,
+    state: JobState | None,
+    facts: list[NodeFacts],
+    submitted: float,
+    now: float,
+) -> dict[str, str]:
+    """What the record tells of the job: its id, state, nodes, queue wait and GPUs."""
+    properties = {
+        "slurm_job_id": job_id,
+        "slurm_partition": partition,
+        "slurm_state": state.state if state else "UNKNOWN",
+        "slurm_script": str(files.script),
+    }
+    if state and state.node_list:
+        properties["slurm_nodes"] = state.node_list
+    if state and state.reason and state.state != "COMPLETED":
+        properties["slurm_reason"] = state.reason
+    job_start = state.start_time if state and state.start_time else None
+    job_end = state.end_time if state and state.end_time else None
+    queued_from = (state.submit_time if state and state.submit_time else None) or submitted
+    if job_start:
+        properties["slurm_queue_wait"] = f"{max(job_start - queued_from, 0.0):.2f}"
+        properties["slurm_run_time"] = f"{max((job_end or now) - job_start, 0.0):.2f}"
+    if any(fact.gpus for fact in facts):
+        properties["slurm_gpus"] = _gpu_text(facts)
+    if any(fact.allocated for fact in facts):  # the job holds more (--exclusive)
+        held = [NodeFacts(fact.rank, fact.node, fact.allocated or fact.gpus) for fact in facts]
+        properties["slurm_gpus_allocated"] = _gpu_text(held)
+    if files.launcher:
+        # perf.csv's nnodes and launcher columns read these.
+        properties["nnodes"] = str(files.nnodes)
+        properties["launcher"] = files.launcher
+    if files.nnodes > 1:
+        properties["slurm_node_ranks"] = " ".join(f"{f.rank}:{f.node}" for f in facts)
+        masters = sorted({f.master for f in facts if f.master})
+        properties["slurm_master"] = ",".join(masters)
+    first = facts[0] if facts and facts[0].rank == 0 else None
+    if first is not None and first.image_id:
+        properties["slurm_image_id"] = first.image_id
+    return properties
+
+
 def job_outcome(
     spec: RunSpec,
     files: JobFiles,
@@ -578,35 +611,7 @@ def job_outcome(
         path: read_result(files.directory / f"result.{index}")
         for index, path in enumerate(spec.result_files)
     }
-    properties = {
-        "slurm_job_id": job_id,
-        "slurm_partition": partition,
-        "slurm_state": state.state if state else "UNKNOWN",
-        "slurm_script": str(files.script),
-    }
-    if state and state.node_list:
-        properties["slurm_nodes"] = state.node_list
-    if state and state.reason and state.state != "COMPLETED":
-        properties["slurm_reason"] = state.reason
-    queued_from = (state.submit_time if state and state.submit_time else None) or submitted
-    if job_start:
-        properties["slurm_queue_wait"] = f"{max(job_start - queued_from, 0.0):.2f}"
-        properties["slurm_run_time"] = f"{max((job_end or now) - job_start, 0.0):.2f}"
-    if any(fact.gpus for fact in facts):
-        properties["slurm_gpus"] = _gpu_text(facts)
-    if any(fact.allocated for fact in facts):  # the job holds more (--exclusive)
-        held = [NodeFacts(fact.rank, fact.node, fact.allocated or fact.gpus) for fact in facts]
-        properties["slurm_gpus_allocated"] = _gpu_text(held)
-    if files.launcher:
-        # perf.csv's nnodes and launcher columns read these.
-        properties["nnodes"] = str(files.nnodes)
-        properties["launcher"] = files.launcher
-    if files.nnodes > 1:
-        properties["slurm_node_ranks"] = " ".join(f"{f.rank}:{f.node}" for f in facts)
-        masters = sorted({f.master for f in facts if f.master})
-        properties["slurm_master"] = ",".join(masters)
-    if first.image_id:
-        properties["slurm_image_id"] = first.image_id
+    properties = job_properties(files, job_id, partition, state, facts, submitted, now)
     failure = job_failure(job_id, state, facts, watch, spec.log_path, cancelled, files.time_limit_s)
     return RunOutcome(
         exit_code=first.exit_code,

@@ -21,6 +21,7 @@ from pathlib import Path
 import jinja2
 
 from pytest_madengine.backends import RunSpec, secret_argument_variable
+from pytest_madengine.backends.docker.local import tar_directories
 from pytest_madengine.errors import MadError
 
 TEMPLATE = "node.sh.j2"
@@ -202,8 +203,6 @@ def write_copies(spec: RunSpec, path: Path) -> None:
     """The host directories of a spec as one tar at `path`, placed at their container
     paths (`docker cp -` extracts it at `/`), without the spec's excluded paths: the
     same archive the docker backend puts into its containers."""
-    from pytest_madengine.backends.docker.containers import tar_directories
-
     copies = tar_directories(spec.copies, spec.copy_excludes, spec.copy_within)
     with copies as archive, path.open("wb") as out:
         shutil.copyfileobj(archive, out)
