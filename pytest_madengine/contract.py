@@ -381,7 +381,7 @@ class BackendOptions(Protocol):
     def effective_context(self) -> ContextView: ...  # with the host's defaults (slurm)
 
     @property
-    def credentials(self) -> Credentials: ...  # registry logins, redaction (slurm, k8s)
+    def credentials(self) -> Credentials: ...  # registry logins (k8s)
 
     @property
     def registry(self) -> str | None: ...  # --mad-registry (k8s)

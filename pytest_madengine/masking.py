@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
@@ -105,22 +103,3 @@ def _mask_any(value: Any, redact: Callable[[str], str]) -> Any:
         }
         return dataclasses.replace(value, **changes)
     return value
-
-
-# The variable that hands a node's copy of this file the secrets (JSON list of texts).
-SECRETS_VARIABLE = "MAD_MASK_SECRETS"
-
-
-def mask_standard_streams() -> None:
-    """Standard input to standard output, masked: a batch job pipes its container's
-    output through this file (it needs nothing but Python's standard library), so the
-    log that the cluster writes never holds a secret."""
-    secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "[]")
-    mask = StreamMask(secret for secret in secrets if isinstance(secret, str))
-    while chunk := os.read(0, 64 * 1024):
-        os.write(1, mask.feed(chunk))
-    os.write(1, mask.flush())
-
-
-if __name__ == "__main__":
-    mask_standard_streams()

@@ -3,13 +3,18 @@ the run's secrets masked before a byte reaches the file or the live sink, so tha
 secret is at rest in a log at any moment (not even while the run goes on, or after a
 `kill -9` of pytest).
 
-A backend only feeds it what its engine streams (a container's log, a pod's log, a
-job's output file) and, when a stream broke, the whole output again (`rewrite`).
+A backend only feeds it what its engine streams (a container's log, a pod's log) and,
+when a stream broke, the whole output again (`rewrite`). A batch job whose node writes
+the log itself runs this module there (`python3 -m pytest_madengine.runlog LOG`, from a
+copy of this file and masking.py, which need only Python's standard library).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -79,3 +84,40 @@ class LogStream:
                 out.write(mask.feed(chunk))
             out.write(mask.flush())
         fresh.replace(self.path)
+
+
+# The variable that hands a node's copy of this module the secrets (a JSON list).
+SECRETS_VARIABLE = "MAD_MASK_SECRETS"
+# The modules a node needs to run this one (`node_copy`).
+NODE_MODULES = ("masking.py", "runlog.py")
+
+
+def node_copy(directory: Path) -> Path:
+    """A copy of this module and what it imports, as the package `pytest_madengine`
+    below `directory` (for PYTHONPATH on a node without pytest-madengine)."""
+    package = directory / "pytest_madengine"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    for name in NODE_MODULES:
+        (package / name).write_bytes((Path(__file__).parent / name).read_bytes())
+    return directory
+
+
+def _filter_standard_input(arguments: list[str]) -> None:
+    """Standard input masked into the log named by the argument (appended), or to
+    standard output without one, the secrets read from SECRETS_VARIABLE."""
+    secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "[]")
+    secrets = [secret for secret in secrets if isinstance(secret, str)]
+    if arguments:
+        with LogStream(Path(arguments[0]), secrets).open() as log:
+            while chunk := os.read(0, 64 * 1024):
+                log.write(chunk)
+        return
+    mask = StreamMask(secrets)
+    while chunk := os.read(0, 64 * 1024):
+        os.write(1, mask.feed(chunk))
+    os.write(1, mask.flush())
+
+
+if __name__ == "__main__":
+    _filter_standard_input(sys.argv[1:])

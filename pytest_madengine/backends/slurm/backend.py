@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine import masking
+from pytest_madengine import runlog
 from pytest_madengine.backends import (
     SESSION_LABEL,
     TEST_LABEL,
@@ -44,7 +44,7 @@ from pytest_madengine.backends.docker.local import EngineError, LocalImages
 from pytest_madengine.backends.slurm.cluster import JobState, SlurmCluster
 from pytest_madengine.backends.slurm.node import (
     JOB_LABEL,
-    MASKER,
+    NODE_LIBRARY,
     PULL_AUTH_VARIABLE,
     NodeFacts,
     NodeScript,
@@ -315,7 +315,7 @@ class SlurmBackend:
         node_script.chmod(0o755)
         env_text = env_file_text(spec.env, spec.secret_variables())
         _write_private(directory / "container.env", env_text)
-        shutil.copyfile(masking.__file__, directory / MASKER)
+        runlog.node_copy(directory / NODE_LIBRARY)
         if spec.copies:
             write_copies(spec, directory / "copies.tar")
         time_limit = settings.job_time_limit(spec.timeout_s)
@@ -343,7 +343,7 @@ class SlurmBackend:
         for position, argument in spec.secret_arguments().items():
             secret_env[secret_argument_variable(position)] = argument
         if spec.secrets:
-            secret_env[masking.SECRETS_VARIABLE] = json.dumps(list(spec.secrets))
+            secret_env[runlog.SECRETS_VARIABLE] = json.dumps(list(spec.secrets))
         login = self._pull_login(spec.image) if spec.image in self._pull_auth else None
         if login is not None:
             secret_env[PULL_AUTH_VARIABLE] = login[1]
@@ -476,9 +476,7 @@ class SlurmRun:
                 self.on_output(chunk)
 
     def outcome(self) -> RunOutcome:
-        # The runner masks known secrets in the test's log; the other ranks' logs here.
-        for rank in range(1, self.files.nnodes):
-            self.backend.options.credentials.redact_file(Path(f"{self.spec.log_path}.rank{rank}"))
+        # Every rank's log was masked as the node wrote it (runlog on the node).
         return job_outcome(
             self.spec, self.files, self.job_id, self.watch, self.backend.partition,
             self.submitted, cancelled=self.cancelled,

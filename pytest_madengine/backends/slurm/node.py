@@ -25,8 +25,9 @@ from pytest_madengine.backends.docker.local import tar_directories
 from pytest_madengine.errors import MadError
 
 TEMPLATE = "node.sh.j2"
-# Our masking module, copied beside the node script: the output filter of the container.
-MASKER = "mask.py"
+# Where the job's copy of our log writer lives (runlog.node_copy): the container's output
+# reaches the test's log through it, masked, on the node.
+NODE_LIBRARY = "lib"
 # The job's variable with the base64 registry login of its pull (never in a file of ours).
 PULL_AUTH_VARIABLE = "MAD_PULL_AUTH"
 # Containers a job starts carry the job id here: the cluster's Epilog, our cancel and
@@ -190,7 +191,7 @@ def render_node_script(spec: RunSpec, node: NodeScript) -> str:
         pull_registry=q(node.pull_registry) if node.pull_registry else None,
         job_label=JOB_LABEL,
         env_file=q(str(job_dir / "container.env")),
-        masker=q(str(job_dir / MASKER)),
+        library=q(str(job_dir / NODE_LIBRARY)),
         create_args=shlex.join(create_args(spec)),
         command=_command_text(spec),
         copies=q(str(job_dir / "copies.tar")) if spec.copies else None,
