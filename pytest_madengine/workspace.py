@@ -35,6 +35,10 @@ GIT_SSH = Path(__file__).with_name("git-ssh.sh")
 FAILED_FILE = f"{STATE_DIR}/failed"
 GIT_COMMIT_FILE = f"{STATE_DIR}/git_commit"
 SSH_KEY_FILE = f"{STATE_DIR}/ssh_key"
+# The lines in the log before each run of a repeated model (`say` steps): the results
+# parser keeps each timed repetition's own performance line and drops the warm-ups'.
+WARMUP_MARKER = "pytest-madengine: warmup run"
+REPETITION_MARKER = "pytest-madengine: repetition"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,13 @@ class ModelRun:
     skip_model: bool = False  # skip-model-run: everything but the model itself
     skip_message: str = "Skipping model run (skip-model-run)."
     result_file: str | None = None  # multiple_results, relative to the model directory
+    repeat: int = 1  # timed runs of the model, each with its own performance line
+    warmup: int = 0  # untimed runs before them
+
+    @property
+    def repeated(self) -> bool:
+        """Whether the model runs more than once (its log then has a marker per run)."""
+        return self.repeat > 1 or self.warmup > 0
 
     @property
     def result_paths(self) -> tuple[str, ...]:
@@ -158,10 +169,23 @@ def steps(run: ModelRun) -> list[str]:
     if run.skip_model:
         argv += _step("skip", run.skip_message)
     else:
-        argv += _step("model", " ".join(run.wrappers), *run.argv)
+        argv += _model_steps(run)
     for script in run.post_scripts:
         argv += _step("post", script.path, *script.args)
     argv += _step("collect", *([run.result_file] if run.result_file else []))
+    return argv
+
+
+def _model_steps(run: ModelRun) -> list[str]:
+    """The model's run, or its warm-ups and repetitions, each after its marker line."""
+    model = _step("model", " ".join(run.wrappers), *run.argv)
+    if not run.repeated:
+        return model
+    argv: list[str] = []
+    for number in range(1, run.warmup + 1):
+        argv += _step("say", f"{WARMUP_MARKER} {number} of {run.warmup}") + model
+    for number in range(1, run.repeat + 1):
+        argv += _step("say", f"{REPETITION_MARKER} {number} of {run.repeat}") + model
     return argv
 
 

@@ -123,6 +123,19 @@ class RawOptions:
         DEFAULT_TOLERANCE, "--mad-tolerance", metavar="PCT",
         help="allowed regression against --mad-baseline (default 5%%)",
     )  # fmt: skip
+    repeat: str | int | None = _row(
+        None, "--mad-repeat", metavar="N", ini="mad_repeat",
+        ini_help="timed repetitions of every model, as for --mad-repeat",
+        help="run every model N times in its container and record the median, with the"
+        " samples, their spread (CV) and interval (ini: mad_repeat; over models.json"
+        " 'repeat'; default 1)",
+    )  # fmt: skip
+    warmup: str | int | None = _row(
+        None, "--mad-warmup", metavar="K", ini="mad_warmup",
+        ini_help="untimed runs before the repetitions, as for --mad-warmup",
+        help="run every model K times first, results discarded (ini: mad_warmup; over"
+        " models.json 'warmup'; default 0)",
+    )  # fmt: skip
     output: str | None = _row(
         None, "--mad-output", metavar="DIR", ini="mad_output", ini_help="directory for logs",
         ini_is_path=True,

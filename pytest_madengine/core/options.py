@@ -89,6 +89,9 @@ class Options:
     disable_skip_gpu_arch: bool = False  # run models whose skip_gpu_arch matches
     # Tests one process runs at once (--mad-concurrency); None: auto, the GPU slots.
     concurrency: int | None = 1
+    # --mad-repeat / --mad-warmup, over a model's own `repeat` / `warmup`; None: its own.
+    repeat: int | None = None
+    warmup: int | None = None
 
     @property
     def gpu_vendor(self) -> str:
@@ -400,6 +403,8 @@ def _parse(raw: RawOptions) -> Options:
         manifest=manifest,
         retries=retries,
         concurrency=concurrency,
+        repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
+        warmup=_int(raw.warmup, "--mad-warmup"),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),

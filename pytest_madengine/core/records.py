@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pytest_madengine.contract import ImageFacts, RunOutcome  # ImageFacts: re-exported
+from pytest_madengine.core.verdicts import median_interval, summarize
 from pytest_madengine.errors import MadError, NotRun
 
 Redact = Callable[[str], str]
@@ -45,6 +46,7 @@ class ResultRow:
     text: str | None = None  # a value that is no number, as the CSV wrote it
     perf_model: str = ""  # perf.csv's `model`: `<model>` or `<model>_<row model>`
     baseline_note: str | None = None  # why no baseline was compared with, when one was there
+    samples: tuple[float, ...] = ()  # each repetition's value (--mad-repeat); performance: median
 
     @property
     def shown_performance(self) -> str:
@@ -52,6 +54,19 @@ class ResultRow:
         if self.performance is not None:
             return f"{self.performance:g}"
         return self.text or ""
+
+    def spread(self) -> dict[str, str]:
+        """The repetitions as text: samples, CV and a 95% interval of the median (empty
+        for a single run); the JUnit properties, perf_super.csv columns and summary keys."""
+        if len(self.samples) < 2:
+            return {}
+        _, cv = summarize(self.samples)
+        interval = median_interval(self.samples)
+        return {
+            "samples": " ".join(f"{value:g}" for value in self.samples),
+            "cv": "" if cv is None else f"{cv * 100:.2f}%",
+            "ci95": "" if interval is None else f"{interval[0]:g}..{interval[1]:g}",
+        }
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,12 @@ def _image(value: Mapping[str, Any]) -> ImageFacts | None:
     return ImageFacts(**value) if value else None
 
 
+def _row(row: Mapping[str, Any]) -> ResultRow:
+    return ResultRow(
+        **{**row, "status": Status(row["status"]), "samples": tuple(row.get("samples", ()))}
+    )
+
+
 @dataclass(frozen=True)
 class TestRecord(RecordBase):
     """A finished test: its status and one-line reason, results, image and placement."""
@@ -173,9 +194,7 @@ class TestRecord(RecordBase):
     _REVIVE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "status": Status,
         "facts": lambda facts: ModelFacts(**{**facts, "tags": tuple(facts.get("tags", ()))}),
-        "rows": lambda rows: tuple(
-            ResultRow(**{**row, "status": Status(row["status"])}) for row in rows
-        ),
+        "rows": lambda rows: tuple(_row(row) for row in rows),
         "image": _image,
         "gpus": tuple,
         "retried_after": tuple,
@@ -217,6 +236,8 @@ class TestRecord(RecordBase):
         properties += sorted(self.properties.items())
         if self.data is not None:
             properties += self.data.junit_properties()
+        if main is not None:
+            properties += main.spread().items()
         if self.reason:
             properties.append(("failure_reason", self.reason))
         notes = [row.baseline_note for row in self.rows if row.baseline_note]

@@ -65,6 +65,7 @@ class Measurement:
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     text: str | None = None  # the value as written, when it is not a number
     row_model: str = ""  # the row's `model` (multiple_results)
+    samples: tuple[float, ...] = ()  # each repetition's value; `performance` is their median
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,39 @@ def find_performance(lines: Iterable[str]) -> tuple[float, str]:
     if not metric:
         raise ResultError(f"performance line has no metric (line: {shown})")
     return value, metric
+
+
+def find_repeated_performance(
+    lines: Iterable[str], repeat: int, repetition_marker: str, warmup_marker: str
+) -> tuple[list[float], str]:
+    """(each timed repetition's value, metric) of a repeated run's log: a repetition's
+    value is its last performance line after its marker line; warm-ups are dropped."""
+    segments: list[list[str]] = []  # per repetition, its last performance line
+    kept: list[str] | None = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith(repetition_marker):
+            kept = []
+            segments.append(kept)
+        elif text.startswith(warmup_marker):
+            kept = None
+        elif kept is not None and MARKER in line:
+            kept[:] = [line]
+    if len(segments) != repeat:
+        raise ResultError(f"{len(segments)} of {repeat} repetitions ran")
+    samples, metrics = [], []
+    for number, segment in enumerate(segments, start=1):
+        try:
+            value, metric = find_performance(segment)
+        except ResultError as exc:
+            raise ResultError(f"repetition {number} of {repeat}: {exc}") from None
+        samples.append(value)
+        metrics.append(metric)
+    if len(set(metrics)) > 1:
+        raise ResultError(
+            f"repetitions report different metrics: {', '.join(dict.fromkeys(metrics))}"
+        )
+    return samples, metrics[0]
 
 
 # multiple_results CSV

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import posixpath
+import statistics
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from pytest_madengine.core.results import (
     ResultError,
     bounded_lines,
     find_performance,
+    find_repeated_performance,
     judge_measurement,
     parse_multiple_results,
 )
@@ -70,6 +72,8 @@ from pytest_madengine.units import human_size
 from pytest_madengine.workspace import (
     FAILED_FILE,
     GIT_COMMIT_FILE,
+    REPETITION_MARKER,
+    WARMUP_MARKER,
     WORKSPACE,
     ModelRun,
     memory_kill_reason,
@@ -125,8 +129,14 @@ def measure(test: PlannedTest, outcome: RunOutcome, run: ModelRun) -> list[Measu
             raise ResultError(f"{model.multiple_results}: multiple_results CSV was not written")
         return parse_multiple_results(text, test.name, model.multiple_results)
     with outcome.log_path.open(encoding="utf-8", errors="replace") as log:
-        value, metric = find_performance(bounded_lines(log))
-    return [Measurement(test.name, value, metric)]
+        if not run.repeated:
+            value, metric = find_performance(bounded_lines(log))
+            return [Measurement(test.name, value, metric)]
+        samples, metric = find_repeated_performance(
+            bounded_lines(log), run.repeat, REPETITION_MARKER, WARMUP_MARKER
+        )
+    median = statistics.median(samples)
+    return [Measurement(test.name, median, metric, samples=tuple(samples))]
 
 
 def run_failure(outcome: RunOutcome, timeout_s: float | None) -> str | None:
@@ -544,6 +554,7 @@ class TestRunner:
                     measurement.name, status, measurement.performance, measurement.metric,
                     verdict.relative_change, verdict.reason, dict(measurement.extra),
                     text=measurement.text, perf_model=perf_model, baseline_note=note,
+                    samples=measurement.samples,
                 )
             )  # fmt: skip
             empty = measurement.performance is None and not measurement.text

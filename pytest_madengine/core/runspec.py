@@ -328,7 +328,14 @@ def build_model_run(
         wrappers=(encapsulate,) if encapsulate else (),
         skip_model=options.skip_model_run,
         result_file=model.multiple_results,
+        # A multiple_results CSV is one file the next run overwrites: such models run once.
+        repeat=1 if model.multiple_results else options.repeat or model.repeat or 1,
+        warmup=0 if model.multiple_results else _warmup(model.warmup, options.warmup),
     )
+
+
+def _warmup(own: int | None, option: int | None) -> int:
+    return option if option is not None else own or 0
 
 
 def _our_output(options: Options) -> tuple[Path, ...]:

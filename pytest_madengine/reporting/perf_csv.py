@@ -6,7 +6,8 @@ multiple_results rows (`temperature`...; one named as a column of ours stays out
 result never rewrites the run's facts). perf_super.csv (madengine writes one too) has
 madengine's columns and two more: `configs` (madengine's parsed config files; we parse
 none, so it stays empty) and `multi_results`, the extra columns of a multiple_results
-row as a JSON object (empty for other rows), as madengine writes it.
+row as a JSON object (empty for other rows), as madengine writes it; then ours for a
+repeated model (--mad-repeat): its `samples`, their `cv` and a 95% interval `ci95`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ PERF_COLUMNS = (
     "data_provider_type", "data_size", "data_download_duration", "build_number",
     "additional_docker_run_options",
 )  # fmt: skip
-PERF_SUPER_COLUMNS = (*PERF_COLUMNS, "configs", "multi_results")
+# samples, cv, ci95: a repeated model's repetitions (--mad-repeat); perf.csv has the median.
+SPREAD_COLUMNS = ("samples", "cv", "ci95")
+PERF_SUPER_COLUMNS = (*PERF_COLUMNS, "configs", "multi_results", *SPREAD_COLUMNS)
 PERF_SUPER_NAME = "perf_super.csv"
 
 
@@ -230,6 +233,8 @@ def perf_super_rows(record: TestRecord, perf: list[dict[str, object]]) -> list[d
             **{column: row.get(column, "") for column in PERF_COLUMNS},
             "configs": "",
             "multi_results": json.dumps(dict(result.extra)) if result.extra else "",
+            **dict.fromkeys(SPREAD_COLUMNS, ""),
+            **result.spread(),
         }
         for row, result in zip(perf, record.rows, strict=True)
     ]

@@ -63,9 +63,7 @@ def results_table(records: Sequence[TestRecord]) -> list[str]:
     return lines
 
 
-def summary_document(
-    tests: Sequence[tuple[str, TestRecord]], session_id: str
-) -> dict[str, Any]:
+def summary_document(tests: Sequence[tuple[str, TestRecord]], session_id: str) -> dict[str, Any]:
     """The --mad-summary JSON: counts, builds, every test's record and every result row."""
     records = [record for _, record in tests]
     statuses = [row.status for record in records for row in record.rows]
@@ -93,6 +91,9 @@ def summary_document(
                 "relative_change": row.relative_change,
                 "reason": row.reason,
                 "baseline_note": row.baseline_note,
+                # --mad-repeat: the repetitions' values (performance is their median).
+                "samples": list(row.samples),
+                **{key: value for key, value in row.spread().items() if key != "samples"},
             }
             for record in records
             for row in record.rows

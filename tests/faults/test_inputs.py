@@ -377,3 +377,34 @@ def test_slurm_values_that_would_break_the_job_script_fail_the_start(
     assert len(errors) == 1 and errors[0].startswith(f"ERROR: context 'slurm': {field}"), errors
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert "alpha" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"repeat": 0}, "*model 'alpha': field 'repeat' must be at least 1, got 0"),
+        ({"repeat": "many"}, "*model 'alpha': field 'repeat' must be an integer, got 'many'"),
+        ({"warmup": -1}, "*model 'alpha': field 'warmup' must be at least 0, got -1"),
+    ],
+)
+def test_repeat_and_warmup_fields_must_be_counts(
+    pytester: pytest.Pytester, fields: dict, message: str
+) -> None:
+    write_tree(pytester.path, [{**entry("alpha"), **fields}])
+    one_collection_error(collect(pytester, "--mad-tags", "all"), message)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--mad-repeat", "0"), "ERROR: --mad-repeat: must be at least 1, got 0"),
+        (("--mad-warmup", "two"), "ERROR: --mad-warmup: expected a whole number, got 'two'"),
+    ],
+)
+def test_repeat_and_warmup_options_are_refused_before_any_test(
+    pytester: pytest.Pytester, option: tuple[str, str], message: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", *option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])

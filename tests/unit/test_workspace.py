@@ -27,6 +27,7 @@ from pytest_madengine.workspace import (
     parse_scripts,
     render,
     step_failure,
+    steps,
     timeout_line,
 )
 
@@ -306,3 +307,16 @@ def test_a_log_stream_masks_a_secret_split_across_chunks_before_it_reaches_the_f
     assert b"".join(seen) == b"login *** ok\nnext "
     log.rewrite([b"again hunter", b"22\n"])
     assert (tmp_path / "x.log").read_bytes() == b"notes\nagain ***\n"
+
+
+def test_a_repeated_model_runs_its_warmups_then_its_repetitions_each_after_a_marker(
+    tmp_path: Path,
+) -> None:
+    run = model_run(tmp_path, argv=("./run.sh",), repeat=2, warmup=1)
+    model = ["model", "2", "", "./run.sh"]
+    assert steps(run)[-(2 + 3 * 7) :] == [
+        "say", "1", "pytest-madengine: warmup run 1 of 1", *model,
+        "say", "1", "pytest-madengine: repetition 1 of 2", *model,
+        "say", "1", "pytest-madengine: repetition 2 of 2", *model,
+        "collect", "0",
+    ]  # fmt: skip

@@ -47,6 +47,9 @@ class Model:
     tags: tuple[str, ...] = ()
     timeout: int = DEFAULT_TIMEOUT_S  # 0: no limit
     multiple_results: str | None = None
+    # Our extension: timed repetitions and untimed runs before them (None: not given).
+    repeat: int | None = None
+    warmup: int | None = None
     skip_gpu_arch: tuple[str, ...] = ()
     data: str | None = None
     url: str | None = None
@@ -234,6 +237,16 @@ def _timeout(value: Any) -> int:
     return seconds
 
 
+def _count(value: Any, field_name: str, minimum: int) -> int | None:
+    """A run count (repeat, warmup); None when the entry does not give one."""
+    if value is None or value == "":
+        return None
+    count = _as_int(value, field_name, minimum)
+    if count < minimum:
+        raise ValueError(f"field '{field_name}' must be at least {minimum}, got {value!r}")
+    return count
+
+
 def _n_gpus(value: Any) -> int:
     count = _as_int(value, "n_gpus", DEFAULT_N_GPUS)
     if count < -1:
@@ -294,6 +307,8 @@ def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
         tags=_as_tuple(entry.get("tags"), "tags"),
         timeout=_timeout(entry.get("timeout")),
         multiple_results=_result_file(entry),
+        repeat=_count(entry.get("repeat"), "repeat", minimum=1),
+        warmup=_count(entry.get("warmup"), "warmup", minimum=0),
         skip_gpu_arch=_as_tuple(entry.get("skip_gpu_arch"), "skip_gpu_arch"),
         data=_optional_str(entry, "data"),
         url=_optional_str(entry, "url"),
