@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_madengine.core.build import BuildRecord
-from pytest_madengine.core.records import ResultRow, Status, TestRecord
+from pytest_madengine.core.records import BuildRecord, ResultRow, Status, TestRecord
 
 COLUMNS = ("model", "status", "performance", "metric", "vs baseline", "duration")
 
@@ -25,7 +24,7 @@ def build_counts(records: Sequence[TestRecord]) -> tuple[int, int]:
 
 
 def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for record in records:
         duration = record.duration
         for row in record.rows:
@@ -63,9 +62,7 @@ def results_table(records: Sequence[TestRecord]) -> list[str]:
     return lines
 
 
-def summary_document(
-    tests: Sequence[tuple[str, TestRecord]], session_id: str
-) -> dict[str, Any]:
+def summary_document(tests: Sequence[tuple[str, TestRecord]], session_id: str) -> dict[str, Any]:
     """The --mad-summary JSON: counts, builds, every test's record and every result row."""
     records = [record for _, record in tests]
     statuses = [row.status for record in records for row in record.rows]
