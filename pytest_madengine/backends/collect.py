@@ -242,7 +242,7 @@ def extract_workspace(
                 if wanted:
                     data = source.read()
                     outcome.read[relative] = data.decode("utf-8", errors="replace")
-                    source = io.BytesIO(data)  # type: ignore[assignment]
+                    source = io.BytesIO(data)
                 if kept:
                     assert landing is not None
                     landing.write(relative, source, outcome)

@@ -29,13 +29,12 @@ from pytest_madengine.cli.translate import (
     check_passthrough,
     run_args,
 )
-from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.option_table import (
     DEFAULT_MANIFEST_OUTPUT,
     MADENGINE_UNSUPPORTED,
     OPTIONS_BY_NAME,
 )
-from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.core.tree.tags import split_tags
 from pytest_madengine.errors import MadError
 

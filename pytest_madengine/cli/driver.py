@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.core.build import BuildRecord
-from pytest_madengine.core.records import Status, TestRecord
+from pytest_madengine.core.records import BuildRecord, Status, TestRecord
 from pytest_madengine.plugin.reporter import BUILD_ATTRIBUTE, RECORD_ATTRIBUTE
 
 

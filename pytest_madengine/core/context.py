@@ -90,13 +90,17 @@ class RunContext:
         return RunContext(MappingProxyType(merged))
 
 
+def _has_type(value: object, types: tuple[type, ...]) -> bool:
+    # bool is an int: `true` is no number, and only a real bool is a switch.
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
 def _validate(values: Mapping[str, Any], origin: str) -> None:
     for key, value in values.items():
         if key not in SCHEMA:
             continue
         types, description = SCHEMA[key]
-        # bool is an int: `true` is no number, and only a real bool is a switch.
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        if not _has_type(value, types):
             raise MadError(f"{origin}: '{key}' must be {description}, got {value!r}")
         if key == "docker_cap_add" and not all(isinstance(item, str) for item in value):
             raise MadError(f"{origin}: '{key}' must be {description}, got {value!r}")

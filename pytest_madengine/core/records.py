@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from pytest_madengine.contract import ImageFacts, RunOutcome  # ImageFacts: re-exported
+from pytest_madengine.contract import ImageFacts as ImageFacts  # re-exported
+from pytest_madengine.contract import RunOutcome
 from pytest_madengine.core.verdicts import median_interval, summarize
 from pytest_madengine.errors import MadError, NotRun
 
@@ -145,12 +146,14 @@ class RecordBase:
         return f"{reason}\n{self.detail}".rstrip() if self.detail else reason
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+        # The subclasses are dataclasses; this mixin is not, so mypy cannot tell.
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return plain
 
     @classmethod
     def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
         """The record of `to_dict`'s dict; keys it does not know are left out."""
-        known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]  # as above
         revive = cls._REVIVE
         return cls(**{
             key: revive[key](value) if key in revive and value is not None else value

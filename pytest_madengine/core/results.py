@@ -397,9 +397,9 @@ def _read_baseline(path: Path, option: str) -> Baseline:
         missing = sorted(set(BASELINE_COLUMNS) - columns)
         if missing:
             raise ResultError(f"{option} {path}: missing column(s) {', '.join(missing)}")
-        for raw in reader:
+        for cells in reader:
             # Short rows read as None cells; surplus cells land under the key None.
-            row = {key.strip(): (cell or "").strip() for key, cell in raw.items() if key}
+            row = {key.strip(): (cell or "").strip() for key, cell in cells.items() if key}
             if row["status"] != "SUCCESS" or not row["performance"]:
                 continue
             key = (row["model"], row.get("args", ""), row.get("docker_file", ""))

@@ -28,12 +28,11 @@ from pytest_madengine.backends import (
     RunOutcome,
     RunSpec,
 )
-from pytest_madengine.contract import base_docker_of
+from pytest_madengine.contract import ImageFacts, base_docker_of
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.records import (
     DataFacts,
-    ImageFacts,
     ModelFacts,
     ResultRow,
     RunFacts,

@@ -32,7 +32,6 @@ from pytest_madengine.backends import (
 from pytest_madengine.core import records
 from pytest_madengine.core.build import (
     BuildPlan,
-    BuildRecord,
     BuildTarget,
     build_target,
     check_publisher,
@@ -41,7 +40,7 @@ from pytest_madengine.core.build import (
 from pytest_madengine.core.concurrency import RunsAhead, SinkFor
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
-from pytest_madengine.core.records import RunFacts, TestRecord
+from pytest_madengine.core.records import BuildRecord, RunFacts, TestRecord
 from pytest_madengine.core.runner import (
     MadeAhead,
     SpecHook,

@@ -168,7 +168,7 @@ def _s3_problem(exc: Exception, endpoint: str, timeouts: Timeouts) -> str | None
     from botocore import exceptions as bex
 
     if isinstance(exc, b3ex.RetriesExceededError):  # a download cut short on every try
-        last = exc.last_exception
+        last = exc.last_exception  # type: ignore[attr-defined]  # set by its __init__, unstubbed
         why = _s3_problem(last, endpoint, timeouts) if isinstance(last, Exception) else None
         return f"the download broke off on every try ({why or first_line(last or exc)})"
     if isinstance(exc, bex.ClientError):
@@ -387,7 +387,9 @@ async def _sftp_listing(sftp: Any, remote_path: str) -> Listing:
     skipped: list[str] = []
     top_dir = remote_path.rstrip("/") or "/"
     # (directory, its path under the dataset, the real paths of it and its parents)
-    pending = [(top_dir, "", (await sftp.realpath(top_dir),))]
+    pending: list[tuple[str, str, tuple[str, ...]]] = [
+        (top_dir, "", (await sftp.realpath(top_dir),))
+    ]
     while pending:
         directory, relative, real_chain = pending.pop()
         if len(found) + len(pending) > 10_000_000:  # a guard, should links still loop
@@ -442,6 +444,8 @@ async def _with_sftp(
             raise _Stalled from None
         async with sftp:
             return await work(sftp)
+    # mypy cannot tell: asyncssh's __aexit__ is typed `-> bool` but never swallows.
+    raise AssertionError("unreachable")
 
 
 async def _sftp_copy(

@@ -232,7 +232,7 @@ class NasProvider:
         """(how to name the node in messages, the node) for each node of NAS_NODES."""
         entry = login_entry(request, self.credential)
         listed = entry if isinstance(entry, list) else [entry]
-        nodes = []
+        nodes: list[tuple[str, Mapping[str, Any]]] = []
         for index, node in enumerate(listed):
             label = f"{self.credential}[{index}]"
             if not isinstance(node, dict):

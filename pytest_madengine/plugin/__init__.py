@@ -18,13 +18,14 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 from pytest_madengine.backends import BackendSetup
 from pytest_madengine.core import records
-from pytest_madengine.core.build import BuildRecord, pending_record
+from pytest_madengine.core.build import pending_record
 from pytest_madengine.core.options import Options, parse_options
-from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.core.runner import subject_of
 from pytest_madengine.core.session import MadSession, Session, new_session_id
 from pytest_madengine.data import DataProgress, ProgressSink
@@ -139,7 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
     worker = shared is not None
-    if worker:
+    if shared is not None:
         session_id, session_dir = shared["session_id"], Path(shared["session_dir"])
     else:
         session_id = new_session_id()
@@ -303,7 +304,9 @@ def _skip_reason(report: pytest.TestReport) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     state = plugin_state(item.config)

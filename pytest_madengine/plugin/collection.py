@@ -12,7 +12,8 @@ import pytest
 from pytest_madengine.core.build import BuildTarget
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.session import MadSession
-from pytest_madengine.core.tree.discovery import SourceModels, display_path
+from pytest_madengine.core.tree.discovery import SourceModels
+from pytest_madengine.errors import display_path
 from pytest_madengine.plugin.state import plugin_state
 
 
@@ -20,7 +21,7 @@ class MadCollectError(Exception):
     """Problems found while collecting, one line each; shown without a traceback."""
 
 
-class MadTree(pytest.Dir):
+class MadTree(pytest.Dir):  # type: ignore[misc]  # pytest marks Dir final; the tree is one
     """The MAD root: yields a collector per models.json / get_models_json.py.
 
     Test files inside the tree are collected only when named on the command line:
@@ -193,6 +194,7 @@ class MadItem(pytest.Function):
         except ImportError:
             return own
         return coerce_node_id(str(own))
+
 
 def _build_body(target: BuildTarget) -> Callable[..., None]:
     """The test function of one image build (and push)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import queue
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import pytest
 
@@ -36,7 +36,7 @@ OUTCOME_MARKERS = ("skip", "skipif", "xfail")
 LISTING_OPTIONS = ("collectonly", "setupplan", "setuponly")  # pytest runs no test then
 
 
-def fixtures_are_ours(item: pytest.Item) -> bool:
+def fixtures_are_ours(item: pytest.Function) -> bool:
     """Whether every fixture the item uses is one of ours, as pytest resolved it for
     this item: the definition that applies to a name is the last of its definitions
     (a conftest's or a plugin's override comes after ours, whatever its function's
@@ -53,7 +53,7 @@ def fixtures_are_ours(item: pytest.Item) -> bool:
     return True
 
 
-def runs_ahead(item: pytest.Item) -> bool:
+def runs_ahead(item: pytest.Item) -> TypeGuard[MadItem]:
     """Whether the item may run before its turn (see the module's docstring)."""
     return (
         isinstance(item, MadItem)

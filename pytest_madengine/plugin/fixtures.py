@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_madengine.backends import PushProgressSink
-from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.options import Options
-from pytest_madengine.core.records import Status, TestRecord
+from pytest_madengine.core.records import BuildRecord, Status, TestRecord
 from pytest_madengine.core.session import MadSession, Session
 from pytest_madengine.plugin.state import BUILD_RECORD, RECORD, PluginState, plugin_state
 from pytest_madengine.plugin.terminal import printable, to_terminal

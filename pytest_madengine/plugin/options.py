@@ -4,13 +4,17 @@ and read back into its RawOptions."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from pytest_madengine.core.option_table import OPTION_TABLE, Kind, OptionSpec, RawOptions
 
-_INI_TYPES = {Kind.VALUE: "string", Kind.SWITCH: "bool", Kind.LIST: "args"}
+_INI_TYPES: dict[Kind, Literal["string", "bool", "args"]] = {
+    Kind.VALUE: "string",
+    Kind.SWITCH: "bool",
+    Kind.LIST: "args",
+}
 
 
 def _cli_default(spec: OptionSpec) -> Any:

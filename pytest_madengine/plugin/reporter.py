@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.core.build import BuildRecord
-from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.data import DataProgress
 from pytest_madengine.errors import MadError
 from pytest_madengine.masking import mask_all

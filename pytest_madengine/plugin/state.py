@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.build import BuildRecord
 from pytest_madengine.core.options import Options
-from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.core.session import MadSession, Session
 
 

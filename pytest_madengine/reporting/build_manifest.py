@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.core.build import BuildRecord, BuildTarget
+from pytest_madengine.core.build import BuildTarget
 from pytest_madengine.core.options import Options
-from pytest_madengine.core.records import Status
+from pytest_madengine.core.records import BuildRecord, Status
 from pytest_madengine.credentials import Credentials
 
 # The context keys madengine carries from the build to the run phase, with their

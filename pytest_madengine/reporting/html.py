@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import numpy as np
@@ -145,7 +145,8 @@ def _accumulate(
     values = pd.to_numeric(chunk["performance"], errors="coerce").to_numpy(dtype="float64")
     builds = chunk["build_number"].to_numpy() if "build_number" in chunk.columns else None
     groups = chunk.groupby(["model", "machine_name"], sort=False).indices
-    for (model, host), positions in groups.items():
+    for key, positions in groups.items():
+        model, host = cast("tuple[str, str]", key)  # grouped by these two columns
         one = series.get((model, host))
         if one is None:
             one = series[model, host] = Series(str(model), str(host))

@@ -19,6 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypedDict
 
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.resources.locks import SharedLock
@@ -43,7 +44,12 @@ def perf_super_path(perf_csv: Path) -> Path:
 
 
 # Existing files may hold any bytes: they are kept as they are when the file is rewritten.
-_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+class _Encoding(TypedDict):
+    encoding: str
+    errors: str
+
+
+_ENCODING: _Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 def _existing_header(path: Path) -> list[str] | None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_madengine.core.build import BuildRecord
-from pytest_madengine.core.records import ResultRow, Status, TestRecord
+from pytest_madengine.core.records import BuildRecord, ResultRow, Status, TestRecord
 
 COLUMNS = ("model", "status", "performance", "metric", "vs baseline", "duration")
 
@@ -25,7 +24,7 @@ def build_counts(records: Sequence[TestRecord]) -> tuple[int, int]:
 
 
 def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for record in records:
         duration = record.duration
         for row in record.rows:

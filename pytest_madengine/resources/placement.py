@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,9 @@ def _alive(pid: int) -> bool:
 
 
 class HostPool:
-    def __init__(self, hosts: Sequence[Host], state_dir: Path, down: dict[str, str] | None = None):
+    def __init__(
+        self, hosts: Sequence[Host], state_dir: Path, down: Mapping[str, str] | None = None
+    ) -> None:
         self.hosts = list(hosts)
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "placement.json"

@@ -34,7 +34,9 @@ TREE_TOOLS_FILE = "scripts/common/tools.json"  # a MAD tree's own, read by defau
 
 
 class Tool(Protocol):
-    name: str
+    @property
+    def name(self) -> str:  # read-only: a frozen dataclass's field is a tool's name
+        ...
 
     def apply(self, run: ModelRun, settings: Mapping[str, Any]) -> ModelRun:
         """The run as the tool makes it; `settings` is the tool's item in the context."""

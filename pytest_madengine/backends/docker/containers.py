@@ -160,7 +160,7 @@ def create_kwargs(spec: RunSpec, data_volumes: Mapping[str, str] | None = None) 
         kwargs.setdefault("mounts", []).extend([
             docker.types.Mount(bind.container_path, volumes[bind.content_key], type="volume",
                                read_only=True)
-            if bind.content_key in volumes
+            if bind.content_key is not None and bind.content_key in volumes
             else docker.types.Mount(bind.container_path, bind.source, type="bind", read_only=True)
             for bind in spec.data
         ])  # fmt: skip
@@ -215,7 +215,7 @@ def attached_output(client: docker.DockerClient, container_id: str) -> Iterator[
     line: 500 MB of lines took minutes). Attached before the start, so that nothing is
     missed; the stream ends when the container does. The request is made now, the
     blocks are read as they are iterated."""
-    api = client.api
+    api: Any = client.api  # its private helpers (_post, _url...) are not in its stubs
     response = api._post(  # the SDK's attach, whose socket would time out in a silence
         api._url("/containers/{0}/attach", container_id),
         headers={"Connection": "Upgrade", "Upgrade": "tcp"},
@@ -451,7 +451,7 @@ class ContainerRun:
         if self._exit is None:
             try:
                 if self.exec_id is not None:
-                    waited = self._wait_exec(self.spec.timeout_s)
+                    waited = self._wait_exec(self.exec_id, self.spec.timeout_s)
                 else:
                     waited = self._wait(self.spec.timeout_s)
                 self._exit = (*waited, time.time())
@@ -577,7 +577,7 @@ class ContainerRun:
             return bool(self.container.attrs.get("State", {}).get("OOMKilled"))
         return False
 
-    def _wait_exec(self, timeout_s: float | None) -> tuple[int | None, bool]:
+    def _wait_exec(self, exec_id: str, timeout_s: float | None) -> tuple[int | None, bool]:
         """The exec ends when its output does; on a timeout every process but the idle
         one is killed (the container stays, as keep-alive asks)."""
         self.pump.join(timeout_s)
@@ -586,7 +586,7 @@ class ContainerRun:
                 self.container.exec_run(["sh", "-c", "kill -KILL -1"])
             self.pump.join(LOG_JOIN_TIMEOUT_S)
             return None, True
-        code = self.client.api.exec_inspect(self.exec_id).get("ExitCode")
+        code = self.client.api.exec_inspect(exec_id).get("ExitCode")
         return (int(code) if code is not None else None), False
 
     def _read_file(self, path: str) -> str | None:
@@ -646,7 +646,7 @@ def remove_orphans(client: docker.DockerClient) -> int:
 
 def remove_session(client: docker.DockerClient, session_id: str) -> int:
     """Removes every container of the session on this engine; how many there were."""
-    filters = {"label": f"{SESSION_LABEL}={session_id}"}
+    filters: dict[str, str | list[str] | bool] = {"label": f"{SESSION_LABEL}={session_id}"}
     containers = client.containers.list(all=True, filters=filters)
     for container in containers:
         _remove(container)

@@ -70,7 +70,8 @@ def tar_stream(directory: Path) -> Iterator[bytes]:
 
     def write() -> None:
         try:
-            with tarfile.open(fileobj=sink, mode="w|", bufsize=CHUNK) as tar:
+            # A stream ("w|") only writes; typeshed's file protocol asks for read and seek too.
+            with tarfile.open(fileobj=sink, mode="w|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
                 for path in sorted(directory.rglob("*")):
                     tar.add(str(path), arcname=path.relative_to(directory).as_posix(),
                             recursive=False)  # fmt: skip

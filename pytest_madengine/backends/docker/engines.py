@@ -21,6 +21,8 @@ from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.once import Once, note_key
 
 SHIP_CHUNK = 4 * 1024 * 1024
+# A host whose link cannot be made (MadError) or whose engine does not answer.
+_UNREACHABLE: tuple[type[BaseException], ...] = (MadError, *ENGINE_FAILURES)
 
 
 class Engines:
@@ -46,7 +48,7 @@ class Engines:
             try:
                 client = self.links.client(host)
                 client.ping()
-            except (MadError, *ENGINE_FAILURES) as exc:
+            except _UNREACHABLE as exc:
                 self.links.forget(host)
                 raise HostLost(host.name, first_line(exc)) from None
             self._clients[host.name] = client
@@ -71,7 +73,7 @@ class Engines:
         if client is None:
             try:
                 client = self.links.client(host, timeout=PING_TIMEOUT_S)
-            except (MadError, *ENGINE_FAILURES):
+            except _UNREACHABLE:
                 client = None
             if client is not None:
                 try:
@@ -118,7 +120,9 @@ class Engines:
                     shipped = False
                 except docker.errors.ImageNotFound:
                     source = self.build_client.images.get(name)
-                    target.images.load(source.save(chunk_size=SHIP_CHUNK, named=True))
+                    # The SDK streams any iterable of bytes; its stubs ask for bytes or a file.
+                    chunks = source.save(chunk_size=SHIP_CHUNK, named=True)
+                    target.images.load(chunks)  # type: ignore[arg-type]
                     present, shipped = target.images.get(image_id), True
                 # `save` names the image by its first tag only: give it this test's name.
                 if f"{name}:latest" not in present.tags:

@@ -200,7 +200,7 @@ class ImageBuilder:
             first = error.splitlines()[0] if error else "unknown error"
             raise BuildError(
                 f"image {request.name} failed to build: {first}"
-                f" ({display_path(request.dockerfile)}; log: {log_path})\n{_tail(tail)}"
+                f" ({display_path(dockerfile)}; log: {log_path})\n{_tail(tail)}"
             )
         image = self.client.images.get(request.name)
         return {"id": image.id, "built": True, "duration": duration, "log": str(log_path)}

@@ -44,6 +44,7 @@ from pytest_madengine.backends import (
 from pytest_madengine.backends.docker.local import ENGINE_FAILURES, LocalImages
 from pytest_madengine.backends.kubernetes import manifests
 from pytest_madengine.backends.kubernetes.api import (
+    API_FAILURES,
     CONNECTION_FAILURES,
     REQUEST_TIMEOUT,
     api_error,
@@ -193,9 +194,12 @@ class KubernetesBackend:
         resource = self.settings.gpu_resource(self.options.gpu_vendor)
         try:
             nodes = core.list_node(_request_timeout=(2, 10)).items
-        except (ApiException, *CONNECTION_FAILURES):
+        except API_FAILURES:
             return None
-        counts = [int((node.status.allocatable or {}).get(resource, "0") or 0) for node in nodes]
+        counts = [
+            int((node.status.allocatable or {}).get(resource, "0") or 0)  # type: ignore[union-attr]  # the API server sets a node's status
+            for node in nodes
+        ]
         return max(counts, default=0)
 
     def _registry_auths(self) -> dict[str, dict[str, str]]:
@@ -224,7 +228,7 @@ class KubernetesBackend:
         body = manifests.pull_secret(name, auths, labels, annotations)
         try:
             core.create_namespaced_secret(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, *CONNECTION_FAILURES) as exc:
+        except API_FAILURES as exc:
             # The message is the API server's; it never holds the secret's data.
             raise UsageProblem(str(api_error(exc, "k8s: creating the pull secret"))) from None
         return name
@@ -402,7 +406,7 @@ class KubernetesBackend:
         for scripts in plan.scripts:
             labels, annotations = manifests.session_labels(self.session_id, self.controller)
             body = manifests.config_map(scripts, labels, annotations)
-            body.metadata.namespace = plan.namespace
+            body.metadata.namespace = plan.namespace  # type: ignore[union-attr]  # config_map sets it
             objects.append(body)
         objects.append(manifests.job(plan))
         path.write_text(manifests.to_yaml(objects, "\n".join(header)), encoding="utf-8")
@@ -483,7 +487,7 @@ class KubernetesBackend:
             with deferred_interrupts():
                 count = self._delete_session(session_id)
                 self._wait_gone(session_id)
-        except (ApiException, *CONNECTION_FAILURES):
+        except API_FAILURES:
             return 0  # a cluster that went away runs nothing of ours any more
         return count
 
@@ -502,14 +506,14 @@ class KubernetesBackend:
                 for item in lister(
                     self.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
                 ).items:
-                    notes = item.metadata.annotations or {}
+                    notes = item.metadata.annotations or {}  # type: ignore[union-attr]  # listed: has one
                     session = notes.get(SESSION_LABEL)
                     if session:
                         sessions[session] = notes.get(CONTROLLER_LABEL, "")
             gone = [s for s, owner in sessions.items() if identity_gone(owner)]
             for session in gone:
                 self._delete_session(session)
-        except (ApiException, *CONNECTION_FAILURES):
+        except API_FAILURES:
             return 0  # a namespaced account may not list everything: nothing is lost
         return len(gone)
 

@@ -26,6 +26,10 @@ CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError,
     OSError,
 )
+# An answer of the API server that refuses, or no answer at all.
+API_FAILURES: tuple[type[BaseException], ...] = (ApiException, *CONNECTION_FAILURES)
+# ... or an answer whose version cannot be read.
+_VERSION_FAILURES: tuple[type[BaseException], ...] = (*API_FAILURES, ValueError)
 # Requests made by this process, all clients together (bench/k8s.py reads it).
 _count_lock = threading.Lock()
 _count = [0]
@@ -138,7 +142,7 @@ def server_version(api: Any, timeout: float = 5.0) -> tuple[int, int] | None:
     try:
         info = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout))
         return int(info.major), int("".join(c for c in info.minor if c.isdigit()))
-    except (ApiException, *CONNECTION_FAILURES, ValueError):
+    except _VERSION_FAILURES:
         return None
 
 

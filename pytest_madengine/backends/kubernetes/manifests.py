@@ -227,7 +227,7 @@ def config_map(
     scripts: ScriptMap, labels: Mapping[str, str], annotations: Mapping[str, str]
 ) -> client.V1ConfigMap:
     data: dict[str, str] = {}
-    binary: dict[str, str] = {}
+    binary: dict[str, bytes | str] = {}  # the client takes either; ours are base64 text
     for item in scripts.files:
         try:
             data[item.key] = item.content.decode("utf-8")

@@ -10,14 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pytest_madengine.backends import OutputSink, RunOutcome
 from pytest_madengine.backends.kubernetes import manifests
 from pytest_madengine.backends.kubernetes.api import (
+    API_FAILURES,
     CONNECTION_FAILURES,
     REQUEST_TIMEOUT,
     ApiError,
@@ -159,12 +161,16 @@ class LogFollower(threading.Thread):
     def reread(self) -> None:
         """The whole log of the ended container, into a fresh file."""
         log_filter = LogFilter(self.token)
-        response = self.core.read_namespaced_pod_log(
-            self.pod,
-            self.namespace,
-            container=CONTAINER,
-            _preload_content=False,
-            _request_timeout=(REQUEST_TIMEOUT[0], 120),
+        # Not preloaded: the raw urllib3 response, though the client's types say str.
+        response = cast(
+            "urllib3.BaseHTTPResponse",
+            self.core.read_namespaced_pod_log(
+                self.pod,
+                self.namespace,
+                container=CONTAINER,
+                _preload_content=False,
+                _request_timeout=(REQUEST_TIMEOUT[0], 120),
+            ),
         )
 
         def filtered() -> Iterator[bytes]:
@@ -215,7 +221,7 @@ class JobRun:
             self.batch.create_namespaced_job(
                 plan.namespace, manifests.job(plan), _request_timeout=REQUEST_TIMEOUT
             )
-        except (ApiException, *CONNECTION_FAILURES) as exc:
+        except API_FAILURES as exc:
             self._remove_secret()
             raise self._api_failure(exc, f"creating Job {plan.name}") from None
         self.tracker.created = time.monotonic()
@@ -326,8 +332,8 @@ class JobRun:
                     _request_timeout=REQUEST_TIMEOUT,
                 ).items
                 warnings = [e for e in events if e.type == "Warning"]
-                warnings.sort(
-                    key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp
+                warnings.sort(  # the API server stamps every object's creation
+                    key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp  # type: ignore[arg-type, return-value]
                 )
                 for event in warnings:
                     text = f"{event.reason}: {event.message}"
@@ -339,7 +345,7 @@ class JobRun:
                     self._event_reason = f"{name}: {last.reason}: {last.message}"
                     if last.reason == "FailedCreate":  # the Job controller cannot make pods
                         return f"Job {self.plan.name}: {last.reason}: {last.message}"
-        except (ApiException, *CONNECTION_FAILURES):
+        except API_FAILURES:
             pass  # the events only say more; the watch says whether the cluster is there
         return None
 
@@ -463,7 +469,7 @@ class JobRun:
             return
         for pod in pods:
             if not pod.deleted:
-                with contextlib.suppress(ApiException, *CONNECTION_FAILURES):
+                with contextlib.suppress(*API_FAILURES):
                     self.core.delete_namespaced_pod(
                         pod.name,
                         self.plan.namespace,
@@ -476,7 +482,7 @@ class JobRun:
             self._remove(self.core.delete_namespaced_secret, self.plan.secret_name)
 
     def _remove(self, delete: Callable[..., Any], name: str) -> None:
-        with contextlib.suppress(ApiException, *CONNECTION_FAILURES):
+        with contextlib.suppress(*API_FAILURES):
             delete(name, self.plan.namespace, _request_timeout=REQUEST_TIMEOUT)
 
     def _api_failure(self, exc: BaseException, doing: str) -> MadError:

@@ -106,7 +106,7 @@ def pod_state(raw: Mapping[str, Any], deleted: bool = False) -> PodState:
             # Kubernetes 1.26+: EvictionByEvictionAPI, PreemptionByScheduler, ...
             parts = (condition.get("reason"), condition.get("message"))
             disruption = ": ".join(part for part in parts if part) or "DisruptionTarget"
-    container = next(
+    container: Mapping[str, Any] = next(
         (c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER), {}
     )
     state = container.get("state") or {}
@@ -145,6 +145,7 @@ def deleted_from_outside(pod: PodState, job: Mapping[str, Any] | None) -> str:
     """Why a run failed whose pod someone deleted (the session only deletes a Job once it
     stopped following it): what, when, by whom as far as the API says, and the exit code."""
     job_deleting = parse_time(((job or {}).get("metadata") or {}).get("deletionTimestamp"))
+    when: float | None
     if job_deleting is not None and pod.disruption is None:
         what, when = f"its Job (pod {pod.name})", job_deleting
     else:

@@ -330,8 +330,8 @@ class SlurmBackend:
         files = self.write_job(spec)
         if self.settings.dry_run:
             hidden = map(secret_argument_variable, spec.secret_arguments())
-            login = (PULL_AUTH_VARIABLE,) if self._pull_login(spec.image) else ()
-            needed = (*spec.secret_variables(), *hidden, *login)
+            pull_auth = (PULL_AUTH_VARIABLE,) if self._pull_login(spec.image) else ()
+            needed = (*spec.secret_variables(), *hidden, *pull_auth)
             export = f" (export {', '.join(needed)} before sbatch)" if needed else ""
             raise NotRun(f"slurm dry run: wrote {files.script}{export}")
         # What became of the test's data first; the job appends (--open-mode=append).
