@@ -309,9 +309,10 @@ class Credentials:
             if not any(secret in line for line in handle for secret in self._secrets):
                 return
         masked = path.with_name(path.name + ".masked")
-        with path.open(encoding="utf-8", errors="surrogateescape") as source, masked.open(
-            "w", encoding="utf-8", errors="surrogateescape"
-        ) as out:
+        with (
+            path.open(encoding="utf-8", errors="surrogateescape") as source,
+            masked.open("w", encoding="utf-8", errors="surrogateescape") as out,
+        ):
             for line in source:
                 out.write(self.redact(line))
         masked.replace(path)

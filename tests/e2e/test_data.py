@@ -166,8 +166,9 @@ def test_eight_models_on_one_dataset_download_it_once_under_xdist(
     durations = [row["data_download_duration"] for row in read_perf(pytester.path / "perf.csv")]
     assert sorted(durations)[:7] == ["0.000"] * 7 and float(sorted(durations)[7]) > 0
     # The controller tells the one download a worker made.
-    result.stdout.fnmatch_lines(["*= madengine data =*",
-                                 f"data 'shared' (minio {DUMMY_URL}): 1.0 MiB downloaded in *"])
+    result.stdout.fnmatch_lines(
+        ["*= madengine data =*", f"data 'shared' (minio {DUMMY_URL}): 1.0 MiB downloaded in *"]
+    )
     assert result.stdout.str().count(f"data 'shared' (minio {DUMMY_URL}): ") == 1
     key = cache_key("s3", data_servers.endpoint, DUMMY_URL)
     assert DataCache(mirror).lookup(key) is not None and not isolated_cache.exists()

@@ -42,8 +42,6 @@ def one_line(result: pytest.RunResult, code: int, line: str) -> None:
     assert "Traceback" not in said(result)
 
 
-
-
 @pytest.fixture
 def inputs(pytester: pytest.Pytester) -> Path:
     """A FIFO nobody writes, a directory, a perf.csv, a JUnit file that is not UTF-8."""

@@ -190,7 +190,6 @@ def test_concurrency_is_a_count_or_auto(tmp_path: Path, given: Any, parsed: int 
     assert parse_options(raw).concurrency == parsed
 
 
-
 @pytest.mark.parametrize("given", ["0", "-2", "many", "2.5"])
 def test_other_concurrency_values_are_usage_errors(tmp_path: Path, given: str) -> None:
     (tmp_path / "models.json").write_text("[]")

@@ -110,7 +110,11 @@ def test_entries_of_every_shape_load_and_are_checked_only_when_used(tmp_path: Pa
 
 
 def test_environment_variables_override_the_data_entries(tmp_path: Path) -> None:
-    override = {"USERNAME": "ENVACCESS000", "PASSWORD": "env-secret-01", "MINIO_ENDPOINT": "http://e"}
+    override = {
+        "USERNAME": "ENVACCESS000",
+        "PASSWORD": "env-secret-01",
+        "MINIO_ENDPOINT": "http://e",
+    }
     environ = {"MAD_MINIO": json.dumps(override), "NAS_NODES": "{not json, secret-ish"}
     credentials = settings(tmp_path, environ=environ).credentials
     assert credentials.entry("MAD_MINIO") == override
@@ -225,8 +229,10 @@ def test_a_fetched_dataset_is_reused_and_says_so(tmp_path: Path, fake_s3: FakeSe
 def test_minio_and_aws_naming_one_bucket_share_one_copy(
     tmp_path: Path, fake_s3: FakeServer
 ) -> None:
-    credentials = {**CREDENTIALS, "MAD_AWS_S3": {**CREDENTIALS["MAD_AWS_S3"],
-                                                 "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000"}}
+    credentials = {
+        **CREDENTIALS,
+        "MAD_AWS_S3": {**CREDENTIALS["MAD_AWS_S3"], "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000"},
+    }
     sources = {"a": {"minio": {"path": "s3://b/d"}}, "b": {"aws": {"path": "s3://b/d/"}}}
     resolve_data("a", sources, settings(tmp_path, credentials))
     assert not resolve_data("b", sources, settings(tmp_path, credentials)).fetched
@@ -362,9 +368,7 @@ def test_force_mirror_local_is_made_and_checked_before_any_test(tmp_path: Path) 
     assert options.force_mirror_local == tmp_path / "mirror" / "deep"
     assert options.force_mirror_local.is_dir()
     assert options.data_cache == tmp_path / "home" / ".cache" / "pytest-madengine" / "data"
-    assert parse(None, {"XDG_CACHE_HOME": "/xdg"}).data_cache == Path(
-        "/xdg/pytest-madengine/data"
-    )
+    assert parse(None, {"XDG_CACHE_HOME": "/xdg"}).data_cache == Path("/xdg/pytest-madengine/data")
     (tmp_path / "file").write_text("")
     with pytest.raises(UsageProblem, match=r"--mad-force-mirror-local .*file: exists and is not"):
         parse("file", {})

@@ -211,7 +211,8 @@ def test_local_data_is_mounted_at_datahome_read_only_and_never_created(tmp_path:
     assert create_kwargs(spec, {"k": "vol"})["mounts"] == [own, bound]  # no key: a path
     keyed = dataclasses.replace(spec, data=(DataBind("/cache/abc", "/d", "abc"),))
     assert create_kwargs(keyed, {"abc": "mad-data-abc-1"})["mounts"] == [
-        own, docker.types.Mount("/d", "mad-data-abc-1", type="volume", read_only=True)
+        own,
+        docker.types.Mount("/d", "mad-data-abc-1", type="volume", read_only=True),
     ]
     missing = {"x": {"local": {"path": str(tmp_path / "nowhere")}}}
     with pytest.raises(DataMissing, match=r"data .x.: no provider serves it \(local: .*nowhere"):
