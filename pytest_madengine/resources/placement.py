@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,16 @@ class Placement:
     def same_gpus(self, other: Placement) -> bool:
         """Whether both hold the same GPUs of the same host (whoever holds them)."""
         return (self.host.name, self.gpus) == (other.host.name, other.gpus)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """The state as this process last wrote it, and each lease's JSON text."""
+
+    head: bytes
+    running: dict[str, Any]
+    down: dict[str, str]
+    fragments: dict[str, tuple[dict[str, Any], str]]
 
 
 def _free(placement: Placement, held: Collection[tuple[str, int]]) -> bool:
@@ -66,6 +77,7 @@ class HostPool:
         self._released = threading.Condition()
         self._stopped = False
         self._most: int | None = None
+        self._written: _Written | None = None  # what this process wrote last
         if down:
             with self._lock:
                 state = self._read()
@@ -73,19 +85,52 @@ class HostPool:
                 self._write(state)
 
     def _read(self) -> dict[str, Any]:
+        """The state (a copy the caller may change), leases of dead holders left out.
+        When the file is still the one this process wrote last, it is not parsed again:
+        its first bytes carry the token of that write."""
+        cached = self._written
+        if cached is not None and self._head(len(cached.head)) == cached.head:
+            running = dict(cached.running)
+            down = dict(cached.down)
+        else:
+            try:
+                state = json.loads(self._path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                state = {}
+            running, down = dict(state.get("running", {})), dict(state.get("down", {}))
+        # Each holder's pid is asked once, not once a lease (a process holds hundreds).
+        pids = {int(entry.get("pid", 0)) for entry in running.values()}
+        dead = {pid for pid in pids if pid != os.getpid() and not _alive(pid)}
+        if dead:
+            running = {holder: entry for holder, entry in running.items()
+                       if int(entry.get("pid", 0)) not in dead}  # fmt: skip
+        return {"running": running, "down": down}
+
+    def _head(self, size: int) -> bytes:
         try:
-            state = json.loads(self._path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            state = {}
-        running = {
-            holder: entry
-            for holder, entry in state.get("running", {}).items()
-            if _alive(int(entry.get("pid", 0)))
-        }
-        return {"running": running, "down": state.get("down", {})}
+            with self._path.open("rb") as handle:
+                return handle.read(size)
+        except OSError:
+            return b""
 
     def _write(self, state: dict[str, Any]) -> None:
-        self._path.write_text(json.dumps(state), encoding="utf-8")
+        """Writes the state as JSON; each lease's text is made once, not at every write
+        (a write per placement and release, with up to a lease per GPU of the fleet)."""
+        head = f'{{"written": "{uuid.uuid4().hex}", '
+        previous = self._written.fragments if self._written is not None else {}
+        fragments = {}
+        for holder, entry in state["running"].items():
+            known = previous.get(holder)
+            fragments[holder] = known if known is not None and known[0] is entry else (
+                entry, f"{json.dumps(holder)}: {json.dumps(entry)}"
+            )  # fmt: skip
+        leases = ", ".join(text for _, text in fragments.values())
+        text = f'{head}"down": {json.dumps(state["down"])}, "running": {{{leases}}}}}'
+        self._written = None  # a write that fails leaves nothing trusted
+        self._path.write_text(text, encoding="utf-8")
+        self._written = _Written(
+            head.encode(), dict(state["running"]), dict(state["down"]), fragments
+        )
 
     def down(self) -> dict[str, str]:
         with self._lock:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.errors import MadError
+from pytest_madengine.resources import placement
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import HostPool, NoHost, Placement
@@ -125,3 +126,44 @@ def test_a_waiter_asks_again_what_to_avoid_when_woken(tmp_path: Path) -> None:
     pool.wake()
     waiter.join(5)
     assert [where(placement) for placement in got] == [("a", [0])]
+
+
+def test_the_state_a_pool_wrote_itself_is_not_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A placement and a release each read the state: with a lease per GPU of a fleet,
+    parsing it every time cost more than the tests did (issue #23)."""
+    pool = HostPool([host("a", 8)], tmp_path)
+    held = [pool.acquire(1, f"t{n}") for n in range(3)]
+    parsed: list[str] = []
+    real_loads = json.loads
+
+    def loads(text: str) -> object:
+        parsed.append(text)
+        return real_loads(text)
+
+    monkeypatch.setattr(placement.json, "loads", loads)
+    pool.release(held[0])
+    assert where(pool.try_acquire(1, "t3")) == ("a", [0])
+    assert parsed == []
+    # Another process (a pool of its own) wrote since: its lease is read, and kept to.
+    assert where(HostPool([host("a", 8)], tmp_path).acquire(4, "other")) == ("a", [3, 4, 5, 6])
+    assert where(pool.try_acquire(1, "t4")) == ("a", [7])
+    assert len(parsed) == 2  # once by the other pool, once by this one
+    assert json.loads((tmp_path / "placement.json").read_text())["running"].keys() == {
+        "t1", "t2", "t3", "other", "t4"
+    }  # fmt: skip
+
+
+def test_each_holder_is_asked_once_whether_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    leases = {f"crashed-{n}": {"host": "a", "gpus": [n], "pid": finished.pid} for n in range(4)}
+    (tmp_path / "placement.json").write_text(json.dumps({"running": leases, "down": {}}))
+    asked: list[int] = []
+    monkeypatch.setattr(placement, "_alive", lambda pid: asked.append(pid) or False)
+    pool = HostPool([host("a", 4)], tmp_path)
+    assert where(pool.try_acquire(4, "t")) == ("a", [0, 1, 2, 3])
+    assert asked == [finished.pid]
