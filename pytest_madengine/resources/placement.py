@@ -27,6 +27,8 @@ from pytest_madengine.resources.locks import SharedLock
 POLL_S = 0.05
 POLL_MAX_S = 1.0
 HostFilter = Callable[[Host], str | None]  # why a host cannot run the test, or None
+# How a host is chosen among those that fit and have the GPUs free (--mad-placement).
+STRATEGIES = ("least-loaded", "round-robin", "capability")
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,19 @@ def _alive(pid: int) -> bool:
 
 
 class HostPool:
-    def __init__(self, hosts: Sequence[Host], state_dir: Path, down: dict[str, str] | None = None):
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        state_dir: Path,
+        down: dict[str, str] | None = None,
+        strategy: str = "least-loaded",
+    ):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"no placement strategy {strategy!r} (known: {STRATEGIES})")
         self.hosts = list(hosts)
+        self.strategy = strategy
+        self._turn = 0  # round-robin: where this process looks for a host first
+        self._position = {host.name: index for index, host in enumerate(self.hosts)}
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "placement.json"
         self._lock = SharedLock(str(state_dir / "placement.lock"))
@@ -185,7 +198,8 @@ class HostPool:
         prefer: Placement | None = None,
         avoid: Collection[tuple[str, int]] = (),
     ) -> Placement | None:
-        """A placement on the least loaded fitting host with enough free GPUs, or None.
+        """A placement on the fitting host with enough free GPUs that the strategy ranks
+        first, or None.
         `prefer` is taken when all its GPUs are free (a container was made for them);
         GPUs in `avoid` (host, index) are left to whoever of this process expects them."""
         with self._lock:
@@ -200,7 +214,7 @@ class HostPool:
             if prefer is not None and _free(prefer, held) and prefer.host in candidates:
                 chosen: tuple[Host, tuple[Gpu, ...]] | None = (prefer.host, prefer.gpus)
             else:
-                chosen = self._least_loaded(candidates, n_gpus, running, held | set(avoid))
+                chosen = self._choose(candidates, n_gpus, running, held | set(avoid))
             if chosen is None:
                 return None
             host, gpus = chosen
@@ -210,18 +224,22 @@ class HostPool:
             self._write(state)
         return Placement(host, gpus, holder)
 
-    def _least_loaded(
+    def _choose(
         self,
         candidates: Sequence[Host],
         n_gpus: int,
         running: dict[str, Any],
         left_out: Collection[tuple[str, int]],
     ) -> tuple[Host, tuple[Gpu, ...]] | None:
-        """The candidate with the fewest placements per GPU that has enough GPUs not
-        left out, and those GPUs; None when none has."""
+        """The candidate the strategy ranks first among those with enough GPUs not left
+        out, and those GPUs; None when none has. least-loaded: the fewest placements per
+        GPU; round-robin: the next host after the one this process chose last, in the
+        hosts' order; capability: the fewest GPUs that fit the test (the larger hosts
+        stay free for larger tests), then the least loaded."""
         load = {host.name: 0 for host in self.hosts}
         for entry in running.values():
             load[entry["host"]] = load.get(entry["host"], 0) + 1
+        position = self._position
         options = []
         for host in candidates:
             free = [gpu for gpu in host.gpus.gpus
@@ -229,10 +247,17 @@ class HostPool:
             wanted = min(self._wanted(host, n_gpus), host.gpus.count)
             if len(free) >= wanted:
                 busy = load[host.name] / max(host.gpus.count, 1)
-                options.append((busy, host.name, host, tuple(free[:wanted])))
+                turn = (position[host.name] - self._turn) % len(self.hosts)
+                rank = {
+                    "least-loaded": (busy, host.name),
+                    "round-robin": (turn, host.name),
+                    "capability": (host.gpus.count, busy, host.name),
+                }[self.strategy]
+                options.append((rank, host, tuple(free[:wanted])))
         if not options:
             return None
-        _, _, host, gpus = min(options, key=lambda option: option[:2])
+        _, host, gpus = min(options, key=lambda option: option[0])
+        self._turn = position[host.name] + 1
         return host, gpus
 
     def acquire(
