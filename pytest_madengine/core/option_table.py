@@ -184,6 +184,13 @@ class RawOptions:
         help="MAD tests this process runs at once, started ahead of their turn as GPUs"
         " free up; auto: one per GPU of all hosts (default 1; ini: mad_concurrency)",
     )  # fmt: skip
+    placement: str = _row(
+        "least-loaded", "--mad-placement", metavar="least-loaded|round-robin|capability",
+        ini="mad_placement", ini_help="how a test's host is chosen, as --mad-placement",
+        help="how a test's host is chosen among those that fit and have its GPUs free:"
+        " the least loaded, each in turn, or the fewest GPUs that fit"
+        " (default least-loaded; ini: mad_placement)",
+    )  # fmt: skip
     deploy: str | None = _row(
         None, "--mad-deploy", metavar="NAME",
         help="the backend that runs the containers (default: the context's 'deploy', else"

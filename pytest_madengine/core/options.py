@@ -34,6 +34,7 @@ from pytest_madengine.credentials import Credentials, load_credentials
 from pytest_madengine.data import default_cache_dir
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 from pytest_madengine.resources.gpus import GpuInventory, inventory
+from pytest_madengine.resources.placement import STRATEGIES
 from pytest_madengine.tools import ToolBox, load_toolbox
 
 DEFAULT_GPU_VENDOR = "AMD"
@@ -92,6 +93,7 @@ class Options:
     # --mad-repeat / --mad-warmup, over a model's own `repeat` / `warmup`; None: its own.
     repeat: int | None = None
     warmup: int | None = None
+    placement: str = "least-loaded"  # how a test's host is chosen (--mad-placement)
 
     @property
     def gpu_vendor(self) -> str:
@@ -370,6 +372,15 @@ def _kept_files(raw: RawOptions) -> dict[str, Any]:
     }
 
 
+def _placement(text: str | None) -> str:
+    strategy = (text or "least-loaded").strip().lower()
+    if strategy not in STRATEGIES:
+        raise UsageProblem(
+            f"--mad-placement: expected one of {', '.join(STRATEGIES)}, got {text!r}"
+        )
+    return strategy
+
+
 def _parse(raw: RawOptions) -> Options:
     _check_build_only(raw)
     root_text = raw.root or raw.environ.get("MODEL_DIR")
@@ -405,6 +416,7 @@ def _parse(raw: RawOptions) -> Options:
         concurrency=concurrency,
         repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
         warmup=_int(raw.warmup, "--mad-warmup"),
+        placement=_placement(raw.placement),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),

@@ -115,8 +115,9 @@ class Session:
             if self.options.build_only:
                 check_publisher(self.backend)
             self.pool = HostPool(
-                self.backend.hosts(), setup.session_dir / "placement", self.backend.hosts_down()
-            )
+                self.backend.hosts(), setup.session_dir / "placement",
+                self.backend.hosts_down(), self.options.placement,
+            )  # fmt: skip
         except BaseException:
             self.backend.close()
             raise
@@ -306,6 +307,8 @@ class Session:
         """A test's container started on the placement: the first test waiting for such
         GPUs gets its container made for them (on one thread, one at a time)."""
         if placement.host.scheduled or not placement.gpus:
+            return
+        if self.pool.strategy == "round-robin":  # a claim would pin the next test here
             return
         with self._ahead_lock:
             if self._stopping:

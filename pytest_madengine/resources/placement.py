@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from pytest_madengine.resources.locks import SharedLock
 POLL_S = 0.05
 POLL_MAX_S = 1.0
 HostFilter = Callable[[Host], str | None]  # why a host cannot run the test, or None
+# How a host is chosen among those that fit and have the GPUs free (--mad-placement).
+STRATEGIES = ("least-loaded", "round-robin", "capability")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,16 @@ class Placement:
     def same_gpus(self, other: Placement) -> bool:
         """Whether both hold the same GPUs of the same host (whoever holds them)."""
         return (self.host.name, self.gpus) == (other.host.name, other.gpus)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """The state as this process last wrote it, and each lease's JSON text."""
+
+    head: bytes
+    running: dict[str, Any]
+    down: dict[str, str]
+    fragments: dict[str, tuple[dict[str, Any], str]]
 
 
 def _free(placement: Placement, held: Collection[tuple[str, int]]) -> bool:
@@ -57,9 +70,18 @@ def _alive(pid: int) -> bool:
 
 class HostPool:
     def __init__(
-        self, hosts: Sequence[Host], state_dir: Path, down: Mapping[str, str] | None = None
+        self,
+        hosts: Sequence[Host],
+        state_dir: Path,
+        down: Mapping[str, str] | None = None,
+        strategy: str = "least-loaded",
     ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"no placement strategy {strategy!r} (known: {STRATEGIES})")
         self.hosts = list(hosts)
+        self.strategy = strategy
+        self._turn = 0  # round-robin: where this process looks for a host first
+        self._position = {host.name: index for index, host in enumerate(self.hosts)}
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "placement.json"
         self._lock = SharedLock(str(state_dir / "placement.lock"))
@@ -68,6 +90,7 @@ class HostPool:
         self._released = threading.Condition()
         self._stopped = False
         self._most: int | None = None
+        self._written: _Written | None = None  # what this process wrote last
         if down:
             with self._lock:
                 state = self._read()
@@ -75,19 +98,52 @@ class HostPool:
                 self._write(state)
 
     def _read(self) -> dict[str, Any]:
+        """The state (a copy the caller may change), leases of dead holders left out.
+        When the file is still the one this process wrote last, it is not parsed again:
+        its first bytes carry the token of that write."""
+        cached = self._written
+        if cached is not None and self._head(len(cached.head)) == cached.head:
+            running = dict(cached.running)
+            down = dict(cached.down)
+        else:
+            try:
+                state = json.loads(self._path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                state = {}
+            running, down = dict(state.get("running", {})), dict(state.get("down", {}))
+        # Each holder's pid is asked once, not once a lease (a process holds hundreds).
+        pids = {int(entry.get("pid", 0)) for entry in running.values()}
+        dead = {pid for pid in pids if pid != os.getpid() and not _alive(pid)}
+        if dead:
+            running = {holder: entry for holder, entry in running.items()
+                       if int(entry.get("pid", 0)) not in dead}  # fmt: skip
+        return {"running": running, "down": down}
+
+    def _head(self, size: int) -> bytes:
         try:
-            state = json.loads(self._path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            state = {}
-        running = {
-            holder: entry
-            for holder, entry in state.get("running", {}).items()
-            if _alive(int(entry.get("pid", 0)))
-        }
-        return {"running": running, "down": state.get("down", {})}
+            with self._path.open("rb") as handle:
+                return handle.read(size)
+        except OSError:
+            return b""
 
     def _write(self, state: dict[str, Any]) -> None:
-        self._path.write_text(json.dumps(state), encoding="utf-8")
+        """Writes the state as JSON; each lease's text is made once, not at every write
+        (a write per placement and release, with up to a lease per GPU of the fleet)."""
+        head = f'{{"written": "{uuid.uuid4().hex}", '
+        previous = self._written.fragments if self._written is not None else {}
+        fragments = {}
+        for holder, entry in state["running"].items():
+            known = previous.get(holder)
+            fragments[holder] = known if known is not None and known[0] is entry else (
+                entry, f"{json.dumps(holder)}: {json.dumps(entry)}"
+            )  # fmt: skip
+        leases = ", ".join(text for _, text in fragments.values())
+        text = f'{head}"down": {json.dumps(state["down"])}, "running": {{{leases}}}}}'
+        self._written = None  # a write that fails leaves nothing trusted
+        self._path.write_text(text, encoding="utf-8")
+        self._written = _Written(
+            head.encode(), dict(state["running"]), dict(state["down"]), fragments
+        )
 
     def down(self) -> dict[str, str]:
         with self._lock:
@@ -142,7 +198,8 @@ class HostPool:
         prefer: Placement | None = None,
         avoid: Collection[tuple[str, int]] = (),
     ) -> Placement | None:
-        """A placement on the least loaded fitting host with enough free GPUs, or None.
+        """A placement on the fitting host with enough free GPUs that the strategy ranks
+        first, or None.
         `prefer` is taken when all its GPUs are free (a container was made for them);
         GPUs in `avoid` (host, index) are left to whoever of this process expects them."""
         with self._lock:
@@ -157,7 +214,7 @@ class HostPool:
             if prefer is not None and _free(prefer, held) and prefer.host in candidates:
                 chosen: tuple[Host, tuple[Gpu, ...]] | None = (prefer.host, prefer.gpus)
             else:
-                chosen = self._least_loaded(candidates, n_gpus, running, held | set(avoid))
+                chosen = self._choose(candidates, n_gpus, running, held | set(avoid))
             if chosen is None:
                 return None
             host, gpus = chosen
@@ -167,18 +224,22 @@ class HostPool:
             self._write(state)
         return Placement(host, gpus, holder)
 
-    def _least_loaded(
+    def _choose(
         self,
         candidates: Sequence[Host],
         n_gpus: int,
         running: dict[str, Any],
         left_out: Collection[tuple[str, int]],
     ) -> tuple[Host, tuple[Gpu, ...]] | None:
-        """The candidate with the fewest placements per GPU that has enough GPUs not
-        left out, and those GPUs; None when none has."""
+        """The candidate the strategy ranks first among those with enough GPUs not left
+        out, and those GPUs; None when none has. least-loaded: the fewest placements per
+        GPU; round-robin: the next host after the one this process chose last, in the
+        hosts' order; capability: the fewest GPUs that fit the test (the larger hosts
+        stay free for larger tests), then the least loaded."""
         load = {host.name: 0 for host in self.hosts}
         for entry in running.values():
             load[entry["host"]] = load.get(entry["host"], 0) + 1
+        position = self._position
         options = []
         for host in candidates:
             free = [gpu for gpu in host.gpus.gpus
@@ -186,10 +247,17 @@ class HostPool:
             wanted = min(self._wanted(host, n_gpus), host.gpus.count)
             if len(free) >= wanted:
                 busy = load[host.name] / max(host.gpus.count, 1)
-                options.append((busy, host.name, host, tuple(free[:wanted])))
+                turn = (position[host.name] - self._turn) % len(self.hosts)
+                rank = {
+                    "least-loaded": (busy, host.name),
+                    "round-robin": (turn, host.name),
+                    "capability": (host.gpus.count, busy, host.name),
+                }[self.strategy]
+                options.append((rank, host, tuple(free[:wanted])))
         if not options:
             return None
-        _, _, host, gpus = min(options, key=lambda option: option[:2])
+        _, host, gpus = min(options, key=lambda option: option[0])
+        self._turn = position[host.name] + 1
         return host, gpus
 
     def acquire(

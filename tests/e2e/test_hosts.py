@@ -54,6 +54,19 @@ def test_tests_spread_over_the_hosts(pytester: pytest.Pytester, test_hosts: Path
     assert hosts == {"mad-host1", "mad-host2"}
 
 
+def test_round_robin_takes_the_hosts_in_turn(pytester: pytest.Pytester, test_hosts: Path):
+    """One test at a time, each host idle when the next is placed: least-loaded would
+    put them all on the first host; round-robin goes to the next one each time."""
+    models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="0") for i in range(4)]
+    unique_tree(pytester, models, scripts(sleeper=SLEEPER))
+    result = run(pytester, "--mad-tags", "dummies", f"--mad-hosts={test_hosts}",
+                 "--mad-placement=round-robin", "--junitxml", "r.xml")  # fmt: skip
+    result.assert_outcomes(passed=4)
+    properties = junit_properties(pytester.path / "r.xml")
+    hosts = [properties[name]["host"] for name in sorted(properties)]
+    assert hosts == ["mad-host1", "mad-host2", "mad-host1", "mad-host2"]
+
+
 def test_a_host_that_does_not_answer_is_left_out(pytester: pytest.Pytester, test_hosts: Path):
     unique_tree(pytester, [entry("one")])
     inventory = test_hosts.read_text() + (

@@ -6,10 +6,13 @@ import json
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_madengine.errors import MadError
+from pytest_madengine.core.options import RawOptions, parse_options
+from pytest_madengine.errors import MadError, UsageProblem
+from pytest_madengine.resources import placement
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import HostPool, NoHost, Placement
@@ -125,3 +128,96 @@ def test_a_waiter_asks_again_what_to_avoid_when_woken(tmp_path: Path) -> None:
     pool.wake()
     waiter.join(5)
     assert [where(placement) for placement in got] == [("a", [0])]
+
+
+def test_the_state_a_pool_wrote_itself_is_not_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A placement and a release each read the state: with a lease per GPU of a fleet,
+    parsing it every time cost more than the tests did (issue #23)."""
+    pool = HostPool([host("a", 8)], tmp_path)
+    held = [pool.acquire(1, f"t{n}") for n in range(3)]
+    parsed: list[str] = []
+    real_loads = json.loads
+
+    def loads(text: str) -> object:
+        parsed.append(text)
+        return real_loads(text)
+
+    monkeypatch.setattr(placement.json, "loads", loads)
+    pool.release(held[0])
+    assert where(pool.try_acquire(1, "t3")) == ("a", [0])
+    assert parsed == []
+    # Another process (a pool of its own) wrote since: its lease is read, and kept to.
+    assert where(HostPool([host("a", 8)], tmp_path).acquire(4, "other")) == ("a", [3, 4, 5, 6])
+    assert where(pool.try_acquire(1, "t4")) == ("a", [7])
+    assert len(parsed) == 2  # once by the other pool, once by this one
+    assert json.loads((tmp_path / "placement.json").read_text())["running"].keys() == {
+        "t1", "t2", "t3", "other", "t4"
+    }  # fmt: skip
+
+
+def test_each_holder_is_asked_once_whether_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    leases = {f"crashed-{n}": {"host": "a", "gpus": [n], "pid": finished.pid} for n in range(4)}
+    (tmp_path / "placement.json").write_text(json.dumps({"running": leases, "down": {}}))
+    asked: list[int] = []
+    monkeypatch.setattr(placement, "_alive", lambda pid: asked.append(pid) or False)
+    pool = HostPool([host("a", 4)], tmp_path)
+    assert where(pool.try_acquire(4, "t")) == ("a", [0, 1, 2, 3])
+    assert asked == [finished.pid]
+
+
+def test_round_robin_takes_the_hosts_in_turn(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 4), host("b", 4), host("c", 4)], tmp_path, strategy="round-robin")
+    first = pool.acquire(1, "t1")
+    pool.release(first)  # a is idle again, and still not next
+    chosen = [where(pool.acquire(1, f"t{n}")) for n in range(2, 6)]
+    assert [where(first), *chosen] == [
+        ("a", [0]), ("b", [0]), ("c", [0]), ("a", [0]), ("b", [1])
+    ]  # fmt: skip
+
+
+def test_round_robin_passes_over_a_host_without_free_gpus(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 1), host("b", 1), host("c", 2)], tmp_path, strategy="round-robin")
+    assert [where(pool.acquire(1, f"t{n}")) for n in range(4)] == [
+        ("a", [0]), ("b", [0]), ("c", [0]), ("c", [1])
+    ]  # fmt: skip
+
+
+def test_capability_leaves_the_larger_hosts_for_larger_tests(tmp_path: Path) -> None:
+    pool = HostPool([host("big", 8), host("small", 2)], tmp_path, strategy="capability")
+    assert where(pool.acquire(2, "two")) == ("small", [0, 1])  # big is idle, and kept so
+    assert where(pool.acquire(1, "one")) == ("big", [0])  # small has none free
+    assert where(pool.acquire(4, "four")) == ("big", [1, 2, 3, 4])
+
+
+def test_least_loaded_is_the_default(tmp_path: Path) -> None:
+    pool = HostPool([host("big", 8), host("small", 2)], tmp_path)
+    assert where(pool.acquire(2, "two")) == ("big", [0, 1])
+    assert where(pool.acquire(1, "one")) == ("small", [0])
+    with pytest.raises(ValueError, match="no placement strategy 'fastest'"):
+        HostPool([host("a", 1)], tmp_path, strategy="fastest")
+
+
+@pytest.mark.parametrize(
+    ("given", "parsed"),
+    [(None, "least-loaded"), ("round-robin", "round-robin"), (" Capability ", "capability")],
+)
+def test_placement_is_one_of_the_strategies(tmp_path: Path, given: Any, parsed: str) -> None:
+    (tmp_path / "models.json").write_text("[]")
+    raw = RawOptions(root=str(tmp_path), tags=("all",), placement=given, base_dir=tmp_path)
+    assert parse_options(raw).placement == parsed
+
+
+def test_another_placement_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "models.json").write_text("[]")
+    raw = RawOptions(root=str(tmp_path), tags=("all",), placement="fastest", base_dir=tmp_path)
+    with pytest.raises(UsageProblem) as problem:
+        parse_options(raw)
+    assert str(problem.value) == (
+        "--mad-placement: expected one of least-loaded, round-robin, capability, got 'fastest'"
+    )
