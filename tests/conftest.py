@@ -312,3 +312,14 @@ def slurm() -> dict[str, Any]:
         message = f"Slurm cluster needed (run scripts/bootstrap slurm): {problem}"
         component_missing(message)
     return facts
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's Chromium of `scripts/bootstrap chromium`, for the tests that open pages."""
+    from tests.browser import chromium_path
+
+    path = chromium_path()
+    if path is None:
+        component_missing("chromium needed (run scripts/bootstrap chromium)")
+    return path

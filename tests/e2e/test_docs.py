@@ -15,19 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chromium_path, visit
+from tests.browser import visit
 from tests.conftest import component_missing
+from tests.e2e.test_report import PNG_SIGNATURE
 
 ROOT = Path(__file__).resolve().parents[2]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        component_missing("chromium needed (run scripts/bootstrap chromium)")
-    return path
 
 
 @pytest.fixture(scope="module")

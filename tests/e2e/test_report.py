@@ -10,21 +10,13 @@ import pytest
 from lxml import etree
 
 from pytest_madengine.cli.app import invoke
-from tests.browser import chromium_path, visit
-from tests.conftest import component_missing, entry
+from tests.browser import visit
+from tests.conftest import entry
 from tests.e2e.test_run import FAIL, VALUE, run, scripts, unique_tree
 from tests.unit.test_report import perf_csv, row
 
 SCHEMA = Path(__file__).resolve().parents[1] / "data" / "junit.xsd"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        component_missing("chromium needed (run scripts/bootstrap chromium)")
-    return path
 
 
 def nightly_runs(directory: Path) -> list[Path]:
