@@ -31,6 +31,7 @@ from pytest_madengine.cli.translate import (
 )
 from pytest_madengine.core.option_table import (
     DEFAULT_MANIFEST_OUTPUT,
+    MADENGINE_IGNORED,
     MADENGINE_UNSUPPORTED,
     OPTIONS_BY_NAME,
 )
@@ -76,10 +77,24 @@ SkipModelRun = Annotated[bool, _option("skip_model_run")]
 DisableSkipGpuArch = Annotated[bool, _option("disable_skip_gpu_arch")]
 ForceMirrorLocal = Annotated[str | None, _option("force_mirror_local")]
 ToolsConfig = Annotated[str | None, _option("tools_file")]
-# Without a row: refused when given (translate), so that no script loses it silently.
-DataConfig = Annotated[
-    str | None, typer.Option("--data-config", help=MADENGINE_UNSUPPORTED["--data-config"])
-]
+DataConfig = Annotated[str | None, _option("data_config")]
+
+
+def _without_row(flag: str, *more_flags: str) -> Any:
+    """A madengine option without a row, taken with madengine's syntax so that the
+    command, not the parser, answers it: refused with its reason when given, or ignored
+    (translate.py); its help says which and why."""
+    reason = MADENGINE_UNSUPPORTED.get(flag)
+    shown = f"not supported: {reason}" if reason else MADENGINE_IGNORED[flag]
+    return typer.Option(flag, *more_flags, help=shown)
+
+
+TargetArchs = Annotated[list[str] | None, _without_row("--target-archs", "-a")]
+UseImage = Annotated[str | None, _without_row("--use-image")]
+BuildOnCompute = Annotated[bool, _without_row("--build-on-compute")]
+SysEnvDetails = Annotated[bool, _without_row("--sys-env-details")]
+IgnoreDeprecated = Annotated[bool, _without_row("--ignore-deprecated")]
+CleanupPerf = Annotated[bool, _without_row("--cleanup-perf")]
 
 
 def _version() -> str:
@@ -193,6 +208,9 @@ def build(
     summary: SummaryOutput = None,
     live_output: LiveOutput = False,
     verbose: Verbose = False,
+    target_archs: TargetArchs = None,
+    use_image: UseImage = None,
+    build_on_compute: BuildOnCompute = False,
 ) -> None:
     """Build the images of the selected models (push them with --registry) and write
     a build manifest. Exit 2 when a build or push failed."""
@@ -230,6 +248,9 @@ def run(
     live_output: LiveOutput = False,
     perf_csv: PerfCsv = None,
     verbose: Verbose = False,
+    sys_env_details: SysEnvDetails = False,
+    ignore_deprecated: IgnoreDeprecated = False,
+    cleanup_perf: CleanupPerf = False,
 ) -> None:
     """Run models: from a build manifest (pulling its images), or, without one, build
     first (writing --manifest-output) and run what was built. Exit 3 when a model
@@ -248,6 +269,7 @@ def run(
             manifest_output=None if manifest else manifest_output,
             force_mirror_local=force_mirror_local,
             tools_config=tools_file,
+            data_config=data_config,
         )
     except (CliUsageError, MadError) as exc:
         raise _fail(str(exc), ExitCode.INVALID_ARGS) from None
@@ -268,11 +290,16 @@ def run(
 
 def _check_run_paths(
     *, output: str | None, summary_output: str | None, manifest_output: str | None,
-    force_mirror_local: str | None, tools_config: str | None,
+    force_mirror_local: str | None, tools_config: str | None, data_config: str | None,
 ) -> None:  # fmt: skip
     """What the run session would refuse at its start, checked before the build session
     (minutes, or hours) so that a bad path is exit 4 at once, by the session's own checks."""
-    from pytest_madengine.core.options import DEFAULT_PERF_CSV, writable_dir, writable_file
+    from pytest_madengine.core.options import (
+        DEFAULT_PERF_CSV,
+        load_data_sources,
+        writable_dir,
+        writable_file,
+    )
     from pytest_madengine.tools import load_toolbox
 
     writable_file(Path(output or DEFAULT_PERF_CSV), "--output")
@@ -284,6 +311,8 @@ def _check_run_paths(
         writable_dir(Path(force_mirror_local), "--force-mirror-local")
     if tools_config:
         load_toolbox(Path(tools_config))
+    if data_config:
+        load_data_sources(Path.cwd(), Path(data_config), "--data-config")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

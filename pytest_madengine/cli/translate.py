@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from pytest_madengine.core.option_table import OPTION_TABLE, OPTIONS_BY_NAME, Kind, OptionSpec
+from pytest_madengine.core.option_table import (
+    MADENGINE_IGNORED,
+    MADENGINE_PYTEST_OWN,
+    MADENGINE_UNSUPPORTED,
+    OPTION_TABLE,
+    OPTIONS_BY_NAME,
+    Kind,
+    OptionSpec,
+)
 from pytest_madengine.core.option_table import Phase as OptionPhase
 from pytest_madengine.core.tree.tags import split_tags
 
@@ -25,6 +33,8 @@ EVERY_PHASE = frozenset(OptionPhase)
 # A run session gets no option that only a build uses (--clean-docker-cache, ...).
 RUN_PHASES = frozenset({OptionPhase.BOTH, OptionPhase.RUN})
 BUILD_PHASES = frozenset({OptionPhase.BOTH, OptionPhase.BUILD})
+# madengine's options without a row that are not refused: taken, and nothing to pass on.
+IGNORED = frozenset({*MADENGINE_IGNORED, *MADENGINE_PYTEST_OWN})
 
 # Plugin options that a madengine option of build or run sets. Given again after `--`
 # they would be used beside or over it while the banner shows the command's value.
@@ -42,9 +52,10 @@ def plugin_option_names() -> frozenset[str]:
     return frozenset(spec.flag for spec in OPTION_TABLE)
 
 
-def _checked(given: Mapping[str, Any]) -> dict[str, Any]:
+def _checked(given: Mapping[str, Any], command: str) -> dict[str, Any]:
     """The options given, as the plugin takes them: tags split, the default context
-    and timeout left out; a contradiction or an option without a row refused."""
+    and timeout left out; a contradiction or an option without a row refused (with
+    its reason, naming the command: `build --target-archs is not supported: ...`)."""
     options = dict(given)
     options["tags"] = split_tags(given.get("tags") or ())
     context = (given.get("context_json") or "").strip()
@@ -55,9 +66,11 @@ def _checked(given: Mapping[str, Any]) -> dict[str, Any]:
     if given.get("timeout") == DEFAULT_TIMEOUT:
         options["timeout"] = None
     for name, value in given.items():
-        if name not in OPTIONS_BY_NAME and name != "verbose" and value:
-            flag = "--" + name.replace("_", "-")
-            raise CliUsageError(f"{flag}: not supported by pytest-madengine yet")
+        flag = "--" + name.replace("_", "-")
+        if name in OPTIONS_BY_NAME or flag in IGNORED or not value:
+            continue
+        reason = MADENGINE_UNSUPPORTED.get(flag, "not offered by pytest-madengine")
+        raise CliUsageError(f"{command} {flag} is not supported: {reason}")
     return options
 
 
@@ -69,9 +82,12 @@ def _plugin_words(spec: OptionSpec, value: Any) -> list[str]:
     return [] if value is None or value == "" else [spec.flag, str(value)]
 
 
-def plugin_args(given: Mapping[str, Any], phases: Collection[OptionPhase]) -> list[str]:
-    """The options given (named as the table's rows) of those phases, as pytest arguments."""
-    options = _checked(given)
+def plugin_args(
+    given: Mapping[str, Any], phases: Collection[OptionPhase], command: str
+) -> list[str]:
+    """The options given (named as the table's rows) of those phases, as pytest arguments
+    (`command`, build or run, names the command in a refusal)."""
+    options = _checked(given, command)
     args = [*BASE_ARGS, *(["-v"] if options.get("verbose") else [])]
     for spec in OPTION_TABLE:
         if spec.name in options and spec.phase in phases:
@@ -83,7 +99,7 @@ def build_args(*, phases: Collection[OptionPhase] = EVERY_PHASE, **given: Any) -
     """`madengine build` (or the build half of a run): a build-only session."""
     if given.get("batch_manifest") and split_tags(given.get("tags") or ()):
         raise CliUsageError("--batch-manifest and --tags: give one (the batch names the models)")
-    return plugin_args({**given, "build_only": True}, phases)
+    return plugin_args({**given, "build_only": True}, phases, "build")
 
 
 def run_args(**given: Any) -> list[str]:
@@ -91,7 +107,7 @@ def run_args(**given: Any) -> list[str]:
     timeout = given.get("timeout")
     if timeout is not None and timeout < DEFAULT_TIMEOUT:
         raise CliUsageError(f"--timeout: -1 (the models' own), 0 (none) or seconds; got {timeout}")
-    return plugin_args(given, RUN_PHASES)
+    return plugin_args(given, RUN_PHASES, "run")
 
 
 def check_passthrough(args: Collection[str]) -> None:

@@ -229,6 +229,14 @@ class RawOptions:
         help="keep the fetched copy of every dataset (nas, minio, aws) in DIR, over any"
         " mirrorlocal of data.json; later sessions reuse it (ini: mad_force_mirror_local)",
     )  # fmt: skip
+    data_config: str | None = _row(
+        None, "--mad-data-config", metavar="JSON", ini="mad_data_config",
+        ini_help="data sources file, instead of the tree's data.json", ini_is_path=True,
+        madengine=("--data-config",),
+        madengine_help="data sources file (data.json format), instead of the tree's data.json",
+        help="data sources file (data.json format) that models' 'data' name, instead of the"
+        " MAD tree's data.json (ini: mad_data_config)",
+    )  # fmt: skip
     # Write the SLURM batch scripts, submit nothing (implies deploy slurm).
     slurm_dry_run: bool = _row(
         False, "--mad-slurm-dry-run",
@@ -298,12 +306,23 @@ OPTIONS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in OPTION_
 
 # madengine's run and build options that have no row, each with what becomes of it.
 MADENGINE_PYTEST_OWN = {"--verbose": "pytest's -v"}
+# Refused (exit 4, one line with the reason) before anything runs: a script that gives
+# one would otherwise get something other than what it asked for.
 MADENGINE_UNSUPPORTED = {
-    "--data-config": "data.json is read from the MAD tree; the option is refused (exit 4)",
-    "--target-archs": "images are built for the GPUs of the context, not a list of archs",
-    "--use-image": "the context's MAD_CONTAINER_IMAGE runs a given image",
-    "--build-on-compute": "a build runs on the Docker host of the session",
-    "--ignore-deprecated": "no deprecated options to ignore",
-    "--sys-env-details": "no rocEnvTool pre script is added to a run",
-    "--cleanup-perf": "perf.csv is appended to, never cleaned up by a run",
+    "--target-archs": "images are built for the GPU architecture of the context"
+    " (gpu_architecture, else the GPUs detected), not for a list of architectures",
+    "--use-image": "a pre-built image runs as the context's MAD_CONTAINER_IMAGE;"
+    " it is not written into a build manifest",
+    "--build-on-compute": "images are built by the session on its Docker host and pushed"
+    " with --registry, not by a SLURM job",
+    "--sys-env-details": "no system environment (rocEnvTool) pre script is added to a run;"
+    " name the tree's script in the context's pre_scripts",
+}
+# Accepted and changing nothing, because what madengine does with them is what we
+# always do (the reason says so in the command's help).
+MADENGINE_IGNORED = {
+    "--ignore-deprecated": "accepted, changes nothing: models marked deprecated run"
+    " (as in madengine 2, where the flag is passed on and unused)",
+    "--cleanup-perf": "accepted, changes nothing: a run writes no perf_entry files"
+    " (its rows go to perf.csv and perf_super.csv), so none are left to remove",
 }

@@ -218,12 +218,19 @@ def detect_ctx_test(directory: Path) -> str:
         return "None"
 
 
-def load_data_sources(root: Path) -> dict[str, Any]:
-    """data.json of the MAD tree ({} when there is none)."""
-    path = root / "data.json"
-    if not path.exists():
-        return {}
-    data = read_json(path)
+def load_data_sources(
+    root: Path, given: Path | None = None, option: str = "--mad-data-config"
+) -> dict[str, Any]:
+    """data.json of the MAD tree ({} when there is none), or the file --mad-data-config
+    gives (madengine's --data-config), which must be there: a path given is meant."""
+    if given is None:
+        path = root / "data.json"
+        if not path.exists():
+            return {}
+        data = read_json(path)
+    else:
+        path = given
+        data = read_json(path, option)
     if not isinstance(data, dict):
         raise MadError(f"{path}: expected a JSON object of data sources")
     return data
@@ -419,7 +426,9 @@ def _parse(raw: RawOptions) -> Options:
         placement=_placement(raw.placement),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
-        data_sources=load_data_sources(root),
+        data_sources=load_data_sources(
+            root, _path(raw, raw.data_config) if raw.data_config else None
+        ),
         git_commit=git_commit(root),
         tools=tools,
         workspace=raw.base_dir,

@@ -143,3 +143,26 @@ def test_each_exit_code_of_madengine(
     result = madengine(pytester, *args)
     assert result.ret == code, output_of(result)
     pytest.LineMatcher(output_of(result).splitlines()).fnmatch_lines([message])
+
+
+def test_data_config_names_the_data_file_that_models_read(pytester: pytest.Pytester) -> None:
+    """madengine's --data-config: the data sources come from that file, not from the
+    tree's data.json (which here points nowhere); a missing file is exit 4 at once."""
+    need = '#!/bin/sh\ntest -f "$MAD_DATAHOME/README.txt" || exit 4\necho "performance: 1 ok"\n'
+    unique_tree(pytester, [entry("needs_data", data="d", scripts="scripts/dummy/need.sh")],
+                scripts(need=need))  # fmt: skip
+    (pytester.path / "dataset").mkdir()
+    (pytester.path / "dataset" / "README.txt").write_text("sample\n")
+    nowhere = {"d": {"local": {"path": str(pytester.path / "nowhere")}}}
+    (pytester.path / "data.json").write_text(json.dumps(nowhere))
+    (pytester.path / "other").mkdir()
+    there = {"d": {"local": {"path": str(pytester.path / "dataset")}}}
+    (pytester.path / "other" / "data.json").write_text(json.dumps(there))
+    missing = madengine(pytester, "run", "-t", "needs_data", "--data-config", "nope.json")
+    assert missing.ret == 4, output_of(missing)
+    missing.stderr.fnmatch_lines(["madengine: --data-config nope.json: No such file*"])
+    assert "Build results" not in output_of(missing)
+    result = madengine(pytester, "run", "-t", "needs_data", "--data-config", "other/data.json")
+    assert result.ret == 0, output_of(result)
+    (row,) = read_perf(pytester.path / "perf.csv")
+    assert (row["status"], row["dataname"], row["data_provider_type"]) == ("SUCCESS", "d", "local")

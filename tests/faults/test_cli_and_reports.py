@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_madengine.core.option_table import MADENGINE_UNSUPPORTED
 from pytest_madengine.errors import MadError
 from pytest_madengine.reporting import html
 from tests.conftest import entry, write_tree
@@ -177,3 +178,26 @@ def test_run_refuses_bad_paths_and_duplicate_options_before_it_builds(
 def test_build_refuses_a_pass_through_option_it_sets(pytester: pytest.Pytester, tree: Path):
     result = madengine(pytester, "build", "-t", "alpha", "--", "--mad-registry", "elsewhere:5000")
     one_line(result, USAGE, "madengine: --mad-registry after --: * give --registry instead")
+
+
+# madengine's options that we refuse: each given with madengine's own argument syntax
+# (a value, a repeated list, a flag), so that what the user sees is our reason in one
+# line and exit 4 before anything runs, not the parser's "No such option".
+REFUSED_AS_GIVEN = {
+    "--target-archs": ["build", "--target-archs", "gfx942", "-a", "gfx90a"],
+    "--use-image": ["build", "--use-image", "auto"],
+    "--build-on-compute": ["build", "--build-on-compute", "--registry", "localhost:5000"],
+    "--sys-env-details": ["run", "--sys-env-details"],
+}
+
+
+@pytest.mark.parametrize("option", sorted(MADENGINE_UNSUPPORTED))
+def test_a_refused_madengine_option_is_one_line_naming_it_and_why(
+    pytester: pytest.Pytester, tree: Path, option: str
+) -> None:
+    command, *args = REFUSED_AS_GIVEN[option]
+    result = madengine(pytester, command, "-t", "alpha", *args)
+    reason = MADENGINE_UNSUPPORTED[option]
+    one_line(result, USAGE, f"madengine: {command} {option} is not supported: {reason}")
+    assert len(result.stderr.lines) == 1, said(result)
+    assert "Build results" not in said(result)  # refused before any session

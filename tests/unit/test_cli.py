@@ -56,12 +56,22 @@ def test_a_run_that_builds_first_splits_the_options_between_its_sessions() -> No
         (lambda: build_args(tags=["a"], batch_manifest="b.json"), "give one"),
         (lambda: run_args(context_json='{"a": 1}', context_file="c.json"),
          "give one of them"),
-        (lambda: run_args(data_config="d.json"), "--data-config: not supported"),
+        (lambda: build_args(tags=["a"], target_archs=["gfx942"]),
+         "build --target-archs is not supported: images are built for the GPU architecture"),
+        (lambda: run_args(tags=["a"], sys_env_details=True),
+         "run --sys-env-details is not supported: no system environment"),
     ],
 )  # fmt: skip
 def test_contradictory_or_unknown_options_are_usage_errors(call, message: str) -> None:
     with pytest.raises(CliUsageError, match=message):
         call()
+
+
+def test_options_that_change_nothing_are_taken_and_pass_nothing_on() -> None:
+    plain = run_args(tags=["a"], data_config="d.json")
+    assert plain[-2:] == ["--mad-data-config", "d.json"]
+    assert run_args(tags=["a"], data_config="d.json", ignore_deprecated=True,
+                    cleanup_perf=True, verbose=False) == plain  # fmt: skip
 
 
 def test_every_madengine_option_of_the_table_becomes_its_plugin_option() -> None:

@@ -14,6 +14,7 @@ import typer
 
 from pytest_madengine.cli.app import app
 from pytest_madengine.core.option_table import (
+    MADENGINE_IGNORED,
     MADENGINE_PYTEST_OWN,
     MADENGINE_UNSUPPORTED,
     OPTION_TABLE,
@@ -26,7 +27,7 @@ MADENGINE_BUILD = {
     "--additional-context": "-c", "--additional-context-file": "-f",
     "--clean-docker-cache": "", "--manifest-output": "-m", "--summary-output": "-s",
     "--live-output": "-l", "--verbose": "-v",
-    "--target-archs": "", "--use-image": "", "--build-on-compute": "",
+    "--target-archs": "-a", "--use-image": "", "--build-on-compute": "",
 }  # fmt: skip
 MADENGINE_RUN = {
     "--tags": "-t", "--manifest-file": "-m", "--registry": "-r", "--timeout": "",
@@ -56,20 +57,45 @@ def command_flags(name: str) -> dict[str, set[str]]:
 def test_every_madengine_option_has_a_row_or_a_reason(name: str, madengine: dict) -> None:
     rows = {spec.madengine[0]: spec for spec in OPTION_TABLE if spec.madengine}
     ours = command_flags(name)
+    without_row = {**MADENGINE_UNSUPPORTED, **MADENGINE_IGNORED}
     for option, short in madengine.items():
-        if option in MADENGINE_UNSUPPORTED:
-            assert MADENGINE_UNSUPPORTED[option].strip(), option
-            assert option not in rows, f"{option}: both a row and unsupported"
-            continue
-        assert option in rows or option in MADENGINE_PYTEST_OWN, f"{option}: no row, no reason"
+        if option in without_row:
+            assert without_row[option].strip(), option
+            assert option not in rows, f"{option}: both a row and a reason to have none"
+        else:
+            assert option in rows or option in MADENGINE_PYTEST_OWN, f"{option}: no row, no reason"
+        # Offered even when refused: the command answers it, not the parser.
         assert option in ours, f"madengine {name} {option}: our command does not offer it"
         assert {option, short} - {""} <= ours[option], f"madengine {name} {option} {short}"
     # Nothing of ours that madengine lacks, beside what we refuse with a reason.
     assert set(ours) <= set(madengine) | {"--help"}
 
 
-def test_the_unsupported_list_names_only_options_of_madengine() -> None:
+def test_the_unsupported_and_ignored_lists_name_only_options_of_madengine() -> None:
     assert set(MADENGINE_UNSUPPORTED) <= set(MADENGINE_BUILD) | set(MADENGINE_RUN)
+    assert set(MADENGINE_IGNORED) <= set(MADENGINE_RUN)
+    assert not set(MADENGINE_UNSUPPORTED) & set(MADENGINE_IGNORED)
+
+
+# madengine's `report` commands and their options: to-html and to-email of madengine 2;
+# update-perf of madengine 1's command (`--single_result` spelled so there).
+MADENGINE_REPORT = {
+    "to-html": {"--csv-file-path": "", "--verbose": "-v"},
+    "to-email": {"--directory": "--dir", "--output": "-o", "--verbose": "-v"},
+    "update-perf": {
+        "--single_result": "", "--exception-result": "", "--failed-result": "",
+        "--multiple-results": "", "--perf-csv": "", "--model-name": "", "--common-info": "",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(MADENGINE_REPORT))
+def test_every_madengine_report_command_and_option_is_offered(name: str) -> None:
+    report = typer.main.get_command(app).commands["report"]  # type: ignore[attr-defined]
+    assert name in report.commands, f"madengine report {name}: we have no such command"
+    ours = {flag for param in report.commands[name].params for flag in param.opts}
+    for option, other in MADENGINE_REPORT[name].items():
+        assert {option, other} - {""} <= ours, f"madengine report {name} {option} {other}"
 
 
 def test_every_row_is_a_field_of_raw_options_with_one_pytest_flag_and_ini_key() -> None:
