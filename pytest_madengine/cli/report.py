@@ -1,10 +1,13 @@
 """`madengine report`: HTML from perf.csv files, and merges of the JUnit and perf.csv
-files that many nodes wrote. madengine's own `to-html` and `to-email` are here too."""
+files that many nodes wrote. madengine's own `to-html`, `to-email` and `update-perf`
+are here too."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -132,3 +135,122 @@ def csv_merge(
     except MadError as exc:
         raise fail(str(exc), ExitCode.FAILURE) from None
     console.print(f"{output}: {rows} row(s)")
+
+
+# `report update-perf`: madengine's way of adding results to perf.csv from files.
+ResultFile = Annotated[Path | None, typer.Option(show_default=False)]
+ENTRY_OPTIONS = ("--single_result", "--exception-result", "--failed-result")
+NOT_COLUMNS = ("configs",)  # a perf entry's parsed config files: no cell of perf.csv
+
+
+def _cell(value: Any) -> str:
+    """A JSON value as a perf.csv cell: a list as `a,b` (madengine's tags), an object
+    as JSON, null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(_cell(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _json_object(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise MadError(f"{where}: expected a JSON object of perf.csv columns")
+    return {str(key): _cell(item) for key, item in value.items() if key not in NOT_COLUMNS}
+
+
+def entry_rows(path: Path, option: str) -> list[dict[str, str]]:
+    """A perf entry JSON (what madengine writes as perf_entry.json): one object, or a
+    list of them (its multiple results), each a row."""
+    from pytest_madengine.errors import read_json
+
+    data = read_json(path, option)
+    entries = data if isinstance(data, list) else [data]
+    return [_json_object(entry, f"{option} {path}") for entry in entries]
+
+
+def multiple_result_rows(
+    path: Path, model_name: str, common: Mapping[str, str]
+) -> list[dict[str, str]]:
+    """A multiple_results CSV's rows as madengine adds them: the common columns, the
+    row's own over them, `model` as `<model-name>_<row's model>`, and the status
+    SUCCESS where the row has a performance, else FAILURE."""
+    from pytest_madengine.core.results import multiple_results_rows
+    from pytest_madengine.errors import read_text
+
+    rows = multiple_results_rows(read_text(path, "--multiple-results"),
+                                 f"--multiple-results {path}")  # fmt: skip
+    return [
+        {
+            **common,
+            **{key: cell for key, cell in row.items() if key},
+            "model": f"{model_name}_{row['model']}",
+            "status": "SUCCESS" if row["performance"] else "FAILURE",
+        }
+        for row in rows
+    ]
+
+
+def _update_perf_rows(
+    entries: dict[str, Path | None], multiple_results: Path | None,
+    model_name: str | None, common_info: Path | None,
+) -> list[dict[str, str]]:  # fmt: skip
+    from pytest_madengine.errors import read_json
+
+    given = [option for option, path in entries.items() if path is not None]
+    if multiple_results is not None:
+        given.append("--multiple-results")
+    if len(given) > 1:
+        raise UsageProblem(f"{' and '.join(given)}: give one result file at a time")
+    if multiple_results is None:
+        return [row for option, path in entries.items() if path for row in entry_rows(path, option)]
+    if not model_name:
+        raise UsageProblem("--multiple-results needs --model-name (the rows' name prefix)")
+    common = _json_object(read_json(common_info, "--common-info"),
+                          f"--common-info {common_info}") if common_info else {}  # fmt: skip
+    return multiple_result_rows(multiple_results, model_name, common)
+
+
+@report_app.command("update-perf")
+def update_perf(
+    single_result: Annotated[Path | None, typer.Option(
+        "--single_result", "--single-result", help="a perf entry JSON: its row (a list: each)",
+    )] = None,
+    exception_result: Annotated[Path | None, typer.Option(
+        "--exception-result", help="a failed run's perf entry JSON: its row",
+    )] = None,
+    failed_result: Annotated[Path | None, typer.Option(
+        "--failed-result", help="the same, as madengine 1 spells it",
+    )] = None,
+    multiple_results: Annotated[Path | None, typer.Option(
+        "--multiple-results", help="a multiple_results CSV (model, performance, metric, ...)",
+    )] = None,
+    perf_csv: Annotated[Path, typer.Option("--perf-csv", help="the perf.csv appended to")] = Path(
+        "perf.csv"
+    ),
+    model_name: Annotated[str | None, typer.Option(
+        "--model-name", help="--multiple-results: rows are named <model-name>_<model>",
+    )] = None,
+    common_info: Annotated[Path | None, typer.Option(
+        "--common-info", help="--multiple-results: JSON of the columns every row shares",
+    )] = None,
+) -> None:  # fmt: skip
+    """madengine's: append the result of a run, from its perf entry JSON or its
+    multiple_results CSV, to perf.csv (columns it lacks are added)."""
+    from pytest_madengine.reporting.perf_csv import PerfCsv
+
+    entries = {"--single_result": single_result, "--exception-result": exception_result,
+               "--failed-result": failed_result}  # fmt: skip
+    try:
+        rows = _update_perf_rows(entries, multiple_results, model_name, common_info)
+    except UsageProblem as exc:
+        raise fail(str(exc), ExitCode.INVALID_ARGS) from None
+    except MadError as exc:
+        raise fail(str(exc), ExitCode.FAILURE) from None
+    _writable(perf_csv, "--perf-csv")
+    problem = PerfCsv(perf_csv, label="--perf-csv", grow=True).append(rows)
+    if problem:
+        raise fail(problem, ExitCode.FAILURE)
+    console.print(f"{perf_csv}: {len(rows)} row(s) appended")

@@ -214,13 +214,10 @@ def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
             yield number, cells
 
 
-def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Measurement]:
-    """One Measurement per row of a multiple_results CSV, named `<model_name>_<row model>`.
-
-    As madengine reads it: a value that is no number (a CPU list `0-1`) is kept as
-    written; extra columns are kept with the row; an empty value makes that row a
-    failure, and only a CSV whose every row is empty fails as a whole.
-    """
+def multiple_results_rows(text: str, csv_name: str) -> list[dict[str, str]]:
+    """The rows of a multiple_results CSV as written (cells stripped, blank lines
+    skipped), each {column: cell}; ResultError naming the file for a missing
+    model/performance/metric column or a row of another length."""
     # utf-8-sig files read as text keep their BOM, which would spoil the first column name.
     records = _records(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
     first = next(records, None)
@@ -232,13 +229,25 @@ def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Me
         raise ResultError(
             f"{csv_name}: missing column(s) {', '.join(missing)} (have: {', '.join(header)})"
         )
-    measurements = []
+    rows = []
     for number, cells in records:
         if len(cells) != len(header):
             raise ResultError(
                 f"{csv_name}: row {number}: expected {len(header)} fields, got {len(cells)}"
             )
-        row = dict(zip(header, (cell.strip() for cell in cells), strict=True))
+        rows.append(dict(zip(header, (cell.strip() for cell in cells), strict=True)))
+    return rows
+
+
+def parse_multiple_results(text: str, model_name: str, csv_name: str) -> list[Measurement]:
+    """One Measurement per row of a multiple_results CSV, named `<model_name>_<row model>`.
+
+    As madengine reads it: a value that is no number (a CPU list `0-1`) is kept as
+    written; extra columns are kept with the row; an empty value makes that row a
+    failure, and only a CSV whose every row is empty fails as a whole.
+    """
+    measurements = []
+    for row in multiple_results_rows(text, csv_name):
         value = _number(row["performance"])
         # Unnamed columns (a trailing comma in the header) carry nothing worth keeping.
         extra = {key: cell for key, cell in row.items() if key and key not in CSV_COLUMNS}

@@ -147,10 +147,12 @@ def test_each_exit_code_of_madengine(
 
 def test_data_config_names_the_data_file_that_models_read(pytester: pytest.Pytester) -> None:
     """madengine's --data-config: the data sources come from that file, not from the
-    tree's data.json (which here points nowhere); a missing file is exit 4 at once."""
+    tree's data.json (which here points nowhere); a missing file is exit 4 at once.
+    --ignore-deprecated and --cleanup-perf are taken and change nothing: a model marked
+    deprecated runs, and perf.csv stays."""
     need = '#!/bin/sh\ntest -f "$MAD_DATAHOME/README.txt" || exit 4\necho "performance: 1 ok"\n'
-    unique_tree(pytester, [entry("needs_data", data="d", scripts="scripts/dummy/need.sh")],
-                scripts(need=need))  # fmt: skip
+    model = entry("needs_data", data="d", scripts="scripts/dummy/need.sh", is_deprecated=True)
+    unique_tree(pytester, [model], scripts(need=need))
     (pytester.path / "dataset").mkdir()
     (pytester.path / "dataset" / "README.txt").write_text("sample\n")
     nowhere = {"d": {"local": {"path": str(pytester.path / "nowhere")}}}
@@ -162,7 +164,8 @@ def test_data_config_names_the_data_file_that_models_read(pytester: pytest.Pytes
     assert missing.ret == 4, output_of(missing)
     missing.stderr.fnmatch_lines(["madengine: --data-config nope.json: No such file*"])
     assert "Build results" not in output_of(missing)
-    result = madengine(pytester, "run", "-t", "needs_data", "--data-config", "other/data.json")
+    result = madengine(pytester, "run", "-t", "needs_data", "--data-config", "other/data.json",
+                       "--ignore-deprecated", "--cleanup-perf")  # fmt: skip
     assert result.ret == 0, output_of(result)
     (row,) = read_perf(pytester.path / "perf.csv")
     assert (row["status"], row["dataname"], row["data_provider_type"]) == ("SUCCESS", "d", "local")

@@ -201,3 +201,37 @@ def test_a_refused_madengine_option_is_one_line_naming_it_and_why(
     one_line(result, USAGE, f"madengine: {command} {option} is not supported: {reason}")
     assert len(result.stderr.lines) == 1, said(result)
     assert "Build results" not in said(result)  # refused before any session
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "line"),
+    [
+        (["--single_result", "e.json", "--exception-result", "e.json"], USAGE,
+         "madengine: --single_result and --exception-result: give one result file at a time"),
+        (["--multiple-results", "ok.csv"], USAGE,
+         "madengine: --multiple-results needs --model-name (the rows' name prefix)"),
+        (["--single_result", "e.json", "--perf-csv", "adir"], USAGE,
+         "madengine: --perf-csv adir: is a directory"),
+        (["--single_result", "/dev/zero"], 1, "madengine: --single_result /dev/zero: larger *"),
+        (["--single_result", "fifo"], 1, "madengine: fifo: empty, where JSON was expected"),
+        (["--failed-result", "nope.json"], 1, "madengine: --failed-result nope.json: No such*"),
+        (["--single_result", "list.json"], 1,
+         "madengine: --single_result list.json: expected a JSON object of perf.csv columns"),
+        (["--multiple-results", "b.xml", "--model-name", "m"], 1,
+         "madengine: --multiple-results b.xml: not UTF-8 text*"),
+        (["--multiple-results", "e.json", "--model-name", "m"], 1,
+         "madengine: --multiple-results e.json: missing column(s) metric, model, performance*"),
+        (["--multiple-results", "ok.csv", "--model-name", "m", "--common-info", "list.json"], 1,
+         "madengine: --common-info list.json: expected a JSON object of perf.csv columns"),
+    ],
+)  # fmt: skip
+def test_update_perf_inputs_are_told_in_one_line_and_perf_csv_is_left_alone(
+    pytester: pytest.Pytester, inputs: Path, args: list[str], code: int, line: str
+) -> None:
+    (inputs / "e.json").write_text('{"model": "m", "performance": 1}')
+    (inputs / "list.json").write_text('[{"model": "m"}, 7]')
+    perf = (inputs / "ok.csv").read_bytes()
+    result = madengine(pytester, "report", "update-perf", "--perf-csv", "ok.csv", *args,
+                       timeout=60)  # fmt: skip
+    one_line(result, code, line)
+    assert (inputs / "ok.csv").read_bytes() == perf

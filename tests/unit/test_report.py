@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -118,3 +119,64 @@ def test_csv_merge_keeps_rows_in_order_and_every_column(tmp_path: Path) -> None:
     assert (tmp_path / "all.csv").read_text().splitlines() == [
         "model,performance,temperature", "a,1,", "b,2,70"
     ]  # fmt: skip
+
+
+# `madengine report update-perf` (madengine 1's): results from files appended to perf.csv.
+
+
+def update_perf(tmp_path: Path, *args: str) -> list[dict[str, str]]:
+    from pytest_madengine.cli.app import invoke
+
+    assert invoke(["report", "update-perf", "--perf-csv", str(tmp_path / "p.csv"), *args]) == 0
+    with (tmp_path / "p.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_update_perf_appends_a_perf_entry_as_a_row_adding_the_columns_it_lacks(
+    tmp_path: Path,
+) -> None:
+    perf_csv(tmp_path / "p.csv", [row("earlier", "n1", "1")])
+    entry = {"model": "dummy", "n_gpus": 1, "tags": ["pyt", "dummies"], "performance": 42.5,
+             "metric": "fps", "status": "SUCCESS", "git_commit": None, "temperature": 40,
+             "configs": [{"a": 1}], "nested": {"k": "v"}}  # fmt: skip
+    (tmp_path / "entry.json").write_text(json.dumps(entry))
+    earlier, added = update_perf(tmp_path, "--single_result", str(tmp_path / "entry.json"))
+    assert list(added) == [*PERF_COLUMNS, "temperature", "nested"]  # no `configs` column
+    assert (earlier["model"], earlier["temperature"]) == ("earlier", "")
+    assert (added["model"], added["n_gpus"], added["tags"], added["performance"]) == (
+        "dummy", "1", "pyt,dummies", "42.5")  # fmt: skip
+    assert (added["git_commit"], added["nested"], added["machine_name"]) == ("", '{"k": "v"}', "")
+    # madengine's perf_entry.json of multiple results is a list: each entry a row.
+    (tmp_path / "entries.json").write_text(json.dumps([{"model": "x"}, {"model": "y"}]))
+    rows = update_perf(tmp_path, "--exception-result", str(tmp_path / "entries.json"))
+    assert [r["model"] for r in rows] == ["earlier", "dummy", "x", "y"]
+
+
+def test_update_perf_adds_multiple_results_under_the_model_name_with_common_columns(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "common.json").write_text(json.dumps(
+        {"n_gpus": 8, "machine_name": "node1", "tags": ["multi"], "metric": "overridden"}
+    ))  # fmt: skip
+    (tmp_path / "multi.csv").write_text(
+        "model, performance ,metric,temperature\n"
+        "r1,1234567.891,tokens/s,40\n\nr2,,tokens/s,41\nr3,0-1,cpus,42\n"
+    )
+    rows = update_perf(tmp_path, "--multiple-results", str(tmp_path / "multi.csv"),
+                       "--model-name", "vllm",
+                       "--common-info", str(tmp_path / "common.json"))  # fmt: skip
+    assert list(rows[0]) == [*PERF_COLUMNS, "temperature"]  # a new file: madengine's header
+    assert [(r["model"], r["performance"], r["metric"], r["status"], r["temperature"])
+            for r in rows] == [
+        ("vllm_r1", "1234567.891", "tokens/s", "SUCCESS", "40"),  # as written
+        ("vllm_r2", "", "tokens/s", "FAILURE", "41"),
+        ("vllm_r3", "0-1", "cpus", "SUCCESS", "42"),
+    ]  # fmt: skip
+    assert {(r["n_gpus"], r["machine_name"], r["tags"]) for r in rows} == {("8", "node1", "multi")}
+
+
+def test_update_perf_without_a_result_file_appends_nothing(tmp_path: Path) -> None:
+    from pytest_madengine.cli.app import invoke
+
+    assert invoke(["report", "update-perf", "--perf-csv", str(tmp_path / "p.csv")]) == 0
+    assert not (tmp_path / "p.csv").exists()
