@@ -4,7 +4,8 @@ Pure functions, so the mapping is tested without running anything. Both sides of
 mapping come from the core's option table (core/option_table.py): the `build` and `run`
 commands name their parameters after its rows, so an option given is translated by its
 row into the plugin option of the same meaning. A madengine option without a row is a
-usage error naming it, never silently dropped.
+usage error naming it and its reason (MADENGINE_UNSUPPORTED), or, where a run already
+does what it asks, taken and ignored (MADENGINE_IGNORED); never silently dropped.
 """
 
 from __future__ import annotations
