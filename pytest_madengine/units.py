@@ -19,3 +19,12 @@ def human_size(size: int | None) -> str:
     if value < 10:
         return f"{math.ceil(value * 10) / 10:.1f}{unit}"
     return f"{math.ceil(value)}{unit}"
+
+
+def exact_number(value: float) -> str:
+    """A number as perf.csv keeps it: every digit it was measured with (the shortest text
+    that reads back as the same float), and a whole number without '.0', as the run's
+    `performance:` line printed it (1234567.891 stays so, where `:g` wrote 1.23457e+06)."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)

@@ -20,6 +20,7 @@ from pytest_madengine.contract import ImageFacts as ImageFacts  # re-exported
 from pytest_madengine.contract import RunOutcome
 from pytest_madengine.core.verdicts import median_interval, summarize
 from pytest_madengine.errors import MadError, NotRun
+from pytest_madengine.units import exact_number
 
 Redact = Callable[[str], str]
 R = TypeVar("R", bound="RecordBase")
@@ -53,7 +54,7 @@ class ResultRow:
     def shown_performance(self) -> str:
         """The value as perf.csv and JUnit write it: a number compact, a text as written."""
         if self.performance is not None:
-            return f"{self.performance:g}"
+            return exact_number(self.performance)
         return self.text or ""
 
     def spread(self) -> dict[str, str]:
@@ -64,7 +65,7 @@ class ResultRow:
         _, cv = summarize(self.samples)
         interval = median_interval(self.samples)
         return {
-            "samples": " ".join(f"{value:g}" for value in self.samples),
+            "samples": " ".join(exact_number(value) for value in self.samples),
             "cv": "" if cv is None else f"{cv * 100:.2f}%",
             "ci95": "" if interval is None else f"{interval[0]:g}..{interval[1]:g}",
         }

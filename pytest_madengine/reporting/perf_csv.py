@@ -23,7 +23,7 @@ from typing import TypedDict
 
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.resources.locks import SharedLock
-from pytest_madengine.units import human_size
+from pytest_madengine.units import exact_number, human_size
 
 PERF_COLUMNS = (
     "model", "n_gpus", "nnodes", "gpus_per_node", "training_precision", "pipeline", "args",
@@ -176,7 +176,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
+    return "" if value is None else exact_number(value)
 
 
 def perf_rows(
