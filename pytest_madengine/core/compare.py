@@ -99,19 +99,26 @@ class PerfCsvSource:
     path: Path
     upto: int | None  # the bytes read: the file as it was when the session started
     by_key: Mapping[ComparisonKey, tuple[HistoryPoint, ...]] = field(repr=False)
+    name: str = ""  # as the user gave it (the path when empty)
 
     @property
     def label(self) -> str:
-        return str(self.path)
+        return self.name or str(self.path)
 
     def points(self, key: ComparisonKey, current_session: str) -> list[HistoryPoint]:
         return list(self.by_key.get(key, ()))
 
 
-def load_perf_csv_source(path: Path, upto: int | None = None) -> PerfCsvSource:
-    """The points of a perf.csv; `upto` None: all of a regular file as it is now."""
+def load_perf_csv_source(
+    path: Path, upto: int | None = None, written_here: bool = False
+) -> PerfCsvSource:
+    """The points of a perf.csv; `upto` None: all of a regular file as it is now.
+    `written_here`: the session writes the file, so before its first session it is
+    missing, an empty history (any other missing file is a mistyped name)."""
     if upto is None and path.is_file():
         upto = path.stat().st_size  # rows appended from now on are this session's
+    if upto == 0 or (written_here and upto is None and not path.exists()):
+        return PerfCsvSource(path, 0, {})
     found: dict[ComparisonKey, list[HistoryPoint]] = {}
     for row in success_rows(path, OPTION, upto):
         point = _point(row)
@@ -175,7 +182,7 @@ def _open_history(url: str) -> tuple[Any, Any]:
         ) from None
 
 
-def _history_source(text: str, history_url: str) -> HistorySource:
+def _history_source(text: str, history_url: str | None) -> HistorySource:
     last = None
     matched = _LAST.fullmatch(text)
     if matched is not None:
@@ -185,7 +192,7 @@ def _history_source(text: str, history_url: str) -> HistorySource:
                 f"{OPTION} {text}: N in history:N must be a whole number from 1, got {count!r}"
             )
         last = int(count)
-    history, result_key = _open_history(history_url)
+    history, result_key = _open_history(_needs(history_url, text))
     return HistorySource(history, result_key, last=last)
 
 
@@ -204,21 +211,28 @@ def _names_file(text: str, path: Path) -> bool:
 
 
 def parse_compare(
-    text: str, base_dir: Path, history_url: str | None, upto: int | None = None
+    text: str,
+    base_dir: Path,
+    history_url: str | None,
+    upto: int | None = None,
+    written_here: Sequence[Path] = (),
 ) -> ComparisonSource:
     """The source `--mad-compare` names: history[:N], a perf.csv, or a session id;
-    UsageProblem in one line for anything else. `history_url` None: no history."""
+    UsageProblem in one line for anything else. `history_url` None: no history;
+    `written_here`: the CSV files the session appends to (see load_perf_csv_source)."""
     text = text.strip()
     if not text:
         raise UsageProblem(f"{OPTION}: empty (give history, history:N, a session id or a perf.csv)")
     path = Path(text) if Path(text).is_absolute() else base_dir / text
     if text == HISTORY_WORD or _LAST.fullmatch(text):
-        return _history_source(text, _needs(history_url, text))
+        return _history_source(text, history_url)
     if _names_file(text, path):
         try:
-            return load_perf_csv_source(path, upto)
+            ours = path.resolve() in {written.resolve() for written in written_here}
+            source = load_perf_csv_source(path, upto, written_here=ours)
         except ResultError as exc:
             raise UsageProblem(str(exc)) from None
+        return dataclasses.replace(source, name=text)
     return _session_source(text, _needs(history_url, text))
 
 

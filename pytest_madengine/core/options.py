@@ -374,13 +374,16 @@ def _kept_files(raw: RawOptions) -> dict[str, Any]:
     }
 
 
-def _compare(raw: RawOptions, output_dir: Path) -> ComparisonSource | None:
+def _compare(raw: RawOptions, outputs: Mapping[str, Any]) -> ComparisonSource | None:
     """--mad-compare's source, read (a perf.csv) or opened (the history) now."""
     if raw.compare is None:
         return None
     # --mad-history URL (the history's own option) when the table has it, else its default.
-    url = getattr(raw, "history", None) or default_history_url(output_dir)
-    return parse_compare(str(raw.compare), raw.base_dir, url, raw.compare_upto)
+    url = getattr(raw, "history", None) or default_history_url(outputs["output_dir"])
+    perf_csv: Path = outputs["perf_csv"]
+    # The session's own perf.csv and perf_super.csv: missing before its first session.
+    written = (perf_csv, perf_csv.with_name("perf_super.csv"))
+    return parse_compare(str(raw.compare), raw.base_dir, url, raw.compare_upto, written)
 
 
 def _placement(text: str | None) -> str:
@@ -428,7 +431,7 @@ def _parse(raw: RawOptions) -> Options:
         repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
         warmup=_int(raw.warmup, "--mad-warmup"),
         placement=_placement(raw.placement),
-        compare=_compare(raw, outputs["output_dir"]),
+        compare=_compare(raw, outputs),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),

@@ -82,6 +82,17 @@ def test_rows_appended_after_the_file_was_read_are_never_history(tmp_path: Path)
     assert len(load_perf_csv_source(path).points(KEY, "now")) == 3
 
 
+def test_the_sessions_own_perf_csv_missing_before_its_first_session_is_an_empty_history(
+    tmp_path: Path,
+) -> None:
+    own = tmp_path / "perf.csv"
+    source = parse_compare("perf.csv", tmp_path, None, written_here=[own])
+    assert isinstance(source, PerfCsvSource) and source.upto == 0
+    assert source.points(KEY, "now") == [] and source.label == "perf.csv"
+    write_rows(own, [row(100)])  # the session's first row: a worker reads none of it
+    assert parse_compare("perf.csv", tmp_path, None, 0, [own]).points(KEY, "now") == []
+
+
 # ---- parsing --mad-compare ----
 
 
