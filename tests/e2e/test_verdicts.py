@@ -108,7 +108,8 @@ def test_noisy_results_pass_ten_sessions_against_their_history_and_a_slower_buil
     dockerfile.write_text(dockerfile.read_text() + "ENV SLOWDOWN=0.9\n")
     noisy_values(tree, 10)
     result = run(pytester, "--mad-tags", "noisy", "--mad-repeat", str(REPEAT),
-                 "--mad-compare", "perf.csv", "--mad-summary", "s.json")  # fmt: skip
+                 "--mad-compare", "perf.csv", "--mad-summary", "s.json",
+                 "--mad-html", "r.html")  # fmt: skip
     result.assert_outcomes(failed=1)
     (reason,) = [line for line in result.stdout.lines if line.startswith("regression:")]
     assert fnmatch.fnmatch(
@@ -123,3 +124,5 @@ def test_noisy_results_pass_ten_sessions_against_their_history_and_a_slower_buil
     rows = read_perf(pytester.path / "perf.csv")
     assert [row["status"] for row in rows] == ["SUCCESS"] * 10 + ["FAILURE"]
     assert read_perf(pytester.path / "perf_super.csv")[-1]["verdict"].startswith("regression:")
+    page = (pytester.path / "r.html").read_text()
+    assert "Verdicts against the history" in page and 'class="current"' in page
