@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import json
 import math
@@ -67,6 +68,7 @@ echo "$count" > /tmp/runs
 value=$(sed -n "${count}p" "$(dirname "$0")/values")
 awk -v v="$value" -v s="${SLOWDOWN:-1}" 'BEGIN { printf "performance: %.4f fps\\n", v * s }'
 """
+VALUE_OF = '#!/bin/sh\necho "performance: {} fps"\n'
 SPREAD = 0.03  # the model's run-to-run spread (lognormal sigma, about its CV)
 REPEAT = 5
 
@@ -126,3 +128,33 @@ def test_noisy_results_pass_ten_sessions_against_their_history_and_a_slower_buil
     assert read_perf(pytester.path / "perf_super.csv")[-1]["verdict"].startswith("regression:")
     page = (pytester.path / "r.html").read_text()
     assert "Verdicts against the history" in page and 'class="current"' in page
+
+
+def test_under_xdist_each_worker_judges_against_the_history_as_the_session_began(
+    pytester: pytest.Pytester,
+) -> None:
+    """Workers read the perf.csv as far as the controller did: the rows the session
+    appends meanwhile (the other worker's result) are never history."""
+    unique_tree(
+        pytester,
+        [entry("steady", scripts="scripts/dummy/steady.sh"),
+         entry("slow", scripts="scripts/dummy/slow.sh")],
+        scripts(steady=VALUE_OF.format(100), slow=VALUE_OF.format(100)),
+    )  # fmt: skip
+    run(pytester, "--mad-tags", "steady,slow").assert_outcomes(passed=2)
+    perf = pytester.path / "perf.csv"
+    first = read_perf(perf)
+    with perf.open("a", newline="") as handle:  # five earlier sessions around 100
+        writer = csv.DictWriter(handle, list(first[0]))
+        for value in ("99", "101", "100.5", "99.5", "100"):
+            writer.writerows({**row, "performance": value} for row in first)
+    (pytester.path / "scripts" / "dummy" / "slow.sh").write_text(VALUE_OF.format(80))
+    result = run(pytester, "-n", "2", "--mad-tags", "steady,slow", "--mad-compare", "perf.csv",
+                 "--junitxml", "r.xml")  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    verdicts = {name: props["verdict"]
+                for name, props in junit_properties(pytester.path / "r.xml").items()}  # fmt: skip
+    assert verdicts["steady"].startswith("no change: +0.0%"), verdicts
+    assert verdicts["slow"].startswith("regression: -20.0%"), verdicts
+    assert all("the median of 6 earlier sessions" in line for line in verdicts.values())
+    assert len(read_perf(perf)) == 14
