@@ -121,7 +121,16 @@ class RawOptions:
     )
     tolerance: str = _row(
         DEFAULT_TOLERANCE, "--mad-tolerance", metavar="PCT",
-        help="allowed regression against --mad-baseline (default 5%%)",
+        help="allowed regression against --mad-baseline, and the least change a"
+        " --mad-compare verdict calls a regression (default 5%%)",
+    )  # fmt: skip
+    compare: str | None = _row(
+        None, "--mad-compare", metavar="SOURCE", ini="mad_compare",
+        ini_help="history to judge every result against, as for --mad-compare",
+        help="judge every result against its history, with the measured noise:"
+        " 'history' or 'history:N' (the last N sessions of the results history), a"
+        " session id of it, or a perf.csv (each earlier row a point); a regression fails"
+        " the test (ini: mad_compare)",
     )  # fmt: skip
     repeat: str | int | None = _row(
         None, "--mad-repeat", metavar="N", ini="mad_repeat",
@@ -281,6 +290,9 @@ class RawOptions:
     )  # fmt: skip
     # Not options: relative paths are taken from here (pytest: the invocation directory).
     base_dir: Path = field(default_factory=Path.cwd)
+    # How much of a --mad-compare perf.csv the xdist controller read: a worker reads
+    # as much, so the rows the session appends meanwhile are never its own history.
+    compare_upto: int | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
     @property

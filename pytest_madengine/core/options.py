@@ -21,6 +21,7 @@ from typing import Any
 
 from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
 from pytest_madengine.core.build import BatchEntry, load_batch_manifest
+from pytest_madengine.core.compare import ComparisonSource, default_history_url, parse_compare
 from pytest_madengine.core.context import RunContext, build_context
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
 from pytest_madengine.core.option_table import (
@@ -94,6 +95,7 @@ class Options:
     repeat: int | None = None
     warmup: int | None = None
     placement: str = "least-loaded"  # how a test's host is chosen (--mad-placement)
+    compare: ComparisonSource | None = None  # what every result is judged against
 
     @property
     def gpu_vendor(self) -> str:
@@ -379,6 +381,18 @@ def _kept_files(raw: RawOptions) -> dict[str, Any]:
     }
 
 
+def _compare(raw: RawOptions, outputs: Mapping[str, Any]) -> ComparisonSource | None:
+    """--mad-compare's source, read (a perf.csv) or opened (the history) now."""
+    if raw.compare is None:
+        return None
+    # --mad-history URL (the history's own option) when the table has it, else its default.
+    url = getattr(raw, "history", None) or default_history_url(outputs["output_dir"])
+    perf_csv: Path = outputs["perf_csv"]
+    # The session's own perf.csv and perf_super.csv: missing before its first session.
+    written = (perf_csv, perf_csv.with_name("perf_super.csv"))
+    return parse_compare(str(raw.compare), raw.base_dir, url, raw.compare_upto, written)
+
+
 def _placement(text: str | None) -> str:
     strategy = (text or "least-loaded").strip().lower()
     if strategy not in STRATEGIES:
@@ -424,6 +438,7 @@ def _parse(raw: RawOptions) -> Options:
         repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
         warmup=_int(raw.warmup, "--mad-warmup"),
         placement=_placement(raw.placement),
+        compare=_compare(raw, outputs),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pytest_madengine.contract import ImageFacts as ImageFacts  # re-exported
 from pytest_madengine.contract import RunOutcome
-from pytest_madengine.core.verdicts import median_interval, summarize
+from pytest_madengine.core.verdicts import Outcome, median_interval, summarize
 from pytest_madengine.errors import MadError, NotRun
 from pytest_madengine.units import exact_number
 
@@ -32,6 +32,20 @@ class Status(str, enum.Enum):
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
     SKIPPED = "SKIPPED"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A result judged against its history (--mad-compare, core/compare.py)."""
+
+    outcome: str  # an Outcome's value (`regression`...), or `not compared`
+    line: str  # the verdict in one line: the change, its interval, the history used
+    history: tuple[float, ...] = ()  # the history's medians, oldest first
+    current: float | None = None  # the current median
+
+    @property
+    def fails(self) -> bool:
+        return self.outcome == Outcome.REGRESSION.value
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class ResultRow:
     perf_model: str = ""  # perf.csv's `model`: `<model>` or `<model>_<row model>`
     baseline_note: str | None = None  # why no baseline was compared with, when one was there
     samples: tuple[float, ...] = ()  # each repetition's value (--mad-repeat); performance: median
+    comparison: Comparison | None = None  # the verdict against its history (--mad-compare)
 
     @property
     def shown_performance(self) -> str:
@@ -166,10 +181,15 @@ def _image(value: Mapping[str, Any]) -> ImageFacts | None:
     return ImageFacts(**value) if value else None
 
 
+def _comparison(value: Mapping[str, Any] | None) -> Comparison | None:
+    return None if value is None else Comparison(**{**value, "history": tuple(value["history"])})
+
+
 def _row(row: Mapping[str, Any]) -> ResultRow:
-    return ResultRow(
-        **{**row, "status": Status(row["status"]), "samples": tuple(row.get("samples", ()))}
-    )
+    return ResultRow(**{
+        **row, "status": Status(row["status"]), "samples": tuple(row.get("samples", ())),
+        "comparison": _comparison(row.get("comparison")),
+    })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -242,6 +262,11 @@ class TestRecord(RecordBase):
             properties += self.data.junit_properties()
         if main is not None:
             properties += main.spread().items()
+        several = len(self.rows) > 1  # multiple_results: each verdict names its row
+        verdicts = [f"{row.name}: {row.comparison.line}" if several else row.comparison.line
+                    for row in self.rows if row.comparison]  # fmt: skip
+        if verdicts:
+            properties.append(("verdict", "; ".join(verdicts)))
         if self.reason:
             properties.append(("failure_reason", self.reason))
         notes = [row.baseline_note for row in self.rows if row.baseline_note]

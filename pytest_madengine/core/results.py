@@ -383,41 +383,71 @@ class Baseline:
 def load_baseline(path: Path, option: str = "--mad-baseline") -> Baseline:
     """The baseline of an earlier perf.csv (ours or madengine's); `option` is the
     command-line option that named it, for the messages."""
+    values: dict[tuple[str, str, str], float] = {}
+    unusable: dict[tuple[str, str, str], str] = {}
+    for row in success_rows(path, option):
+        key = (row["model"], row.get("args", ""), row.get("docker_file", ""))
+        value = _number(row["performance"])
+        if value is not None and value != 0:
+            values[key] = value
+        else:
+            unusable[key] = row["performance"][:_SHOWN]
+    return Baseline(values, {key: text for key, text in unusable.items() if key not in values})
+
+
+class _Prefix(io.RawIOBase):
+    """The first `limit` bytes of a raw stream (all of it for None)."""
+
+    def __init__(self, raw: io.RawIOBase, limit: int | None) -> None:
+        super().__init__()
+        self.raw, self.left = raw, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        if self.left is not None:
+            view = view[: self.left]
+        if not len(view):
+            return 0
+        count = self.raw.readinto(view) or 0
+        if self.left is not None:
+            self.left -= count
+        return count
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def success_rows(path: Path, option: str, upto: int | None = None) -> Iterator[dict[str, str]]:
+    """The SUCCESS rows with a performance of a perf.csv (ours or madengine's), cells
+    stripped, streamed from its first `upto` bytes (all for None). ResultError naming
+    `option` and the path for a file that is missing, unreadable or lacks a column."""
     if not path.exists():
         raise ResultError(f"{option} {path}: no such file")
     try:
-        return _read_baseline(path, option)
+        # Bounded: a perf.csv grows by a row per test and run, over months of CI.
+        raw = open_input(path, option, max_bytes=MAX_TABLE_BYTES, max_line_bytes=MAX_LINE_BYTES)
+        prefix = _Prefix(raw, upto)
+        with io.TextIOWrapper(
+            io.BufferedReader(prefix), encoding="utf-8-sig", errors="replace", newline=""
+        ) as handle:
+            reader = csv.DictReader(handle)
+            columns = {name.strip() for name in reader.fieldnames or ()}
+            missing = sorted(set(BASELINE_COLUMNS) - columns)
+            if missing:
+                raise ResultError(f"{option} {path}: missing column(s) {', '.join(missing)}")
+            for cells in reader:
+                # Short rows read as None cells; surplus cells land under the key None.
+                row = {key.strip(): (cell or "").strip() for key, cell in cells.items() if key}
+                if row["status"] == "SUCCESS" and row["performance"]:
+                    yield row
     except csv.Error as exc:  # a cell past the csv module's size limit, a NUL...
         raise ResultError(f"{option} {path}: unreadable CSV: {exc}") from None
     except UnreadableInput as exc:  # a directory, a FIFO that stays silent, /dev/zero...
         raise ResultError(str(exc)) from None
-
-
-def _read_baseline(path: Path, option: str) -> Baseline:
-    values: dict[tuple[str, str, str], float] = {}
-    unusable: dict[tuple[str, str, str], str] = {}
-    # Streamed, and bounded: a perf.csv grows by a row per test and run, over months of CI.
-    raw = open_input(path, option, max_bytes=MAX_TABLE_BYTES, max_line_bytes=MAX_LINE_BYTES)
-    with io.TextIOWrapper(
-        io.BufferedReader(raw), encoding="utf-8-sig", errors="replace", newline=""
-    ) as handle:
-        reader = csv.DictReader(handle)
-        columns = {name.strip() for name in reader.fieldnames or ()}
-        missing = sorted(set(BASELINE_COLUMNS) - columns)
-        if missing:
-            raise ResultError(f"{option} {path}: missing column(s) {', '.join(missing)}")
-        for cells in reader:
-            # Short rows read as None cells; surplus cells land under the key None.
-            row = {key.strip(): (cell or "").strip() for key, cell in cells.items() if key}
-            if row["status"] != "SUCCESS" or not row["performance"]:
-                continue
-            key = (row["model"], row.get("args", ""), row.get("docker_file", ""))
-            value = _number(row["performance"])
-            if value is not None and value != 0:
-                values[key] = value
-            else:
-                unusable[key] = row["performance"][:_SHOWN]
-    return Baseline(values, {key: text for key, text in unusable.items() if key not in values})
 
 
 # The verdict

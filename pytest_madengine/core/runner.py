@@ -29,9 +29,11 @@ from pytest_madengine.backends import (
     RunSpec,
 )
 from pytest_madengine.contract import ImageFacts, base_docker_of
+from pytest_madengine.core.compare import ComparisonKey, compare
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.records import (
+    Comparison,
     DataFacts,
     ModelFacts,
     ResultRow,
@@ -532,7 +534,8 @@ class TestRunner:
         """A row per measurement. A row with an empty value fails alone (madengine marks
         it FAILURE in perf.csv and the run stands); a missed expectation or baseline
         fails the test."""
-        rows, misses = [], []
+        rows: list[ResultRow] = []
+        misses: list[str] = []
         for measurement in measurements:
             model = test.model.name
             perf_model = f"{model}_{measurement.row_model}" if measurement.row_model else model
@@ -547,17 +550,38 @@ class TestRunner:
             note = None
             if unusable is not None and measurement.performance is not None:
                 note = f"baseline {unusable!r} is no nonzero finite number: nothing compared"
-            status = Status.SUCCESS if verdict.passed else Status.FAILURE
+            comparison = self._compared(test, measurement, perf_model, facts)
+            reasons = [verdict.reason] if verdict.reason else []
+            if comparison is not None and comparison.fails:
+                reasons.append(comparison.line)  # a regression against the history
+            status = Status.SUCCESS if not reasons else Status.FAILURE
             rows.append(
                 ResultRow(
                     measurement.name, status, measurement.performance, measurement.metric,
-                    verdict.relative_change, verdict.reason, dict(measurement.extra),
-                    text=measurement.text, perf_model=perf_model, baseline_note=note,
-                    samples=measurement.samples,
+                    verdict.relative_change, "; ".join(reasons) or None,
+                    dict(measurement.extra), text=measurement.text, perf_model=perf_model,
+                    baseline_note=note, samples=measurement.samples, comparison=comparison,
                 )
             )  # fmt: skip
             empty = measurement.performance is None and not measurement.text
-            if not verdict.passed and not empty:
+            if reasons and not empty:
                 prefix = f"{measurement.name}: " if test.model.multiple_results else ""
-                misses.append(f"{prefix}{verdict.reason}")
+                misses.extend(f"{prefix}{reason}" for reason in reasons)
         return rows, misses
+
+    def _compared(
+        self, test: PlannedTest, measurement: Measurement, perf_model: str, facts: ModelFacts
+    ) -> Comparison | None:
+        """The verdict against --mad-compare's history (None: no source, or no number)."""
+        source = self.options.compare
+        if source is None or measurement.performance is None:
+            return None
+        key = ComparisonKey(perf_model, facts.args, facts.docker_file, facts.gpu_architecture,
+                            measurement.metric)  # fmt: skip
+        expectation = test.model.expectation
+        return compare(
+            source, key, measurement.samples or (measurement.performance,),
+            tolerance=self.options.tolerance,
+            higher_is_better=expectation.higher_is_better if expectation else True,
+            current_session=self.session_id,
+        )  # fmt: skip

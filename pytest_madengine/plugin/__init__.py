@@ -24,6 +24,7 @@ import pytest
 from pytest_madengine.backends import BackendSetup
 from pytest_madengine.core import records
 from pytest_madengine.core.build import pending_record
+from pytest_madengine.core.compare import PerfCsvSource
 from pytest_madengine.core.options import Options, parse_options
 from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.core.runner import subject_of
@@ -76,6 +77,8 @@ def _options(config: pytest.Config, shared: dict[str, Any] | None) -> Options:
         # The controller's context, not the file again: it may have been a pipe
         # (`<(make-context)`), which only the controller could read.
         raw = dataclasses.replace(raw, context_json=shared["context"], context_file=None)
+    if shared and shared.get("compare_upto") is not None:
+        raw = dataclasses.replace(raw, compare_upto=shared["compare_upto"])
     options = parse_options(raw)
     config.stash[_PARSED] = options
     return options
@@ -214,7 +217,14 @@ def pytest_configure_node(node: Any) -> None:
             "backend": state.runtime.backend.shared_state() if state.runtime else {},
             "controller": state.runtime.runner.controller if state.runtime else "",
             "context": json.dumps(dict(state.options.context.values)),
+            "compare_upto": _compare_upto(state.options),
         }
+
+
+def _compare_upto(options: Options) -> int | None:
+    """How much of a --mad-compare perf.csv the controller read (see RawOptions)."""
+    source = options.compare
+    return source.upto if isinstance(source, PerfCsvSource) else None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -156,14 +156,17 @@ class MadReporter:
         self.notes.append(f"build manifest {path}: {images} image(s)")
 
     def _write_html(self, path: Path) -> None:
-        from pytest_madengine.reporting.html import write_report  # the `report` extra
+        # the `report` extra
+        from pytest_madengine.reporting.html import verdict_rows, write_report
 
         options = self.state.options
         if not options.perf_csv.exists():
             self.notes.append(f"no HTML report: {options.perf_csv} has no results")
             return
         try:
-            write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance)
+            verdicts = verdict_rows([record for _, record in self.records])
+            write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance,
+                         verdicts=verdicts)  # fmt: skip
         except MadError as exc:
             self.notes.append(f"no HTML report: {exc}")
             return

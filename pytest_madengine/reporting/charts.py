@@ -148,3 +148,44 @@ def line_chart(
                      f'fill="#222">{escape(name[:60])}</text>')  # fmt: skip
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+# The current point's colour by verdict: red a regression, green an improvement.
+VERDICT_COLOURS = {"regression": "#b00020", "improvement": "#1a7f37"}
+
+
+def sparkline_svg(
+    history: Sequence[float], current: float, outcome: str, *, width: int = 160, height: int = 32
+) -> str:
+    """A small SVG line of a result's history, then its current value as a dot coloured
+    by the verdict; the history's median as a dashed line; hover texts name the values."""
+    values = [*history, current]
+    low, high = min(values), max(values)
+    spread = (high - low) or abs(high) * 0.1 or 1.0
+    pad = 4
+
+    def x(index: int) -> float:
+        return pad + index * (width - 2 * pad) / max(len(values) - 1, 1)
+
+    def y(value: float) -> float:
+        return height - pad - (value - low) / spread * (height - 2 * pad)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
+             f' viewBox="0 0 {width} {height}" role="img">']  # fmt: skip
+    summary = f"{outcome}: {len(history)} earlier, now {_number(current)}"
+    parts.append(f"<title>{escape(summary)}</title>")
+    if history:
+        middle = sorted(history)[len(history) // 2]
+        level = f"{y(middle):.1f}"
+        parts.append(f'<line x1="{pad}" x2="{width - pad}" y1="{level}" y2="{level}"'
+                     ' stroke="#8c959f" stroke-dasharray="3,3"/>')  # fmt: skip
+        path = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        parts.append(f'<polyline points="{path}" fill="none" stroke="#0072B2"'
+                     ' stroke-width="1.5"/>')  # fmt: skip
+    colour = VERDICT_COLOURS.get(outcome, "#0072B2")
+    parts.append(
+        f'<circle class="current" cx="{x(len(values) - 1):.1f}" cy="{y(current):.1f}" r="3"'
+        f" fill={quoteattr(colour)}><title>now {_number(current)}</title></circle>"
+    )
+    parts.append("</svg>")
+    return "".join(parts)

@@ -28,7 +28,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from pytest_madengine.core.records import Status
+from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.errors import (
     MAX_LINE_BYTES,
     MAX_TABLE_BYTES,
@@ -36,7 +36,7 @@ from pytest_madengine.errors import (
     first_line,
     open_input,
 )
-from pytest_madengine.reporting.charts import PALETTE, Point, line_chart
+from pytest_madengine.reporting.charts import PALETTE, Point, line_chart, sparkline_svg
 
 REQUIRED_COLUMNS = ("model", "performance", "metric", "status")
 # The only columns kept from a perf.csv: a wide file costs no more memory than a narrow one.
@@ -194,6 +194,33 @@ class Chart:
 
 
 @dataclass(frozen=True)
+class VerdictRow:
+    """A result of this session judged against its history (--mad-compare)."""
+
+    model: str
+    outcome: str
+    line: str
+    svg: str  # the history's medians and the current one, as a sparkline
+
+    @property
+    def css_class(self) -> str:
+        return {"regression": "regression", "improvement": "improvement"}.get(self.outcome, "")
+
+
+def verdict_rows(records: Sequence[TestRecord]) -> tuple[VerdictRow, ...]:
+    """A row per judged result of the session's records, in their order."""
+    rows = []
+    for record in records:
+        for row in record.rows:
+            judged = row.comparison
+            if judged is None or judged.current is None:
+                continue  # not compared: no series to draw
+            svg = sparkline_svg(judged.history, judged.current, judged.outcome)
+            rows.append(VerdictRow(row.name, judged.outcome, judged.line, svg))
+    return tuple(rows)
+
+
+@dataclass(frozen=True)
 class ReportData:
     title: str
     generated: str
@@ -207,6 +234,7 @@ class ReportData:
     regressions: tuple[ModelRow, ...] = field(default=())  # all of them
     listed_regressions: tuple[ModelRow, ...] = field(default=())  # those the list shows
     notes: tuple[str, ...] = field(default=())  # what the page left out or aggregated
+    verdicts: tuple[VerdictRow, ...] = field(default=())  # this session's, against history
 
 
 def _change(value: float | None, base: float | None) -> float | None:
@@ -251,6 +279,7 @@ def report_data(
     title: str = DEFAULT_TITLE,
     sources: Sequence[str] = (),
     limits: ReportLimits = ReportLimits(),
+    verdicts: Sequence[VerdictRow] = (),
 ) -> ReportData:
     """What the page shows, within `limits`, with notes on what it left out."""
     rows = [_model_row(one, baseline, tolerance, lower_is_better)
@@ -272,6 +301,7 @@ def report_data(
         rows_total=results.rows_total, rows=shown, charts=tuple(charts), tolerance=tolerance,
         has_baseline=bool(baseline), regressions=regressions,
         listed_regressions=regressions[: limits.table_rows], notes=tuple(notes),
+        verdicts=tuple(verdicts[: limits.table_rows]),
     )  # fmt: skip
 
 
@@ -365,12 +395,13 @@ def render_report(
     title: str = DEFAULT_TITLE,
     source_labels: Sequence[str] | None = None,
     limits: ReportLimits = ReportLimits(),
+    verdicts: Sequence[VerdictRow] = (),
 ) -> str:
-    """The report's HTML."""
+    """The report's HTML; `verdicts`: a session's results judged against history."""
     results = load_results(paths, limits)
     labels = source_labels or [str(path) for path in paths]
     data = report_data(results, baseline or {}, tolerance, lower_is_better=lower_is_better,
-                       title=title, sources=labels, limits=limits)  # fmt: skip
+                       title=title, sources=labels, limits=limits, verdicts=verdicts)  # fmt: skip
     return _environment().get_template("report.html.j2").render(report=data)
 
 

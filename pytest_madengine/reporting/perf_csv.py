@@ -7,7 +7,8 @@ result never rewrites the run's facts). perf_super.csv (madengine writes one too
 madengine's columns and two more: `configs` (madengine's parsed config files; we parse
 none, so it stays empty) and `multi_results`, the extra columns of a multiple_results
 row as a JSON object (empty for other rows), as madengine writes it; then ours for a
-repeated model (--mad-repeat): its `samples`, their `cv` and a 95% interval `ci95`.
+repeated model (--mad-repeat): its `samples`, their `cv` and a 95% interval `ci95`;
+last the `verdict` against the result's history (--mad-compare), in one line.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ PERF_COLUMNS = (
 )  # fmt: skip
 # samples, cv, ci95: a repeated model's repetitions (--mad-repeat); perf.csv has the median.
 SPREAD_COLUMNS = ("samples", "cv", "ci95")
-PERF_SUPER_COLUMNS = (*PERF_COLUMNS, "configs", "multi_results", *SPREAD_COLUMNS)
+# verdict: the result judged against its history (--mad-compare), in one line.
+PERF_SUPER_COLUMNS = (*PERF_COLUMNS, "configs", "multi_results", *SPREAD_COLUMNS, "verdict")
 PERF_SUPER_NAME = "perf_super.csv"
 
 
@@ -241,6 +243,7 @@ def perf_super_rows(record: TestRecord, perf: list[dict[str, object]]) -> list[d
             "multi_results": json.dumps(dict(result.extra)) if result.extra else "",
             **dict.fromkeys(SPREAD_COLUMNS, ""),
             **result.spread(),
+            "verdict": result.comparison.line if result.comparison else "",
         }
         for row, result in zip(perf, record.rows, strict=True)
     ]

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from pytest_madengine.core.records import BuildRecord, ResultRow, Status, TestRecord
 
 COLUMNS = ("model", "status", "performance", "metric", "vs baseline", "duration")
+# Shown when a result was judged against a history: its series and the verdict.
+VERDICT_COLUMNS = ("series", "verdict")
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """The values as a line of block characters, lowest to highest (flat: the middle)."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    if high == low:
+        return _BARS[len(_BARS) // 2] * len(values)
+    top = len(_BARS) - 1
+    return "".join(_BARS[round((value - low) / (high - low) * top)] for value in values)
+
+
+def _series(row: ResultRow) -> str:
+    """The history's medians, then `|` and the current median."""
+    comparison = row.comparison
+    if comparison is None or comparison.current is None:
+        return ""
+    line = sparkline([*comparison.history, comparison.current])
+    return f"{line[:-1]}|{line[-1]}"
 
 
 def build_counts(records: Sequence[TestRecord]) -> tuple[int, int]:
@@ -23,21 +47,28 @@ def build_counts(records: Sequence[TestRecord]) -> tuple[int, int]:
     return len(built), len(seen - built)
 
 
+def _judged(records: Sequence[TestRecord]) -> bool:
+    return any(row.comparison for record in records for row in record.rows)
+
+
 def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
+    """A row per result; with a verdict column when any result has a verdict."""
     rows: list[tuple[str, ...]] = []
+    verdicts = _judged(records)
     for record in records:
         duration = record.duration
         for row in record.rows:
-            rows.append(
-                (
-                    row.name,
-                    row.status.value,
-                    row.shown_performance,
-                    row.metric,
-                    _versus_baseline(row),
-                    "" if duration is None else f"{duration:.1f}s",
-                )
+            cells: tuple[str, ...] = (
+                row.name,
+                row.status.value,
+                row.shown_performance,
+                row.metric,
+                _versus_baseline(row),
+                "" if duration is None else f"{duration:.1f}s",
             )
+            if verdicts:
+                cells += (_series(row), row.comparison.line if row.comparison else "")
+            rows.append(cells)
     return rows
 
 
@@ -56,7 +87,8 @@ def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 def results_table(records: Sequence[TestRecord]) -> list[str]:
     """Aligned lines: a header, a row per result, and how many images were built."""
-    lines = _aligned([COLUMNS, *table_rows(records)])
+    header = (*COLUMNS, *VERDICT_COLUMNS) if _judged(records) else COLUMNS
+    lines = _aligned([header, *table_rows(records)])
     built, reused = build_counts(records)
     lines.append(f"images: {built} built, {reused} reused")
     return lines
@@ -93,6 +125,8 @@ def summary_document(tests: Sequence[tuple[str, TestRecord]], session_id: str) -
                 # --mad-repeat: the repetitions' values (performance is their median).
                 "samples": list(row.samples),
                 **{key: value for key, value in row.spread().items() if key != "samples"},
+                # --mad-compare: outcome, line, the history's medians and the current one.
+                "verdict": dataclasses.asdict(row.comparison) if row.comparison else None,
             }
             for record in records
             for row in record.rows

@@ -137,9 +137,13 @@ def test_a_mad_tree_runs_as_madengine_runs_it(pytester: pytest.Pytester) -> None
     assert (root / "perf_conf_multi.csv").exists() and (root / "perf_conf_parent.csv").exists()
     super_rows = {r["model"]: r for r in rows(root / "perf_super.csv")}
     assert json.loads(super_rows["multi_cpus"]["multi_results"]) == {"temperature": "40"}
-    # madengine's last two columns, then ours for repeats (empty for a single run).
-    assert list(super_rows["twin"])[-5:] == ["configs", "multi_results", "samples", "cv", "ci95"]
-    assert [super_rows["twin"][column] for column in ("samples", "cv", "ci95")] == ["", "", ""]
+    # madengine's last two columns, then ours for repeats (empty for a single run) and
+    # the verdict against a history (empty without --mad-compare).
+    assert list(super_rows["twin"])[-6:] == [
+        "configs", "multi_results", "samples", "cv", "ci95", "verdict"
+    ]  # fmt: skip
+    columns = ("samples", "cv", "ci95", "verdict")
+    assert [super_rows["twin"][column] for column in columns] == ["", "", "", ""]
 
     # 5. The timeout line, first in the model's log.
     lines = log["timeout_line"].splitlines()

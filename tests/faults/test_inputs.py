@@ -408,3 +408,25 @@ def test_repeat_and_warmup_options_are_refused_before_any_test(
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", *option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("history:0", "ERROR: --mad-compare history:0: N in history:N must be a whole number"
+                      " from 1, got '0'"),
+        ("old/perf.csv", "ERROR: --mad-compare */old/perf.csv: no such file"),
+        ("models.json", "ERROR: --mad-compare */models.json: missing column(s) model, *"),
+    ],
+)  # fmt: skip
+def test_a_bad_compare_source_is_refused_in_one_line_before_any_test(
+    pytester: pytest.Pytester, value: str, message: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-compare", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1, result.stderr.str()
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert not (pytester.path / "perf.csv").exists()

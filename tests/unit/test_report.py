@@ -9,9 +9,15 @@ from xml.etree import ElementTree
 
 import pytest
 
+from pytest_madengine.core.records import Comparison, ModelFacts, ResultRow, Status, TestRecord
 from pytest_madengine.errors import MadError
 from pytest_madengine.reporting.charts import Point, line_chart, nice_ticks
-from pytest_madengine.reporting.html import load_results, render_report, report_data
+from pytest_madengine.reporting.html import (
+    load_results,
+    render_report,
+    report_data,
+    verdict_rows,
+)
 from pytest_madengine.reporting.merge import merge_csv, merge_junit
 from pytest_madengine.reporting.perf_csv import PERF_COLUMNS
 
@@ -180,3 +186,26 @@ def test_update_perf_without_a_result_file_appends_nothing(tmp_path: Path) -> No
 
     assert invoke(["report", "update-perf", "--perf-csv", str(tmp_path / "p.csv")]) == 0
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_the_sessions_verdicts_are_listed_with_a_sparkline_of_their_series(two_runs) -> None:
+    def judged(name: str, comparison: Comparison | None) -> TestRecord:
+        result = ResultRow(name, Status.SUCCESS, 90.0, "fps", comparison=comparison)
+        return TestRecord(name, Status.SUCCESS, ModelFacts(name, 1), rows=(result,))
+
+    history = (100.0, 101.0, 99.0, 100.5, 99.5)
+    records = [
+        judged("a", Comparison("regression", "regression: -10.0% <x>", history, 90.0)),
+        judged("b", Comparison("no change", "no change: +0.1%", history, 100.1)),
+        judged("c", None),  # not judged: no row
+        judged("d", Comparison("not compared", "not compared: the results history failed")),
+    ]
+    rows = verdict_rows(records)
+    assert [(r.model, r.outcome) for r in rows] == [("a", "regression"), ("b", "no change")]
+    html = render_report(two_runs, verdicts=rows)
+    assert "Verdicts against the history" in html
+    assert "regression: -10.0% &lt;x&gt;" in html  # the line escaped, the SVG kept
+    assert html.count('class="current"') == 2 and '<tr class="regression">' in html
+    for external in ("http://", "https://", "<script", "src="):
+        assert external not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "Verdicts against the history" not in render_report(two_runs)
