@@ -41,6 +41,8 @@ DEFAULT_GPU_VENDOR = "AMD"
 DEFAULT_OUTPUT = "mad_output"
 DEFAULT_PERF_CSV = "perf.csv"
 DEFAULT_DEPLOY = DEFAULT_BACKEND
+HISTORY_FILE = "history.sqlite"  # the default history, in the output directory
+HISTORY_OFF = frozenset({"none", "off"})  # --mad-history none: the session keeps no history
 # What an HTML report needs beyond the plugin's own dependencies (the `report` extra).
 REPORT_MODULES = ("jinja2", "pandas")
 
@@ -94,6 +96,9 @@ class Options:
     repeat: int | None = None
     warmup: int | None = None
     placement: str = "least-loaded"  # how a test's host is chosen (--mad-placement)
+    # The results history's SQLAlchemy URL (--mad-history); None: none kept. It may hold
+    # a password: show it only through core.history.masked_url.
+    history_url: str | None = field(default=None, repr=False)
 
     @property
     def gpu_vendor(self) -> str:
@@ -372,6 +377,24 @@ def _kept_files(raw: RawOptions) -> dict[str, Any]:
     }
 
 
+def default_history_url(output_dir: Path) -> str:
+    """The history when none is named: an SQLite file in the output directory."""
+    return f"sqlite:///{(output_dir / HISTORY_FILE).resolve()}"
+
+
+def _history_url(raw: RawOptions, output_dir: Path) -> str | None:
+    """--mad-history: none (or off), a SQLAlchemy URL, or the path of an SQLite file;
+    the URL is opened (and a bad one refused) by the controller, not here."""
+    text = (raw.history or "").strip()
+    if not text:
+        return default_history_url(output_dir)
+    if text.lower() in HISTORY_OFF:
+        return None
+    if "://" in text:
+        return text
+    return f"sqlite:///{_path(raw, text).resolve()}"
+
+
 def _placement(text: str | None) -> str:
     strategy = (text or "least-loaded").strip().lower()
     if strategy not in STRATEGIES:
@@ -417,6 +440,7 @@ def _parse(raw: RawOptions) -> Options:
         repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
         warmup=_int(raw.warmup, "--mad-warmup"),
         placement=_placement(raw.placement),
+        history_url=_history_url(raw, outputs["output_dir"]),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),
