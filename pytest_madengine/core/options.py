@@ -382,17 +382,20 @@ def default_history_url(output_dir: Path) -> str:
     return f"sqlite:///{(output_dir / HISTORY_FILE).resolve()}"
 
 
-def _history_url(raw: RawOptions, output_dir: Path) -> str | None:
-    """--mad-history: none (or off), a SQLAlchemy URL, or the path of an SQLite file;
-    the URL is opened (and a bad one refused) by the controller, not here."""
-    text = (raw.history or "").strip()
+def resolve_history_url(text: str | None, base_dir: Path, output_dir: Path) -> str | None:
+    """--mad-history as given: none (or off) keeps no history, a text with `://` is a
+    SQLAlchemy URL, anything else the path of an SQLite file (relative to `base_dir`);
+    nothing given: `history.sqlite` in the output directory. Only resolved here: the URL
+    is opened (and a bad one refused) by the controller alone."""
+    text = (text or "").strip()
     if not text:
         return default_history_url(output_dir)
     if text.lower() in HISTORY_OFF:
         return None
     if "://" in text:
         return text
-    return f"sqlite:///{_path(raw, text).resolve()}"
+    path = Path(text)
+    return f"sqlite:///{(path if path.is_absolute() else base_dir / path).resolve()}"
 
 
 def _placement(text: str | None) -> str:
@@ -440,7 +443,7 @@ def _parse(raw: RawOptions) -> Options:
         repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
         warmup=_int(raw.warmup, "--mad-warmup"),
         placement=_placement(raw.placement),
-        history_url=_history_url(raw, outputs["output_dir"]),
+        history_url=resolve_history_url(raw.history, raw.base_dir, outputs["output_dir"]),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),

@@ -1,0 +1,113 @@
+"""The results history (--mad-history) of whole sessions on the real Docker engine: every
+session appends its results, the next one finds them, xdist workers lose none, and a
+URL that does not open stops the session before any test, without its password."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pytest_madengine.core.history import RESULTS, SESSIONS, History
+from tests.conftest import entry
+from tests.e2e.test_run import run, scripts, unique_tree
+from tests.e2e.test_verdicts import COUNTING
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
+VALUE = '#!/bin/sh\necho "performance: ${1:-100} fps"\n'
+
+
+def history_rows(url: str) -> list[dict[str, Any]]:
+    """Every result row of the history, with its session's commit, oldest first."""
+    engine = sa.create_engine(url)
+    query = (
+        sa.select(RESULTS, SESSIONS.c.git_commit, SESSIONS.c.host.label("controller"))
+        .join(SESSIONS, SESSIONS.c.session == RESULTS.c.session)
+        .order_by(SESSIONS.c.id, RESULTS.c.id)
+    )
+    with engine.connect() as connection:
+        rows = [dict(row._mapping) for row in connection.execute(query)]
+    engine.dispose()
+    return rows
+
+
+def default_url(pytester: pytest.Pytester) -> str:
+    return History.default_url(pytester.path / "mad_output")
+
+
+def test_each_session_appends_and_the_next_sees_the_first(pytester: pytest.Pytester) -> None:
+    unique_tree(pytester, [entry("counted", args="--bs 8", scripts="scripts/dummy/counted.sh")],
+                scripts(counted=COUNTING))  # fmt: skip
+    for _ in range(2):
+        result = run(pytester, "--mad-tags", "counted", "--mad-repeat", "3", "--mad-warmup", "1")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["madengine: history sqlite:///*history.sqlite: 1 result(s)*"])
+    rows = history_rows(default_url(pytester))
+    assert [(row["model"], row["args"], row["value"], json.loads(row["samples"]))
+            for row in rows] == [("counted", "--bs 8", 20.0, [10, 30, 20])] * 2  # fmt: skip
+    assert rows[0]["session"] != rows[1]["session"]
+    assert {row["status"] for row in rows} == {"SUCCESS"} and rows[0]["metric"] == "fps"
+    history = History(default_url(pytester))
+    (first, second) = history.sessions()
+    key = _key_of(rows[0])
+    # What a verdict of the second session reads: the first session's point.
+    assert [p.median for p in history.points(key, exclude_session=second)] == [20.0]
+    assert history.session_points(key, first)[0].samples == (10.0, 30.0, 20.0)
+    history.close()
+
+
+def _key_of(row: dict[str, Any]) -> Any:
+    from pytest_madengine.core.history import ResultKey
+
+    return ResultKey(row["model"], row["args"], row["docker_file"], row["gpu_architecture"],
+                     row["metric"])  # fmt: skip
+
+
+def test_an_xdist_session_appends_every_result_once(pytester: pytest.Pytester) -> None:
+    models = [entry(f"m{n}", args=str(n), scripts="scripts/dummy/value.sh") for n in range(4)]
+    unique_tree(pytester, models, scripts(value=VALUE))
+    result = run(pytester, "--mad-tags", "dummies", "-n", "2")
+    result.assert_outcomes(passed=4)
+    rows = history_rows(default_url(pytester))
+    assert sorted((row["model"], row["value"]) for row in rows) == [
+        (f"m{n}", float(n)) for n in range(4)
+    ]
+    assert len({row["session"] for row in rows}) == 1
+
+
+def test_none_keeps_no_history_and_a_file_is_one(pytester: pytest.Pytester) -> None:
+    unique_tree(pytester, [entry("dummy", scripts="scripts/dummy/value.sh")],
+                scripts(value=VALUE))  # fmt: skip
+    run(pytester, "--mad-tags", "dummy", "--mad-history", "none").assert_outcomes(passed=1)
+    assert not (pytester.path / "mad_output" / "history.sqlite").exists()
+    run(pytester, "--mad-tags", "dummy", "--mad-history", "h/r.db").assert_outcomes(passed=1)
+    assert [row["value"] for row in history_rows(f"sqlite:///{pytester.path}/h/r.db")] == [100.0]
+
+
+def test_a_url_that_does_not_open_stops_the_session_without_its_password(
+    pytester: pytest.Pytester,
+) -> None:
+    unique_tree(pytester, [entry("dummy", scripts="scripts/dummy/value.sh")],
+                scripts(value=VALUE))  # fmt: skip
+    url = "postgresql+psycopg://mad:s3cret-pw@127.0.0.1:1/history"
+    result = run(pytester, "--mad-tags", "dummy", "--mad-history", url)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "s3cret-pw" not in result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        ["ERROR: --mad-history postgresql+psycopg://mad:***@127.0.0.1:1/history: cannot open:*"]
+    )
+    assert "Traceback" not in result.stderr.str()
+    assert not (pytester.path / "perf.csv").exists()  # no test ran
+
+
+def test_a_session_appends_to_postgresql(pytester: pytest.Pytester, postgres_url: str) -> None:
+    unique_tree(pytester, [entry("dummy", args="7", scripts="scripts/dummy/value.sh")],
+                scripts(value=VALUE))  # fmt: skip
+    result = run(pytester, "--mad-tags", "dummy", "--mad-history", postgres_url)
+    result.assert_outcomes(passed=1)
+    password = sa.engine.make_url(postgres_url).password or ""
+    assert password and password not in result.stdout.str()
+    result.stdout.fnmatch_lines(["madengine: history postgresql+psycopg://mad:***@*: 1 result(s)*"])
+    assert [row["value"] for row in history_rows(postgres_url)] == [7.0]
