@@ -5,6 +5,8 @@ URL that does not open stops the session before any test, without its password."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -75,6 +77,29 @@ def test_an_xdist_session_appends_every_result_once(pytester: pytest.Pytester) -
         (f"m{n}", float(n)) for n in range(4)
     ]
     assert len({row["session"] for row in rows}) == 1
+
+
+def test_two_xdist_sessions_at_once_lose_nothing(pytester: pytest.Pytester) -> None:
+    """Two sessions with `-n 2` each, started together, on one history file."""
+    models = [entry(f"m{n}", args=str(n), scripts="scripts/dummy/value.sh") for n in range(6)]
+    unique_tree(pytester, models, scripts(value=VALUE))
+    shared = pytester.path / "shared" / "history.sqlite"
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2",
+            "--mad-history", str(shared)]  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            [*argv, "--mad-tags", tags, "--mad-output", f"out{index}"],
+            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for index, tags in enumerate(("m0,m1,m2", "m3,m4,m5"))
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(outputs)
+    rows = history_rows(f"sqlite:///{shared}")
+    assert sorted((row["model"], row["value"]) for row in rows) == [
+        (f"m{n}", float(n)) for n in range(6)
+    ]
+    assert len({row["session"] for row in rows}) == 2
 
 
 def test_none_keeps_no_history_and_a_file_is_one(pytester: pytest.Pytester) -> None:
