@@ -158,10 +158,18 @@ class MadReporter:
     def _append_history(self) -> None:
         """The session's results into the history, in one transaction (also after
         Ctrl-C: what finished is kept); a database that fails then is a note."""
-        from pytest_madengine.core.history import HistoryError, SessionStamp, results_of
+        from pytest_madengine.core.history import History, HistoryError, SessionStamp, results_of
 
-        if self.history is None or not self.records:
+        url = self.state.options.history_url
+        if url is None or not self.records:
             return
+        if self.history is None:  # the default history: opened now, closed by us
+            try:
+                self.history = History(url)
+            except HistoryError as exc:
+                self.notes.append(f"--mad-history {exc}; this session's results are not in it")
+                return
+            self.config.add_cleanup(self.history.close)
         machine = os.uname().nodename
         stamp = SessionStamp(
             self.state.session_id, datetime.now(timezone.utc), machine,

@@ -111,6 +111,20 @@ def test_none_keeps_no_history_and_a_file_is_one(pytester: pytest.Pytester) -> N
     assert [row["value"] for row in history_rows(f"sqlite:///{pytester.path}/h/r.db")] == [100.0]
 
 
+def test_a_default_history_that_is_no_database_is_a_note(pytester: pytest.Pytester) -> None:
+    """The default history opens at the end (no SQLAlchemy at start-up): a file there
+    that is no database costs the session nothing but its history."""
+    unique_tree(pytester, [entry("dummy", scripts="scripts/dummy/value.sh")],
+                scripts(value=VALUE))  # fmt: skip
+    (pytester.path / "mad_output").mkdir()
+    (pytester.path / "mad_output" / "history.sqlite").write_text("not a database, " * 512)
+    result = run(pytester, "--mad-tags", "dummy")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["madengine: --mad-history sqlite:///*history.sqlite: cannot"
+                                 " open: *; this session's results are not in it"])  # fmt: skip
+    assert "Traceback" not in result.stdout.str()
+
+
 def test_a_url_that_does_not_open_stops_the_session_without_its_password(
     pytester: pytest.Pytester,
 ) -> None:
