@@ -138,7 +138,7 @@ class RawOptions:
     )  # fmt: skip
     history: str | None = _row(
         None, "--mad-history", metavar="URL|FILE|none", ini="mad_history",
-        ini_help="results history, as for --mad-history", madengine=("--history",),
+        ini_help="results history, as for --mad-history",
         help="the results history every session appends to: a SQLAlchemy URL"
         " (postgresql+psycopg://user:password@host/db), an SQLite file, or none"
         " (ini: mad_history; default: history.sqlite in --mad-output)",
