@@ -15,9 +15,10 @@ PG_PORT=5439
 PG_USER=mad
 PG_DATABASE=mad_history
 
-EXTRA_USAGE+="  postgres      PostgreSQL (Debian's package) on $PG_ADDR:$PG_PORT, a cluster of its own
-                in $PG_DATA run by the postgres account, login $PG_USER and
-                database $PG_DATABASE; the SQLAlchemy URL (with the password) is in
+EXTRA_USAGE+="  postgres      PostgreSQL (Debian's package) on $PG_ADDR:$PG_PORT for the results
+                history: a cluster of its own in $PG_DATA,
+                run by the postgres account, with login $PG_USER and database
+                $PG_DATABASE; the SQLAlchemy URL (with the password) is in
                 $PG_URL_FILE (root only)
 "
 

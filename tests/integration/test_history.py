@@ -130,3 +130,11 @@ def test_a_url_that_does_not_open_is_one_line_without_its_password(bad: str) -> 
     assert "s3cret-pw" not in message
     assert "mad:***@" in message
     assert "\n" not in message
+
+
+def test_the_bootstraps_url_is_for_root_alone(postgres_url: str) -> None:
+    """The URL holds the password: its file is readable by root alone."""
+    from tests.conftest import POSTGRES_URL_FILE
+
+    assert POSTGRES_URL_FILE.stat().st_mode & 0o777 == 0o600
+    assert postgres_url.startswith(POSTGRES_URL_FILE.read_text().strip())
