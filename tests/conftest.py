@@ -323,3 +323,30 @@ def chromium() -> str:
     if path is None:
         component_missing("chromium needed (run scripts/bootstrap chromium)")
     return path
+
+
+POSTGRES_URL_FILE = Path("/var/lib/pytest-madengine/postgres/url")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL of the bootstrap's PostgreSQL whose tables land in a schema of
+    this test's own (dropped afterwards): tests beside it share the one database."""
+    import sqlalchemy as sa  # imported here: most tests need no database
+
+    try:
+        url = POSTGRES_URL_FILE.read_text(encoding="utf-8").strip()
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 10})
+        with engine.begin() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except (OSError, sa.exc.SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        component_missing(f"PostgreSQL needed (run scripts/bootstrap postgres): {reason}")
+    schema = f"mad_test_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in url else "?"
+    yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()

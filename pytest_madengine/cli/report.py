@@ -254,3 +254,44 @@ def update_perf(
     if problem:
         raise fail(problem, ExitCode.FAILURE)
     console.print(f"{perf_csv}: {len(rows)} row(s) appended")
+
+
+@report_app.command("import")
+def import_csv(
+    inputs: Inputs,
+    history: Annotated[
+        str | None,
+        typer.Option(
+            "--history",
+            help="the results history: a SQLAlchemy URL or an SQLite file"
+            " (default: mad_output/history.sqlite, as a session's)",
+        ),
+    ] = None,
+) -> None:
+    """Earlier perf.csv (or perf_super.csv) files into the results history: their rows
+    cut into sessions where pipeline, build_number or git_commit changes or a result
+    comes again; a file imported again adds only the sessions not there yet."""
+    from pytest_madengine.core.history import History, HistoryError
+    from pytest_madengine.core.history_url import resolve_history_url
+    from pytest_madengine.core.options import DEFAULT_OUTPUT
+    from pytest_madengine.reporting.history_import import import_perf_csv
+
+    cwd = Path.cwd()
+    url = resolve_history_url(history, cwd, cwd / DEFAULT_OUTPUT)
+    if url is None:
+        raise fail(f"--history {history}: nothing to import into", ExitCode.INVALID_ARGS)
+    try:
+        store = History(url)
+    except HistoryError as exc:
+        raise fail(f"--history {exc}", ExitCode.INVALID_ARGS) from None
+    try:
+        for path in inputs:
+            count = import_perf_csv(store, path)
+            console.print(f"{path}: {count.added} session(s) with {count.results} result(s)"
+                          f" imported, {count.known} already there", markup=False,
+                          soft_wrap=True)  # fmt: skip
+    except (MadError, HistoryError) as exc:
+        raise fail(str(exc), ExitCode.FAILURE) from None
+    finally:
+        store.close()
+    console.print(f"history: {store.url}", markup=False, soft_wrap=True)

@@ -20,13 +20,11 @@ Three sources, one shape (`ComparisonSource`):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Protocol
 
 from pytest_madengine.core.records import Comparison
@@ -36,7 +34,6 @@ from pytest_madengine.errors import MadError, UsageProblem
 
 OPTION = "--mad-compare"
 HISTORY_WORD = "history"
-HISTORY_MODULE = "pytest_madengine.core.history"
 NOT_COMPARED = "not compared"
 _LAST = re.compile(r"history:(?P<count>.*)", re.DOTALL)
 
@@ -130,18 +127,6 @@ def load_perf_csv_source(
 # ---- the results history ----
 
 
-def _history_module() -> ModuleType:
-    """core/history.py, imported when a history is asked for (and only then)."""
-    try:
-        return importlib.import_module(HISTORY_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != HISTORY_MODULE:
-            raise
-        raise UsageProblem(
-            f"{OPTION}: this installation has no results history ({HISTORY_MODULE})"
-        ) from None
-
-
 @dataclass(frozen=True)
 class HistorySource:
     """The last `last` earlier sessions of the results history (all: None), or the
@@ -167,14 +152,18 @@ class HistorySource:
             found = self.history.session_points(result_key, self.session)
         except Exception as exc:  # a database that went away: the verdict says so
             raise MadError(f"the results history failed: {type(exc).__name__}: {exc}") from None
+        # One session's repetitions are its points; a history's sessions are (each with
+        # its samples, so that the verdict sees the spread within and between them).
         return [HistoryPoint(value) for point in found
                 for value in (point.samples or (point.median,))]  # fmt: skip
 
 
 def _open_history(url: str) -> tuple[Any, Any]:
-    module = _history_module()
+    # Imported only when a history is compared with: SQLAlchemy's import costs start-up.
+    from pytest_madengine.core.history import History, ResultKey
+
     try:
-        return module.History(url), module.ResultKey
+        return History(url), ResultKey
     except Exception as exc:  # SQLAlchemy's errors, a bad URL: a usage error now
         first = str(exc).partition("\n")[0]
         raise UsageProblem(
@@ -240,15 +229,6 @@ def _needs(history_url: str | None, text: str) -> str:
     if history_url is None:
         raise UsageProblem(f"{OPTION} {text}: no results history to compare with")
     return history_url
-
-
-def default_history_url(output_dir: Path) -> str | None:
-    """The history's own default (a SQLite file beside the output), None without one."""
-    try:
-        module = _history_module()
-    except UsageProblem:
-        return None
-    return str(module.History.default_url(output_dir))
 
 
 # ---- the verdict ----

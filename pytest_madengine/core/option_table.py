@@ -145,6 +145,13 @@ class RawOptions:
         help="run every model K times first, results discarded (ini: mad_warmup; over"
         " models.json 'warmup'; default 0)",
     )  # fmt: skip
+    history: str | None = _row(
+        None, "--mad-history", metavar="URL|FILE|none", ini="mad_history",
+        ini_help="results history, as for --mad-history",
+        help="the results history every session appends to: a SQLAlchemy URL"
+        " (postgresql+psycopg://user:password@host/db), an SQLite file, or none"
+        " (ini: mad_history; default: history.sqlite in --mad-output)",
+    )  # fmt: skip
     output: str | None = _row(
         None, "--mad-output", metavar="DIR", ini="mad_output", ini_help="directory for logs",
         ini_is_path=True,

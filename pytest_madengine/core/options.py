@@ -21,8 +21,9 @@ from typing import Any
 
 from pytest_madengine.backends import DEFAULT_BACKEND, check_backend_name
 from pytest_madengine.core.build import BatchEntry, load_batch_manifest
-from pytest_madengine.core.compare import ComparisonSource, default_history_url, parse_compare
+from pytest_madengine.core.compare import ComparisonSource, parse_compare
 from pytest_madengine.core.context import RunContext, build_context
+from pytest_madengine.core.history_url import resolve_history_url
 from pytest_madengine.core.manifest import BuildManifest, load_manifest
 from pytest_madengine.core.option_table import (
     DEFAULT_MANIFEST_OUTPUT,
@@ -96,6 +97,9 @@ class Options:
     warmup: int | None = None
     placement: str = "least-loaded"  # how a test's host is chosen (--mad-placement)
     compare: ComparisonSource | None = None  # what every result is judged against
+    # The results history's SQLAlchemy URL (--mad-history); None: none kept. It may hold
+    # a password: show it only through core.history.masked_url.
+    history_url: str | None = field(default=None, repr=False)
 
     @property
     def gpu_vendor(self) -> str:
@@ -385,8 +389,7 @@ def _compare(raw: RawOptions, outputs: Mapping[str, Any]) -> ComparisonSource | 
     """--mad-compare's source, read (a perf.csv) or opened (the history) now."""
     if raw.compare is None:
         return None
-    # --mad-history URL (the history's own option) when the table has it, else its default.
-    url = getattr(raw, "history", None) or default_history_url(outputs["output_dir"])
+    url = resolve_history_url(raw.history, raw.base_dir, outputs["output_dir"])
     perf_csv: Path = outputs["perf_csv"]
     # The session's own perf.csv and perf_super.csv: missing before its first session.
     written = (perf_csv, perf_csv.with_name("perf_super.csv"))
@@ -439,6 +442,7 @@ def _parse(raw: RawOptions) -> Options:
         warmup=_int(raw.warmup, "--mad-warmup"),
         placement=_placement(raw.placement),
         compare=_compare(raw, outputs),
+        history_url=resolve_history_url(raw.history, raw.base_dir, outputs["output_dir"]),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(

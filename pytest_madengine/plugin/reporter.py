@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -29,6 +30,9 @@ from pytest_madengine.reporting.perf_csv import (
 )
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
 
+if TYPE_CHECKING:
+    from pytest_madengine.core.history import History
+
 RECORD_ATTRIBUTE = "mad_record"  # on a TestReport: the record as a dict (crosses xdist)
 BUILD_ATTRIBUTE = "mad_build_record"  # the same for a build item's BuildRecord
 
@@ -36,9 +40,12 @@ BUILD_ATTRIBUTE = "mad_build_record"  # the same for a build item's BuildRecord
 class MadReporter:
     """Only the controller writes reports, so there is one writer under xdist."""
 
-    def __init__(self, state: PluginState, config: pytest.Config) -> None:
+    def __init__(
+        self, state: PluginState, config: pytest.Config, history: History | None = None
+    ) -> None:
         self.state = state
         self.config = config
+        self.history = history  # the results history, appended to at the end
         options = state.options
         fallback = options.output_dir / f"perf.{state.session_id}.csv"
         self.perf_csv = PerfCsv(options.perf_csv, fallback, grow=True)  # results' columns
@@ -146,6 +153,35 @@ class MadReporter:
                 self.notes.append(f"--mad-summary {path}: cannot write ({exc.strerror or exc})")
         if options.html_report is not None:
             self._write_html(options.html_report)
+        self._append_history()
+
+    def _append_history(self) -> None:
+        """The session's results into the history, in one transaction (also after
+        Ctrl-C: what finished is kept); a database that fails then is a note."""
+        from pytest_madengine.core.history import History, HistoryError, SessionStamp, results_of
+
+        url = self.state.options.history_url
+        if url is None or not self.records:
+            return
+        if self.history is None:  # the default history: opened now, closed by us
+            try:
+                self.history = History(url)
+            except HistoryError as exc:
+                self.notes.append(f"--mad-history {exc}; this session's results are not in it")
+                return
+            self.config.add_cleanup(self.history.close)
+        machine = os.uname().nodename
+        stamp = SessionStamp(
+            self.state.session_id, datetime.now(timezone.utc), machine,
+            self.state.options.git_commit,
+        )  # fmt: skip
+        results = [result for _, record in self.records for result in results_of(record, machine)]
+        try:
+            self.history.append(stamp, results)
+        except HistoryError as exc:
+            self.notes.append(f"--mad-history {exc}; this session's results are not in it")
+            return
+        self.notes.append(f"history {self.history.url}: {len(results)} result(s) appended")
 
     def _write_manifest(self, path: Path) -> None:
         """Written even when builds failed, as madengine does: the others still run."""

@@ -121,13 +121,6 @@ def test_a_csv_without_the_needed_columns_is_a_usage_error(tmp_path: Path) -> No
         parse_compare("bad.csv", tmp_path, None)
 
 
-def test_without_the_history_module_history_is_a_usage_error(tmp_path: Path) -> None:
-    if "pytest_madengine.core.history" in sys.modules:
-        pytest.skip("this installation has the results history")
-    with pytest.raises(UsageProblem, match="this installation has no results history"):
-        parse_compare("history", tmp_path, "sqlite:///h.db")
-
-
 def test_a_session_the_history_does_not_hold_is_a_usage_error(
     tmp_path: Path, stand_in_history: StandIn
 ) -> None:

@@ -1,0 +1,30 @@
+"""Where the results history lives (--mad-history), as text: resolved without importing
+SQLAlchemy, which a session's start-up does without unless a history is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HISTORY_FILE = "history.sqlite"  # the default history, in the output directory
+HISTORY_OFF = frozenset({"none", "off"})  # --mad-history none: the session keeps no history
+
+
+def default_history_url(output_dir: Path) -> str:
+    """The history when none is named: an SQLite file in the output directory."""
+    return f"sqlite:///{(output_dir / HISTORY_FILE).resolve()}"
+
+
+def resolve_history_url(text: str | None, base_dir: Path, output_dir: Path) -> str | None:
+    """--mad-history as given: none (or off) keeps no history, a text with `://` is a
+    SQLAlchemy URL, anything else the path of an SQLite file (relative to `base_dir`);
+    nothing given: `history.sqlite` in the output directory. Only resolved here: the URL
+    is opened (and a bad one refused) by the controller alone."""
+    text = (text or "").strip()
+    if not text:
+        return default_history_url(output_dir)
+    if text.lower() in HISTORY_OFF:
+        return None
+    if "://" in text:
+        return text
+    path = Path(text)
+    return f"sqlite:///{(path if path.is_absolute() else base_dir / path).resolve()}"
