@@ -184,14 +184,16 @@ class MadItem(pytest.Function):
 
     @property
     def id(self) -> Any:
-        """The structured id, as pytest >= 9 parses our `name[params]` ids back from its
+        """The structured id, as pytest >= 9.2 parses our `name[params]` ids back from its
         cache (--lf, --sw compare the two). Without it, `p[b=1]` is one name to the item
         but a name and params to the cache, and --lf reruns everything. pytest has no
-        public parser: a pytest without this one keeps its own id."""
+        public parser (its NodeId is private). Before 9.2 node ids are plain strings on
+        both sides and nothing asks for `id` (pytest's own is missing too, as here): our
+        floor, 8.0, does without it (scripts/lowest-lane)."""
         own = super().id
         try:
             from _pytest.nodeid import coerce_node_id
-        except ImportError:
+        except ImportError:  # a pytest that moved it: its own id, as a plain item has
             return own
         return coerce_node_id(str(own))
 

@@ -170,7 +170,10 @@ class RunAhead:
 def _xdist_queued(item: pytest.Item) -> list[pytest.Item]:
     """The items an xdist worker was sent and has not started yet, in order. xdist has
     no public name for them: without it, a worker runs ahead only the item it starts.
-    Under --dist worksteal a queued item may be taken back: none is handed over."""
+    Under --dist worksteal a queued item may be taken back: none is handed over.
+    `torun.lock()` came with xdist 3.7, our floor (pyproject.toml): the fallback is not a
+    supported mode but a guard should a later xdist rename its internals (its workers
+    then run one test at a time, and tests/e2e/test_concurrency.py says so)."""
     if getattr(item.config.option, "dist", None) == "worksteal":
         return []
     worker = next(

@@ -100,3 +100,24 @@ def test_pytest_outcomes_become_madengine_exit_codes(phase, pytest_exit, collect
                                                      expected) -> None:  # fmt: skip
     outcome = SessionOutcome(int(pytest_exit), collect_errors=collect_errors)
     assert exit_code(phase, outcome) == expected
+
+
+def command_paths(group: object, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command of madengine, subcommands of `report` included, as its words."""
+    paths = [path]
+    for name, command in sorted(getattr(group, "commands", {}).items()):
+        paths += command_paths(command, (*path, name))
+    return paths
+
+
+def test_every_command_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help renders each command's options (a Typer older than its Click fails here)."""
+    import typer.main
+
+    from pytest_madengine.cli.app import app, invoke
+
+    paths = command_paths(typer.main.get_command(app))
+    assert ("report", "html") in paths
+    for path in paths:
+        assert invoke([*path, "--help"]) == ExitCode.SUCCESS, path
+        assert f"Usage: madengine {' '.join(path)}".rstrip() in capsys.readouterr().out, path
