@@ -94,6 +94,7 @@ class Options:
     repeat: int | None = None
     warmup: int | None = None
     placement: str = "least-loaded"  # how a test's host is chosen (--mad-placement)
+    heartbeat: float = 10.0  # seconds between pings of the hosts (--mad-heartbeat); 0: off
 
     @property
     def gpu_vendor(self) -> str:
@@ -372,6 +373,17 @@ def _kept_files(raw: RawOptions) -> dict[str, Any]:
     }
 
 
+def _heartbeat(text: str | float | None) -> float:
+    """--mad-heartbeat: seconds, 0 (off) or more."""
+    try:
+        value = float(str(text).strip()) if text not in (None, "") else 10.0
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageProblem(f"--mad-heartbeat: expected seconds, 0 or more, got {text!r}")
+    return value
+
+
 def _placement(text: str | None) -> str:
     strategy = (text or "least-loaded").strip().lower()
     if strategy not in STRATEGIES:
@@ -417,6 +429,7 @@ def _parse(raw: RawOptions) -> Options:
         repeat=_int(raw.repeat, "--mad-repeat", minimum=1),
         warmup=_int(raw.warmup, "--mad-warmup"),
         placement=_placement(raw.placement),
+        heartbeat=_heartbeat(raw.heartbeat),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(root),
