@@ -180,7 +180,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     config.pluginmanager.register(fixtures, "madengine-fixtures")
     if not worker:
-        config.pluginmanager.register(MadReporter(state, config), "madengine-reporter")
+        put_line = lines.put if lines is not None else None
+        config.pluginmanager.register(MadReporter(state, config, put_line), "madengine-reporter")
     config.stash[_PREVIOUS_SIGNALS] = install_stop_handler()
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # No paths given: collect the MAD tree, not testpaths or the current directory.

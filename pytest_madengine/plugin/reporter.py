@@ -3,8 +3,10 @@ in a build-only session the build manifest; the HTML report at the end."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from pytest_madengine.reporting.perf_csv import (
     perf_super_rows,
 )
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
+from pytest_madengine.resources.health import Transition, host_table
 
 RECORD_ATTRIBUTE = "mad_record"  # on a TestReport: the record as a dict (crosses xdist)
 BUILD_ATTRIBUTE = "mad_build_record"  # the same for a build item's BuildRecord
@@ -36,9 +39,21 @@ BUILD_ATTRIBUTE = "mad_build_record"  # the same for a build item's BuildRecord
 class MadReporter:
     """Only the controller writes reports, so there is one writer under xdist."""
 
-    def __init__(self, state: PluginState, config: pytest.Config) -> None:
+    def __init__(
+        self,
+        state: PluginState,
+        config: pytest.Config,
+        put_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.state = state
         self.config = config
+        # Hosts going offline or coming back, told by the heartbeat's thread: written
+        # by `put_line` (from any thread) where there is one, else at the next report.
+        self._put_line = put_line
+        self._transitions: collections.deque[str] = collections.deque()
+        runtime = state.runtime
+        if runtime is not None and runtime.heartbeat is not None:
+            runtime.health.listen(self._transition)
         options = state.options
         fallback = options.output_dir / f"perf.{state.session_id}.csv"
         self.perf_csv = PerfCsv(options.perf_csv, fallback, grow=True)  # results' columns
@@ -55,7 +70,28 @@ class MadReporter:
         self.notes: list[str] = []
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
+    def _transition(self, change: Transition) -> None:
+        if not change.health_change:
+            return
+        line = self.state.options.credentials.redact(change.line())
+        if self._put_line is not None:
+            self._put_line(f"madengine: {line}")
+        else:
+            self._transitions.append(line)
+
+    def _tell_transitions(self) -> None:
+        while self._transitions:
+            self._say(self._transitions.popleft())
+
+    def _hosts(self) -> list[dict[str, Any]]:
+        """The hosts' rows for the reports (none without a heartbeat)."""
+        runtime = self.state.runtime
+        if runtime is None or runtime.heartbeat is None:
+            return []
+        return mask_all(runtime.health.report(), self.state.options.credentials.redact)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._tell_transitions()
         build = getattr(report, BUILD_ATTRIBUTE, None)
         # Every record is masked once more as it arrives: whatever made it (a worker, a
         # backend, a user's hook), no report written from it holds a secret.
@@ -124,6 +160,12 @@ class MadReporter:
             terminalreporter.section("madengine builds")
             for line in build_table(self.builds):
                 terminalreporter.write_line(line)
+        self._tell_transitions()
+        hosts = self._hosts()
+        if hosts and self.config.get_verbosity() >= 0:
+            terminalreporter.section("madengine hosts")
+            for line in host_table(hosts):
+                terminalreporter.write_line(line)
         for line in self.notes:
             terminalreporter.write_line(f"madengine: {line}")
 
@@ -138,7 +180,7 @@ class MadReporter:
             if options.build_only:
                 document = build_summary(self.builds, self.state.session_id)
             else:
-                document = summary_document(self.records, self.state.session_id)
+                document = summary_document(self.records, self.state.session_id, self._hosts())
             try:  # checked at the start; a path that broke since is a note, not a traceback
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -163,7 +205,8 @@ class MadReporter:
             self.notes.append(f"no HTML report: {options.perf_csv} has no results")
             return
         try:
-            write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance)
+            write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance,
+                         hosts=self._hosts())  # fmt: skip
         except MadError as exc:
             self.notes.append(f"no HTML report: {exc}")
             return

@@ -207,6 +207,31 @@ class ReportData:
     regressions: tuple[ModelRow, ...] = field(default=())  # all of them
     listed_regressions: tuple[ModelRow, ...] = field(default=())  # those the list shows
     notes: tuple[str, ...] = field(default=())  # what the page left out or aggregated
+    # The session's hosts (heartbeat): status, round trip, transitions as lines.
+    hosts: tuple[HostRow, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class HostRow:
+    host: str
+    status: str
+    rtt: str
+    transitions: tuple[str, ...]
+
+
+def _host_rows(hosts: Sequence[Mapping[str, Any]]) -> tuple[HostRow, ...]:
+    """The summary's host rows (see resources/health.py), with each transition a line."""
+    rows = []
+    for host in hosts:
+        changes = []
+        for change in host.get("transitions", ()):
+            at = datetime.datetime.fromtimestamp(change["at"]).strftime("%H:%M:%S")
+            why = f" ({change['reason']})" if change.get("reason") else ""
+            changes.append(f"{change['status']} at {at}{why}")
+        rtt = host.get("rtt_ms")
+        shown = f"{rtt:.1f} ms" if rtt is not None else "-"
+        rows.append(HostRow(str(host["host"]), str(host["status"]), shown, tuple(changes)))
+    return tuple(rows)
 
 
 def _change(value: float | None, base: float | None) -> float | None:
@@ -251,6 +276,7 @@ def report_data(
     title: str = DEFAULT_TITLE,
     sources: Sequence[str] = (),
     limits: ReportLimits = ReportLimits(),
+    hosts: Sequence[Mapping[str, Any]] = (),
 ) -> ReportData:
     """What the page shows, within `limits`, with notes on what it left out."""
     rows = [_model_row(one, baseline, tolerance, lower_is_better)
@@ -272,6 +298,7 @@ def report_data(
         rows_total=results.rows_total, rows=shown, charts=tuple(charts), tolerance=tolerance,
         has_baseline=bool(baseline), regressions=regressions,
         listed_regressions=regressions[: limits.table_rows], notes=tuple(notes),
+        hosts=_host_rows(hosts),
     )  # fmt: skip
 
 
@@ -365,12 +392,13 @@ def render_report(
     title: str = DEFAULT_TITLE,
     source_labels: Sequence[str] | None = None,
     limits: ReportLimits = ReportLimits(),
+    hosts: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The report's HTML."""
+    """The report's HTML; `hosts`: the session's host rows (status and transitions)."""
     results = load_results(paths, limits)
     labels = source_labels or [str(path) for path in paths]
     data = report_data(results, baseline or {}, tolerance, lower_is_better=lower_is_better,
-                       title=title, sources=labels, limits=limits)  # fmt: skip
+                       title=title, sources=labels, limits=limits, hosts=hosts)  # fmt: skip
     return _environment().get_template("report.html.j2").render(report=data)
 
 

@@ -224,7 +224,12 @@ class HostPool:
                 if mine >= self._most:
                     return None
             held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
-            if prefer is not None and _free(prefer, held) and prefer.host in candidates:
+            if (
+                prefer is not None
+                and _free(prefer, held)
+                and prefer.host in candidates
+                and self._matches_best(prefer.host, candidates, affinity)
+            ):
                 chosen: tuple[Host, tuple[Gpu, ...]] | None = (prefer.host, prefer.gpus)
             else:
                 left_out = held | set(avoid)
@@ -257,6 +262,17 @@ class HostPool:
                 f"{holder}: models.json field 'host_affinity': no host carries"
                 f" {', '.join(sorted(affinity))} (hosts' labels: {known})"
             )
+
+    def _matches_best(
+        self, host: Host, candidates: Sequence[Host], labels: Collection[str]
+    ) -> bool:
+        """Under `affinity`, whether the host carries as many of the labels as the best
+        candidate (a container made ahead on another host does not outrank them)."""
+        if self.strategy != "affinity" or not labels:
+            return True
+        matched = {candidate.name: len(set(labels) & set(candidate.labels))
+                   for candidate in candidates}  # fmt: skip
+        return matched[host.name] == max(matched.values())
 
     def busy_hosts(self) -> set[str]:
         """The hosts where tests of the session (any process) hold GPUs now."""
