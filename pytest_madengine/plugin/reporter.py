@@ -161,7 +161,8 @@ class MadReporter:
             for line in build_table(self.builds):
                 terminalreporter.write_line(line)
         self._tell_transitions()
-        hosts = self._hosts()
+        # A fleet's table (--mad-hosts); the local engine's status is in the reports.
+        hosts = self._hosts() if self.state.options.hosts_file is not None else []
         if hosts and self.config.get_verbosity() >= 0:
             terminalreporter.section("madengine hosts")
             for line in host_table(hosts):

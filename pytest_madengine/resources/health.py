@@ -27,6 +27,7 @@ STATUSES = (ONLINE, BUSY, OFFLINE, ERROR)
 PING_DEADLINE_S = 2.0
 PING_THREADS = 8  # hosts pinged at once in a round
 TRANSITIONS_KEPT = 100  # per host, the latest (a day of a flapping host stays bounded)
+TABLE_TRANSITIONS = 6  # the latest, in the terminal's table
 
 
 @dataclass(frozen=True)
@@ -152,11 +153,15 @@ class HostHealth:
 
 
 def host_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Aligned lines of the hosts' report rows: status, round trip, transitions."""
+    """Aligned lines of the hosts' report rows: status, round trip, the latest
+    transitions."""
     table = [("host", "status", "round trip", "transitions")]
     for row in rows:
         rtt = f"{row['rtt_ms']:.1f} ms" if row["rtt_ms"] is not None else "-"
-        changes = " -> ".join(change["status"] for change in row["transitions"]) or "-"
+        statuses = [change["status"] for change in row["transitions"]]
+        changes = " -> ".join(statuses[-TABLE_TRANSITIONS:]) or "-"
+        if len(statuses) > TABLE_TRANSITIONS:  # the reports have them all
+            changes = f"({len(statuses) - TABLE_TRANSITIONS} before) -> {changes}"
         table.append((row["host"], row["status"], rtt, changes))
     widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()

@@ -60,6 +60,14 @@ def test_the_report_has_a_row_per_host_and_the_table_reads_it() -> None:
     ]
 
 
+def test_the_table_shows_the_latest_transitions_and_how_many_came_before() -> None:
+    health = HostHealth(hosts("a"))
+    for second in range(9):
+        health.observe("a", Ping.answered(0.001), busy=second % 2 == 1, at=float(second))
+    line = host_table(health.report())[1]
+    assert line.endswith("(3 before) -> busy -> online -> busy -> online -> busy -> online")
+
+
 def test_a_round_pings_every_host_and_marks_the_busy_ones() -> None:
     def probe(host: Host, deadline_s: float) -> Ping:
         if host.name == "down":
