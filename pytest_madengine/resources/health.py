@@ -26,6 +26,7 @@ STATUSES = (ONLINE, BUSY, OFFLINE, ERROR)
 # a round of pings ends well within a heartbeat interval of a few seconds.
 PING_DEADLINE_S = 2.0
 PING_THREADS = 8  # hosts pinged at once in a round
+STOP_JOIN_S = 0.5  # how long closing waits for the heartbeat's thread (a daemon)
 TRANSITIONS_KEPT = 100  # per host, the latest (a day of a flapping host stays bounded)
 TABLE_TRANSITIONS = 6  # the latest, in the terminal's table
 
@@ -201,6 +202,8 @@ class Heartbeat:
             if host.name not in self._pending or self._pending[host.name].done():
                 self._pending[host.name] = self._pool.submit(self._ping, host)
         done, _ = concurrent.futures.wait(self._pending.values(), self.deadline_s + 1.0)
+        if self._stop.is_set():  # the session closes its links: what failed now is not news
+            return
         busy = set(self.busy_hosts())
         for host in self.hosts:
             future = self._pending[host.name]
@@ -229,6 +232,6 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.deadline_s + 2.0)
+        if self._thread is not None:  # a round under way tells nothing more (see beat)
+            self._thread.join(STOP_JOIN_S)
         self._pool.shutdown(wait=False, cancel_futures=True)

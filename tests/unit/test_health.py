@@ -116,3 +116,16 @@ def test_a_bad_heartbeat_is_a_usage_error(tmp_path: Path, given: str) -> None:
     with pytest.raises(UsageProblem) as problem:
         parse_options(raw)
     assert str(problem.value) == f"--mad-heartbeat: expected seconds, 0 or more, got {given!r}"
+
+
+def test_a_round_that_ends_after_the_heartbeat_stopped_tells_nothing() -> None:
+    """Closing a session closes its links: the pings it cuts short are not news."""
+
+    def probe(host: Host, deadline_s: float) -> Ping:
+        heartbeat.stop()  # the session closes while the ping is under way
+        return Ping.offline("connection closed")
+
+    health = HostHealth(hosts("a"))
+    heartbeat = Heartbeat(hosts("a"), probe, health, 10)
+    heartbeat.beat()
+    assert health.status("a") is None and health.transitions("a") == []
