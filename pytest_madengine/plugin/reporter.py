@@ -172,6 +172,8 @@ class MadReporter:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         options = self.state.options
+        if self.state.runtime is not None:
+            self.state.runtime.health.settle()  # no test holds a host any more
         if self.config.option.collectonly:
             return
         if options.build_only and options.manifest_output is not None:

@@ -116,6 +116,14 @@ class HostHealth:
         for listener in listeners:
             listener(change)
 
+    def settle(self) -> None:
+        """The session's tests are over: a host last seen busy is online (the heartbeat
+        may not have beaten since the last test ended)."""
+        with self._lock:
+            busy = [name for name, status in self._status.items() if status == BUSY]
+        for name in busy:
+            self.observe(name, Ping(None), busy=False)
+
     def status(self, host: str) -> str | None:
         with self._lock:
             return self._status.get(host)

@@ -129,3 +129,13 @@ def test_a_round_that_ends_after_the_heartbeat_stopped_tells_nothing() -> None:
     heartbeat = Heartbeat(hosts("a"), probe, health, 10)
     heartbeat.beat()
     assert health.status("a") is None and health.transitions("a") == []
+
+
+def test_at_the_end_a_host_last_seen_busy_is_online() -> None:
+    health = HostHealth(hosts("a", "b"))
+    health.observe("a", Ping.answered(0.001), busy=True, at=1.0)
+    health.observe("b", Ping.offline("timed out"), busy=False, at=1.0)
+    health.settle()
+    assert [health.status("a"), health.status("b")] == [ONLINE, OFFLINE]
+    assert [t.status for t in health.transitions("a")] == [BUSY, ONLINE]
+    assert health.latency("a") == 0.001
