@@ -163,7 +163,7 @@ class MadReporter:
         self._tell_transitions()
         # A fleet's table (--mad-hosts); the local engine's status is in the reports.
         hosts = self._hosts() if self.state.options.hosts_file is not None else []
-        if hosts and self.config.get_verbosity() >= 0:
+        if hosts:
             terminalreporter.section("madengine hosts")
             for line in host_table(hosts):
                 terminalreporter.write_line(line)
