@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from pytest_madengine.credentials import Credentials
 from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.gpus import GpuInventory
+from pytest_madengine.resources.health import Ping
 from pytest_madengine.resources.hosts import Host
 
 # Labels on every container we start, so that nothing of ours outlives the session.
@@ -320,6 +321,19 @@ class ImagePublisher(Protocol):
     ) -> str:
         """Tags the built image as `reference` and pushes it; the pushed digest.
         MadError with the registry's one-line reason when the push fails."""
+        ...
+
+
+@runtime_checkable
+class HostProber(Protocol):
+    """What a backend adds for the heartbeat (`--mad-heartbeat`) and the `latency`
+    placement: a ping of one host. Optional: without it a session has no heartbeat and
+    `latency` ranks every host alike (the least loaded first)."""
+
+    def ping_host(self, host: Host, deadline_s: float) -> Ping:
+        """The host's engine asked once, within `deadline_s` (a call that could wait
+        longer is cut off): the round trip, or offline (no answer in time, no link) or
+        error (it answered with a failure), with the one-line reason."""
         ...
 
 

@@ -48,6 +48,15 @@ class HostLost(MadError):
 class NoHost(MadError):
     """No host can ever run the test (too many GPUs, wrong vendor...): it is skipped."""
 
+    fails = False  # a test that gets this is skipped; an Unplaceable one fails
+
+
+class Unplaceable(NoHost):
+    """The test could be placed but is not: every host that fits it stayed offline, or
+    its `host_affinity` names labels no host carries. The test fails, in one line."""
+
+    fails = True
+
 
 class NotRun(MadError):
     """The backend did not run the test on purpose (a dry run): it is skipped, saying so."""

@@ -201,11 +201,20 @@ class RawOptions:
         " free up; auto: one per GPU of all hosts (default 1; ini: mad_concurrency)",
     )  # fmt: skip
     placement: str = _row(
-        "least-loaded", "--mad-placement", metavar="least-loaded|round-robin|capability",
+        "least-loaded", "--mad-placement",
+        metavar="least-loaded|round-robin|capability|latency|affinity",
         ini="mad_placement", ini_help="how a test's host is chosen, as --mad-placement",
         help="how a test's host is chosen among those that fit and have its GPUs free:"
-        " the least loaded, each in turn, or the fewest GPUs that fit"
-        " (default least-loaded; ini: mad_placement)",
+        " the least loaded, each in turn, the fewest GPUs that fit, the shortest measured"
+        " round trip, or the most of the model's host_affinity labels (ties: the least"
+        " loaded; default least-loaded; ini: mad_placement)",
+    )  # fmt: skip
+    heartbeat: str | float = _row(
+        10, "--mad-heartbeat", metavar="SECONDS", ini="mad_heartbeat",
+        ini_help="seconds between pings of every host, as --mad-heartbeat",
+        help="ping every host this often, also while idle: a host that stops answering is"
+        " offline (no test is placed on it) until it answers again (default 10; 0: off;"
+        " ini: mad_heartbeat)",
     )  # fmt: skip
     deploy: str | None = _row(
         None, "--mad-deploy", metavar="NAME",

@@ -100,6 +100,7 @@ class Options:
     # The results history's SQLAlchemy URL (--mad-history); None: none kept. It may hold
     # a password: show it only through core.history.masked_url.
     history_url: str | None = field(default=None, repr=False)
+    heartbeat: float = 10.0  # seconds between pings of the hosts (--mad-heartbeat); 0: off
 
     @property
     def gpu_vendor(self) -> str:
@@ -396,6 +397,17 @@ def _compare(raw: RawOptions, outputs: Mapping[str, Any]) -> ComparisonSource | 
     return parse_compare(str(raw.compare), raw.base_dir, url, raw.compare_upto, written)
 
 
+def _heartbeat(text: str | float | None) -> float:
+    """--mad-heartbeat: seconds, 0 (off) or more."""
+    try:
+        value = float(str(text).strip()) if text not in (None, "") else 10.0
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageProblem(f"--mad-heartbeat: expected seconds, 0 or more, got {text!r}")
+    return value
+
+
 def _placement(text: str | None) -> str:
     strategy = (text or "least-loaded").strip().lower()
     if strategy not in STRATEGIES:
@@ -443,6 +455,7 @@ def _parse(raw: RawOptions) -> Options:
         placement=_placement(raw.placement),
         compare=_compare(raw, outputs),
         history_url=resolve_history_url(raw.history, raw.base_dir, outputs["output_dir"]),
+        heartbeat=_heartbeat(raw.heartbeat),
         deploy=deploy,
         credentials=load_credentials(root, raw.environ),
         data_sources=load_data_sources(

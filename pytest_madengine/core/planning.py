@@ -12,6 +12,7 @@ from typing import Any
 from pytest_madengine.core.tree.discovery import Model, Tree
 from pytest_madengine.core.tree.dockerfiles import Dockerfile, DockerfileIndex
 from pytest_madengine.core.tree.tags import Selected, select
+from pytest_madengine.errors import Unplaceable
 
 MATCH_KEYS_SHOWN = ("gpu_vendor", "guest_os")
 
@@ -55,6 +56,19 @@ def host_unfit_reason(
     wanted = model.entry.get("host_labels") or []
     missing = sorted(set(wanted) - set(host_labels))
     return f"lacks label(s) {', '.join(missing)}" if missing else None
+
+
+def affinity_labels(model: Model) -> tuple[str, ...]:
+    """Our `host_affinity` field: host labels the model prefers (--mad-placement
+    affinity ranks hosts by how many they carry); Unplaceable when it is not a list of
+    strings (the test fails in one line)."""
+    wanted = model.entry.get("host_affinity") or []
+    if not isinstance(wanted, list) or not all(isinstance(label, str) for label in wanted):
+        raise Unplaceable(
+            f"models.json: model '{model.name}': 'host_affinity' must be a list of strings,"
+            f" got {wanted!r}"
+        )
+    return tuple(wanted)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 from pytest_madengine.backends import (
     Backend,
     BackendSetup,
+    HostProber,
     OutputSink,
     PushProgressSink,
     create_backend,
@@ -39,7 +40,13 @@ from pytest_madengine.core.build import (
 )
 from pytest_madengine.core.concurrency import RunsAhead, SinkFor
 from pytest_madengine.core.options import Options
-from pytest_madengine.core.planning import Plan, PlannedTest, host_unfit_reason, plan_tests
+from pytest_madengine.core.planning import (
+    Plan,
+    PlannedTest,
+    affinity_labels,
+    host_unfit_reason,
+    plan_tests,
+)
 from pytest_madengine.core.records import BuildRecord, RunFacts, TestRecord
 from pytest_madengine.core.runner import (
     MadeAhead,
@@ -51,9 +58,15 @@ from pytest_madengine.core.tree.discovery import Tree, load_tree
 from pytest_madengine.core.tree.dockerfiles import DockerfileIndex
 from pytest_madengine.data import ProgressSink
 from pytest_madengine.errors import HostLost, NoHost
+from pytest_madengine.resources.health import Heartbeat, HostHealth
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.interrupts import deferred_interrupts
-from pytest_madengine.resources.placement import HostPool, Placement
+from pytest_madengine.resources.placement import (
+    OFFLINE_WAIT_BEATS,
+    OFFLINE_WAIT_S,
+    HostPool,
+    Placement,
+)
 from pytest_madengine.resources.processes import process_identity
 from pytest_madengine.resources.scratch import new_session_dir, remove_session_dir
 
@@ -114,10 +127,13 @@ class Session:
         try:
             if self.options.build_only:
                 check_publisher(self.backend)
+            self.health = HostHealth(self.backend.hosts())
             self.pool = HostPool(
                 self.backend.hosts(), setup.session_dir / "placement",
-                self.backend.hosts_down(), self.options.placement,
+                self.backend.hosts_down(), self.options.placement, self.health,
+                max(OFFLINE_WAIT_S, OFFLINE_WAIT_BEATS * self.options.heartbeat),
             )  # fmt: skip
+            self.heartbeat = self._start_heartbeat()
         except BaseException:
             self.backend.close()
             raise
@@ -138,6 +154,24 @@ class Session:
             controller=setup.controller or process_identity(),
             spec_hook=spec_hook, on_output=on_output, on_data_progress=on_data_progress,
         )  # fmt: skip
+
+    def _start_heartbeat(self) -> Heartbeat | None:
+        """Pings the hosts now (each host's status and round trip from the start), then
+        every --mad-heartbeat seconds; with 0, only now for `latency`, else never (and
+        placement does without the hosts' health)."""
+        interval = self.options.heartbeat
+        if not isinstance(self.backend, HostProber) or (
+            interval <= 0 and self.options.placement != "latency"
+        ):
+            self.pool.health = None
+            return None
+        heartbeat = Heartbeat(self.pool.hosts, self.backend.ping_host, self.health, interval,
+                              self.pool.busy_hosts)  # fmt: skip
+        if interval > 0:
+            heartbeat.start()
+        else:
+            heartbeat.beat()
+        return heartbeat
 
     @classmethod
     @contextmanager
@@ -235,7 +269,7 @@ class Session:
             try:
                 placement, made = self._place(test, test_id)
             except NoHost as exc:
-                if lost:
+                if lost or exc.fails:
                     given_up = RunFacts(retried_after=tuple(lost))
                     reason = "; ".join([*lost, str(exc)])
                     return records.failed(subject, reason, given_up, redact=redact)
@@ -275,14 +309,16 @@ class Session:
                 return {(claim.host.name, gpu.index) for holder, claim in self._claims.items()
                         if holder != test_id for gpu in claim.gpus}  # fmt: skip
 
-        n_gpus = test.model.n_gpus
+        n_gpus, affinity = test.model.n_gpus, affinity_labels(test.model)
         try:
             self._wait_turn(test_id)
-            placement = self.pool.try_acquire(n_gpus, test_id, fits, claimed(), others())
+            placement = self.pool.try_acquire(n_gpus, test_id, fits, claimed(), others(), affinity)
             if placement is None:
                 with self._ahead_lock:
                     self._waiting.setdefault(test_id, test)
-                placement = self.pool.acquire(n_gpus, test_id, fits, prefer=claimed, avoid=others)
+                placement = self.pool.acquire(
+                    n_gpus, test_id, fits, prefer=claimed, avoid=others, affinity=affinity
+                )
         except BaseException:
             self._drop_made(test_id)
             raise
@@ -400,6 +436,8 @@ class Session:
         self._closed = True
         with deferred_interrupts():  # Ctrl-C again must not leave containers behind
             try:
+                if self.heartbeat is not None:
+                    self.heartbeat.stop()
                 self.stop()
                 if sweep:
                     self.backend.sweep(self.session_id)

@@ -189,7 +189,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fixtures, "madengine-fixtures")
     if not worker:
         history = _open_history(config, options)
-        config.pluginmanager.register(MadReporter(state, config, history), "madengine-reporter")
+        put_line = lines.put if lines is not None else None
+        reporter = MadReporter(state, config, history, put_line)
+        config.pluginmanager.register(reporter, "madengine-reporter")
     config.stash[_PREVIOUS_SIGNALS] = install_stop_handler()
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # No paths given: collect the MAD tree, not testpaths or the current directory.

@@ -3,8 +3,10 @@ in a build-only session the build manifest; the HTML report at the end."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from pytest_madengine.reporting.perf_csv import (
     perf_super_rows,
 )
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
+from pytest_madengine.resources.health import Transition, host_table
 
 if TYPE_CHECKING:
     from pytest_madengine.core.history import History
@@ -41,11 +44,22 @@ class MadReporter:
     """Only the controller writes reports, so there is one writer under xdist."""
 
     def __init__(
-        self, state: PluginState, config: pytest.Config, history: History | None = None
+        self,
+        state: PluginState,
+        config: pytest.Config,
+        history: History | None = None,
+        put_line: Callable[[str], None] | None = None,
     ) -> None:
         self.state = state
         self.config = config
         self.history = history  # the results history, appended to at the end
+        # Hosts going offline or coming back, told by the heartbeat's thread: written
+        # by `put_line` (from any thread) where there is one, else at the next report.
+        self._put_line = put_line
+        self._transitions: collections.deque[str] = collections.deque()
+        runtime = state.runtime
+        if runtime is not None and runtime.heartbeat is not None:
+            runtime.health.listen(self._transition)
         options = state.options
         fallback = options.output_dir / f"perf.{state.session_id}.csv"
         self.perf_csv = PerfCsv(options.perf_csv, fallback, grow=True)  # results' columns
@@ -62,7 +76,28 @@ class MadReporter:
         self.notes: list[str] = []
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
+    def _transition(self, change: Transition) -> None:
+        if not change.health_change:
+            return
+        line = self.state.options.credentials.redact(change.line())
+        if self._put_line is not None:
+            self._put_line(f"madengine: {line}")
+        else:
+            self._transitions.append(line)
+
+    def _tell_transitions(self) -> None:
+        while self._transitions:
+            self._say(self._transitions.popleft())
+
+    def _hosts(self) -> list[dict[str, Any]]:
+        """The hosts' rows for the reports (none without a heartbeat)."""
+        runtime = self.state.runtime
+        if runtime is None or runtime.heartbeat is None:
+            return []
+        return mask_all(runtime.health.report(), self.state.options.credentials.redact)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._tell_transitions()
         build = getattr(report, BUILD_ATTRIBUTE, None)
         # Every record is masked once more as it arrives: whatever made it (a worker, a
         # backend, a user's hook), no report written from it holds a secret.
@@ -131,11 +166,20 @@ class MadReporter:
             terminalreporter.section("madengine builds")
             for line in build_table(self.builds):
                 terminalreporter.write_line(line)
+        self._tell_transitions()
+        # A fleet's table (--mad-hosts); the local engine's status is in the reports.
+        hosts = self._hosts() if self.state.options.hosts_file is not None else []
+        if hosts:
+            terminalreporter.section("madengine hosts")
+            for line in host_table(hosts):
+                terminalreporter.write_line(line)
         for line in self.notes:
             terminalreporter.write_line(f"madengine: {line}")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         options = self.state.options
+        if self.state.runtime is not None:
+            self.state.runtime.health.settle()  # no test holds a host any more
         if self.config.option.collectonly:
             return
         if options.build_only and options.manifest_output is not None:
@@ -145,7 +189,7 @@ class MadReporter:
             if options.build_only:
                 document = build_summary(self.builds, self.state.session_id)
             else:
-                document = summary_document(self.records, self.state.session_id)
+                document = summary_document(self.records, self.state.session_id, self._hosts())
             try:  # checked at the start; a path that broke since is a note, not a traceback
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -202,7 +246,7 @@ class MadReporter:
         try:
             verdicts = verdict_rows([record for _, record in self.records])
             write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance,
-                         verdicts=verdicts)  # fmt: skip
+                         verdicts=verdicts, hosts=self._hosts())  # fmt: skip
         except MadError as exc:
             self.notes.append(f"no HTML report: {exc}")
             return

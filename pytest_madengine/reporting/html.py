@@ -235,6 +235,31 @@ class ReportData:
     listed_regressions: tuple[ModelRow, ...] = field(default=())  # those the list shows
     notes: tuple[str, ...] = field(default=())  # what the page left out or aggregated
     verdicts: tuple[VerdictRow, ...] = field(default=())  # this session's, against history
+    # The session's hosts (heartbeat): status, round trip, transitions as lines.
+    hosts: tuple[HostRow, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class HostRow:
+    host: str
+    status: str
+    rtt: str
+    transitions: tuple[str, ...]
+
+
+def _host_rows(hosts: Sequence[Mapping[str, Any]]) -> tuple[HostRow, ...]:
+    """The summary's host rows (see resources/health.py), with each transition a line."""
+    rows = []
+    for host in hosts:
+        changes = []
+        for change in host.get("transitions", ()):
+            at = datetime.datetime.fromtimestamp(change["at"]).strftime("%H:%M:%S")
+            why = f" ({change['reason']})" if change.get("reason") else ""
+            changes.append(f"{change['status']} at {at}{why}")
+        rtt = host.get("rtt_ms")
+        shown = f"{rtt:.1f} ms" if rtt is not None else "-"
+        rows.append(HostRow(str(host["host"]), str(host["status"]), shown, tuple(changes)))
+    return tuple(rows)
 
 
 def _change(value: float | None, base: float | None) -> float | None:
@@ -280,6 +305,7 @@ def report_data(
     sources: Sequence[str] = (),
     limits: ReportLimits = ReportLimits(),
     verdicts: Sequence[VerdictRow] = (),
+    hosts: Sequence[Mapping[str, Any]] = (),
 ) -> ReportData:
     """What the page shows, within `limits`, with notes on what it left out."""
     rows = [_model_row(one, baseline, tolerance, lower_is_better)
@@ -302,6 +328,7 @@ def report_data(
         has_baseline=bool(baseline), regressions=regressions,
         listed_regressions=regressions[: limits.table_rows], notes=tuple(notes),
         verdicts=tuple(verdicts[: limits.table_rows]),
+        hosts=_host_rows(hosts),
     )  # fmt: skip
 
 
@@ -396,12 +423,15 @@ def render_report(
     source_labels: Sequence[str] | None = None,
     limits: ReportLimits = ReportLimits(),
     verdicts: Sequence[VerdictRow] = (),
+    hosts: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The report's HTML; `verdicts`: a session's results judged against history."""
+    """The report's HTML; `verdicts`: a session's results judged against history;
+    `hosts`: the session's host rows (status and transitions)."""
     results = load_results(paths, limits)
     labels = source_labels or [str(path) for path in paths]
     data = report_data(results, baseline or {}, tolerance, lower_is_better=lower_is_better,
-                       title=title, sources=labels, limits=limits, verdicts=verdicts)  # fmt: skip
+                       title=title, sources=labels, limits=limits, verdicts=verdicts,
+                       hosts=hosts)  # fmt: skip
     return _environment().get_template("report.html.j2").render(report=data)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_madengine.core.records import BuildRecord, ResultRow, Status, TestRecord
@@ -94,8 +94,13 @@ def results_table(records: Sequence[TestRecord]) -> list[str]:
     return lines
 
 
-def summary_document(tests: Sequence[tuple[str, TestRecord]], session_id: str) -> dict[str, Any]:
-    """The --mad-summary JSON: counts, builds, every test's record and every result row."""
+def summary_document(
+    tests: Sequence[tuple[str, TestRecord]],
+    session_id: str,
+    hosts: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The --mad-summary JSON: counts, builds, every test's record, every result row and
+    the hosts' status with its transitions (`hosts`: empty without a heartbeat)."""
     records = [record for _, record in tests]
     statuses = [row.status for record in records for row in record.rows]
     built, reused = build_counts(records)
@@ -103,6 +108,7 @@ def summary_document(tests: Sequence[tuple[str, TestRecord]], session_id: str) -
         "session_id": session_id,
         "counts": {status.value: statuses.count(status) for status in Status},
         "images": {"built": built, "reused": reused},
+        "hosts": [dict(host) for host in hosts],
         "tests": [
             {
                 "nodeid": nodeid,

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine.errors import MadError, NoHost, Stopped
+from pytest_madengine.errors import MadError, NoHost, Stopped, Unplaceable
 from pytest_madengine.resources.gpus import Gpu
+from pytest_madengine.resources.health import HostHealth
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.locks import SharedLock
 
@@ -28,7 +29,11 @@ POLL_S = 0.05
 POLL_MAX_S = 1.0
 HostFilter = Callable[[Host], str | None]  # why a host cannot run the test, or None
 # How a host is chosen among those that fit and have the GPUs free (--mad-placement).
-STRATEGIES = ("least-loaded", "round-robin", "capability")
+STRATEGIES = ("least-loaded", "round-robin", "capability", "latency", "affinity")
+# How long a test waits when every host that fits it is offline (or failing) before it
+# fails; at least this many heartbeats.
+OFFLINE_WAIT_S = 60.0
+OFFLINE_WAIT_BEATS = 6
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,16 @@ class HostPool:
         state_dir: Path,
         down: Mapping[str, str] | None = None,
         strategy: str = "least-loaded",
+        health: HostHealth | None = None,
+        offline_wait_s: float = OFFLINE_WAIT_S,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"no placement strategy {strategy!r} (known: {STRATEGIES})")
         self.hosts = list(hosts)
         self.strategy = strategy
+        # The heartbeat's view (None: no heartbeat): offline hosts get no test.
+        self.health = health
+        self.offline_wait_s = offline_wait_s
         self._turn = 0  # round-robin: where this process looks for a host first
         self._position = {host.name: index for index, host in enumerate(self.hosts)}
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -197,24 +207,33 @@ class HostPool:
         fits: HostFilter | None = None,
         prefer: Placement | None = None,
         avoid: Collection[tuple[str, int]] = (),
+        affinity: Collection[str] = (),
     ) -> Placement | None:
         """A placement on the fitting host with enough free GPUs that the strategy ranks
-        first, or None.
+        first, or None. No host offline or failing (heartbeat) is taken.
         `prefer` is taken when all its GPUs are free (a container was made for them);
-        GPUs in `avoid` (host, index) are left to whoever of this process expects them."""
+        GPUs in `avoid` (host, index) are left to whoever of this process expects them;
+        `affinity`: the test's `host_affinity` labels (the affinity strategy)."""
+        self._check_affinity(holder, affinity)
         with self._lock:
             state = self._read()
-            candidates = self._candidates(n_gpus, fits, state["down"])
+            candidates = self._usable(self._candidates(n_gpus, fits, state["down"]))
             running = state["running"]
             if self._most is not None:
                 mine = sum(entry.get("pid") == os.getpid() for entry in running.values())
                 if mine >= self._most:
                     return None
             held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
-            if prefer is not None and _free(prefer, held) and prefer.host in candidates:
+            if (
+                prefer is not None
+                and _free(prefer, held)
+                and prefer.host in candidates
+                and self._matches_best(prefer.host, candidates, affinity)
+            ):
                 chosen: tuple[Host, tuple[Gpu, ...]] | None = (prefer.host, prefer.gpus)
             else:
-                chosen = self._choose(candidates, n_gpus, running, held | set(avoid))
+                left_out = held | set(avoid)
+                chosen = self._choose(candidates, n_gpus, running, left_out, affinity)
             if chosen is None:
                 return None
             host, gpus = chosen
@@ -224,22 +243,74 @@ class HostPool:
             self._write(state)
         return Placement(host, gpus, holder)
 
+    def _usable(self, candidates: list[Host]) -> list[Host]:
+        """The candidates the heartbeat last found answering."""
+        health = self.health
+        if health is None:
+            return candidates
+        return [host for host in candidates if health.unusable(host.name) is None]
+
+    def _check_affinity(self, holder: str, affinity: Collection[str]) -> None:
+        """Under `affinity`, labels that no host of the inventory carries are a mistake
+        (a typo, the wrong inventory): the test fails saying so."""
+        if self.strategy != "affinity" or not affinity:
+            return
+        carried = {label for host in self.hosts for label in host.labels}
+        if not set(affinity) & carried:
+            known = ", ".join(sorted(carried)) or "none"
+            raise Unplaceable(
+                f"{holder}: models.json field 'host_affinity': no host carries"
+                f" {', '.join(sorted(affinity))} (hosts' labels: {known})"
+            )
+
+    def _matches_best(
+        self, host: Host, candidates: Sequence[Host], labels: Collection[str]
+    ) -> bool:
+        """Under `affinity`, whether the host carries as many of the labels as the best
+        candidate (a container made ahead on another host does not outrank them)."""
+        if self.strategy != "affinity" or not labels:
+            return True
+        matched = {candidate.name: len(set(labels) & set(candidate.labels))
+                   for candidate in candidates}  # fmt: skip
+        return matched[host.name] == max(matched.values())
+
+    def busy_hosts(self) -> set[str]:
+        """The hosts where tests of the session (any process) hold GPUs now."""
+        with self._lock:
+            return {entry["host"] for entry in self._read()["running"].values()}
+
+    def _rank(self, host: Host, busy: float, affinity: Collection[str]) -> tuple[Any, ...]:
+        """The strategy's sort key of a host (the lowest is taken)."""
+        if self.strategy == "round-robin":
+            return ((self._position[host.name] - self._turn) % len(self.hosts), host.name)
+        if self.strategy == "capability":
+            return (host.gpus.count, busy, host.name)
+        if self.strategy == "latency":
+            # Whole milliseconds: round trips within one are a tie, decided by load.
+            rtt = self.health.latency(host.name) if self.health else None
+            return (round(rtt * 1000) if rtt is not None else float("inf"), busy, host.name)
+        if self.strategy == "affinity":
+            return (-len(set(affinity) & set(host.labels)), busy, host.name)
+        return (busy, host.name)
+
     def _choose(
         self,
         candidates: Sequence[Host],
         n_gpus: int,
         running: dict[str, Any],
         left_out: Collection[tuple[str, int]],
+        affinity: Collection[str] = (),
     ) -> tuple[Host, tuple[Gpu, ...]] | None:
         """The candidate the strategy ranks first among those with enough GPUs not left
         out, and those GPUs; None when none has. least-loaded: the fewest placements per
         GPU; round-robin: the next host after the one this process chose last, in the
         hosts' order; capability: the fewest GPUs that fit the test (the larger hosts
-        stay free for larger tests), then the least loaded."""
+        stay free for larger tests), then the least loaded; latency: the shortest round
+        trip the heartbeat measured, then the least loaded; affinity: the most of the
+        test's `host_affinity` labels, then the least loaded."""
         load = {host.name: 0 for host in self.hosts}
         for entry in running.values():
             load[entry["host"]] = load.get(entry["host"], 0) + 1
-        position = self._position
         options = []
         for host in candidates:
             free = [gpu for gpu in host.gpus.gpus
@@ -247,17 +318,11 @@ class HostPool:
             wanted = min(self._wanted(host, n_gpus), host.gpus.count)
             if len(free) >= wanted:
                 busy = load[host.name] / max(host.gpus.count, 1)
-                turn = (position[host.name] - self._turn) % len(self.hosts)
-                rank = {
-                    "least-loaded": (busy, host.name),
-                    "round-robin": (turn, host.name),
-                    "capability": (host.gpus.count, busy, host.name),
-                }[self.strategy]
-                options.append((rank, host, tuple(free[:wanted])))
+                options.append((self._rank(host, busy, affinity), host, tuple(free[:wanted])))
         if not options:
             return None
         _, host, gpus = min(options, key=lambda option: option[0])
-        self._turn = position[host.name] + 1
+        self._turn = self._position[host.name] + 1
         return host, gpus
 
     def acquire(
@@ -268,24 +333,47 @@ class HostPool:
         timeout_s: float | None = None,
         prefer: Callable[[], Placement | None] | None = None,
         avoid: Callable[[], Collection[tuple[str, int]]] | None = None,
+        affinity: Collection[str] = (),
     ) -> Placement:
         """Waits (with backoff) for a placement; NoHost when none can ever come, Stopped
-        once the pool is stopped. `prefer` and `avoid` (see try_acquire) are asked anew
-        at each try."""
+        once the pool is stopped, Unplaceable when every host that fits stayed offline
+        for `offline_wait_s`. `prefer` and `avoid` (see try_acquire) are asked anew at
+        each try."""
         delay, start = POLL_S, time.monotonic()
+        offline_since: float | None = None
         while True:
             if self._stopped:
                 raise Stopped(f"{holder}: the session is stopping")
             preferred = prefer() if prefer else None
             left = avoid() if avoid else ()
-            if (placement := self.try_acquire(n_gpus, holder, fits, preferred, left)) is not None:
+            placement = self.try_acquire(n_gpus, holder, fits, preferred, left, affinity)
+            if placement is not None:
                 return placement
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
+            now = time.monotonic()
+            if timeout_s is not None and now - start > timeout_s:
                 raise MadError(f"{holder}: no host with {n_gpus} free GPUs within {timeout_s:g} s")
+            why = self._all_unusable(n_gpus, fits)
+            offline_since = None if why is None else (offline_since or now)
+            if offline_since is not None and now - offline_since > self.offline_wait_s:
+                raise Unplaceable(
+                    f"no host that fits answered within {self.offline_wait_s:g} s: {why}"
+                )
             with self._released:
                 if not self._stopped:
                     self._released.wait(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
+
+    def _all_unusable(self, n_gpus: int, fits: HostFilter | None) -> str | None:
+        """Why, when every host that fits the test is offline or failing now; else None."""
+        if self.health is None:
+            return None
+        reasons = []
+        for host in self._candidates(n_gpus, fits, self.down()):
+            why = self.health.unusable(host.name)
+            if why is None:
+                return None
+            reasons.append(f"{host.name}: {why}")
+        return "; ".join(reasons)
 
     def release(self, placement: Placement) -> None:
         """Gives the placement's GPUs back (again: nothing more happens)."""

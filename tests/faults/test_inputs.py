@@ -430,3 +430,19 @@ def test_a_bad_compare_source_is_refused_in_one_line_before_any_test(
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert not (pytester.path / "perf.csv").exists()
+
+
+def test_a_bad_heartbeat_or_placement_is_a_usage_error_before_any_test(
+    pytester: pytest.Pytester,
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    for option, said in [
+        ("--mad-heartbeat=-1", "--mad-heartbeat: expected seconds, 0 or more, got '-1'"),
+        ("--mad-heartbeat=often", "--mad-heartbeat: expected seconds, 0 or more, got 'often'"),
+        ("--mad-placement=nearest", "--mad-placement: expected one of least-loaded, round-robin,"
+         " capability, latency, affinity, got 'nearest'"),
+    ]:  # fmt: skip
+        result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, timeout=60)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, option
+        result.stderr.fnmatch_lines([f"ERROR: {said}"])
+        assert "Traceback" not in result.stderr.str() + result.stdout.str()

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from pytest_madengine.core.options import RawOptions, parse_options
-from pytest_madengine.errors import MadError, UsageProblem
+from pytest_madengine.errors import MadError, Unplaceable, UsageProblem
 from pytest_madengine.resources import placement
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
+from pytest_madengine.resources.health import HostHealth, Ping
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import HostPool, NoHost, Placement
 
@@ -219,5 +220,78 @@ def test_another_placement_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageProblem) as problem:
         parse_options(raw)
     assert str(problem.value) == (
-        "--mad-placement: expected one of least-loaded, round-robin, capability, got 'fastest'"
+        "--mad-placement: expected one of least-loaded, round-robin, capability, latency,"
+        " affinity, got 'fastest'"
     )
+
+
+def health_of(pings: dict[str, Ping]) -> HostHealth:
+    """The health of hosts as a heartbeat that got these pings would keep it."""
+    health = HostHealth([host(name, 1) for name in pings])
+    for name, ping in pings.items():
+        health.observe(name, ping, busy=False)
+    return health
+
+
+def test_latency_takes_the_shortest_round_trip_first(tmp_path: Path) -> None:
+    health = health_of({"a": Ping.answered(0.030), "b": Ping.answered(0.002),
+                        "c": Ping.answered(0.010)})  # fmt: skip
+    pool = HostPool([host("a", 2), host("b", 1), host("c", 2)], tmp_path, None, "latency", health)
+    assert [where(pool.acquire(1, f"t{n}")) for n in range(4)] == [
+        ("b", [0]), ("c", [0]), ("c", [1]), ("a", [0])
+    ]  # fmt: skip
+
+
+def test_latency_ties_within_a_millisecond_go_to_the_least_loaded(tmp_path: Path) -> None:
+    health = health_of({"a": Ping.answered(0.0021), "b": Ping.answered(0.0019)})
+    pool = HostPool([host("a", 4), host("b", 4)], tmp_path, None, "latency", health)
+    assert [where(pool.acquire(1, f"t{n}"))[0] for n in range(4)] == ["a", "b", "a", "b"]
+
+
+def test_latency_puts_a_host_never_measured_last(tmp_path: Path) -> None:
+    health = health_of({"slow": Ping.answered(0.5)})
+    pool = HostPool([host("unmeasured", 1), host("slow", 1)], tmp_path, None, "latency", health)
+    assert [where(pool.acquire(1, f"t{n}"))[0] for n in range(2)] == ["slow", "unmeasured"]
+
+
+def test_affinity_prefers_the_hosts_with_most_of_the_labels(tmp_path: Path) -> None:
+    hosts = [host("plain", 4), host("fast", 1, labels=("nvme",)),
+             host("best", 1, labels=("nvme", "ib"))]  # fmt: skip
+    pool = HostPool(hosts, tmp_path, strategy="affinity")
+    chosen = [where(pool.acquire(1, f"t{n}", affinity=("nvme", "ib")))[0] for n in range(3)]
+    assert chosen == ["best", "fast", "plain"]
+    # Without labels of its own a test goes to the least loaded.
+    assert where(pool.acquire(1, "none"))[0] == "plain"
+
+
+def test_affinity_labels_no_host_carries_fail_the_test(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 1, labels=("nvme",))], tmp_path, strategy="affinity")
+    with pytest.raises(Unplaceable) as problem:
+        pool.acquire(1, "m1", affinity=("gpu-z",))
+    assert str(problem.value) == (
+        "m1: models.json field 'host_affinity': no host carries gpu-z (hosts' labels: nvme)"
+    )
+    assert where(pool.acquire(1, "m2", affinity=("gpu-z", "nvme"))) == ("a", [0])
+
+
+def test_no_test_is_placed_on_an_offline_host(tmp_path: Path) -> None:
+    health = health_of({"a": Ping.offline("timed out"), "b": Ping.answered(0.001)})
+    pool = HostPool([host("a", 4), host("b", 1)], tmp_path, None, health=health)
+    assert where(pool.acquire(1, "t1")) == ("b", [0])
+    assert pool.try_acquire(1, "t2") is None  # b is full, a offline: wait
+    health.observe("a", Ping.answered(0.001), busy=False)
+    assert where(pool.try_acquire(1, "t2")) == ("a", [0])
+
+
+def test_a_host_that_fails_to_answer_gets_no_test_either(tmp_path: Path) -> None:
+    health = health_of({"a": Ping.error("the engine answered 500"), "b": Ping.answered(0.001)})
+    pool = HostPool([host("a", 4), host("b", 4)], tmp_path, None, health=health)
+    assert [where(pool.acquire(1, f"t{n}"))[0] for n in range(3)] == ["b", "b", "b"]
+
+
+def test_a_test_whose_hosts_stay_offline_fails_after_the_wait(tmp_path: Path) -> None:
+    health = health_of({"a": Ping.offline("timed out")})
+    pool = HostPool([host("a", 4)], tmp_path, None, health=health, offline_wait_s=0.2)
+    with pytest.raises(Unplaceable, match=r"^no host that fits answered within 0.2 s: a: offline"
+                       r" since \d\d:\d\d:\d\d \(timed out\)$"):  # fmt: skip
+        pool.acquire(1, "t1")

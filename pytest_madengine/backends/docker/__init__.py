@@ -45,9 +45,11 @@ from pytest_madengine.backends.docker.datavolumes import data_volume
 from pytest_madengine.backends.docker.engines import Engines
 from pytest_madengine.backends.docker.images import ImageBuilder
 from pytest_madengine.backends.docker.links import HostLinks, check_hosts, connect
+from pytest_madengine.backends.docker.pings import Pinger
 from pytest_madengine.backends.docker.publish import ImagePusher
 from pytest_madengine.contract import ImageFacts
 from pytest_madengine.errors import HostLost, MadError, UsageProblem, first_line
+from pytest_madengine.resources.health import Ping
 from pytest_madengine.resources.hosts import Host, load_hosts, local_host
 from pytest_madengine.resources.once import Once, note_key
 
@@ -71,6 +73,7 @@ class DockerBackend:
         self._log_dir = options.output_dir / "builds"
         self._no_cache = options.clean_cache
         self._perf_csv = options.perf_csv
+        self._pinger = Pinger(self.links, lambda: self._build_client)
         if options.hosts_file is None:
             device_root = options.context.get("gpu_device_root")
             self._hosts: tuple[Host, ...] = (local_host(options.gpus, device_root),)
@@ -133,6 +136,9 @@ class DockerBackend:
 
     def hosts_down(self) -> Mapping[str, str]:
         return dict(self._down)
+
+    def ping_host(self, host: Host, deadline_s: float) -> Ping:
+        return self._pinger.ping(host, deadline_s)
 
     def shared_state(self) -> dict[str, Any]:
         return {DOWN_KEY: dict(self._down), TUNNELS_KEY: self.links.urls}
@@ -289,6 +295,7 @@ class DockerBackend:
             return list(pool.map(one, reachable))
 
     def close(self) -> None:
+        self._pinger.close()
         self.reaper.drain()
         if "engines" in self.__dict__:
             self.engines.close()
