@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pytest_madengine.credentials import Credentials
 from pytest_madengine.masking import mask_text
 from pytest_madengine.resources.gpus import GpuInventory
 from pytest_madengine.resources.health import Ping
@@ -349,69 +348,46 @@ class ContextView(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
 
-class ManifestImageView(Protocol):
-    """An image of a build manifest, as a backend that pulls it reads it."""
-
-    @property
-    def reference(self) -> str: ...
-
-    @property
-    def pulled(self) -> bool: ...
+# credential.json's username/password for a registry; None: pull and push anonymously.
+# A MadError names an entry that is no login (never its values).
+RegistryAuth = Callable[[str | None], dict[str, str] | None]
 
 
-class ManifestView(Protocol):
-    """A build manifest (`--mad-manifest`), as a backend reads it: the images it pulls."""
-
-    @property
-    def images(self) -> Mapping[str, ManifestImageView]: ...
+def no_registry_auth(registry: str | None) -> dict[str, str] | None:
+    """Anonymous everywhere: the settings of a session without credential.json."""
+    return None
 
 
-class BackendOptions(Protocol):
-    """The session's options as the backends read them: the core's `Options` has these
-    (and more, which no backend of ours reads)."""
+@dataclass(frozen=True)
+class BackendSettings:
+    """What a backend reads of the session's options: made once by the core from them,
+    frozen, and no more than backends need (a backend never sees the core's `Options`)."""
 
-    @property
-    def output_dir(self) -> Path: ...  # build logs (all), job files (slurm)
-
-    @property
-    def clean_cache(self) -> bool: ...  # build without the engine's cache (all)
-
-    @property
-    def gpu_vendor(self) -> str: ...  # all
-
-    @property
-    def gpus(self) -> GpuInventory: ...  # this machine's GPUs (docker, without hosts)
-
-    @property
-    def hosts_file(self) -> Path | None: ...  # --mad-hosts (docker)
-
-    @property
-    def perf_csv(self) -> Path: ...  # left out of a build context's hash (docker)
-
-    @property
-    def context(self) -> ContextView: ...  # as given (docker, k8s)
-
-    @property
-    def effective_context(self) -> ContextView: ...  # with the host's defaults (slurm)
-
-    @property
-    def credentials(self) -> Credentials: ...  # registry logins (k8s)
-
-    @property
-    def registry(self) -> str | None: ...  # --mad-registry (k8s)
-
-    @property
-    def k8s_dry_run(self) -> Path | None: ...  # k8s
-
-    @property
-    def manifest(self) -> ManifestView | None: ...  # --mad-manifest (k8s)
+    output_dir: Path  # build logs (every backend), job scripts and logs (slurm)
+    gpu_vendor: str  # the context's, else this machine's GPUs'
+    # This machine's GPUs: the one host of a backend without --mad-hosts (docker).
+    local_gpus: GpuInventory
+    context: ContextView  # the run context as the user gave it (docker, k8s)
+    effective_context: ContextView  # with this machine's defaults filled in (slurm)
+    clean_cache: bool = False  # build images without the engine's cache
+    hosts_file: Path | None = None  # --mad-hosts (docker)
+    # Our own outputs that may lie in a build context (the output directory, perf.csv):
+    # left out of its hash, so that writing them never makes an image stale.
+    build_context_ignores: tuple[Path, ...] = ()
+    registry: str | None = None  # --mad-registry: where built images are pushed (k8s)
+    k8s_dry_run: Path | None = None  # --mad-k8s-dry-run: manifests written here instead
+    # --mad-manifest: the references of its images the session pulls (k8s logs in to
+    # their registries); None: no manifest, images are built.
+    manifest_pulls: tuple[str, ...] | None = None
+    # Never shown: the function is bound to every secret of credential.json.
+    registry_auth: RegistryAuth = field(default=no_registry_auth, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class BackendSetup:
     """What a backend is created from."""
 
-    options: BackendOptions
+    settings: BackendSettings
     session_id: str
     session_dir: Path  # shared by every process of the session: locks and notes
     # The controller's `shared_state()` on an xdist worker; None on the controller,
@@ -419,6 +395,12 @@ class BackendSetup:
     shared: Mapping[str, Any] | None = None
     # host:pid:start time of the controller process (CONTROLLER_LABEL's value).
     controller: str = ""
+
+    @property
+    def options(self) -> BackendSettings:
+        """The settings under their former name: backends written against it (they read
+        `setup.options.output_dir`) keep working."""
+        return self.settings
 
 
 BackendFactory = Callable[[BackendSetup], Backend]

@@ -24,6 +24,7 @@ from typing import Any
 
 from pytest_madengine.backends import (
     Backend,
+    BackendSettings,
     BackendSetup,
     HostProber,
     OutputSink,
@@ -78,6 +79,39 @@ WAIT_TURN_S = 0.5
 
 def new_session_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def backend_settings(options: Options) -> BackendSettings:
+    """The part of the options a backend reads, frozen: backends never see `Options`."""
+    manifest = options.manifest
+    pulls = None
+    if manifest is not None:
+        pulls = tuple(image.reference for image in manifest.images.values() if image.pulled)
+    return BackendSettings(
+        output_dir=options.output_dir,
+        gpu_vendor=options.gpu_vendor,
+        local_gpus=options.gpus,
+        context=options.context,
+        effective_context=options.effective_context,
+        clean_cache=options.clean_cache,
+        hosts_file=options.hosts_file,
+        build_context_ignores=(options.output_dir, options.perf_csv),
+        registry=options.registry,
+        k8s_dry_run=options.k8s_dry_run,
+        manifest_pulls=pulls,
+        registry_auth=options.credentials.registry_auth,
+    )
+
+
+def backend_setup(
+    options: Options,
+    session_id: str,
+    session_dir: Path,
+    shared: Mapping[str, Any] | None,
+    controller: str,
+) -> BackendSetup:
+    """What the session's backend is created from (the plugin's and `Session.open`'s)."""
+    return BackendSetup(backend_settings(options), session_id, session_dir, shared, controller)
 
 
 class MadSession:
@@ -187,9 +221,7 @@ class Session:
         session_id = new_session_id()
         directory = session_dir or new_session_dir(session_id)
         try:
-            setup = BackendSetup(
-                options, session_id, directory, shared, controller=process_identity()
-            )
+            setup = backend_setup(options, session_id, directory, shared, process_identity())
             session = cls(MadSession(options), setup, **kwargs)
             try:
                 yield session

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import pytest
 
-from pytest_madengine.backends import BackendSetup
 from pytest_madengine.core import records
 from pytest_madengine.core.build import pending_record
 from pytest_madengine.core.compare import PerfCsvSource
@@ -29,7 +28,7 @@ from pytest_madengine.core.history_url import default_history_url
 from pytest_madengine.core.options import Options, parse_options
 from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.core.runner import subject_of
-from pytest_madengine.core.session import MadSession, Session, new_session_id
+from pytest_madengine.core.session import MadSession, Session, backend_setup, new_session_id
 from pytest_madengine.data import DataProgress, ProgressSink
 from pytest_madengine.errors import MadError
 from pytest_madengine.plugin import fixtures, hookspec
@@ -160,7 +159,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.option.collectonly:
         backend_state = shared["backend"] if shared else None
         controller = shared["controller"] if shared else process_identity()
-        setup = BackendSetup(options, session_id, session_dir, backend_state, controller)
+        setup = backend_setup(options, session_id, session_dir, backend_state, controller)
         live = options.live_output and not worker
         sink = _live_sink(config, options.credentials.redact) if live else None
         # Lines of tests running ahead on threads, for the main thread to write (an

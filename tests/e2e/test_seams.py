@@ -60,9 +60,9 @@ class ProcessRun:
 class ProcessBackend:
     name = "process"
     def __init__(self, setup):
-        self.options = setup.options
+        self.settings = setup.settings
     def hosts(self):
-        return (local_host(self.options.gpus),)
+        return (local_host(self.settings.local_gpus),)
     def hosts_down(self):
         return {}
     def shared_state(self):

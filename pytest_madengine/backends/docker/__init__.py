@@ -62,7 +62,7 @@ class DockerBackend:
     name = "docker"
 
     def __init__(self, setup: BackendSetup) -> None:
-        options = setup.options
+        settings = setup.settings
         shared = setup.shared or {}
         self.links = HostLinks(shared.get(TUNNELS_KEY))
         self._once = Once(setup.session_dir / "once")
@@ -70,13 +70,13 @@ class DockerBackend:
         self._making = threading.RLock()
         self._workspaces = setup.session_dir / "workspaces"
         self._bind_workspaces = True  # until the engine is found not to see them
-        self._log_dir = options.output_dir / "builds"
-        self._no_cache = options.clean_cache
-        self._perf_csv = options.perf_csv
+        self._log_dir = settings.output_dir / "builds"
+        self._no_cache = settings.clean_cache
+        self._build_context_ignores = settings.build_context_ignores
         self._pinger = Pinger(self.links, lambda: self._build_client)
-        if options.hosts_file is None:
-            device_root = options.context.get("gpu_device_root")
-            self._hosts: tuple[Host, ...] = (local_host(options.gpus, device_root),)
+        if settings.hosts_file is None:
+            device_root = settings.context.get("gpu_device_root")
+            self._hosts: tuple[Host, ...] = (local_host(settings.local_gpus, device_root),)
             self._down: dict[str, str] = {}
             if setup.shared is None:
                 # The controller checks the engine now: a session that cannot run
@@ -86,7 +86,7 @@ class DockerBackend:
                 except EngineError as exc:
                     raise UsageProblem(str(exc)) from None
         else:
-            self._hosts = tuple(load_hosts(options.hosts_file, options.gpu_vendor))
+            self._hosts = tuple(load_hosts(settings.hosts_file, settings.gpu_vendor))
             self._down = dict(shared.get(DOWN_KEY, {}))
             if setup.shared is None:
                 self._down = check_hosts(self._hosts, self.links)
@@ -94,7 +94,7 @@ class DockerBackend:
                     self.links.close()
                     reasons = "; ".join(f"{name}: {why}" for name, why in self._down.items())
                     raise UsageProblem(
-                        f"--mad-hosts {options.hosts_file}: no host answers ({reasons})"
+                        f"--mad-hosts {settings.hosts_file}: no host answers ({reasons})"
                     )
         if setup.shared is None:
             # Containers of earlier sessions whose controller was killed (kill -9, a
@@ -122,7 +122,7 @@ class DockerBackend:
 
     @property
     def builder(self) -> ImageBuilder:
-        skip = (self._log_dir.parent, self._perf_csv)
+        skip = self._build_context_ignores
         return self._made_once("builder", lambda: ImageBuilder(
             self._build_client, self._log_dir, self._once, self._no_cache, skip
         ))  # fmt: skip

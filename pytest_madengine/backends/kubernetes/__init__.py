@@ -90,23 +90,23 @@ class KubernetesBackend:
     name = "k8s"
 
     def __init__(self, setup: BackendSetup) -> None:
-        options = setup.options
-        self.options = options
+        given = setup.settings
+        self.session_settings = given
         try:
-            self.settings: K8sSettings = parse_settings(options.context.get("k8s"))
-            self.distributed = parse_distributed(options.context.get("distributed"))
+            self.settings: K8sSettings = parse_settings(given.context.get("k8s"))
+            self.distributed = parse_distributed(given.context.get("distributed"))
         except MadError as exc:
             raise UsageProblem(str(exc)) from None
         self.session_id = setup.session_id
         self.controller = setup.controller or process_identity()
         self.namespace = self.settings.namespace
-        self.dry_run: Path | None = options.k8s_dry_run
-        self.registry = self.settings.registry or options.registry
+        self.dry_run: Path | None = given.k8s_dry_run
+        self.registry = self.settings.registry or given.registry
         self._once = Once(setup.session_dir / "once")
         self._watches: dict[str, NamespaceWatch] = {}
         self.api: Any = None
         shared = dict(setup.shared or {})
-        if options.manifest is None and not self.registry:
+        if given.manifest_pulls is None and not self.registry:
             raise UsageProblem(
                 "k8s: built images reach the cluster through a registry: give --mad-registry"
                 " HOST:PORT or 'registry' in the context's k8s block"
@@ -128,9 +128,9 @@ class KubernetesBackend:
                 shared = self._start_session(cluster)
         self.shared = {key: shared.get(key) for key in SHARED_KEYS}
         largest = self.shared["largest_node_gpus"]
-        vendor = options.gpu_vendor
+        vendor = given.gpu_vendor
         gpus = tuple(
-            Gpu(index, vendor, options.context.gpu_architecture) for index in range(largest or 0)
+            Gpu(index, vendor, given.context.gpu_architecture) for index in range(largest or 0)
         )
         self.gpu_resource = self.settings.gpu_resource(vendor)
         self._host = Host(
@@ -191,7 +191,7 @@ class KubernetesBackend:
 
     def _largest_node_gpus(self, core: client.CoreV1Api) -> int | None:
         """The most GPUs a node can give a pod; None when nodes may not be listed."""
-        resource = self.settings.gpu_resource(self.options.gpu_vendor)
+        resource = self.settings.gpu_resource(self.session_settings.gpu_vendor)
         try:
             nodes = core.list_node(_request_timeout=(2, 10)).items
         except API_FAILURES:
@@ -205,15 +205,11 @@ class KubernetesBackend:
     def _registry_auths(self) -> dict[str, dict[str, str]]:
         """The logins of credential.json for every registry the session pulls from."""
         registries = {self.registry} if self.registry else set()
-        if self.options.manifest is not None:
-            registries.update(
-                registry_of(image.reference) or "docker.io"
-                for image in self.options.manifest.images.values()
-                if image.pulled
-            )
+        pulls = self.session_settings.manifest_pulls or ()
+        registries.update(registry_of(reference) or "docker.io" for reference in pulls)
         auths = {}
         for registry in sorted(registries):
-            login = self.options.credentials.registry_auth(registry)
+            login = self.session_settings.registry_auth(registry)
             if login:
                 key = DOCKERHUB_AUTH_KEY if registry in ("docker.io", "dockerhub") else registry
                 auths[key] = login
@@ -249,7 +245,9 @@ class KubernetesBackend:
         """The local Docker Engine's images, made on first use: a run from a manifest's
         registry images needs no engine here."""
         return LocalImages.connect(
-            self.options.output_dir / "builds", self._once, self.options.clean_cache
+            self.session_settings.output_dir / "builds",
+            self._once,
+            self.session_settings.clean_cache,
         )
 
     def prepare(
@@ -282,7 +280,7 @@ class KubernetesBackend:
                     " block's 'registry') to push it where the cluster can pull it"
                 )
             reference = f"{self.registry.rstrip('/')}/{facts.name}"
-            auth = self.options.credentials.registry_auth(self.registry)
+            auth = self.session_settings.registry_auth(self.registry)
             digest = images.push(facts.name, reference, auth, facts.docker_sha or None)
         except ENGINE_FAILURES as exc:
             raise MadError(f"k8s: preparing {request.name}: {first_line(exc)}") from None

@@ -113,14 +113,14 @@ class SlurmBackend:
     name = "slurm"
 
     def __init__(self, setup: BackendSetup) -> None:
-        options = setup.options
-        self.options = options
-        self.settings: SlurmSettings = parse_settings(options.effective_context.values)
+        given = setup.settings
+        self.session_settings = given
+        self.settings: SlurmSettings = parse_settings(given.effective_context.values)
         self.session_id = setup.session_id
         self.controller = setup.controller
         self.cluster = SlurmCluster()
         self.watcher = JobWatcher(self.cluster, self.settings.pending_timeout_s)
-        self.directory = options.output_dir / "slurm" / setup.session_id
+        self.directory = given.output_dir / "slurm" / setup.session_id
         self._once = Once(setup.session_dir / "once")
         self._pull_auth: dict[str, Mapping[str, str] | None] = {}
         self._lock = threading.Lock()
@@ -133,9 +133,8 @@ class SlurmBackend:
             partition, gpus = shared["partition"], int(shared["gpus_per_node"])
         self.partition = partition
         self.gpus_per_node = gpus
-        context = options.effective_context
-        vendor = options.gpu_vendor
-        architecture = context.gpu_architecture
+        vendor = given.gpu_vendor
+        architecture = given.effective_context.gpu_architecture
         self._host = Host(
             name=f"slurm:{partition}",
             docker=None,
@@ -205,7 +204,9 @@ class SlurmBackend:
         """This machine's engine, where images are built (made on first use)."""
         try:
             return LocalImages.connect(
-                self.options.output_dir / "builds", self._once, self.options.clean_cache
+                self.session_settings.output_dir / "builds",
+                self._once,
+                self.session_settings.clean_cache,
             )
         except EngineError as exc:
             raise MadError(f"slurm: images are built on this machine's engine: {exc}") from None
@@ -300,7 +301,7 @@ class SlurmBackend:
             login = self._pull_login(spec.image)
         node = NodeScript(
             job_dir=directory,
-            vendor=self.options.gpu_vendor,
+            vendor=self.session_settings.gpu_vendor,
             device_root=settings.device_root,
             gpu_variable="SLURM_STEP_GPUS" if nnodes > 1 else "SLURM_JOB_GPUS",
             nnodes=nnodes,
