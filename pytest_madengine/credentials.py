@@ -151,7 +151,7 @@ class GitLogin:
     """What a `url` model's clone uses from its `cred` entry."""
 
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ssh_key_file: str | None = None
 
 
@@ -167,7 +167,8 @@ def _login_of(entry: Any) -> tuple[str | None, str | None]:
 
 @dataclass(frozen=True)
 class Credentials:
-    entries: Mapping[str, Any] = field(default_factory=dict)  # as the file has them
+    # As the file has them: every secret, so never in a repr (a traceback, a debug print).
+    entries: Mapping[str, Any] = field(default_factory=dict, repr=False)
     source: str = "credential.json"
     # Raw JSON of the environment variables that override data entries (parsed on use).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)

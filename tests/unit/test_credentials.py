@@ -147,3 +147,14 @@ def test_stream_mask_lets_whole_lines_through_at_once() -> None:
 
 def test_mask_text_takes_the_longest_secret_first() -> None:
     assert mask_text("key=abc123 and abc", ["abc", "abc123"]) == "key=*** and ***"
+
+
+def test_no_secret_shows_in_a_repr_of_the_credentials_or_a_git_login(tmp_path: Path) -> None:
+    """A repr reaches tracebacks and debug prints: it names no secret."""
+    secret = "registry-pass-1234"
+    path = tmp_path / "credential.json"
+    path.write_text(json.dumps({"dockerhub": {"username": "someone", "password": secret}}))
+    credentials = load_credentials(tmp_path, environ={})
+    assert credentials.entry("dockerhub")["password"] == secret
+    assert secret not in repr(credentials)
+    assert secret not in repr(GitLogin("someone", secret))
