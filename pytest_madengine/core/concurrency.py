@@ -86,6 +86,9 @@ class RunsAhead:
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
+        # Placing one test ahead of a free worker is worth it when placing waits (for
+        # GPUs); a test placed ahead runs after a stop too (its run ends its lease).
+        self._placed_ahead = 0 if place is None else 1
         if place is None:
             if run is None:
                 raise ValueError("a run or a place function is needed")
@@ -149,10 +152,13 @@ class RunsAhead:
         return record.result()
 
     def _next_to_place(self) -> _Queued | None:
-        """The next test in order once a worker would be free for it; None when there
-        is nothing to place (the loop ends; a later submit starts another)."""
+        """The next test in order; None when there is nothing to place (the loop ends; a
+        later submit starts another). While every worker is busy one more test is placed:
+        it waits for its GPUs meanwhile (and gets its container made on them), so that
+        it starts the moment they are given back."""
         with self._lock:
-            while self._queue and not self._stopping and self._in_flight >= self._limit:
+            most = self._limit + self._placed_ahead
+            while self._queue and not self._stopping and self._in_flight >= most:
                 self._room.wait()
             if self._stopping or not self._queue:
                 self._placer = None
@@ -173,12 +179,14 @@ class RunsAhead:
             self._hand_over(queued, run)
 
     def _hand_over(self, queued: _Queued, run: RunPlaced) -> None:
-        """To a free worker, or a new one: there are never more placed tests than
-        `threads`, so none waits for a worker."""
+        """To a free worker, or a new one up to `threads`; else the first worker to end
+        its test takes it (there is at most one such test: see _next_to_place)."""
         with self._lock:
             self._jobs.append((queued, run))
             if self._free_workers >= len(self._jobs):
                 self._work.notify()
+                return
+            if len(self._workers) >= self._limit:
                 return
             self._free_workers += 1
             worker = threading.Thread(target=self._worker, daemon=True,
