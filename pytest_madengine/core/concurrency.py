@@ -108,13 +108,6 @@ class RunsAhead:
         self._placer: threading.Thread | None = None
         self._stopping = False
 
-    @property
-    def threads(self) -> list[threading.Thread]:
-        """The threads working now: the placement loop and the workers."""
-        with self._lock:
-            placer = [self._placer] if self._placer is not None else []
-            return [*placer, *self._workers]
-
     def submit(self, tests: Iterable[tuple[PlannedTest, str]]) -> None:
         """Queues tests (each id once) behind those already queued."""
         with self._lock:
