@@ -1,16 +1,22 @@
-"""Running a session's tests ahead of their turn, on threads, as GPU leases allow.
+"""Running a session's tests ahead of their turn, as GPU leases allow, without a thread
+per waiting test.
 
 pytest runs items one after another, and a benchmark mostly waits for its container.
 With --mad-concurrency N the plugin hands the tests to `RunsAhead` in item order before
-the first item runs: up to N threads take them in that order, each placing its test
-(waiting for free GPUs), running it and keeping its record. When an item's turn comes,
-it waits for its own record and judges it as a serial session would, so reports,
-perf.csv rows and JUnit come in item order whatever order the containers ended in.
+the first item runs. One placement loop takes them in that order and places each (it
+alone waits for free GPUs: a lease given back wakes it when it can use it); a placed
+test goes to a pool of worker threads that run and record it, at most N at once (a
+backend's `RunHandle.wait` blocks for the container's whole run, so a running test
+holds a worker). A test whose host was lost goes back to the placement loop, ahead of
+the tests behind it. When an item's turn comes, it waits for its own record and judges
+it as a serial session would, so reports, perf.csv rows and JUnit come in item order
+whatever order the containers ended in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -27,7 +33,22 @@ from pytest_madengine.errors import Stopped
 WAIT_TICK_S = 0.2
 MAX_LINE_BYTES = 64 * 1024
 
-# How a test is run on a thread: (test, test id, its output sink) -> its record.
+
+@dataclass(frozen=True)
+class PlaceAgain:
+    """What a placed test's run gives when its host was lost and a retry is left: the
+    placement loop places it again, with the hosts lost so far."""
+
+    lost: tuple[str, ...]
+
+
+# A placed test's run on a worker: (its output sink) -> its record, or PlaceAgain.
+RunPlaced = Callable[[OutputSink | None], "TestRecord | PlaceAgain"]
+# How the placement loop places a test: (test, test id, hosts lost so far) -> its run;
+# it blocks until the test has its GPUs (a test that will not run: a run that only
+# returns its record).
+PlaceTest = Callable[[PlannedTest, str, tuple[str, ...]], RunPlaced]
+# How a test is run when placing is part of its run: (test, test id, its sink) -> record.
 RunTest = Callable[[PlannedTest, str, OutputSink | None], TestRecord]
 # The output sink of one test (so that concurrent tests' lines do not mix), or None.
 SinkFor = Callable[[PlannedTest, str], OutputSink | None]
@@ -38,27 +59,57 @@ class _Queued:
     test: PlannedTest
     test_id: str
     record: Future[TestRecord]
+    lost: tuple[str, ...] = ()
+
+
+def _placed_at_once(run: RunTest) -> PlaceTest:
+    """Placing that is part of the run itself: every test is placed at once."""
+
+    def place(test: PlannedTest, test_id: str, lost: tuple[str, ...]) -> RunPlaced:
+        return functools.partial(run, test, test_id)
+
+    return place
 
 
 class RunsAhead:
-    """Tests of the session run on up to `threads` threads, taken in the order given
-    (what bounds the runs at once beyond that, GPUs say, is the run function's part)."""
+    """Tests of the session, taken in the order given, placed by one loop and run on at
+    most `threads` worker threads (started as runs need them, kept while the session
+    lasts). Without `place`, `run` places its test itself and the loop only hands out
+    the tests in order."""
 
-    def __init__(self, run: RunTest, threads: int, sink_for: SinkFor | None = None) -> None:
+    def __init__(
+        self,
+        run: RunTest | None,
+        threads: int,
+        sink_for: SinkFor | None = None,
+        place: PlaceTest | None = None,
+    ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
-        self._run = run
+        # Placing one test ahead of a free worker is worth it when placing waits (for
+        # GPUs); a test placed ahead runs after a stop too (its run ends its lease).
+        self._placed_ahead = 0 if place is None else 1
+        if place is None:
+            if run is None:
+                raise ValueError("a run or a place function is needed")
+            place = _placed_at_once(run)
+        self._place = place
         self._limit = threads
         self._sink_for = sink_for
         self._queue: deque[_Queued] = deque()
         self._records: dict[str, Future[TestRecord]] = {}
-        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # the placement loop waits here
+        self._work = threading.Condition(self._lock)  # idle workers wait here
+        self._jobs: deque[tuple[_Queued, RunPlaced]] = deque()
+        self._in_flight = 0  # tests placed (or being placed) and not done
+        self._free_workers = 0
+        self._workers: list[threading.Thread] = []
+        self._placer: threading.Thread | None = None
         self._stopping = False
 
     def submit(self, tests: Iterable[tuple[PlannedTest, str]]) -> None:
-        """Queues tests (each id once) behind those already queued, and starts threads
-        for them, up to `threads`."""
+        """Queues tests (each id once) behind those already queued."""
         with self._lock:
             if self._stopping:
                 return
@@ -68,13 +119,14 @@ class RunsAhead:
                 record: Future[TestRecord] = Future()
                 self._records[test_id] = record
                 self._queue.append(_Queued(test, test_id, record))
-            wanted = min(self._limit, len(self._queue) + len(self._threads))
-            while len(self._threads) < wanted:
-                thread = threading.Thread(
-                    target=self._work, name=f"mad-run-{len(self._threads) + 1}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+            self._start_placer()
+
+    def _start_placer(self) -> None:
+        """(Under the lock.) The placement loop, when there is work and none runs."""
+        if self._placer is None and self._queue and not self._stopping:
+            self._placer = threading.Thread(target=self._place_loop, name="mad-place",
+                                            daemon=True)  # fmt: skip
+            self._placer.start()
 
     def __contains__(self, test_id: object) -> bool:
         with self._lock:
@@ -92,43 +144,109 @@ class RunsAhead:
             on_wait()
         return record.result()
 
-    def _next(self) -> _Queued | None:
+    def _next_to_place(self) -> _Queued | None:
+        """The next test in order; None when there is nothing to place (the loop ends; a
+        later submit starts another). While every worker is busy one more test is placed:
+        it waits for its GPUs meanwhile (and gets its container made on them), so that
+        it starts the moment they are given back."""
         with self._lock:
+            most = self._limit + self._placed_ahead
+            while self._queue and not self._stopping and self._in_flight >= most:
+                self._room.wait()
             if self._stopping or not self._queue:
-                # Leaves the count under the lock, so a later submit starts another.
-                if threading.current_thread() in self._threads:
-                    self._threads.remove(threading.current_thread())
+                self._placer = None
                 return None
+            self._in_flight += 1
             return self._queue.popleft()
 
-    def _work(self) -> None:
-        while (queued := self._next()) is not None:
-            queued.record.set_running_or_notify_cancel()
-            sink = None
+    def _place_loop(self) -> None:
+        while (queued := self._next_to_place()) is not None:
+            if not queued.record.running():
+                queued.record.set_running_or_notify_cancel()
             try:
-                sink = self._sink_for(queued.test, queued.test_id) if self._sink_for else None
-                record = self._run(queued.test, queued.test_id, sink)
+                run = self._place(queued.test, queued.test_id, queued.lost)
             except BaseException as exc:  # handed to the item, which raises it
                 queued.record.set_exception(exc)
-            else:
-                queued.record.set_result(record)
-            finally:
-                if isinstance(sink, PrefixedLines):
-                    with contextlib.suppress(Exception):  # its record is set already
-                        sink.flush()
+                self._done()
+                continue
+            self._hand_over(queued, run)
+
+    def _hand_over(self, queued: _Queued, run: RunPlaced) -> None:
+        """To a free worker, or a new one up to `threads`; else the first worker to end
+        its test takes it (there is at most one such test: see _next_to_place)."""
+        with self._lock:
+            self._jobs.append((queued, run))
+            if self._free_workers >= len(self._jobs):
+                self._work.notify()
+                return
+            if len(self._workers) >= self._limit:
+                return
+            self._free_workers += 1
+            worker = threading.Thread(target=self._worker, daemon=True,
+                                      name=f"mad-run-{len(self._workers) + 1}")  # fmt: skip
+            self._workers.append(worker)
+        worker.start()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._room.notify()
+
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._stopping:
+                    self._work.wait()
+                if not self._jobs:  # stopping, and nothing handed over is left
+                    self._workers.remove(threading.current_thread())
+                    return
+                queued, run = self._jobs.popleft()
+                self._free_workers -= 1
+            self._run(queued, run)
+            with self._lock:
+                self._free_workers += 1
+            self._done()
+
+    def _run(self, queued: _Queued, run: RunPlaced) -> None:
+        sink = None
+        try:
+            sink = self._sink_for(queued.test, queued.test_id) if self._sink_for else None
+            record = run(sink)
+        except BaseException as exc:  # handed to the item, which raises it
+            queued.record.set_exception(exc)
+            return
+        finally:
+            if isinstance(sink, PrefixedLines):
+                with contextlib.suppress(Exception):  # its record is set already
+                    sink.flush()
+        if isinstance(record, PlaceAgain):
+            self._place_again(queued, record.lost)
+        else:
+            queued.record.set_result(record)
+
+    def _place_again(self, queued: _Queued, lost: tuple[str, ...]) -> None:
+        """Back to the placement loop, ahead of the tests behind it."""
+        with self._lock:
+            if not self._stopping:
+                self._queue.appendleft(_Queued(queued.test, queued.test_id, queued.record, lost))
+                self._start_placer()
+                return
+        queued.record.set_exception(Stopped(f"{queued.test_id}: the session is stopping"))
 
     def stop(self, join_s: float = 10.0) -> None:
-        """Starts nothing more: queued tests end with Stopped. Threads still running a
-        test are waited for, `join_s` at most in all (their caller ends their containers
-        first; a build cannot be cut short, and its thread is left to end with the
-        process)."""
+        """Starts nothing more: queued tests end with Stopped. The threads still placing
+        or running a test are waited for, `join_s` at most in all (their caller ends
+        their containers first; a build cannot be cut short, and its thread is left to
+        end with the process)."""
         with self._lock:
             self._stopping = True
             queued, self._queue = list(self._queue), deque()
-            threads = list(self._threads)
-            self._threads.clear()
+            threads = [*([self._placer] if self._placer else []), *self._workers]
+            self._room.notify_all()
+            self._work.notify_all()
         for entry in queued:
-            entry.record.set_running_or_notify_cancel()
+            if not entry.record.running():
+                entry.record.set_running_or_notify_cancel()
             entry.record.set_exception(Stopped(f"{entry.test_id}: the session is stopping"))
         deadline = time.monotonic() + join_s
         for thread in threads:

@@ -26,6 +26,7 @@ from pytest_madengine.backends import (
     Backend,
     BackendSettings,
     BackendSetup,
+    CreatesAhead,
     HostProber,
     OutputSink,
     PushProgressSink,
@@ -39,7 +40,7 @@ from pytest_madengine.core.build import (
     check_publisher,
     plan_builds,
 )
-from pytest_madengine.core.concurrency import RunsAhead, SinkFor
+from pytest_madengine.core.concurrency import PlaceAgain, RunPlaced, RunsAhead, SinkFor
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import (
     Plan,
@@ -74,7 +75,6 @@ from pytest_madengine.resources.scratch import new_session_dir, remove_session_d
 # How long stopping waits, in all, for the threads of tests running ahead (their
 # containers are told to stop first; the sweep removes whatever is left).
 STOP_JOIN_S = 10.0
-WAIT_TURN_S = 0.5
 
 
 def new_session_id() -> str:
@@ -180,9 +180,8 @@ class Session:
         self._made: dict[str, Future[MadeAhead | None]] = {}
         self._maker: ThreadPoolExecutor | None = None
         self._stopping = False
-        # One test at a time: the ids handed over and not placed yet, in their order.
-        self._order: list[str] = []
-        self._turns = threading.Condition(self._ahead_lock)
+        # A backend that cannot make containers ahead claims no GPUs for them.
+        self._makes_ahead = isinstance(self.backend, CreatesAhead)
         self.runner = TestRunner(
             self.options, self.backend, session_id=self.session_id,
             controller=setup.controller or process_identity(),
@@ -250,20 +249,14 @@ class Session:
     def run_ahead(
         self, tests: Iterable[tuple[PlannedTest, str]], sink_for: SinkFor | None = None
     ) -> None:
-        """Starts the tests (test, id) on threads in that order, as many at once as
-        `concurrency` and the GPU leases allow; `run` then waits for a test's record.
-        More can be handed later; each id runs once."""
+        """Starts the tests (test, id) in that order, as many at once as `concurrency`
+        and the GPU leases allow: one loop places them in order, each placed test runs
+        on a worker thread; `run` then waits for a test's record. More can be handed
+        later; each id runs once."""
         if self._ahead is None:
-            # The pool bounds the tests running at once; threads beyond that bound wait
-            # for GPUs with their test's turn, and take them the moment a run ends.
+            # The pool bounds the tests running at once, the workers those placed.
             self.pool.limit_running(self.concurrency)
-            self._ahead = RunsAhead(self._run_now, 2 * self.concurrency, sink_for)
-        tests = list(tests)
-        if self.concurrency == 1:
-            with self._turns:
-                known = set(self._order)
-                new = [test_id for _, test_id in tests if test_id not in self._ahead]
-                self._order.extend(test_id for test_id in new if test_id not in known)
+            self._ahead = RunsAhead(None, self.concurrency, sink_for, place=self._place_step)
         self._ahead.submit(tests)
 
     def run(
@@ -283,43 +276,61 @@ class Session:
     def _run_now(
         self, test: PlannedTest, test_id: str, on_output: OutputSink | None = None
     ) -> TestRecord:
-        try:
-            return self._place_and_run(test, test_id, on_output)
-        finally:
-            self._end_turn(test_id)  # placed, or never will be: the next one's turn
+        """Places and runs the test on this thread, placing it again on a lost host."""
+        lost: tuple[str, ...] = ()
+        while True:
+            outcome = self._place_step(test, test_id, lost)(on_output)
+            if not isinstance(outcome, PlaceAgain):
+                return outcome
+            lost = outcome.lost
 
-    def _place_and_run(
-        self, test: PlannedTest, test_id: str, on_output: OutputSink | None
-    ) -> TestRecord:
+    def _place_step(self, test: PlannedTest, test_id: str, lost: tuple[str, ...]) -> RunPlaced:
+        """Places the test (waiting for its GPUs): what then runs it. A test that will
+        not run (skipped, no host can take it) is a run that only gives its record."""
         subject = subject_of(test, self.options)
-        redact = self.options.credentials.redact
         if test.skip_reason:
-            return records.skipped(subject, test.skip_reason)
-        lost: list[str] = []
-        retries = self.options.retries
-        for _ in range(1 + retries):
-            try:
-                placement, made = self._place(test, test_id)
-            except NoHost as exc:
-                if lost or exc.fails:
-                    given_up = RunFacts(retried_after=tuple(lost))
-                    reason = "; ".join([*lost, str(exc)])
-                    return records.failed(subject, reason, given_up, redact=redact)
-                return records.skipped(subject, str(exc))
-            try:
-                on_exit = functools.partial(self.pool.release, placement)
-                on_started = functools.partial(self._started, placement)
-                record = self.runner.run(test, test_id, placement, on_output, on_exit, made,
-                                         on_started)  # fmt: skip
-            except HostLost as exc:
-                self.pool.mark_down(exc.host, exc.reason)
-                lost.append(str(exc))
-                continue
-            finally:
-                self.pool.release(placement)
-            return dataclasses.replace(record, retried_after=tuple(lost))
-        reason = f"{'; '.join(lost)}; no retry left (--mad-retries {retries})"
-        return records.failed(subject, reason, RunFacts(retried_after=tuple(lost)), redact=redact)
+            return functools.partial(_given, records.skipped(subject, test.skip_reason))
+        try:
+            placement, made = self._place(test, test_id)
+        except NoHost as exc:
+            if not lost and not exc.fails:  # fails: every host that fits stayed offline
+                return functools.partial(_given, records.skipped(subject, str(exc)))
+            given_up = RunFacts(retried_after=lost)
+            reason = "; ".join([*lost, str(exc)])
+            redact = self.options.credentials.redact
+            return functools.partial(
+                _given, records.failed(subject, reason, given_up, redact=redact)
+            )
+        return functools.partial(self._run_placed, test, test_id, placement, made, lost)
+
+    def _run_placed(
+        self,
+        test: PlannedTest,
+        test_id: str,
+        placement: Placement,
+        made: MadeAhead | None,
+        lost: tuple[str, ...],
+        on_output: OutputSink | None,
+    ) -> TestRecord | PlaceAgain:
+        """Runs the placed test; PlaceAgain when its host was lost and a retry is left."""
+        try:
+            on_exit = functools.partial(self.pool.release, placement)
+            on_started = functools.partial(self._started, placement)
+            record = self.runner.run(test, test_id, placement, on_output, on_exit, made,
+                                     on_started)  # fmt: skip
+        except HostLost as exc:
+            self.pool.mark_down(exc.host, exc.reason)
+            lost = (*lost, str(exc))
+            retries = self.options.retries
+            if len(lost) <= retries:
+                return PlaceAgain(lost)
+            reason = f"{'; '.join(lost)}; no retry left (--mad-retries {retries})"
+            subject = subject_of(test, self.options)
+            redact = self.options.credentials.redact
+            return records.failed(subject, reason, RunFacts(retried_after=lost), redact=redact)
+        finally:
+            self.pool.release(placement)
+        return dataclasses.replace(record, retried_after=lost)
 
     # Containers made ahead. While a test waits for GPUs (a thread of --mad-concurrency,
     # or the test after the running one), its container is made on the GPUs it is
@@ -343,7 +354,6 @@ class Session:
 
         n_gpus, affinity = test.model.n_gpus, affinity_labels(test.model)
         try:
-            self._wait_turn(test_id)
             placement = self.pool.try_acquire(n_gpus, test_id, fits, claimed(), others(), affinity)
             if placement is None:
                 with self._ahead_lock:
@@ -354,27 +364,12 @@ class Session:
         except BaseException:
             self._drop_made(test_id)
             raise
-        finally:
-            self._end_turn(test_id)
         return placement, self._take_made(test_id, placement)
-
-    def _wait_turn(self, test_id: str) -> None:
-        """One test at a time, tests handed over take GPUs in the order they came (two
-        threads could else race for them)."""
-        with self._turns:
-            while test_id in self._order and self._order[0] != test_id and not self._stopping:
-                self._turns.wait(WAIT_TURN_S)
-
-    def _end_turn(self, test_id: str) -> None:
-        with self._turns:
-            if test_id in self._order:
-                self._order.remove(test_id)
-                self._turns.notify_all()
 
     def _started(self, placement: Placement) -> None:
         """A test's container started on the placement: the first test waiting for such
         GPUs gets its container made for them (on one thread, one at a time)."""
-        if placement.host.scheduled or not placement.gpus:
+        if placement.host.scheduled or not placement.gpus or not self._makes_ahead:
             return
         if self.pool.strategy == "round-robin":  # a claim would pin the next test here
             return
@@ -447,7 +442,6 @@ class Session:
         with self._ahead_lock:
             self._stopping = True
             maker, self._maker = self._maker, None
-            self._turns.notify_all()
         if maker is not None:  # a create under way ends; then nothing is made any more
             maker.shutdown(wait=True, cancel_futures=True)
         with self._ahead_lock:
@@ -475,6 +469,11 @@ class Session:
                     self.backend.sweep(self.session_id)
             finally:
                 self.backend.close()
+
+
+def _given(record: TestRecord, on_output: OutputSink | None) -> TestRecord:
+    """The run of a test that does not run: its record."""
+    return record
 
 
 def _discard(pending: Future[MadeAhead | None]) -> None:

@@ -57,6 +57,15 @@ class _Written:
     fragments: dict[str, tuple[dict[str, Any], str]]
 
 
+@dataclass(frozen=True)
+class _Waiter:
+    """A thread of this process waiting for GPUs: which hosts could serve it, and the
+    event that wakes it."""
+
+    could_use: Callable[[Host], bool]
+    woken: threading.Event
+
+
 def _free(placement: Placement, held: Collection[tuple[str, int]]) -> bool:
     return all((placement.host.name, gpu.index) not in held for gpu in placement.gpus)
 
@@ -95,9 +104,11 @@ class HostPool:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "placement.json"
         self._lock = SharedLock(str(state_dir / "placement.lock"))
-        # Tests of this process waiting for GPUs wake on a release here at once; other
-        # processes' releases are seen by polling.
-        self._released = threading.Condition()
+        # Threads of this process waiting for GPUs: a release here wakes at once those
+        # the freed host could serve; other processes' releases are seen by polling.
+        self._waiters_lock = threading.Lock()
+        self._waiters: list[_Waiter] = []
+        self._at_limit = False  # the last try found this process at its bound
         self._stopped = False
         self._most: int | None = None
         self._written: _Written | None = None  # what this process wrote last
@@ -221,7 +232,8 @@ class HostPool:
             running = state["running"]
             if self._most is not None:
                 mine = sum(entry.get("pid") == os.getpid() for entry in running.values())
-                if mine >= self._most:
+                self._at_limit = mine >= self._most
+                if self._at_limit:
                     return None
             held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
             if (
@@ -338,10 +350,38 @@ class HostPool:
         """Waits (with backoff) for a placement; NoHost when none can ever come, Stopped
         once the pool is stopped, Unplaceable when every host that fits stayed offline
         for `offline_wait_s`. `prefer` and `avoid` (see try_acquire) are asked anew at
-        each try."""
+        each try. A release in this process wakes the wait only when the freed host
+        could serve it (see `wake`)."""
+
+        def could_use(host: Host) -> bool:
+            fit = fits(host) if fits else None
+            return fit is None and self._wanted(host, n_gpus) <= host.gpus.count
+
+        waiter = _Waiter(could_use, threading.Event())
+        with self._waiters_lock:
+            self._waiters.append(waiter)
+        try:
+            return self._wait_for(n_gpus, holder, fits, timeout_s, prefer, avoid, affinity,
+                                  waiter)  # fmt: skip
+        finally:
+            with self._waiters_lock:
+                self._waiters.remove(waiter)
+
+    def _wait_for(
+        self,
+        n_gpus: int,
+        holder: str,
+        fits: HostFilter | None,
+        timeout_s: float | None,
+        prefer: Callable[[], Placement | None] | None,
+        avoid: Callable[[], Collection[tuple[str, int]]] | None,
+        affinity: Collection[str],
+        waiter: _Waiter,
+    ) -> Placement:
         delay, start = POLL_S, time.monotonic()
         offline_since: float | None = None
         while True:
+            waiter.woken.clear()  # before the try: a release during it wakes the wait
             if self._stopped:
                 raise Stopped(f"{holder}: the session is stopping")
             preferred = prefer() if prefer else None
@@ -358,9 +398,7 @@ class HostPool:
                 raise Unplaceable(
                     f"no host that fits answered within {self.offline_wait_s:g} s: {why}"
                 )
-            with self._released:
-                if not self._stopped:
-                    self._released.wait(delay)
+            waiter.woken.wait(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
 
     def _all_unusable(self, n_gpus: int, fits: HostFilter | None) -> str | None:
@@ -382,16 +420,26 @@ class HostPool:
             if state["running"].pop(placement.holder, None) is None:
                 return
             self._write(state)
-        self.wake()
+        self.wake(placement.host)
 
-    def wake(self) -> None:
-        """Whoever of this process waits for GPUs tries again now (what it may take
-        changed)."""
-        with self._released:
-            self._released.notify_all()
+    def waiting(self) -> int:
+        """How many threads of this process wait for GPUs now."""
+        with self._waiters_lock:
+            return len(self._waiters)
+
+    def wake(self, freed: Host | None = None) -> int:
+        """Those of this process waiting for GPUs try again now: with `freed` (a host
+        whose GPUs were given back) only those that host could serve, unless the process
+        was at its bound of running tests; all of them without. How many were woken."""
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        if freed is not None and not self._at_limit:
+            waiters = [waiter for waiter in waiters if waiter.could_use(freed)]
+        for waiter in waiters:
+            waiter.woken.set()
+        return len(waiters)
 
     def stop(self) -> None:
         """Whoever waits for GPUs in this process gives up (Stopped), now and later."""
-        with self._released:
-            self._stopped = True
-            self._released.notify_all()
+        self._stopped = True
+        self.wake()

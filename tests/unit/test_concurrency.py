@@ -10,12 +10,17 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.core.concurrency import MAX_LINE_BYTES, PrefixedLines, RunsAhead
+from pytest_madengine.backends import ImageFacts, RunOutcome
+from pytest_madengine.core import session as session_module
+from pytest_madengine.core.concurrency import MAX_LINE_BYTES, PlaceAgain, PrefixedLines, RunsAhead
 from pytest_madengine.core.options import RawOptions, parse_options
+from pytest_madengine.core.records import Status
+from pytest_madengine.core.session import Session
 from pytest_madengine.errors import Stopped, UsageProblem
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import HostPool
+from tests.conftest import entry, write_tree
 
 
 class FakeTest:
@@ -197,3 +202,160 @@ def test_other_concurrency_values_are_usage_errors(tmp_path: Path, given: str) -
         parse_options(
             RawOptions(root=str(tmp_path), tags=("all",), concurrency=given, base_dir=tmp_path)
         )
+
+
+# The scheduler at scale: one placement loop and workers only for placed tests.
+
+
+class BlockingRuns:
+    """A backend of 8 GPUs on one host whose runs last until `ended` is set: the
+    session's threads can be counted while tests wait for GPUs."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.started = 0
+        self.lock = threading.Lock()
+        inventory = GpuInventory(
+            tuple(Gpu(i, "AMD", "gfx942") for i in range(8)), "declared", virtual=True
+        )
+        self.host = Host("eight", "tcp://eight.invalid:2376", inventory)
+
+    def hosts(self) -> tuple[Host, ...]:
+        return (self.host,)
+
+    def hosts_down(self) -> dict[str, str]:
+        return {}
+
+    def shared_state(self) -> dict[str, str]:
+        return {}
+
+    def prepare(self, request: Any, host: Host, on_output: Any = None) -> ImageFacts:
+        return ImageFacts(request.name, "sha256:simulated")
+
+    def start(self, spec: Any, host: Host, on_output: Any) -> Any:
+        with self.lock:
+            self.started += 1
+        return BlockedRun(spec, host, self.ended)
+
+    def sweep(self, session_id: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class BlockedRun:
+    def __init__(self, spec: Any, host: Host, ended: threading.Event) -> None:
+        self.spec, self.host, self.ended = spec, host, ended
+
+    def wait(self) -> RunOutcome:
+        self.ended.wait(60)
+        now = time.time()
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.spec.log_path.write_bytes(b"performance: 1 samples_per_second\n")
+        return RunOutcome(0, False, self.spec.log_path, now, now, self.host.name)
+
+    def cancel(self) -> None:
+        self.ended.set()
+
+
+def test_a_thousand_queued_tests_on_eight_gpus_hold_a_bounded_number_of_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = BlockingRuns()
+    monkeypatch.setattr(session_module, "create_backend", lambda name, setup: backend)
+    root = write_tree(tmp_path / "mad", [entry(f"m{i:04d}") for i in range(1000)])
+    options = parse_options(
+        RawOptions(root=str(root), tags=("dummies",), concurrency="1000", base_dir=tmp_path)
+    )
+    before = threading.active_count()
+    with Session.open(options) as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        deadline = time.monotonic() + 60
+        while backend.started < 8 and time.monotonic() < deadline:  # all 8 GPUs busy
+            time.sleep(0.01)
+        # 8 running tests, one placing loop waiting for GPUs (and a spare or two).
+        assert backend.started == 8
+        assert threading.active_count() - before <= 8 + 3
+        backend.ended.set()
+        records = [session.run(test, test.name) for test in tests[:20]]
+    assert {record.status for record in records} == {Status.SUCCESS}
+
+
+def two_hosts_pool(tmp_path: Path) -> tuple[HostPool, Host, Host]:
+    inventory = GpuInventory((Gpu(0, "AMD", "gfx942"),), "declared")
+    first, second = Host("first", None, inventory), Host("second", None, inventory)
+    return HostPool([first, second], tmp_path / "placement"), first, second
+
+
+def only(host: Host) -> Any:
+    """A test's host filter that takes that host alone."""
+    return lambda candidate: None if candidate is host else "not this one"
+
+
+def test_a_release_wakes_only_the_waiters_its_host_could_serve(tmp_path: Path) -> None:
+    pool, first, second = two_hosts_pool(tmp_path)
+    held = [pool.acquire(1, f"on-{host.name}", only(host)) for host in (first, second)]
+    got: list[str] = []
+
+    def wait_for(host: Host, holder: str) -> None:
+        placement = pool.acquire(1, holder, only(host))
+        got.append(f"{holder} on {placement.host.name}")
+
+    waiters = [threading.Thread(target=wait_for, args=(host, f"wants-{host.name}"))
+               for host in (first, second)]  # fmt: skip
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 10
+    while pool.waiting() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.wake(second) == 1  # the first host's waiter sleeps on
+    assert pool.wake() == 2
+    for placement in held:
+        pool.release(placement)
+    for waiter in waiters:
+        waiter.join(10)
+    assert sorted(got) == ["wants-first on first", "wants-second on second"]
+
+
+def test_a_test_whose_host_was_lost_is_placed_again_ahead_of_those_behind_it() -> None:
+    placed: list[tuple[str, tuple[str, ...]]] = []
+
+    def place(test: Any, test_id: str, lost: tuple[str, ...]) -> Any:
+        placed.append((test_id, lost))
+
+        def run(sink: Any) -> Any:
+            if test_id == "a" and not lost:
+                return PlaceAgain(("host-1: lost",))
+            return f"record of {test_id} after {lost}"
+
+        return run
+
+    ahead = RunsAhead(None, threads=1, place=place)
+    ahead.submit(queued("a", "b"))
+    assert ahead.result("a") == "record of a after ('host-1: lost',)"
+    assert ahead.result("b") == "record of b after ()"
+    assert placed == [("a", ()), ("a", ("host-1: lost",)), ("b", ())]
+
+
+def test_tests_are_placed_in_the_order_given_and_never_more_than_the_threads_at_once() -> None:
+    gate = Gate()
+    placed: list[str] = []
+
+    def place(test: Any, test_id: str, lost: tuple[str, ...]) -> Any:
+        placed.append(test_id)
+        return lambda sink: gate(test, test_id, sink)
+
+    ahead = RunsAhead(None, threads=2, place=place)
+    ahead.submit(queued(*"abcdef"))
+    deadline = time.monotonic() + 10
+    while (gate.running < 2 or len(placed) < 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The third is placed meanwhile (its GPUs awaited), and waits for a worker; no more.
+    assert placed == ["a", "b", "c"]
+    gate.release.set()
+    assert [ahead.result(name) for name in "abcdef"] == [f"record of {n}" for n in "abcdef"]
+    assert placed == list("abcdef") and gate.most == 2
