@@ -4,8 +4,10 @@ in a build-only session the build manifest; the HTML report at the end."""
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +34,8 @@ from pytest_madengine.reporting.perf_csv import (
 )
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
 from pytest_madengine.resources.health import Transition, host_table
+
+HISTORY_MODULE = "pytest_madengine.core.history"
 
 if TYPE_CHECKING:
     from pytest_madengine.core.history import History
@@ -95,6 +99,15 @@ class MadReporter:
         if runtime is None or runtime.heartbeat is None:
             return []
         return mask_all(runtime.health.report(), self.state.options.credentials.redact)
+
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Tests are about to run: SQLAlchemy, which the default history needs only at
+        the end, is imported meanwhile on a thread, while the tests wait for their
+        containers (at the end it took 0.4 s of every session's wall)."""
+        wanted = self.history is None and self.state.options.history_url is not None
+        if wanted and session.items and not session.config.option.collectonly:
+            threading.Thread(target=importlib.import_module, args=(HISTORY_MODULE,),
+                             name="mad-history-import", daemon=True).start()  # fmt: skip
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._tell_transitions()
