@@ -130,6 +130,14 @@ class MadReporter:
         except Exception as exc:  # a user's hook (a database that is down) stops nothing
             self._say(f"pytest_mad_record failed for {record.name}: {type(exc).__name__}: {exc}")
 
+    @pytest.hookimpl(trylast=True, specname="pytest_runtest_logreport")
+    def pytest_runtest_logreport_forget(self, report: pytest.TestReport) -> None:
+        """Drops the record's dict from the report once the readers before this one
+        (this reporter, the CLI's) have it: pytest keeps every report to the end, and a
+        fleet's session would keep a dict per test it no longer needs."""
+        for name in (RECORD_ATTRIBUTE, BUILD_ATTRIBUTE):
+            report.__dict__.pop(name, None)
+
     def _say(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
