@@ -74,6 +74,7 @@ class MadReporter:
         self.builds: list[BuildRecord] = []
         # Lines for the terminal summary (written at sessionfinish, which runs before it).
         self.notes: list[str] = []
+        self.machine = os.uname().nodename  # perf.csv's machine_name of a test without host
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
     def _transition(self, change: Transition) -> None:
@@ -111,7 +112,7 @@ class MadReporter:
         record = mask_all(TestRecord.from_dict(data), redact)
         rows = perf_rows(
             record,
-            machine=os.uname().nodename,
+            machine=self.machine,
             git_commit=self.state.options.git_commit,
             build_number=self.build_number,
         )
