@@ -87,19 +87,32 @@ def mask_all(value: T, redact: Callable[[str], str]) -> T:
 
 
 def _mask_any(value: Any, redact: Callable[[str], str]) -> Any:
+    """The value masked; the very same object when nothing in it changed (most records:
+    no copy made, nothing validated again)."""
     if isinstance(value, enum.Enum) or value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {_mask_any(key, redact): _mask_any(item, redact) for key, item in value.items()}
+        keys = [_mask_any(key, redact) for key in value]
+        items = [_mask_any(item, redact) for item in value.values()]
+        same = _same(keys, value) and _same(items, value.values())
+        return value if same else dict(zip(keys, items, strict=True))
     if isinstance(value, (tuple, list)):
-        return type(value)(_mask_any(item, redact) for item in value)
+        items = [_mask_any(item, redact) for item in value]
+        return value if _same(items, value) else type(value)(items)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {
-            field.name: _mask_any(getattr(value, field.name), redact)
+            field.name: masked
             for field in dataclasses.fields(value)
             if field.init
+            and (masked := _mask_any(getattr(value, field.name), redact))
+            is not getattr(value, field.name)
         }
-        return dataclasses.replace(value, **changes)
+        return dataclasses.replace(value, **changes) if changes else value
     return value
+
+
+def _same(masked: Iterable[Any], original: Iterable[Any]) -> bool:
+    """Whether masking left every item the very object it was."""
+    return all(new is old for new, old in zip(masked, original, strict=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -163,7 +164,7 @@ class RecordBase:
 
     def to_dict(self) -> dict[str, Any]:
         # The subclasses are dataclasses; this mixin is not, so mypy cannot tell.
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+        plain: dict[str, Any] = _plain(self)
         return plain
 
     @classmethod
@@ -441,11 +442,22 @@ def build_skipped(record: BuildRecord, reason: str, ended_at: float | None = Non
 
 
 def _plain(value: Any) -> Any:
-    """Enums as their values and tuples as lists: what JSON and execnet carry."""
-    if isinstance(value, enum.Enum):
+    """Enums as their values, dataclasses as dicts of their fields and tuples as lists:
+    what JSON and execnet carry. One walk (asdict and then this walked twice, and
+    deep-copied every leaf: a fleet's session makes a dict per test)."""
+    if isinstance(value, enum.Enum):  # first: Status is a str too
         return value.value
+    if isinstance(value, str | int | float | None):
+        return value
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
     return value
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(each.name for each in dataclasses.fields(kind))

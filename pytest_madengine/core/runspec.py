@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,8 +250,7 @@ def _run_spec(
         copy_excludes=(
             root / "credential.json",
             root / ".git",
-            options.output_dir.resolve(),
-            options.perf_csv.resolve(),
+            *_resolved((options.output_dir, options.perf_csv)),
         ),
         copy_within=root,
         data=data.binds if data else (),
@@ -343,7 +343,14 @@ def _our_output(options: Options) -> tuple[Path, ...]:
     ours = [options.output_dir, options.perf_csv, options.perf_csv.with_name("perf_super.csv")]
     if options.summary is not None:
         ours.append(options.summary)
-    return tuple(path.resolve() for path in ours)
+    return _resolved(tuple(ours))
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The session's own paths, their links resolved once, not for every test (a
+    resolve is a system call per part of the path)."""
+    return tuple(path.resolve() for path in paths)
 
 
 def build_run_spec(test: PlannedTest, options: Options, host: Host, **facts: Any) -> RunSpec:

@@ -355,8 +355,16 @@ def pytest_runtest_makereport(
     # A plain attribute survives xdist's report serialisation to the controller.
     if isinstance(item, MadBuildItem):
         setattr(report, BUILD_ATTRIBUTE, _build_record_of(item, report).to_dict())
+        _forget(item, BUILD_RECORD)
     else:
         setattr(report, RECORD_ATTRIBUTE, _record_of(item, report, state.options).to_dict())
+        _forget(item, RECORD)
+
+
+def _forget(item: pytest.Item, key: pytest.StashKey[Any]) -> None:
+    """The item's record is in its report now; items live to the session's end."""
+    if key in item.stash:
+        del item.stash[key]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

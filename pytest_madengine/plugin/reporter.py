@@ -78,6 +78,7 @@ class MadReporter:
         self.builds: list[BuildRecord] = []
         # Lines for the terminal summary (written at sessionfinish, which runs before it).
         self.notes: list[str] = []
+        self.machine = os.uname().nodename  # perf.csv's machine_name of a test without host
         self.build_number = os.environ.get("BUILD_NUMBER") or os.environ.get("CI_PIPELINE_ID", "")
 
     def _transition(self, change: Transition) -> None:
@@ -124,7 +125,7 @@ class MadReporter:
         record = mask_all(TestRecord.from_dict(data), redact)
         rows = perf_rows(
             record,
-            machine=os.uname().nodename,
+            machine=self.machine,
             git_commit=self.state.options.git_commit,
             build_number=self.build_number,
         )
@@ -142,6 +143,14 @@ class MadReporter:
             self.config.hook.pytest_mad_record(record=record, config=self.config)
         except Exception as exc:  # a user's hook (a database that is down) stops nothing
             self._say(f"pytest_mad_record failed for {record.name}: {type(exc).__name__}: {exc}")
+
+    @pytest.hookimpl(trylast=True, specname="pytest_runtest_logreport")
+    def pytest_runtest_logreport_forget(self, report: pytest.TestReport) -> None:
+        """Drops the record's dict from the report once the readers before this one
+        (this reporter, the CLI's) have it: pytest keeps every report to the end, and a
+        fleet's session would keep a dict per test it no longer needs."""
+        for name in (RECORD_ATTRIBUTE, BUILD_ATTRIBUTE):
+            report.__dict__.pop(name, None)
 
     def _say(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

@@ -14,11 +14,14 @@ last the `verdict` against the result's history (--mad-compare), in one line.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
@@ -130,6 +133,16 @@ class PerfCsv:
         self.columns = columns
         self.label = label  # what the file is, in messages
         self.grow = grow
+        # The header of each file as this writer last left it, with the file's identity
+        # then: while the file is still that, the next append need not read it again.
+        self._written: dict[Path, _Written] = {}
+        self._locks: dict[Path, SharedLock] = {}
+
+    def _lock(self, path: Path) -> SharedLock:
+        """The file's lock, found once per path (finding it resolves symlinks)."""
+        if path not in self._locks:
+            self._locks[path] = _lock(path)
+        return self._locks[path]
 
     def append(self, rows: Iterable[Mapping[str, object]]) -> str | None:
         """Writes the rows; a one-line problem when they went to the fallback instead."""
@@ -154,23 +167,59 @@ class PerfCsv:
 
     def _append(self, path: Path, rows: list[Mapping[str, object]]) -> None:
         wanted = self._wanted(rows)
-        with _lock(path):  # the header is read again each time: another session widens it
-            existing = _existing_header(path)
-            if existing is None:
-                header, lead = wanted, ""
-                with path.open("a", newline="", encoding="utf-8") as handle:
-                    csv.writer(handle).writerow(header)
-            else:
-                missing = [column for column in wanted if column not in existing]
-                header = existing + missing
-                if missing:
-                    _widen(path, header)
-                lead = "" if _ends_with_newline(path) else "\n"
+        with self._lock(path):
+            header, lead = self._header(path, wanted)
             with path.open("a", newline="", **_ENCODING) as handle:
                 handle.write(lead)
                 writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
                 for row in rows:
                     writer.writerow({k: "" if v is None else v for k, v in row.items()})
+                handle.flush()
+                self._written[path] = _Written(header, _identity(os.fstat(handle.fileno())))
+
+    def _header(self, path: Path, wanted: list[str]) -> tuple[list[str], str]:
+        """The header to write under, and what goes before our rows (a newline the last
+        row lacks). Called under the lock. The file is read only when it is not as this
+        writer left it: another session (or tool) may have written or widened it."""
+        known = self._written.get(path)
+        try:
+            now: _Identity | None = _identity(path.stat())
+        except FileNotFoundError:
+            now = None
+        if known is not None and now == known.identity:
+            existing: list[str] | None = known.header
+            lead = ""  # our own last row ended with its newline
+        else:
+            existing = _existing_header(path) if now is not None else None
+            lead = "" if existing is None or _ends_with_newline(path) else "\n"
+        if existing is None:
+            return wanted, _header_line(wanted)
+        missing = [column for column in wanted if column not in existing]
+        if missing:
+            _widen(path, existing + missing)
+            lead = ""  # the rewritten file's rows all end with their newline
+        return existing + missing, lead
+
+
+# (device, inode, size, mtime in ns): a file this writer left is still as it left it.
+_Identity = tuple[int, int, int, int]
+
+
+def _identity(facts: os.stat_result) -> _Identity:
+    return (facts.st_dev, facts.st_ino, facts.st_size, facts.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    header: list[str]
+    identity: _Identity
+
+
+def _header_line(header: list[str]) -> str:
+    """The header row as csv.writer writes it (a name with a comma quoted)."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerow(header)
+    return text.getvalue()
 
 
 def _seconds(value: float | None) -> str:

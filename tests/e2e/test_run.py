@@ -265,3 +265,24 @@ def test_n_auto_starts_one_worker_per_gpu(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--mad-tags", "one", "--mad-gpus", "3", "-n", "auto")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*3 workers*"])
+
+
+KEPT_REPORTS = """
+def pytest_terminal_summary(terminalreporter):
+    kept = [report for reports in terminalreporter.stats.values() for report in reports
+            if hasattr(report, "mad_record")]
+    terminalreporter.write_line(f"reports keeping a record: {len(kept)}")
+"""
+
+
+def test_the_controller_keeps_no_record_dict_on_a_report_once_it_is_written(
+    pytester: pytest.Pytester,
+) -> None:
+    unique_tree(pytester, [entry("dummy", args="7", scripts="scripts/dummy/value.sh")],
+                scripts(value=VALUE))  # fmt: skip
+    pytester.makeconftest(KEPT_REPORTS)
+    result = run(pytester, "--mad-tags", "dummy", "--junitxml", "r.xml")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dummy*SUCCESS*7*", "reports keeping a record: 0"])
+    assert [row["performance"] for row in read_perf(pytester.path / "perf.csv")] == ["7"]
+    assert junit_properties(pytester.path / "r.xml")["dummy"]["performance"] == "7"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from pytest_madengine.core.records import ModelFacts, ResultRow, Status, TestRecord
 from pytest_madengine.credentials import MASK, GitLogin, load_credentials
 from pytest_madengine.errors import MadError
-from pytest_madengine.masking import StreamMask, mask_text
+from pytest_madengine.masking import StreamMask, mask_all, mask_text
 
 # Our conformance tree's file: the shapes real MAD trees hold.
 CONFORMANCE_CREDENTIALS = Path(__file__).parents[1] / "mad_conformance" / "credential.json"
@@ -158,3 +160,24 @@ def test_no_secret_shows_in_a_repr_of_the_credentials_or_a_git_login(tmp_path: P
     assert credentials.entry("dockerhub")["password"] == secret
     assert secret not in repr(credentials)
     assert secret not in repr(GitLogin("someone", secret))
+
+
+def _record(reason: str, properties: dict[str, str]) -> TestRecord:
+    facts = ModelFacts("m", 1, args="--token s3cret")
+    rows = (ResultRow("m", Status.FAILURE),)
+    return TestRecord("m", Status.FAILURE, facts, reason, rows=rows, properties=properties)
+
+
+def test_mask_all_masks_a_secret_however_deep_and_copies_only_what_changed() -> None:
+    redact = functools.partial(mask_text, secrets=["s3cret"])
+    record = _record("exit code 1", {"node": "n1", "url": "https://u:s3cret@h"})
+    masked = mask_all(record, redact)
+    assert (
+        masked.facts.args == f"--token {MASK}" and masked.properties["url"] == f"https://u:{MASK}@h"
+    )
+    assert masked.rows is record.rows and masked.reason is record.reason  # nothing to mask there
+
+
+def test_mask_all_gives_a_record_without_secrets_back_as_it_is() -> None:
+    record = _record("exit code 1", {"node": "n1"})
+    assert mask_all(record, functools.partial(mask_text, secrets=["other"])) is record

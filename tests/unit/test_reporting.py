@@ -6,7 +6,10 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from pytest_madengine.core.records import ImageFacts, ModelFacts, ResultRow, Status, TestRecord
+from pytest_madengine.reporting import perf_csv
 from pytest_madengine.reporting.perf_csv import PERF_COLUMNS, PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import build_counts, results_table, summary_document
 
@@ -127,3 +130,42 @@ def test_summary_document_counts_statuses() -> None:
     assert document["counts"] == {"SUCCESS": 1, "FAILURE": 1, "SKIPPED": 1}
     assert document["images"] == {"built": 1, "reused": 1}
     assert len(document["results"]) == 3 and document["session_id"] == "sid"
+
+
+def test_a_writer_reads_the_header_again_after_another_session_widened_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "perf.csv"
+    ours, theirs = PerfCsv(path, grow=True), PerfCsv(path, grow=True)
+    ours.append([{"model": "a"}])
+    theirs.append([{"model": "b", "temperature": "40"}])  # widens: the file is rewritten
+    ours.append([{"model": "c"}])
+    header, *rows = list(csv.reader(path.open(newline="")))
+    assert header[-1] == "temperature"
+    assert all(len(row) == len(header) for row in rows)  # none short: "c" is under the new header
+    assert [row[header.index("model")] for row in rows] == ["a", "b", "c"]
+
+
+def test_a_writer_sees_a_row_another_tool_left_without_its_newline(tmp_path: Path) -> None:
+    path = tmp_path / "perf.csv"
+    ours = PerfCsv(path)
+    ours.append([{"model": "a"}])
+    with path.open("a") as handle:  # another tool's row, its newline missing
+        handle.write("other" + "," * (len(PERF_COLUMNS) - 1))
+    ours.append([{"model": "c"}])
+    assert [row["model"] for row in csv.DictReader(path.open(newline=""))] == ["a", "other", "c"]
+
+
+def test_a_writer_reads_the_header_once_while_only_it_writes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[Path] = []
+    read_header = perf_csv._existing_header
+    monkeypatch.setattr(perf_csv, "_existing_header", lambda p: reads.append(p) or read_header(p))
+    path = tmp_path / "perf.csv"
+    path.write_text(",".join(PERF_COLUMNS) + "\n")
+    ours = PerfCsv(path)
+    for model in ("a", "b", "c"):
+        ours.append([{"model": model}])
+    assert reads == [path]
+    assert [row["model"] for row in csv.DictReader(path.open(newline=""))] == ["a", "b", "c"]
