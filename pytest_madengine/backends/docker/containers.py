@@ -678,8 +678,13 @@ class _Deadlines(requests.adapters.BaseAdapter):
 def bounded(
     client: docker.DockerClient, connect_s: float = CLIENT_TIMEOUT_S
 ) -> docker.DockerClient:
-    """The client, every request of which has a deadline (see _Deadlines)."""
+    """The client, every request of which has a deadline (see _Deadlines), and none of
+    which reads the process's environment: requests looks for proxy variables in
+    os.environ at each request, and iterating it on a run's thread while pytest sets
+    PYTEST_CURRENT_TEST on the main thread raised KeyError (seen in CI). The engine is
+    reached directly, as our own-CA clients always did."""
     for prefix, transport in list(client.api.adapters.items()):
         if not isinstance(transport, _Deadlines):
             client.api.mount(prefix, _Deadlines(transport, connect_s))
+    client.api.trust_env = False
     return client
