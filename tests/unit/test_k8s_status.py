@@ -185,8 +185,13 @@ def test_a_job_deleted_by_someone_else_fails_the_run() -> None:
     )
 
 
-def deleting(body: dict[str, Any], at: str = "2026-01-01T00:00:02Z") -> dict[str, Any]:
-    body["metadata"].update(deletionTimestamp=at, deletionGracePeriodSeconds=30)
+def deleting(body: dict[str, Any], requested_s: int = 2) -> dict[str, Any]:
+    """As the API server marks a pod deleted `requested_s` past midnight with the default
+    grace: deletionTimestamp is when the grace runs out, not when it was asked for."""
+    body["metadata"].update(
+        deletionTimestamp=f"2026-01-01T00:00:{requested_s + 30:02d}Z",
+        deletionGracePeriodSeconds=30,
+    )
     return body
 
 
@@ -223,10 +228,10 @@ def test_a_pod_deleted_from_outside_says_so_not_only_its_exit_code() -> None:
 
 
 def test_a_pod_deleted_after_it_ended_keeps_its_own_outcome() -> None:
-    done = deleting(pod(phase="Succeeded", node="n1", state=TERMINATED), "2026-01-01T00:00:09Z")
+    done = deleting(pod(phase="Succeeded", node="n1", state=TERMINATED), requested_s=9)
     assert tracker().step(snap(done), 101.0).phase is Phase.DONE
     failed_first = {"terminated": {**SIGTERMED["terminated"], "exitCode": 1}}
-    late = deleting(pod(phase="Failed", node="n1", state=failed_first), "2026-01-01T00:00:09Z")
+    late = deleting(pod(phase="Failed", node="n1", state=failed_first), requested_s=9)
     assert tracker().step(snap(late), 101.0).phase is Phase.DONE
     # Of a multi-node Job, a rank that failed on its own is why: the Job's controller
     # deleted the other one.

@@ -60,7 +60,9 @@ class PodState:
     started_at: float | None = None  # the container's start and end (server clock)
     finished_at: float | None = None
     deleted: bool = False  # gone from the API
-    deleting_at: float | None = None  # metadata.deletionTimestamp: someone deleted it
+    # metadata.deletionTimestamp: when the API server will remove it (the request plus
+    # its grace period), set once someone deleted it.
+    deleting_at: float | None = None
     grace_s: int | None = None  # metadata.deletionGracePeriodSeconds
     disruption: str | None = None  # the DisruptionTarget condition: who ended it, if said
 
@@ -78,6 +80,14 @@ class PodState:
         return self.reason == "DeadlineExceeded"
 
     @property
+    def deletion_requested_at(self) -> float | None:
+        """When the deletion was asked for: deletionTimestamp is that moment plus the
+        grace period, which a container that ends on SIGTERM does not wait out."""
+        if self.deleting_at is None:
+            return None
+        return self.deleting_at - (self.grace_s or 0)
+
+    @property
     def killed_by_deletion(self) -> bool:
         """Whether a deletion ended its container (or kept it from ever running): it was
         deleted before the container finished. One that ended first ended on its own."""
@@ -85,9 +95,10 @@ class PodState:
             return False
         if self.phase == "Succeeded" or self.exit_code == 0:
             return False
-        if self.finished_at is None or self.deleting_at is None:
+        requested = self.deletion_requested_at
+        if self.finished_at is None or requested is None:
             return True
-        return self.deleting_at <= self.finished_at  # one clock: the API server's, whole seconds
+        return requested <= self.finished_at  # one clock: the API server's, whole seconds
 
 
 def pod_state(raw: Mapping[str, Any], deleted: bool = False) -> PodState:
@@ -149,7 +160,7 @@ def deleted_from_outside(pod: PodState, job: Mapping[str, Any] | None) -> str:
     if job_deleting is not None and pod.disruption is None:
         what, when = f"its Job (pod {pod.name})", job_deleting
     else:
-        what, when = f"pod {pod.name}", pod.deleting_at
+        what, when = f"pod {pod.name}", pod.deletion_requested_at
     detail = [] if when is None else [f"at {_utc(when)}"]
     if pod.grace_s is not None:
         detail.append(f"{pod.grace_s} s grace")
