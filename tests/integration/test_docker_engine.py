@@ -90,20 +90,26 @@ def test_failed_build_reports_tail_and_is_not_retried(docker_client, tmp_path, i
         builder(docker_client, tmp_path).ensure(spec)
 
 
+# Session names below are this run's own: a container left by a run that was killed
+# (its engine stopped under it) must not count against a later run's test.
+THIS_RUN = uuid.uuid4().hex[:8]
+
+
 def _spec(tmp_path: Path, command: tuple[str, ...], **kw) -> RunSpec:
-    session = kw.pop("session", uuid.uuid4().hex[:8])
+    session = kw.pop("session", "s")
     return RunSpec(
         image=BUSYBOX_BASE,
         command=command,
         workdir="/myworkspace/job",
         log_path=tmp_path / "logs" / "t.log",
-        labels={SESSION_LABEL: session},
+        labels={SESSION_LABEL: f"{session}-{THIS_RUN}"},
         **kw,
     )
 
 
 def _ours(client, session: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={session}"})
+    label = f"{SESSION_LABEL}={session}-{THIS_RUN}"
+    return client.containers.list(all=True, filters={"label": label})
 
 
 def test_run_streams_log_copies_scripts_and_reads_results(docker_client, tmp_path):
@@ -160,7 +166,10 @@ def test_remove_session_removes_leftovers(docker_client):
     session = f"s-{uuid.uuid4().hex[:8]}"
     docker_client.containers.create(BUSYBOX_BASE, ["sleep", "30"], labels={SESSION_LABEL: session})
     assert remove_session(docker_client, session) == 1
-    assert _ours(docker_client, session) == []
+    assert (
+        docker_client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={session}"})
+        == []
+    )
 
 
 def test_clean_cache_rebuilds_once_per_session(docker_client, tmp_path, context_dir, image_name):

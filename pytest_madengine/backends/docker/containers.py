@@ -73,6 +73,9 @@ PING_TIMEOUT_S = 5
 # How long the end of a session waits for finished containers to be removed.
 REAP_TIMEOUT_S = 60
 REAPER_THREADS = 4
+# A removal the engine refused is asked again this often, pausing 0.5, 1, 2 s between.
+REMOVE_TRIES = 4
+REMOVE_BACKOFF_S = 0.5
 # A kept container carries this label (with the session id) instead of the session and
 # controller labels, so that neither the session's sweep nor a later session's removal
 # of orphans takes it: it is the user's.
@@ -626,12 +629,21 @@ def _engine_error(exc: BaseException, spec: RunSpec, host: str) -> EngineError:
 
 
 def _remove(container: Any) -> None:
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except ENGINE_FAILURES:
-        pass  # the engine is gone; the session's sweep at the end tries again
+    """Removes it, killed first if it runs. An engine that answers with an error (its
+    file system still busy, a removal already under way) is asked again a few times;
+    one that cannot be reached or does not answer in time is left to the session's
+    sweep at the end (asking again would hold a frozen engine's caller for minutes)."""
+    for attempt in range(REMOVE_TRIES):
+        try:
+            container.remove(force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            if attempt + 1 < REMOVE_TRIES:
+                time.sleep(REMOVE_BACKOFF_S * 2**attempt)
+        except ENGINE_FAILURES:
+            return
 
 
 def remove_orphans(client: docker.DockerClient) -> int:
