@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from pytest_madengine.core.records import Comparison
 from pytest_madengine.core.results import ResultError, success_rows
-from pytest_madengine.core.verdicts import HistoryPoint, judge_history
+from pytest_madengine.core.verdicts import HistoryPoint, ResultKey, judge_history
 from pytest_madengine.errors import MadError, UsageProblem
 
 OPTION = "--mad-compare"
@@ -38,24 +38,13 @@ NOT_COMPARED = "not compared"
 _LAST = re.compile(r"history:(?P<count>.*)", re.DOTALL)
 
 
-@dataclass(frozen=True)
-class ComparisonKey:
-    """What makes two results comparable (the history's ResultKey has the same fields)."""
-
-    model: str  # perf.csv's model: `<model>` or `<model>_<row model>`
-    args: str
-    docker_file: str
-    gpu_architecture: str
-    metric: str
-
-
 class ComparisonSource(Protocol):
     """Earlier comparable results, oldest first; never those of `current_session`."""
 
     @property
     def label(self) -> str: ...  # what the verdict line names as its history
 
-    def points(self, key: ComparisonKey, current_session: str) -> list[HistoryPoint]: ...
+    def points(self, key: ResultKey, current_session: str) -> list[HistoryPoint]: ...
 
 
 # ---- a perf.csv ----
@@ -82,8 +71,8 @@ def _point(row: Mapping[str, str]) -> HistoryPoint | None:
     return HistoryPoint(median, _samples(row.get("samples", "")))
 
 
-def _key_of(row: Mapping[str, str]) -> ComparisonKey:
-    return ComparisonKey(
+def _key_of(row: Mapping[str, str]) -> ResultKey:
+    return ResultKey(
         row["model"], row.get("args", ""), row.get("docker_file", ""),
         row.get("gpu_architecture", ""), row.get("metric", ""),
     )  # fmt: skip
@@ -95,14 +84,14 @@ class PerfCsvSource:
 
     path: Path
     upto: int | None  # the bytes read: the file as it was when the session started
-    by_key: Mapping[ComparisonKey, tuple[HistoryPoint, ...]] = field(repr=False)
+    by_key: Mapping[ResultKey, tuple[HistoryPoint, ...]] = field(repr=False)
     name: str = ""  # as the user gave it (the path when empty)
 
     @property
     def label(self) -> str:
         return self.name or str(self.path)
 
-    def points(self, key: ComparisonKey, current_session: str) -> list[HistoryPoint]:
+    def points(self, key: ResultKey, current_session: str) -> list[HistoryPoint]:
         return list(self.by_key.get(key, ()))
 
 
@@ -116,7 +105,7 @@ def load_perf_csv_source(
         upto = path.stat().st_size  # rows appended from now on are this session's
     if upto == 0 or (written_here and upto is None and not path.exists()):
         return PerfCsvSource(path, 0, {})
-    found: dict[ComparisonKey, list[HistoryPoint]] = {}
+    found: dict[ResultKey, list[HistoryPoint]] = {}
     for row in success_rows(path, OPTION, upto):
         point = _point(row)
         if point is not None:
@@ -132,8 +121,7 @@ class HistorySource:
     """The last `last` earlier sessions of the results history (all: None), or the
     repetitions of one session of it."""
 
-    history: Any = field(repr=False)  # core.history.History
-    result_key: Any = field(repr=False)  # core.history.ResultKey
+    history: Any = field(repr=False)  # core.history.History, imported only when used
     last: int | None = None
     session: str | None = None
 
@@ -143,13 +131,12 @@ class HistorySource:
             return f"session {self.session}"
         return HISTORY_WORD if self.last is None else f"{HISTORY_WORD}:{self.last}"
 
-    def points(self, key: ComparisonKey, current_session: str) -> list[HistoryPoint]:
-        result_key = self.result_key(**dataclasses.asdict(key))
+    def points(self, key: ResultKey, current_session: str) -> list[HistoryPoint]:
         try:
             if self.session is None:
-                return list(self.history.points(result_key, limit=self.last,
+                return list(self.history.points(key, limit=self.last,
                                                 exclude_session=current_session))  # fmt: skip
-            found = self.history.session_points(result_key, self.session)
+            found = self.history.session_points(key, self.session)
         except Exception as exc:  # a database that went away: the verdict says so
             raise MadError(f"the results history failed: {type(exc).__name__}: {exc}") from None
         # One session's repetitions are its points; a history's sessions are (each with
@@ -158,12 +145,12 @@ class HistorySource:
                 for value in (point.samples or (point.median,))]  # fmt: skip
 
 
-def _open_history(url: str) -> tuple[Any, Any]:
+def _open_history(url: str) -> Any:
     # Imported only when a history is compared with: SQLAlchemy's import costs start-up.
-    from pytest_madengine.core.history import History, ResultKey
+    from pytest_madengine.core.history import History
 
     try:
-        return History(url), ResultKey
+        return History(url)
     except Exception as exc:  # SQLAlchemy's errors, a bad URL: a usage error now
         first = str(exc).partition("\n")[0]
         raise UsageProblem(
@@ -181,18 +168,17 @@ def _history_source(text: str, history_url: str | None) -> HistorySource:
                 f"{OPTION} {text}: N in history:N must be a whole number from 1, got {count!r}"
             )
         last = int(count)
-    history, result_key = _open_history(_needs(history_url, text))
-    return HistorySource(history, result_key, last=last)
+    return HistorySource(_open_history(_needs(history_url, text)), last=last)
 
 
 def _session_source(text: str, history_url: str) -> HistorySource:
-    history, result_key = _open_history(history_url)
+    history = _open_history(history_url)
     if text not in history.sessions():
         raise UsageProblem(
             f"{OPTION} {text}: neither a file nor a session of the results history"
             " (give history, history:N, a session id or a perf.csv)"
         )
-    return HistorySource(history, result_key, session=text)
+    return HistorySource(history, session=text)
 
 
 def _names_file(text: str, path: Path) -> bool:
@@ -236,7 +222,7 @@ def _needs(history_url: str | None, text: str) -> str:
 
 def compare(
     source: ComparisonSource,
-    key: ComparisonKey,
+    key: ResultKey,
     samples: Sequence[float],
     *,
     tolerance: float,

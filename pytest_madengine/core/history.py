@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 
 from pytest_madengine.core.history_url import default_history_url
 from pytest_madengine.core.records import Status, TestRecord
-from pytest_madengine.core.verdicts import HistoryPoint
+from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 from pytest_madengine.errors import MadError
 from pytest_madengine.masking import mask_text
 
@@ -44,18 +44,6 @@ T = TypeVar("T")
 
 class HistoryError(MadError):
     """The history cannot be opened, read or written; one line, no password in it."""
-
-
-@dataclass(frozen=True)
-class ResultKey:
-    """What makes two results comparable: the same model, args, Dockerfile, GPU
-    architecture and metric (a multiple_results row's model is `<model>_<row model>`)."""
-
-    model: str
-    args: str
-    docker_file: str
-    gpu_architecture: str
-    metric: str
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pytest_madengine.backends import (
     RunSpec,
 )
 from pytest_madengine.contract import ImageFacts, base_docker_of
-from pytest_madengine.core.compare import ComparisonKey, compare
+from pytest_madengine.core.compare import compare
 from pytest_madengine.core.options import Options
 from pytest_madengine.core.planning import PlannedTest
 from pytest_madengine.core.records import (
@@ -57,6 +57,7 @@ from pytest_madengine.core.results import (
     parse_multiple_results,
 )
 from pytest_madengine.core.runspec import build_model_run
+from pytest_madengine.core.verdicts import ResultKey
 from pytest_madengine.credentials import registry_of
 from pytest_madengine.data import (
     DataMissing,
@@ -576,7 +577,7 @@ class TestRunner:
         source = self.options.compare
         if source is None or measurement.performance is None:
             return None
-        key = ComparisonKey(perf_model, facts.args, facts.docker_file, facts.gpu_architecture,
+        key = ResultKey(perf_model, facts.args, facts.docker_file, facts.gpu_architecture,
                             measurement.metric)  # fmt: skip
         expectation = test.model.expectation
         return compare(

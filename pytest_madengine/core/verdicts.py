@@ -58,6 +58,19 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class ResultKey:
+    """What makes two results comparable: the same model, args, Dockerfile, GPU
+    architecture and metric (a multiple_results row's model is `<model>_<row model>`).
+    The results history files results under it and --mad-compare looks them up by it."""
+
+    model: str
+    args: str
+    docker_file: str
+    gpu_architecture: str
+    metric: str
+
+
+@dataclass(frozen=True)
 class HistoryPoint:
     """One earlier comparable session's result: its median, and its samples where known."""
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pytest_madengine.core.history import History, HistoryResult, ResultKey, SessionStamp
+from pytest_madengine.core.history import History, HistoryResult, SessionStamp
+from pytest_madengine.core.verdicts import ResultKey
 from pytest_madengine.errors import (
     MAX_LINE_BYTES,
     MAX_TABLE_BYTES,

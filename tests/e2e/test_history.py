@@ -63,7 +63,7 @@ def test_each_session_appends_and_the_next_sees_the_first(pytester: pytest.Pytes
 
 
 def _key_of(row: dict[str, Any]) -> Any:
-    from pytest_madengine.core.history import ResultKey
+    from pytest_madengine.core.verdicts import ResultKey
 
     return ResultKey(row["model"], row["args"], row["docker_file"], row["gpu_architecture"],
                      row["metric"])  # fmt: skip

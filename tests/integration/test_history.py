@@ -14,10 +14,9 @@ from pytest_madengine.core.history import (
     History,
     HistoryError,
     HistoryResult,
-    ResultKey,
     SessionStamp,
 )
-from pytest_madengine.core.verdicts import HistoryPoint
+from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 
 KEY = ResultKey("dummy", "--bs 8", "docker/dummy.ubuntu.amd.Dockerfile", "gfx942", "fps")
 OTHER = ResultKey("dummy", "--bs 16", "docker/dummy.ubuntu.amd.Dockerfile", "gfx942", "fps")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.history import History, ResultKey
-from pytest_madengine.core.verdicts import HistoryPoint
+from pytest_madengine.core.history import History
+from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 from pytest_madengine.reporting.history_import import perf_csv_sessions
 
 COLUMNS = ["model", "args", "docker_file", "git_commit", "machine_name", "gpu_architecture",

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.core.compare import (
-    ComparisonKey,
     HistorySource,
     PerfCsvSource,
     compare,
@@ -21,12 +20,12 @@ from pytest_madengine.core.compare import (
     parse_compare,
 )
 from pytest_madengine.core.records import Comparison, ModelFacts, ResultRow, Status, TestRecord
-from pytest_madengine.core.verdicts import HistoryPoint
+from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 from pytest_madengine.errors import UsageProblem
 from pytest_madengine.reporting.charts import sparkline_svg
 from pytest_madengine.reporting.summary import sparkline
 
-KEY = ComparisonKey("noisy", "--batch 8", "docker/dummy", "gfx942", "fps")
+KEY = ResultKey("noisy", "--batch 8", "docker/dummy", "gfx942", "fps")
 COLUMNS = ["model", "args", "docker_file", "gpu_architecture", "metric", "performance", "status"]
 STEADY = [99.0, 101.0, 100.5, 99.5, 100.0, 98.8, 101.2, 100.2, 99.8, 100.1]
 
@@ -59,7 +58,7 @@ def test_each_success_row_of_the_same_result_is_one_point_oldest_first(tmp_path:
     source = load_perf_csv_source(path)
     assert source.points(KEY, "now") == [HistoryPoint(100.0), HistoryPoint(101.0),
                                          HistoryPoint(102.0)]  # fmt: skip
-    assert source.points(ComparisonKey("absent", "", "", "", ""), "now") == []
+    assert source.points(ResultKey("absent", "", "", "", ""), "now") == []
 
 
 def test_perf_super_csv_samples_come_with_their_point(tmp_path: Path) -> None:
@@ -131,15 +130,6 @@ def test_a_session_the_history_does_not_hold_is_a_usage_error(
 # ---- the history source, against a stand-in of core/history.py ----
 
 
-@dataclass(frozen=True)
-class ResultKey:
-    model: str
-    args: str
-    docker_file: str
-    gpu_architecture: str
-    metric: str
-
-
 @dataclass
 class StandIn:
     """core/history.py's History: what it was asked, and what it answers."""
@@ -169,7 +159,6 @@ def stand_in_history(monkeypatch: pytest.MonkeyPatch) -> StandIn:
     history.by_session["reps"] = [HistoryPoint(100.0, (99.0, 100.0, 101.0, 100.5, 99.5))]
     module = types.ModuleType("pytest_madengine.core.history")
     module.History = history  # type: ignore[attr-defined]
-    module.ResultKey = ResultKey  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pytest_madengine.core.history", module)
     return history
 
@@ -200,7 +189,7 @@ def test_a_history_that_fails_midway_is_not_compared_and_fails_nothing(
     def broken(*args, **kwargs):
         raise OSError("database is locked")
 
-    source = HistorySource(types.SimpleNamespace(points=broken), ResultKey)
+    source = HistorySource(types.SimpleNamespace(points=broken))
     judged = compare(source, KEY, [100.0], tolerance=0.05, higher_is_better=True,
                      current_session="now")  # fmt: skip
     assert judged.outcome == "not compared" and not judged.fails
