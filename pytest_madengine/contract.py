@@ -10,6 +10,7 @@ re-exports every name here: a third-party backend may import either.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -214,6 +215,14 @@ def base_docker_of(dockerfile: Path, build_args: Mapping[str, str]) -> str:
     """BASE_DOCKER from the build args, else the Dockerfile's own default."""
     if "BASE_DOCKER" in build_args:
         return build_args["BASE_DOCKER"]
+    facts = dockerfile.stat()
+    return _default_base(dockerfile, facts.st_mtime_ns, facts.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _default_base(dockerfile: Path, mtime_ns: int, size: int) -> str:
+    """The Dockerfile's ARG BASE_DOCKER default, read once per version of the file (a
+    fleet's thousands of tests share a few Dockerfiles)."""
     found = _ARG_BASE.search(dockerfile.read_text(encoding="utf-8", errors="replace"))
     return found.group(1) if found else ""
 

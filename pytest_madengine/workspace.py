@@ -201,9 +201,26 @@ def _files_below(host: Path, container: str, tree: Path) -> Iterator[str]:
             yield posixpath.normpath(posixpath.join(relative, entry.relative))
 
 
-def render(run: ModelRun) -> RunSpec:
+class CopyListings:
+    """What each copy puts in the workspace, listed once per session: a fleet's thousands
+    of tests share a few script folders, and walking one per test cost more than placing
+    the test did (issue #23). Threads may list the same folder at once; both get the same."""
+
+    def __init__(self) -> None:
+        self._listed: dict[tuple[Path, str, Path], tuple[str, ...]] = {}
+
+    def files_below(self, host: Path, container: str, tree: Path) -> tuple[str, ...]:
+        key = (host, container, tree)
+        found = self._listed.get(key)
+        if found is None:
+            found = self._listed[key] = tuple(_files_below(host, container, tree))
+        return found
+
+
+def render(run: ModelRun, listings: CopyListings | None = None) -> RunSpec:
     """The backend's spec of a run: the runner and what it needs copied in, the files
-    read back, and what of the workspace comes back to the host."""
+    read back, and what of the workspace comes back to the host. `listings`: the
+    session's listings of the copied folders (None: each is walked now)."""
     copies: dict[str, Path] = {}  # container path -> host path; later wins
     root = run.tree_root
     common = root / COMMON_SCRIPTS
@@ -222,8 +239,9 @@ def render(run: ModelRun) -> RunSpec:
         copies[posixpath.join(WORKSPACE, SSH_KEY_FILE)] = run.ssh_key
         env["MAD_GIT_SSH_KEY"] = posixpath.join(WORKSPACE, SSH_KEY_FILE)
     skip = {f"{STATE_DIR}/"}
+    listed = listings.files_below if listings is not None else _files_below
     for container, host in copies.items():
-        skip.update(_files_below(host, container, root))
+        skip.update(listed(host, container, root))
     if not run.keep_model_dir:
         skip.add(f"{run.model_dir}/")
     state_files = tuple(posixpath.join(WORKSPACE, name) for name in (FAILED_FILE, GIT_COMMIT_FILE))

@@ -77,6 +77,7 @@ from pytest_madengine.workspace import (
     REPETITION_MARKER,
     WARMUP_MARKER,
     WORKSPACE,
+    CopyListings,
     ModelRun,
     memory_kill_reason,
     read_result,
@@ -234,6 +235,7 @@ class TestRunner:
         self._running: set[RunHandle] = set()
         self._running_lock = threading.Lock()
         self._stopped = False
+        self._copy_listings = CopyListings()  # the script folders, walked once each
         # Images this process has made ready on a host (image_key): a container made
         # ahead never waits for a build, a pull or a copy while another test runs.
         self._images_ready: set[tuple[object, ...]] = set()
@@ -393,7 +395,7 @@ class TestRunner:
             data=data, controller=self.controller, log_notes=notes,
         )  # fmt: skip
         run = self.options.tools.apply(run, self.options.effective_context.get("tools") or [])
-        spec = render(run)
+        spec = render(run, self._copy_listings)
         if self.spec_hook is not None:
             spec = self.spec_hook(spec, test)
         return run, spec

@@ -469,6 +469,7 @@ class Session:
                     self.backend.sweep(self.session_id)
             finally:
                 self.backend.close()
+                self.pool.close()  # a release after this opens its files again
 
 
 def _given(record: TestRecord, on_output: OutputSink | None) -> TestRecord:

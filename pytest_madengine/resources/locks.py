@@ -16,21 +16,21 @@ from types import TracebackType
 
 
 class SharedLock:
-    def __init__(self, path: str) -> None:
+    """With `keep_open`, the lock file stays open between uses (a lock taken per test
+    costs no open) until `close`; else each use opens and closes it."""
+
+    def __init__(self, path: str, keep_open: bool = False) -> None:
         self._path = path
+        self._keep_open = keep_open
         self._threads = threading.Lock()
         self._fd: int | None = None
 
     def __enter__(self) -> SharedLock:
         self._threads.acquire()
         try:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # blocks; a signal's exception ends the wait
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # blocks; a signal's exception ends the wait
         except BaseException:
             self._threads.release()
             raise
@@ -42,9 +42,18 @@ class SharedLock:
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        fd, self._fd = self._fd, None
         try:
-            if fd is not None:
-                os.close(fd)  # closing the only descriptor ends the flock
+            if self._keep_open and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            else:
+                fd, self._fd = self._fd, None
+                if fd is not None:
+                    os.close(fd)  # closing the only descriptor ends the flock
         finally:
             self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)

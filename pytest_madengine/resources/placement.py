@@ -1,19 +1,17 @@
 """Placing tests on hosts and GPUs so that no two running tests share a GPU.
 
-The pool's state (GPU leases, running tests per host, hosts found down) lives in a
-JSON file under a file lock in a directory that every xdist worker of the session
-shares, so placement holds across processes. Each lease records the holder's pid:
-the leases of a worker that died are taken back by the next caller. A `scheduled`
+The pool's state (GPU leases, running tests per host, hosts found down) is a journal
+under a file lock (resources/leases.py) in a directory that every xdist worker of the
+session shares, so placement holds across processes. Each lease records the holder's
+pid: the leases of a worker that died are taken back by the next caller. A `scheduled`
 host (a SLURM partition) is only checked for fit: its scheduler hands out the GPUs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pytest_madengine.errors import MadError, NoHost, Stopped, Unplaceable
 from pytest_madengine.resources.gpus import Gpu
 from pytest_madengine.resources.health import HostHealth
 from pytest_madengine.resources.hosts import Host
+from pytest_madengine.resources.leases import LeaseBook
 from pytest_madengine.resources.locks import SharedLock
 
 POLL_S = 0.05
@@ -48,16 +47,6 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class _Written:
-    """The state as this process last wrote it, and each lease's JSON text."""
-
-    head: bytes
-    running: dict[str, Any]
-    down: dict[str, str]
-    fragments: dict[str, tuple[dict[str, Any], str]]
-
-
-@dataclass(frozen=True)
 class _Waiter:
     """A thread of this process waiting for GPUs: which hosts could serve it, and the
     event that wakes it."""
@@ -68,18 +57,6 @@ class _Waiter:
 
 def _free(placement: Placement, held: Collection[tuple[str, int]]) -> bool:
     return all((placement.host.name, gpu.index) not in held for gpu in placement.gpus)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
 
 
 class HostPool:
@@ -102,8 +79,10 @@ class HostPool:
         self._turn = 0  # round-robin: where this process looks for a host first
         self._position = {host.name: index for index, host in enumerate(self.hosts)}
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._path = state_dir / "placement.json"
-        self._lock = SharedLock(str(state_dir / "placement.lock"))
+        self._book = LeaseBook(
+            state_dir / "placement.journal",
+            SharedLock(str(state_dir / "placement.lock"), keep_open=True),
+        )
         # Threads of this process waiting for GPUs: a release here wakes at once those
         # the freed host could serve; other processes' releases are seen by polling.
         self._waiters_lock = threading.Lock()
@@ -111,71 +90,19 @@ class HostPool:
         self._at_limit = False  # the last try found this process at its bound
         self._stopped = False
         self._most: int | None = None
-        self._written: _Written | None = None  # what this process wrote last
         if down:
-            with self._lock:
-                state = self._read()
-                state["down"].update(down)
-                self._write(state)
-
-    def _read(self) -> dict[str, Any]:
-        """The state (a copy the caller may change), leases of dead holders left out.
-        When the file is still the one this process wrote last, it is not parsed again:
-        its first bytes carry the token of that write."""
-        cached = self._written
-        if cached is not None and self._head(len(cached.head)) == cached.head:
-            running = dict(cached.running)
-            down = dict(cached.down)
-        else:
-            try:
-                state = json.loads(self._path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                state = {}
-            running, down = dict(state.get("running", {})), dict(state.get("down", {}))
-        # Each holder's pid is asked once, not once a lease (a process holds hundreds).
-        pids = {int(entry.get("pid", 0)) for entry in running.values()}
-        dead = {pid for pid in pids if pid != os.getpid() and not _alive(pid)}
-        if dead:
-            running = {holder: entry for holder, entry in running.items()
-                       if int(entry.get("pid", 0)) not in dead}  # fmt: skip
-        return {"running": running, "down": down}
-
-    def _head(self, size: int) -> bytes:
-        try:
-            with self._path.open("rb") as handle:
-                return handle.read(size)
-        except OSError:
-            return b""
-
-    def _write(self, state: dict[str, Any]) -> None:
-        """Writes the state as JSON; each lease's text is made once, not at every write
-        (a write per placement and release, with up to a lease per GPU of the fleet)."""
-        head = f'{{"written": "{uuid.uuid4().hex}", '
-        previous = self._written.fragments if self._written is not None else {}
-        fragments = {}
-        for holder, entry in state["running"].items():
-            known = previous.get(holder)
-            fragments[holder] = known if known is not None and known[0] is entry else (
-                entry, f"{json.dumps(holder)}: {json.dumps(entry)}"
-            )  # fmt: skip
-        leases = ", ".join(text for _, text in fragments.values())
-        text = f'{head}"down": {json.dumps(state["down"])}, "running": {{{leases}}}}}'
-        self._written = None  # a write that fails leaves nothing trusted
-        self._path.write_text(text, encoding="utf-8")
-        self._written = _Written(
-            head.encode(), dict(state["running"]), dict(state["down"]), fragments
-        )
+            with self._book as book:
+                for name, why in down.items():
+                    book.mark_down(name, why)
 
     def down(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._read()["down"])
+        with self._book as book:
+            return dict(book.down)
 
     def mark_down(self, host: str, reason: str) -> None:
         """No further test is placed on the host; its leases end with their tests."""
-        with self._lock:
-            state = self._read()
-            state["down"][host] = reason
-            self._write(state)
+        with self._book as book:
+            book.mark_down(host, reason)
 
     def _wanted(self, host: Host, n_gpus: int) -> int:
         return host.gpus.count if n_gpus < 0 else n_gpus
@@ -226,34 +153,31 @@ class HostPool:
         GPUs in `avoid` (host, index) are left to whoever of this process expects them;
         `affinity`: the test's `host_affinity` labels (the affinity strategy)."""
         self._check_affinity(holder, affinity)
-        with self._lock:
-            state = self._read()
-            candidates = self._usable(self._candidates(n_gpus, fits, state["down"]))
-            running = state["running"]
+        with self._book as book:
+            candidates = self._usable(self._candidates(n_gpus, fits, book.down))
             if self._most is not None:
-                mine = sum(entry.get("pid") == os.getpid() for entry in running.values())
-                self._at_limit = mine >= self._most
+                self._at_limit = self._mine(book) >= self._most
                 if self._at_limit:
                     return None
-            held = {(entry["host"], index) for entry in running.values() for index in entry["gpus"]}
             if (
                 prefer is not None
-                and _free(prefer, held)
+                and _free(prefer, book.held)
                 and prefer.host in candidates
                 and self._matches_best(prefer.host, candidates, affinity)
             ):
                 chosen: tuple[Host, tuple[Gpu, ...]] | None = (prefer.host, prefer.gpus)
             else:
-                left_out = held | set(avoid)
-                chosen = self._choose(candidates, n_gpus, running, left_out, affinity)
+                chosen = self._choose(candidates, n_gpus, book, avoid, affinity)
             if chosen is None:
                 return None
             host, gpus = chosen
-            running[holder] = {
-                "host": host.name, "gpus": [gpu.index for gpu in gpus], "pid": os.getpid()
-            }  # fmt: skip
-            self._write(state)
+            book.take(holder, host.name, tuple(gpu.index for gpu in gpus))
         return Placement(host, gpus, holder)
+
+    def _mine(self, book: LeaseBook) -> int:
+        """How many leases this process holds."""
+        pid = os.getpid()
+        return sum(lease.pid == pid for lease in book.leases.values())
 
     def _usable(self, candidates: list[Host]) -> list[Host]:
         """The candidates the heartbeat last found answering."""
@@ -288,8 +212,8 @@ class HostPool:
 
     def busy_hosts(self) -> set[str]:
         """The hosts where tests of the session (any process) hold GPUs now."""
-        with self._lock:
-            return {entry["host"] for entry in self._read()["running"].values()}
+        with self._book as book:
+            return {host for host, leases in book.load.items() if leases}
 
     def _rank(self, host: Host, busy: float, affinity: Collection[str]) -> tuple[Any, ...]:
         """The strategy's sort key of a host (the lowest is taken)."""
@@ -309,8 +233,8 @@ class HostPool:
         self,
         candidates: Sequence[Host],
         n_gpus: int,
-        running: dict[str, Any],
-        left_out: Collection[tuple[str, int]],
+        book: LeaseBook,
+        avoid: Collection[tuple[str, int]] = (),
         affinity: Collection[str] = (),
     ) -> tuple[Host, tuple[Gpu, ...]] | None:
         """The candidate the strategy ranks first among those with enough GPUs not left
@@ -320,22 +244,45 @@ class HostPool:
         stay free for larger tests), then the least loaded; latency: the shortest round
         trip the heartbeat measured, then the least loaded; affinity: the most of the
         test's `host_affinity` labels, then the least loaded."""
-        load = {host.name: 0 for host in self.hosts}
-        for entry in running.values():
-            load[entry["host"]] = load.get(entry["host"], 0) + 1
+        held, avoided = book.held, {name for name, _ in avoid}
         options = []
         for host in candidates:
-            free = [gpu for gpu in host.gpus.gpus
-                    if host.scheduled or (host.name, gpu.index) not in left_out]  # fmt: skip
             wanted = min(self._wanted(host, n_gpus), host.gpus.count)
-            if len(free) >= wanted:
-                busy = load[host.name] / max(host.gpus.count, 1)
-                options.append((self._rank(host, busy, affinity), host, tuple(free[:wanted])))
+            if wanted and not host.scheduled:
+                # The GPUs themselves are looked at only where some are to be avoided.
+                if host.name in avoided:
+                    if self._free_gpus(host, held, avoid, wanted) is None:
+                        continue
+                elif host.gpus.count - book.gpus_held.get(host.name, 0) < wanted:
+                    continue
+            busy = book.load.get(host.name, 0) / max(host.gpus.count, 1)
+            options.append((self._rank(host, busy, affinity), host))
         if not options:
             return None
-        _, host, gpus = min(options, key=lambda option: option[0])
+        _, host = min(options, key=lambda option: option[0])
         self._turn = self._position[host.name] + 1
-        return host, gpus
+        wanted = min(self._wanted(host, n_gpus), host.gpus.count)
+        if host.scheduled:
+            return host, tuple(host.gpus.gpus[:wanted])
+        return host, self._free_gpus(host, held, avoid, wanted) or ()
+
+    @staticmethod
+    def _free_gpus(
+        host: Host,
+        held: Collection[tuple[str, int]],
+        avoid: Collection[tuple[str, int]],
+        wanted: int,
+    ) -> tuple[Gpu, ...] | None:
+        """The host's first `wanted` GPUs neither held nor avoided; None: not so many."""
+        if wanted <= 0:
+            return ()
+        free = []
+        for gpu in host.gpus.gpus:
+            if (host.name, gpu.index) not in held and (host.name, gpu.index) not in avoid:
+                free.append(gpu)
+                if len(free) == wanted:
+                    return tuple(free)
+        return None
 
     def acquire(
         self,
@@ -415,11 +362,9 @@ class HostPool:
 
     def release(self, placement: Placement) -> None:
         """Gives the placement's GPUs back (again: nothing more happens)."""
-        with self._lock:
-            state = self._read()
-            if state["running"].pop(placement.holder, None) is None:
+        with self._book as book:
+            if not book.give_back(placement.holder):
                 return
-            self._write(state)
         self.wake(placement.host)
 
     def waiting(self) -> int:
@@ -443,3 +388,7 @@ class HostPool:
         """Whoever waits for GPUs in this process gives up (Stopped), now and later."""
         self._stopped = True
         self.wake()
+
+    def close(self) -> None:
+        """Closes the journal and its lock file (the pool places nothing more)."""
+        self._book.close()

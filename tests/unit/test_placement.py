@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from pytest_madengine.core.options import RawOptions, parse_options
 from pytest_madengine.errors import MadError, Unplaceable, UsageProblem
-from pytest_madengine.resources import placement
+from pytest_madengine.resources import leases
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
 from pytest_madengine.resources.health import HostHealth, Ping
 from pytest_madengine.resources.hosts import Host
@@ -79,10 +80,13 @@ def test_a_host_marked_down_gets_no_more_tests(tmp_path: Path) -> None:
 
 
 def test_leases_of_a_dead_holder_are_taken_back(tmp_path: Path) -> None:
-    finished = subprocess.Popen(["true"])
-    finished.wait()  # its pid now names no process: a worker that crashed
-    state = {"running": {"crashed": {"host": "a", "gpus": [0], "pid": finished.pid}}, "down": {}}
-    (tmp_path / "placement.json").write_text(json.dumps(state))
+    """A worker that took a GPU and crashed: its pid names no process any more."""
+    crashed = (
+        "import sys; from pathlib import Path; from test_placement import HostPool, host;"
+        " HostPool([host('a', 1)], Path(sys.argv[1])).acquire(1, 'crashed')"
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(tmp_path)], check=True,
+                   cwd=Path(__file__).parent)  # fmt: skip
     assert where(HostPool([host("a", 1)], tmp_path).try_acquire(1, "t")) == ("a", [0])
 
 
@@ -131,45 +135,73 @@ def test_a_waiter_asks_again_what_to_avoid_when_woken(tmp_path: Path) -> None:
     assert [where(placement) for placement in got] == [("a", [0])]
 
 
-def test_the_state_a_pool_wrote_itself_is_not_parsed_again(
+def test_a_pool_reads_only_what_others_wrote_since_it_last_looked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A placement and a release each read the state: with a lease per GPU of a fleet,
-    parsing it every time cost more than the tests did (issue #23)."""
+    """A placement and a release each bring the state up to date: with a lease per GPU
+    of a fleet, reading it whole every time cost more than the tests did (issue #23).
+    Each change is one line of the journal; a pool parses only other pools' new lines."""
     pool = HostPool([host("a", 8)], tmp_path)
     held = [pool.acquire(1, f"t{n}") for n in range(3)]
     parsed: list[str] = []
     real_loads = json.loads
 
-    def loads(text: str) -> object:
-        parsed.append(text)
+    def loads(text: str | bytes) -> object:
+        parsed.append(text if isinstance(text, str) else text.decode())
         return real_loads(text)
 
-    monkeypatch.setattr(placement.json, "loads", loads)
+    monkeypatch.setattr(leases.json, "loads", loads)
     pool.release(held[0])
     assert where(pool.try_acquire(1, "t3")) == ("a", [0])
     assert parsed == []
     # Another process (a pool of its own) wrote since: its lease is read, and kept to.
     assert where(HostPool([host("a", 8)], tmp_path).acquire(4, "other")) == ("a", [3, 4, 5, 6])
+    parsed.clear()
     assert where(pool.try_acquire(1, "t4")) == ("a", [7])
-    assert len(parsed) == 2  # once by the other pool, once by this one
-    assert json.loads((tmp_path / "placement.json").read_text())["running"].keys() == {
-        "t1", "t2", "t3", "other", "t4"
-    }  # fmt: skip
+    assert [real_loads(line)["take"] for line in parsed] == ["other"]
+
+
+def test_the_journal_is_rewritten_once_it_outgrows_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leases, "COMPACT_SLACK", 10)
+    pool = HostPool([host("a", 2)], tmp_path, down={"b": "connection refused"})
+    kept = pool.acquire(1, "kept")
+    for n in range(40):
+        pool.release(pool.acquire(1, f"t{n}"))
+    lines = (tmp_path / "placement.journal").read_bytes().splitlines()
+    assert len(lines) <= 2 + 10 + 1  # a snapshot, then at most the slack
+    # A pool that reads it afresh finds the same state: one GPU held, b down.
+    fresh = HostPool([host("a", 2)], tmp_path)
+    assert fresh.down() == {"b": "connection refused"}
+    assert where(fresh.try_acquire(1, "t")) == ("a", [1]) and kept.gpus[0].index == 0
+    assert pool.try_acquire(1, "late") is None  # the first pool sees fresh's lease too
+
+
+def test_a_line_cut_short_by_a_crash_is_passed_over(tmp_path: Path) -> None:
+    pool = HostPool([host("a", 2)], tmp_path)
+    pool.acquire(1, "t1")
+    with (tmp_path / "placement.journal").open("ab") as journal:
+        journal.write(b'{"take":"half-writ')  # a writer killed mid-line
+    assert where(HostPool([host("a", 2)], tmp_path).try_acquire(1, "t2")) == ("a", [1])
+    assert pool.try_acquire(1, "t3") is None and pool.down() == {}
 
 
 def test_each_holder_is_asked_once_whether_it_lives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    leases = {f"crashed-{n}": {"host": "a", "gpus": [n], "pid": finished.pid} for n in range(4)}
-    (tmp_path / "placement.json").write_text(json.dumps({"running": leases, "down": {}}))
+    crashed = (
+        "import sys; from pathlib import Path; from test_placement import HostPool, host;"
+        " pool = HostPool([host('a', 4)], Path(sys.argv[1]));"
+        " [pool.acquire(1, f'crashed-{n}') for n in range(4)]"
+    )
+    child = subprocess.run([sys.executable, "-c", crashed, str(tmp_path)], check=True,
+                           cwd=Path(__file__).parent)  # fmt: skip
     asked: list[int] = []
-    monkeypatch.setattr(placement, "_alive", lambda pid: asked.append(pid) or False)
+    monkeypatch.setattr(leases, "_alive", lambda pid: asked.append(pid) or False)
     pool = HostPool([host("a", 4)], tmp_path)
     assert where(pool.try_acquire(4, "t")) == ("a", [0, 1, 2, 3])
-    assert asked == [finished.pid]
+    assert len(asked) == 1 and child.returncode == 0
 
 
 def test_round_robin_takes_the_hosts_in_turn(tmp_path: Path) -> None:

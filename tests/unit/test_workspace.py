@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from pytest_madengine import workspace
 from pytest_madengine.backends import RunSpec, collected
 from pytest_madengine.backends.collect import Landing, extract_workspace, refusal
+from pytest_madengine.contract import base_docker_of
 from pytest_madengine.errors import MadError
 from pytest_madengine.tools import DEFAULT_TOOLS_FILE, load_toolbox
 from pytest_madengine.tools.files import load_tools_file
 from pytest_madengine.workspace import (
     WORKSPACE,
+    CopyListings,
     ModelRun,
     Script,
     parse_scripts,
@@ -138,6 +141,34 @@ def test_render_copies_what_the_run_needs_and_leaves_it_out_of_the_way_back(tree
     assert collected("scripts/m/new_file", spec.collect_skip)
     kept = render(model_run(tree, keep_model_dir=True))
     assert collected("run_directory/out.txt", kept.collect_skip)
+
+
+def test_a_sessions_listings_walk_each_copied_folder_once(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of tests share a few script folders (issue #23): the session walks each
+    once, and every test's spec is the same as one rendered on its own."""
+    walked: list[Path] = []
+    real_entries = workspace.copy_entries
+
+    def counted(host: Path, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        walked.append(host)
+        return real_entries(host, *args, **kwargs)
+
+    monkeypatch.setattr(workspace, "copy_entries", counted)
+    listings = CopyListings()
+    specs = [render(model_run(tree), listings) for _ in range(5)]
+    assert sorted(walked) == [tree / "scripts/common", tree / "scripts/m"]
+    assert all(spec == render(model_run(tree)) for spec in specs)
+
+
+def test_a_dockerfiles_base_is_read_again_once_it_changed(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "m.Dockerfile"
+    dockerfile.write_text("ARG BASE_DOCKER=one:1\nFROM $BASE_DOCKER\n")
+    assert base_docker_of(dockerfile, {}) == "one:1" == base_docker_of(dockerfile, {})
+    dockerfile.write_text("ARG BASE_DOCKER=another:22\nFROM $BASE_DOCKER\n")
+    assert base_docker_of(dockerfile, {}) == "another:22"
+    assert base_docker_of(dockerfile, {"BASE_DOCKER": "given:3"}) == "given:3"
 
 
 def test_timeout_lines() -> None:
