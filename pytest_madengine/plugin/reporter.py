@@ -200,6 +200,8 @@ class MadReporter:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         options = self.state.options
+        for table in (self.perf_csv, self.perf_super):
+            table.close()  # every row is written and flushed; no test comes after
         if self.state.runtime is not None:
             self.state.runtime.health.settle()  # no test holds a host any more
         if self.config.option.collectonly:

@@ -13,6 +13,7 @@ last the `verdict` against the result's history (--mad-compare), in one line.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TextIO, TypedDict
 
 from pytest_madengine.core.records import TestRecord
 from pytest_madengine.resources.locks import SharedLock
@@ -137,6 +138,9 @@ class PerfCsv:
         # then: while the file is still that, the next append need not read it again.
         self._written: dict[Path, _Written] = {}
         self._locks: dict[Path, SharedLock] = {}
+        # Each file's handle, kept open between appends while the path still names the
+        # file it opened (a row per test must not cost an open and a close).
+        self._handles: dict[Path, TextIO] = {}
 
     def _lock(self, path: Path) -> SharedLock:
         """The file's lock, found once per path (finding it resolves symlinks)."""
@@ -169,13 +173,45 @@ class PerfCsv:
         wanted = self._wanted(rows)
         with self._lock(path):
             header, lead = self._header(path, wanted)
-            with path.open("a", newline="", **_ENCODING) as handle:
+            handle = self._handle(path)
+            try:
                 handle.write(lead)
                 writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
                 for row in rows:
                     writer.writerow({k: "" if v is None else v for k, v in row.items()})
                 handle.flush()
-                self._written[path] = _Written(header, _identity(os.fstat(handle.fileno())))
+            except BaseException:
+                self._drop_handle(path)  # what it holds unwritten must not come later
+                raise
+            self._written[path] = _Written(header, _identity(os.fstat(handle.fileno())))
+
+    def _handle(self, path: Path) -> TextIO:
+        """The open handle of the file the path names now (called under the lock, after
+        `_header`, which may have put a widened file in its place)."""
+        handle = self._handles.get(path)
+        if handle is not None:
+            try:
+                now = path.stat()
+            except FileNotFoundError:
+                now = None
+            held = os.fstat(handle.fileno())
+            if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                self._drop_handle(path)
+                handle = None
+        if handle is None:
+            handle = self._handles[path] = path.open("a", newline="", **_ENCODING)
+        return handle
+
+    def _drop_handle(self, path: Path) -> None:
+        handle = self._handles.pop(path, None)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+
+    def close(self) -> None:
+        """Closes the files' handles (a later append opens them again)."""
+        for path in list(self._handles):
+            self._drop_handle(path)
 
     def _header(self, path: Path, wanted: list[str]) -> tuple[list[str], str]:
         """The header to write under, and what goes before our rows (a newline the last

@@ -169,3 +169,30 @@ def test_a_writer_reads_the_header_once_while_only_it_writes_the_file(
         ours.append([{"model": model}])
     assert reads == [path]
     assert [row["model"] for row in csv.DictReader(path.open(newline=""))] == ["a", "b", "c"]
+
+
+def test_a_writer_opens_the_file_once_while_the_path_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row per test of a fleet's thousands: no open and close each (issue #23). A file
+    put in its place (removed by the user, widened by another writer) is opened anew."""
+    path = tmp_path / "perf.csv"
+    opened: list[str] = []
+    real_open = Path.open
+
+    def counted(self: Path, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if self == path:
+            opened.append(str(args[0] if args else kwargs.get("mode", "r")))
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", counted)
+    ours = PerfCsv(path)
+    for model in ("a", "b", "c"):
+        ours.append([{"model": model}])
+    assert opened == ["a"]
+    path.unlink()  # the user starts a fresh file mid-session
+    ours.append([{"model": "d"}])
+    assert opened == ["a", "a"]
+    ours.close()
+    monkeypatch.undo()
+    assert [row["model"] for row in csv.DictReader(path.open(newline=""))] == ["d"]
