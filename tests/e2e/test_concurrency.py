@@ -226,9 +226,12 @@ def test_one_at_a_time_the_next_container_is_made_while_one_runs_and_none_overla
     assert ran["m0"][1] <= ran["m1"][0] and ran["m1"][1] <= ran["m2"][0]
     assert {gpu for span in ran.values() for gpu in span[2]} == {"0"}
     # Each next container was created before the one before it ended, and started after.
+    # This session's own (its log folder is named after it): other sessions of the engine,
+    # a test before this one among them, may end theirs meanwhile.
+    (session_id,) = [path.name for path in (pytester.path / "mad_output" / "logs").iterdir()]
     events = docker_client.events(
         since=since, until=time.time(), decode=True,
-        filters={"type": "container", "label": SESSION_LABEL},
+        filters={"type": "container", "label": f"{SESSION_LABEL}={session_id}"},
     )  # fmt: skip
     order = [(event["Action"], event["Actor"]["Attributes"]["name"]) for event in events
              if event["Action"] in ("create", "start", "die")]  # fmt: skip
