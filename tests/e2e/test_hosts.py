@@ -126,9 +126,14 @@ def test_a_host_lost_mid_run_is_retried_elsewhere(
         assert ours(client, session_id) == [], f"containers of the session left on {name}"
 
 
-def test_ctrl_c_removes_our_containers_on_every_host(
-    pytester: pytest.Pytester, test_hosts: Path, host_links: HostLinks
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "SIGTERM", "SIGHUP"]
+)
+def test_a_stopped_session_removes_our_containers_on_every_host(
+    pytester: pytest.Pytester, test_hosts: Path, host_links: HostLinks, stop: signal.Signals
 ) -> None:
+    """Ctrl-C, `kill` (a CI runner's timeout) or a closed terminal, to the controller of
+    an xdist session on two SSH hosts: nothing of it stays on either host."""
     models = [entry(f"m{i}", scripts="scripts/dummy/sleeper.sh", args="120") for i in range(2)]
     unique_tree(pytester, models, scripts(sleeper=SLEEPER))
     hosts = clients(host_links, test_hosts)
@@ -144,7 +149,7 @@ def test_ctrl_c_removes_our_containers_on_every_host(
             assert time.monotonic() < deadline, "the models never ran on both hosts"
             assert session.poll() is None, session.communicate()[0]
             time.sleep(0.2)
-        session.send_signal(signal.SIGINT)
+        session.send_signal(stop)
         output, _ = session.communicate(timeout=120)
     finally:
         if session.poll() is None:
