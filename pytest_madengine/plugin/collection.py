@@ -167,6 +167,18 @@ def _benchmark_body(test: PlannedTest) -> Callable[..., None]:
     return run_benchmark
 
 
+# models.json as the session shows it, worked out once per file (thousands of items
+# share one; each relpath asks the kernel for the working directory).
+_SHOWN = pytest.StashKey[dict[Path, str]]()
+
+
+def _shown(config: pytest.Config, source: Path) -> str:
+    shown = config.stash.setdefault(_SHOWN, {})
+    if source not in shown:
+        shown[source] = display_path(source)
+    return shown[source]
+
+
 class MadItem(pytest.Function):
     """One selected model (with its tag parameters) as a test."""
 
@@ -180,7 +192,7 @@ class MadItem(pytest.Function):
             self.add_marker(pytest.mark.skip(reason=planned.skip_reason))
 
     def reportinfo(self) -> tuple[str, int, str]:
-        return display_path(self.planned.model.source), 0, self.name
+        return _shown(self.config, self.planned.model.source), 0, self.name
 
     @property
     def id(self) -> Any:
