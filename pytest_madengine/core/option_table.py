@@ -214,7 +214,7 @@ class RawOptions:
         ini_help="seconds between pings of every host, as --mad-heartbeat",
         help="ping every host this often, also while idle: a host that stops answering is"
         " offline (no test is placed on it) until it answers again (default 10; 0: off;"
-        " ini: mad_heartbeat)",
+        " else 0.1 to 86400; ini: mad_heartbeat)",
     )  # fmt: skip
     deploy: str | None = _row(
         None, "--mad-deploy", metavar="NAME",

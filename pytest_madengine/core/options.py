@@ -36,6 +36,7 @@ from pytest_madengine.credentials import Credentials, load_credentials
 from pytest_madengine.data import default_cache_dir
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 from pytest_madengine.resources.gpus import GpuInventory, inventory
+from pytest_madengine.resources.health import HEARTBEAT_RANGE_S
 from pytest_madengine.resources.placement import STRATEGIES
 from pytest_madengine.tools import ToolBox, load_toolbox
 
@@ -398,13 +399,18 @@ def _compare(raw: RawOptions, outputs: Mapping[str, Any]) -> ComparisonSource | 
 
 
 def _heartbeat(text: str | float | None) -> float:
-    """--mad-heartbeat: seconds, 0 (off) or more."""
+    """--mad-heartbeat: 0 (off), or seconds within HEARTBEAT_RANGE_S: a thread cannot
+    wait much longer than the upper end, and below the lower the hosts are pinged round
+    after round, as fast as they answer."""
     try:
         value = float(str(text).strip()) if text not in (None, "") else 10.0
     except ValueError:
         value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise UsageProblem(f"--mad-heartbeat: expected seconds, 0 or more, got {text!r}")
+    low, high = HEARTBEAT_RANGE_S
+    if value != 0 and not low <= value <= high:
+        raise UsageProblem(
+            f"--mad-heartbeat: expected 0 (off) or seconds from {low:g} to {high:g}, got {text!r}"
+        )
     return value
 
 
