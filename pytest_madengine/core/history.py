@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +35,7 @@ from pytest_madengine.core.history_url import default_history_url
 from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 from pytest_madengine.errors import MadError
-from pytest_madengine.masking import mask_text
+from pytest_madengine.masking import MASK, mask_text
 
 SQLITE_BUSY_MS = 30_000  # a writer waits this long for another's transaction
 CONNECT_TIMEOUT_S = 10  # a server that does not answer
@@ -96,18 +97,37 @@ RESULTS = sa.Table(
 )
 
 
+# Query parameters that carry a secret: libpq's `password` and `sslpassword`, and the
+# like of other drivers. Their values are masked wherever the URL is shown.
+_SECRET_PARAMETER = re.compile(r"pass|secret|token", re.IGNORECASE)
+_SECRET_IN_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*")
+_HIDDEN = "maskedbypytestmadengine"  # stands for a masked value while SQLAlchemy renders
+
+
 def masked_url(url: str) -> str:
-    """The URL as it may be shown: its password masked (a URL that does not parse is
-    shown with whatever sits between `:` and `@` masked)."""
+    """The URL as it may be shown: its password and the values of its query's secret
+    parameters masked (a URL that does not parse is shown with whatever sits between
+    `:` and the last `@` masked)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except HistoryError:
         head, at, tail = url.rpartition("@")
-        if not at:
-            return url
-        scheme, _, login = head.partition("://")
-        user = login.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{tail}"
+        if at:
+            scheme, _, login = head.partition("://")
+            url = f"{scheme}://{login.split(':', 1)[0]}:{MASK}@{tail}"
+        return _SECRET_IN_QUERY.sub(rf"\g<1>{MASK}", url)
+    hidden = {name: _HIDDEN for name in parsed.query if _SECRET_PARAMETER.search(name)}
+    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace(_HIDDEN, MASK)
+
+
+def url_secrets(parsed: URL) -> list[str]:
+    """The URL's password and its query's secret values, for masking messages."""
+    found = [parsed.password or ""]
+    for name, value in parsed.query.items():
+        if _SECRET_PARAMETER.search(name):
+            found += [value] if isinstance(value, str) else list(value)
+    return [secret for secret in found if secret]
 
 
 def make_url(url: str) -> URL:
@@ -117,6 +137,8 @@ def make_url(url: str) -> URL:
         parsed = sa.engine.make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise HistoryError(f"not a database URL ({type(exc).__name__})") from None
+    if parsed.host and "@" in parsed.host:  # the rest of a password was read as the host
+        raise HistoryError("not a database URL (write an '@' of the password as %40)")
     if parsed.drivername == "postgresql" and not _importable("psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -188,7 +210,12 @@ class History:
             parsed = make_url(url)
         except HistoryError as exc:
             raise HistoryError(f"{self.url}: {exc}") from None
-        self._secret = parsed.password
+        self._secrets = url_secrets(parsed)
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            # Each connection has a database of its own: the tables made were gone.
+            raise HistoryError(
+                f"{self.url}: an in-memory database keeps nothing; give a file or a server's URL"
+            )
         try:
             self._engine = _engine(parsed)
             self._retrying(lambda: _metadata.create_all(self._engine), creating=True)
@@ -206,7 +233,7 @@ class History:
         return default_history_url(output_dir)
 
     def _error(self, doing: str, exc: BaseException) -> HistoryError:
-        line = mask_text(_first_line(exc), [self._secret or ""])
+        line = mask_text(_first_line(exc), self._secrets)
         return HistoryError(f"{self.url}: {doing}: {line}")
 
     def _retrying(self, work: Callable[[], T], creating: bool = False) -> T:

@@ -5,9 +5,14 @@ URL is never shown, wherever it is written."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import pytest
 
+from pytest_madengine.core.history import masked_url
 from tests.conftest import entry, write_tree
+from tests.e2e.test_run import run, unique_tree
+from tests.faults.test_cli_and_reports import USAGE, madengine, said
 from tests.faults.test_inputs import collect, one_collection_error
 
 
@@ -85,3 +90,87 @@ def test_empty_host_label_fields_are_no_labels(pytester: pytest.Pytester) -> Non
     write_tree(pytester.path, models)
     result = collect(pytester, "--mad-tags", "all", "--mad-placement", "affinity")
     result.stdout.fnmatch_lines(["*2 tests collected*"])
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://mad@127.0.0.1:1/h?password=qs3cret-pw",
+         "postgresql+psycopg://mad@127.0.0.1:1/h?password=***"),
+        ("postgresql+psycopg://mad@127.0.0.1:1/h?sslpassword=qs3cret-pw&application_name=x",
+         "postgresql+psycopg://mad@127.0.0.1:1/h?application_name=x&sslpassword=***"),
+        # An `@` of the password not written %40: the rest of it was shown as the host.
+        ("postgresql+psycopg://mad:qs3cret@pw@127.0.0.1:1/h",
+         "postgresql+psycopg://mad:***@127.0.0.1:1/h"),
+        ("postgresql+psycopg://mad:qs3cret%40pw@127.0.0.1:1/h",
+         "postgresql+psycopg://mad:***@127.0.0.1:1/h"),
+    ],
+)  # fmt: skip
+def test_every_password_of_a_history_url_is_masked(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://mad@127.0.0.1:1/h?password=qs3cret-pw",
+        "postgresql+psycopg://mad:qs3cret@pw@127.0.0.1:1/h",
+    ],
+)
+def test_a_history_url_that_does_not_open_never_shows_its_password(
+    pytester: pytest.Pytester, url: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-history", url,
+                                           timeout=120)  # fmt: skip
+    _usage_error(result, "ERROR: --mad-history postgresql+psycopg://mad*@127.0.0.1:1/h*")
+    assert "s3cret" not in result.stdout.str() + result.stderr.str()
+    assert "pw@" not in result.stderr.str()
+
+
+def test_an_in_memory_history_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """`sqlite://` keeps nothing: every session ran and then lost its results with
+    'no such table'."""
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-history", "sqlite://",
+                                           timeout=120)  # fmt: skip
+    _usage_error(result, "ERROR: --mad-history sqlite://: an in-memory database keeps"
+                         " nothing; give a file or a server's URL")  # fmt: skip
+
+
+def _password_in_query(url: str) -> tuple[str, str]:
+    """The URL with its password moved into the query (libpq's `password=`)."""
+    parts = urlsplit(url)
+    login, _, host = parts.netloc.rpartition("@")
+    user, _, password = login.partition(":")
+    query = f"{parts.query}&password={password}" if parts.query else f"password={password}"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}", query=query)), password
+
+
+@pytest.mark.docker
+def test_a_password_in_the_query_of_a_history_url_is_in_no_output(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    """A whole session that appends to PostgreSQL and judges against it: its password,
+    given as libpq's `password=`, is in no output and no file the session writes."""
+    url, password = _password_in_query(postgres_url)
+    unique_tree(pytester, [entry("alpha")])
+    result = run(pytester, "--mad-tags", "alpha", "--mad-history", url, "--mad-compare", "history",
+                 "--junitxml=out/junit.xml", "--mad-summary=out/summary.json")  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["madengine: history postgresql*password=[*][*][*]: 1 result(s)"
+                                 " appended"])  # fmt: skip
+    assert password not in result.stdout.str() + result.stderr.str()
+    written = [path for path in pytester.path.rglob("*") if path.is_file()]
+    assert [path for path in written if password.encode() in path.read_bytes()] == []
+
+
+def test_report_import_never_shows_a_password_in_the_query(pytester: pytest.Pytester) -> None:
+    perf = pytester.path / "perf.csv"
+    perf.write_text("model,performance,metric,status\nalpha,1,fps,SUCCESS\n")
+    url = "postgresql+psycopg://mad@127.0.0.1:1/h?password=qs3cret-pw"
+    result = madengine(pytester, "report", "import", str(perf), "--history", url)
+    assert result.ret == USAGE, said(result)
+    assert "qs3cret" not in said(result) and "Traceback" not in said(result)
+    result.stderr.fnmatch_lines(["*--history postgresql+psycopg://mad@127.0.0.1:1/h?password=***:"
+                                 " cannot open*"])  # fmt: skip
