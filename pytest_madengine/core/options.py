@@ -30,7 +30,12 @@ from pytest_madengine.core.option_table import (
     DEFAULT_TOLERANCE,
     RawOptions,
 )
-from pytest_madengine.core.results import Baseline, load_baseline, parse_tolerance
+from pytest_madengine.core.results import (
+    Baseline,
+    load_baseline,
+    not_a_perf_csv,
+    parse_tolerance,
+)
 from pytest_madengine.core.tree.tags import parse_tag, split_tags
 from pytest_madengine.credentials import Credentials, load_credentials
 from pytest_madengine.data import default_cache_dir
@@ -144,6 +149,16 @@ def _concurrency(text: str | int | None) -> int | None:
         raise UsageProblem(
             f"--mad-concurrency: expected a whole number from 1, or auto, got {text!r}"
         ) from None
+
+
+def appendable_perf_csv(path: Path, option: str) -> Path:
+    """A perf.csv to append rows to: writable, and (when there) a perf.csv, not a file
+    that appending would rewrite under our header (models.json given by mistake)."""
+    writable_file(path, option)
+    problem = not_a_perf_csv(path)
+    if problem:
+        raise UsageProblem(f"{option} {path}: {problem}; nothing written")
+    return path
 
 
 def writable_file(path: Path, option: str) -> Path:
@@ -360,7 +375,9 @@ def _outputs(raw: RawOptions) -> dict[str, Any]:
     """The files and directories the session writes, each checked now, in this order."""
     return {
         "output_dir": writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
-        "perf_csv": writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
+        "perf_csv": appendable_perf_csv(
+            _path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"
+        ),
         "summary": (
             writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None
         ),

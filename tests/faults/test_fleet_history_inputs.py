@@ -11,7 +11,7 @@ import pytest
 
 from pytest_madengine.core.history import masked_url
 from tests.conftest import entry, write_tree
-from tests.e2e.test_run import run, unique_tree
+from tests.e2e.test_run import read_perf, run, unique_tree
 from tests.faults.test_cli_and_reports import USAGE, madengine, said
 from tests.faults.test_inputs import collect, one_collection_error
 
@@ -174,3 +174,71 @@ def test_report_import_never_shows_a_password_in_the_query(pytester: pytest.Pyte
     assert "qs3cret" not in said(result) and "Traceback" not in said(result)
     result.stderr.fnmatch_lines(["*--history postgresql+psycopg://mad@127.0.0.1:1/h?password=***:"
                                  " cannot open*"])  # fmt: skip
+
+
+# A file that is no perf.csv (models.json given by mistake, random bytes) was "widened":
+# rewritten as a CSV under its first line and our columns, its content lost.
+NOT_CSV = {
+    "json": b'[\n  {"name": "alpha", "tags": ["a", "b"]}\n]\n',
+    "bytes": bytes(range(256)) * 8,
+}
+
+
+@pytest.mark.parametrize("content", NOT_CSV.values(), ids=NOT_CSV.keys())
+def test_update_perf_never_rewrites_a_file_that_is_no_perf_csv(
+    pytester: pytest.Pytester, content: bytes
+) -> None:
+    target = pytester.path / "models.json"
+    target.write_bytes(content)
+    entry_json = pytester.path / "entry.json"
+    entry_json.write_text('{"model": "x", "performance": 1, "metric": "fps", "status": "SUCCESS"}')
+    result = madengine(pytester, "report", "update-perf", "--single_result", str(entry_json),
+                       "--perf-csv", str(target))  # fmt: skip
+    assert result.ret == USAGE, said(result)
+    result.stderr.fnmatch_lines(["*--perf-csv */models.json: not a perf.csv (its first line"
+                                 " names no 'model' column); nothing written"])  # fmt: skip
+    assert "Traceback" not in said(result)
+    assert target.read_bytes() == content
+
+
+def test_a_session_never_rewrites_a_perf_csv_that_is_no_perf_csv(
+    pytester: pytest.Pytester,
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    before = (pytester.path / "models.json").read_bytes()
+    result = pytester.runpytest_subprocess(
+        "--mad-tags", "alpha", "--mad-history", "none", "--mad-perf-csv", "models.json",
+        timeout=120,
+    )  # fmt: skip
+    _usage_error(result, "ERROR: --mad-perf-csv */models.json: not a perf.csv (its first line"
+                         " names no 'model' column); nothing written")  # fmt: skip
+    assert (pytester.path / "models.json").read_bytes() == before
+
+
+# Replaces perf.csv with bytes that are no CSV once the first test has finished.
+SPOILER = """
+import os
+
+def pytest_runtest_logfinish(nodeid, location):
+    if nodeid.endswith("::alpha"):
+        with open("perf.csv", "wb") as handle:
+            handle.write(bytes(range(256)) * 8)
+"""
+
+
+@pytest.mark.docker
+def test_a_perf_csv_spoilt_mid_session_is_kept_and_the_rows_go_aside(
+    pytester: pytest.Pytester,
+) -> None:
+    unique_tree(pytester, [entry("alpha"), entry("beta")], {"conftest.py": SPOILER})
+    result = run(pytester, "--mad-tags", "alpha,beta", "--mad-history", "none",
+                 "--junitxml=junit.xml")  # fmt: skip
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "*perf.csv */perf.csv: cannot write (not a perf.csv (its first line names no 'model'"
+        " column)); rows go to *perf.*.csv"
+    ])  # fmt: skip
+    assert (pytester.path / "perf.csv").read_bytes() == bytes(range(256)) * 8
+    (aside,) = (pytester.path / "mad_output").glob("perf.*.csv")
+    assert [row["model"] for row in read_perf(aside)] == ["beta"]
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
