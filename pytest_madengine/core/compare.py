@@ -163,7 +163,7 @@ def _history_source(text: str, history_url: str | None) -> HistorySource:
     matched = _LAST.fullmatch(text)
     if matched is not None:
         count = matched["count"].strip()
-        if not count.isdigit() or int(count) < 1:
+        if not (count.isascii() and count.isdigit()) or int(count) < 1:  # int() takes no "²"
             raise UsageProblem(
                 f"{OPTION} {text}: N in history:N must be a whole number from 1, got {count!r}"
             )

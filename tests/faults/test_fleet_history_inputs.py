@@ -242,3 +242,23 @@ def test_a_perf_csv_spoilt_mid_session_is_kept_and_the_rows_go_aside(
     (aside,) = (pytester.path / "mad_output").glob("perf.*.csv")
     assert [row["model"] for row in read_perf(aside)] == ["beta"]
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        # Digits to str.isdigit, not to int(): an INTERNALERROR with a traceback.
+        ("--mad-compare", "history:\u00b2", "ERROR: --mad-compare history:\u00b2: N in history:N"
+                                            " must be a whole number from 1, got '\u00b2'"),
+        ("--mad-compare", "history:\u0663", "ERROR: --mad-compare history:\u0663: N in history:N"
+                                            " must be a whole number from 1, got '\u0663'"),
+        ("--mad-gpus", "\u00b2", "ERROR: --mad-gpus '\u00b2': expected a count or ids like 0,2-3,"
+                                 " got '\u00b2'"),
+    ],
+)  # fmt: skip
+def test_digits_that_are_no_ascii_digits_are_a_usage_error(
+    pytester: pytest.Pytester, option: str, value: str, said: str
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, value, timeout=120)
+    _usage_error(result, said)
