@@ -20,6 +20,7 @@ import json
 import math
 import re
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,13 @@ from pytest_madengine.masking import MASK, mask_text
 SQLITE_BUSY_MS = 30_000  # a writer waits this long for another's transaction
 CONNECT_TIMEOUT_S = 10  # a server that does not answer
 WRITE_ATTEMPTS = 5  # "database is locked" past the busy timeout: tried again
+# Each attempt at a read or write ends within this: a server that stopped answering
+# (a stopped process, a network that drops without a reset) is waited on no longer.
+# Above SQLite's busy timeout, so that a writer waiting on another is not cut short.
+DEADLINE_S = 60.0
+# URLs whose database did not answer within the deadline, and the line to say: every
+# History of the process on one (the verdicts', the controller's) asks it no more.
+_SILENT: dict[str, str] = {}
 T = TypeVar("T")
 
 
@@ -204,8 +212,10 @@ def _samples_of(text: str | None) -> tuple[float, ...]:
 class History:
     """The results history at a SQLAlchemy URL; its tables are made when missing."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, deadline_s: float = DEADLINE_S) -> None:
         self.url = masked_url(url)  # what messages show
+        self.deadline_s = deadline_s
+        self._key = url  # in _SILENT
         try:
             parsed = make_url(url)
         except HistoryError as exc:
@@ -241,7 +251,7 @@ class History:
         two processes made the tables at once (the second finds them made)."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                return work()
+                return self._within_deadline(work)
             except (OperationalError, IntegrityError, sa.exc.ProgrammingError) as exc:
                 text = str(exc.orig).lower()
                 racing = creating and ("exist" in text or "duplicate" in text)
@@ -249,6 +259,33 @@ class History:
                     raise
                 time.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _within_deadline(self, work: Callable[[], T]) -> T:
+        """`work`'s outcome, on a thread of its own that is waited on `deadline_s` at
+        most: the driver has no deadline for a server that stops answering mid-query.
+        Past it, TimeoutError now and for every later call on the URL, of any History
+        (the thread is left to the socket: a daemon, it does not hold the process at
+        its exit)."""
+        if self._key in _SILENT:
+            raise TimeoutError(_SILENT[self._key])
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, work()))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=run, name="mad-history", daemon=True)
+        worker.start()
+        worker.join(self.deadline_s)
+        if not outcome:
+            _SILENT[self._key] = f"no answer within {self.deadline_s:g} s"
+            raise TimeoutError(_SILENT[self._key])
+        done, value = outcome[0]
+        if not done:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def append(self, stamp: SessionStamp, results: Sequence[HistoryResult]) -> None:
         """The session and its results, in one transaction. A session already there
@@ -301,9 +338,12 @@ class History:
         return [_point(values) for values in _by_session(rows)]
 
     def _read(self, work: Callable[[Connection], T]) -> T:
-        try:
+        def read() -> T:
             with self._engine.connect() as connection:
                 return work(connection)
+
+        try:
+            return self._within_deadline(read)
         except Exception as exc:  # as in __init__: whatever the driver raised, one line
             raise self._error("cannot read", exc) from None
 

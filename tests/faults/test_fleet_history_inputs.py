@@ -5,11 +5,13 @@ URL is never shown, wherever it is written."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pytest_madengine.core.history import masked_url
+from pytest_madengine.core.history import History, HistoryError, SessionStamp, masked_url, now
 from tests.conftest import entry, write_tree
 from tests.e2e.test_run import read_perf, run, unique_tree
 from tests.faults.test_cli_and_reports import USAGE, madengine, said
@@ -262,3 +264,74 @@ def test_digits_that_are_no_ascii_digits_are_a_usage_error(
     write_tree(pytester.path, [entry("alpha")])
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, value, timeout=120)
     _usage_error(result, said)
+
+
+class StallingProxy:
+    """A TCP proxy in front of a server that, once `stall()` is called, keeps every
+    connection open and forwards nothing more: a server that stopped answering (a
+    stopped process, a network that drops without resetting)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.stalled = threading.Event()
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                return
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.stalled.is_set():
+                    self.closing.wait()  # holds what came, forwards nothing
+                    return
+                sink.sendall(data)
+        except OSError:
+            return
+
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def close(self) -> None:
+        self.closing.set()
+        for each in self.sockets:
+            each.close()
+
+
+def test_a_history_server_that_stops_answering_is_one_line_within_the_deadline(
+    postgres_url: str,
+) -> None:
+    """A PostgreSQL history that stopped answering mid-session hung the session at its
+    end for good (each read and write waited on the socket without a deadline)."""
+    parts = urlsplit(postgres_url)
+    proxy = StallingProxy(parts.port or 5432)
+    try:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.port}",
+                                                                    f":{proxy.port}")))  # fmt: skip
+        history = History(url, deadline_s=2)
+        assert history.sessions() == []
+        proxy.stall()
+        stamp = SessionStamp("s-stalled", now(), "ctl", "")
+        with pytest.raises(HistoryError) as stalled:
+            history.append(stamp, [])
+        assert str(stalled.value) == f"{masked_url(url)}: cannot append: no answer within 2 s"
+        # Asked again (the next test's verdict, the controller's own History): at once.
+        with pytest.raises(HistoryError, match="cannot read: no answer within 2 s"):
+            history.sessions()
+        with pytest.raises(HistoryError, match="cannot open: no answer within 2 s"):
+            History(url, deadline_s=2)
+        history.close()
+    finally:
+        proxy.close()
