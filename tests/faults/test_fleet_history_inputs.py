@@ -335,3 +335,35 @@ def test_a_history_server_that_stops_answering_is_one_line_within_the_deadline(
         history.close()
     finally:
         proxy.close()
+
+
+@pytest.mark.docker
+def test_history_and_compare_files_in_the_ini_file_are_relative_to_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every path of the ini file: run from a subdirectory, the session compares
+    with the tree's perf.csv and appends to the tree's history, not to a second one."""
+    unique_tree(pytester, [entry("alpha")])
+    (pytester.path / "base.csv").write_text("model,performance,metric,status\n")
+    pytester.makeini("[pytest]\nmad_root = .\nmad_history = team/history.db\n"
+                     "mad_compare = base.csv\nmad_output = out\n")  # fmt: skip
+    (pytester.path / "sub").mkdir()
+    monkeypatch.chdir(pytester.path / "sub")
+    result = run(pytester, "--mad-tags", "alpha")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*history: {pytester.path}/base.csv*",
+                                 f"madengine: history sqlite:///{pytester.path}/team/history.db:"
+                                 " 1 result(s) appended"])  # fmt: skip
+    assert not (pytester.path / "sub" / "team").exists()
+
+
+def test_history_words_and_urls_in_the_ini_file_are_kept(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(pytester.path, [entry("alpha")])
+    pytester.makeini("[pytest]\nmad_root = .\nmad_history = none\nmad_compare = history:3\n")
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", timeout=120)
+    _usage_error(result, "ERROR: --mad-compare history:3: no results history to compare with")
+    pytester.makeini("[pytest]\nmad_root = .\nmad_history = sqlite://\n")
+    result = pytester.runpytest_subprocess("--mad-tags", "alpha", timeout=120)
+    _usage_error(result, "ERROR: --mad-history sqlite://: an in-memory database keeps nothing*")
