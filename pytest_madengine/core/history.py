@@ -298,8 +298,9 @@ class History:
                 ).first()
                 if known is None:
                     connection.execute(sa.insert(SESSIONS).values(
-                        session=stamp.session, time=_utc(stamp.time), host=stamp.host,
-                        git_commit=stamp.git_commit,
+                        session=stamp.session, time=_utc(stamp.time),
+                        host=_fit(SESSIONS.c.host, stamp.host),
+                        git_commit=_fit(SESSIONS.c.git_commit, stamp.git_commit),
                     ))  # fmt: skip
                 if results:
                     connection.execute(sa.insert(RESULTS), [_row(stamp, r) for r in results])
@@ -358,14 +359,24 @@ def _utc(moment: datetime) -> datetime:
     return moment
 
 
+def _fit(column: sa.Column[Any], value: str) -> str:
+    """`value` cut to its column's length: PostgreSQL refuses a longer one (a model's
+    metric word, a host's name), and with it every result of the session, where SQLite
+    keeps it whole. Cut alike when written and when asked, a key finds what it wrote."""
+    length = getattr(column.type, "length", None)
+    return value[:length] if length else value
+
+
 def _row(stamp: SessionStamp, result: HistoryResult) -> dict[str, Any]:
     key = result.key
     value = result.value if result.value is not None and math.isfinite(result.value) else None
     return {
         "session": stamp.session, "model": key.model, "args": key.args,
-        "docker_file": key.docker_file, "gpu_architecture": key.gpu_architecture,
-        "metric": key.metric, "host": result.host, "value": value,
-        "samples": _samples_json(result.samples), "status": result.status,
+        "docker_file": key.docker_file,
+        "gpu_architecture": _fit(RESULTS.c.gpu_architecture, key.gpu_architecture),
+        "metric": _fit(RESULTS.c.metric, key.metric), "host": _fit(RESULTS.c.host, result.host),
+        "value": value, "samples": _samples_json(result.samples),
+        "status": _fit(RESULTS.c.status, result.status),
     }  # fmt: skip
 
 
@@ -378,8 +389,8 @@ def _key_query(key: ResultKey) -> sa.Select[Any]:
             RESULTS.c.model == key.model,
             RESULTS.c.args == key.args,
             RESULTS.c.docker_file == key.docker_file,
-            RESULTS.c.gpu_architecture == key.gpu_architecture,
-            RESULTS.c.metric == key.metric,
+            RESULTS.c.gpu_architecture == _fit(RESULTS.c.gpu_architecture, key.gpu_architecture),
+            RESULTS.c.metric == _fit(RESULTS.c.metric, key.metric),
             RESULTS.c.status == Status.SUCCESS.value,
             RESULTS.c.value.is_not(None),
         )

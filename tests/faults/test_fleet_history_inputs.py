@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pytest_madengine.core.history import History, HistoryError, SessionStamp, masked_url, now
+from pytest_madengine.core.history import (
+    History,
+    HistoryError,
+    HistoryResult,
+    SessionStamp,
+    masked_url,
+    now,
+)
+from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 from tests.conftest import entry, write_tree
 from tests.e2e.test_run import read_perf, run, unique_tree
 from tests.faults.test_cli_and_reports import USAGE, madengine, said
@@ -367,3 +376,27 @@ def test_history_words_and_urls_in_the_ini_file_are_kept(
     pytester.makeini("[pytest]\nmad_root = .\nmad_history = sqlite://\n")
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", timeout=120)
     _usage_error(result, "ERROR: --mad-history sqlite://: an in-memory database keeps nothing*")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_values_longer_than_their_column_lose_no_result(history_url: str) -> None:
+    """A model's metric word, a context's gpu_architecture, an inventory's host name:
+    one longer than its column (200, 100, 255) failed the whole session's append on
+    PostgreSQL ('value too long'), while SQLite kept it. Each is kept, cut alike on
+    both, and its key still finds it."""
+    long_key = ResultKey("m", "", "docker/d", "gfx" * 50, "samples_per_" * 30)
+    short_key = ResultKey("m", "", "docker/d", "gfx942", "fps")
+    history = History(history_url)
+    results = [HistoryResult(long_key, "node-" * 60, 10.0, (9.0, 11.0), "SUCCESS"),
+               HistoryResult(short_key, "h", 20.0, (), "SUCCESS")]  # fmt: skip
+    history.append(SessionStamp("s-long", now(), "c" * 300, "f" * 70), results)
+    assert history.points(long_key) == [HistoryPoint(10.0, (9.0, 11.0))]
+    assert history.points(short_key) == [HistoryPoint(20.0, ())]
+    assert history.sessions() == ["s-long"]
+    history.close()
