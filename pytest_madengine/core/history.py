@@ -16,6 +16,7 @@ still finds the database locked is retried. No pytest here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -360,24 +361,23 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _fit(column: sa.Column[Any], value: str) -> str:
-    """`value` cut to its column's length: PostgreSQL refuses a longer one (a model's
-    metric word, a host's name), and with it every result of the session, where SQLite
-    keeps it whole. Cut alike when written and when asked, a key finds what it wrote."""
+    """`value` as its column can keep it on any database: without NUL characters and
+    cut to the column's length. PostgreSQL refuses either (a model's metric word, a
+    host's name), and with it every result of the session, where SQLite keeps them.
+    Made alike when written and when asked, a key finds what it wrote."""
+    value = value.replace("\x00", "")
     length = getattr(column.type, "length", None)
     return value[:length] if length else value
 
 
 def _row(stamp: SessionStamp, result: HistoryResult) -> dict[str, Any]:
-    key = result.key
     value = result.value if result.value is not None and math.isfinite(result.value) else None
-    return {
-        "session": stamp.session, "model": key.model, "args": key.args,
-        "docker_file": key.docker_file,
-        "gpu_architecture": _fit(RESULTS.c.gpu_architecture, key.gpu_architecture),
-        "metric": _fit(RESULTS.c.metric, key.metric), "host": _fit(RESULTS.c.host, result.host),
-        "value": value, "samples": _samples_json(result.samples),
-        "status": _fit(RESULTS.c.status, result.status),
+    texts = {
+        "session": stamp.session, "host": result.host, "status": result.status,
+        **dataclasses.asdict(result.key),
     }  # fmt: skip
+    fitted = {name: _fit(RESULTS.c[name], text) for name, text in texts.items()}
+    return {**fitted, "value": value, "samples": _samples_json(result.samples)}
 
 
 def _key_query(key: ResultKey) -> sa.Select[Any]:
@@ -386,11 +386,10 @@ def _key_query(key: ResultKey) -> sa.Select[Any]:
         sa.select(RESULTS.c.session, RESULTS.c.value, RESULTS.c.samples)
         .join(SESSIONS, SESSIONS.c.session == RESULTS.c.session)
         .where(
-            RESULTS.c.model == key.model,
-            RESULTS.c.args == key.args,
-            RESULTS.c.docker_file == key.docker_file,
-            RESULTS.c.gpu_architecture == _fit(RESULTS.c.gpu_architecture, key.gpu_architecture),
-            RESULTS.c.metric == _fit(RESULTS.c.metric, key.metric),
+            *(
+                RESULTS.c[name] == _fit(RESULTS.c[name], text)
+                for name, text in dataclasses.asdict(key).items()
+            ),
             RESULTS.c.status == Status.SUCCESS.value,
             RESULTS.c.value.is_not(None),
         )

@@ -385,18 +385,21 @@ def history_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
-def test_values_longer_than_their_column_lose_no_result(history_url: str) -> None:
+def test_values_no_column_can_keep_lose_no_result(history_url: str) -> None:
     """A model's metric word, a context's gpu_architecture, an inventory's host name:
-    one longer than its column (200, 100, 255) failed the whole session's append on
-    PostgreSQL ('value too long'), while SQLite kept it. Each is kept, cut alike on
-    both, and its key still finds it."""
+    one longer than its column (200, 100, 255), or with a NUL in it, failed the whole
+    session's append on PostgreSQL ('value too long', 'cannot contain NUL'), while
+    SQLite kept it. Each is kept, alike on both, and its key still finds it."""
     long_key = ResultKey("m", "", "docker/d", "gfx" * 50, "samples_per_" * 30)
+    nul_key = ResultKey("m\x00", "--x \x00", "docker/d", "gfx942", "f\x00ps")
     short_key = ResultKey("m", "", "docker/d", "gfx942", "fps")
     history = History(history_url)
     results = [HistoryResult(long_key, "node-" * 60, 10.0, (9.0, 11.0), "SUCCESS"),
+               HistoryResult(nul_key, "h", 30.0, (), "SUCCESS"),
                HistoryResult(short_key, "h", 20.0, (), "SUCCESS")]  # fmt: skip
     history.append(SessionStamp("s-long", now(), "c" * 300, "f" * 70), results)
     assert history.points(long_key) == [HistoryPoint(10.0, (9.0, 11.0))]
     assert history.points(short_key) == [HistoryPoint(20.0, ())]
+    assert history.points(nul_key) == [HistoryPoint(30.0, ())]
     assert history.sessions() == ["s-long"]
     history.close()
