@@ -37,7 +37,7 @@ def _usage_error(result: pytest.RunResult, line: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "said"),
+    ("value", "message"),
     [
         # Past what a thread can wait: the heartbeat's thread died with a traceback.
         ("1e10", "ERROR: --mad-heartbeat: expected 0 (off) or seconds from 0.1 to 86400,"
@@ -50,12 +50,12 @@ def _usage_error(result: pytest.RunResult, line: str) -> None:
     ],
 )  # fmt: skip
 def test_a_heartbeat_out_of_range_is_a_usage_error(
-    pytester: pytest.Pytester, value: str, said: str
+    pytester: pytest.Pytester, value: str, message: str
 ) -> None:
     write_tree(pytester.path, [entry("alpha")])
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", "--mad-heartbeat", value,
                                            "--mad-history", "none", timeout=120)  # fmt: skip
-    _usage_error(result, said)
+    _usage_error(result, message)
     assert not (pytester.path / "perf.csv").exists()
 
 
@@ -256,7 +256,7 @@ def test_a_perf_csv_spoilt_mid_session_is_kept_and_the_rows_go_aside(
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "said"),
+    ("option", "value", "message"),
     [
         # Digits to str.isdigit, not to int(): an INTERNALERROR with a traceback.
         ("--mad-compare", "history:\u00b2", "ERROR: --mad-compare history:\u00b2: N in history:N"
@@ -268,11 +268,11 @@ def test_a_perf_csv_spoilt_mid_session_is_kept_and_the_rows_go_aside(
     ],
 )  # fmt: skip
 def test_digits_that_are_no_ascii_digits_are_a_usage_error(
-    pytester: pytest.Pytester, option: str, value: str, said: str
+    pytester: pytest.Pytester, option: str, value: str, message: str
 ) -> None:
     write_tree(pytester.path, [entry("alpha")])
     result = pytester.runpytest_subprocess("--mad-tags", "alpha", option, value, timeout=120)
-    _usage_error(result, said)
+    _usage_error(result, message)
 
 
 class StallingProxy:
