@@ -403,3 +403,20 @@ def test_values_no_column_can_keep_lose_no_result(history_url: str) -> None:
     assert history.points(nul_key) == [HistoryPoint(30.0, ())]
     assert history.sessions() == ["s-long"]
     history.close()
+
+
+def test_report_import_of_a_csv_with_an_unclosed_quote_imports_nothing(
+    pytester: pytest.Pytester,
+) -> None:
+    """An unclosed quote swallowed the rest of the file into one cell, and that cell
+    went into the history as a model named 'alpha,40\\nbeta...'."""
+    perf = pytester.path / "perf.csv"
+    perf.write_text('model,performance,metric,status\n"alpha,40,fps,SUCCESS\nbeta,41,fps,SUCCESS\n')
+    database = pytester.path / "h.sqlite"
+    result = madengine(pytester, "report", "import", str(perf), "--history", str(database))
+    assert result.ret == 1, said(result)
+    result.stderr.fnmatch_lines(["*PERF_CSV */perf.csv: unreadable CSV: *unexpected end of data*"])
+    assert "Traceback" not in said(result)
+    history = History(f"sqlite:///{database}")
+    assert history.sessions() == []
+    history.close()
