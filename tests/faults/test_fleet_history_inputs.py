@@ -11,8 +11,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import sqlalchemy as sa
 
+from pytest_madengine.core.compare import HistorySource, compare
 from pytest_madengine.core.history import (
+    RESULTS,
     History,
     HistoryError,
     HistoryResult,
@@ -419,4 +422,48 @@ def test_report_import_of_a_csv_with_an_unclosed_quote_imports_nothing(
     assert "Traceback" not in said(result)
     history = History(f"sqlite:///{database}")
     assert history.sessions() == []
+    history.close()
+
+
+ZERO_THEN_100 = '#!/bin/sh\necho "performance: 0 fps"\n'
+
+
+@pytest.mark.docker
+def test_a_zero_in_the_history_is_no_point_and_no_traceback(pytester: pytest.Pytester) -> None:
+    """A session whose model printed 0 (a broken run that still printed its line) is in
+    the history: every later verdict of the model failed its test with a ValueError."""
+    unique_tree(pytester, [entry("zero", scripts="scripts/dummy/v.sh")],
+                {"scripts/dummy/v.sh": ZERO_THEN_100})  # fmt: skip
+    run(pytester, "--mad-tags", "zero").assert_outcomes(passed=1)
+    (pytester.path / "scripts/dummy/v.sh").write_text(ZERO_THEN_100.replace(": 0", ": 100"))
+    result = run(pytester, "--mad-tags", "zero", "--mad-compare", "history")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["zero *SUCCESS*100*not enough history: 0 earlier sessions*"])
+    assert "Traceback" not in result.stdout.str() and "ValueError" not in result.stdout.str()
+
+
+def test_history_points_no_verdict_can_use_are_left_out(tmp_path: Path) -> None:
+    """Values and samples that are not positive numbers (written by another tool or an
+    import; JSON's NaN and Infinity) are no points, as a perf.csv's rows are not."""
+    key = ResultKey("m", "", "docker/d", "gfx942", "fps")
+    history = History(f"sqlite:///{tmp_path / 'h.sqlite'}")
+    values = [(100.0, (99.0, 101.0)), (0.0, ()), (-5.0, ()), (102.0, (0.0, 101.0)), (98.0, ())]
+    for index, (value, samples) in enumerate(values):
+        stamp = SessionStamp(f"s{index}", now(), "ctl", "")
+        history.append(stamp, [HistoryResult(key, "h", value, samples, "SUCCESS")])
+    database = sa.create_engine(f"sqlite:///{tmp_path / 'h.sqlite'}")
+    with database.begin() as connection:  # as another writer may have: JSON's NaN, Infinity
+        connection.execute(sa.update(RESULTS).where(RESULTS.c.session == "s4")
+                           .values(samples="[Infinity, NaN]"))  # fmt: skip
+    database.dispose()
+    source = HistorySource(history)
+    assert source.points(key, "current") == [
+        HistoryPoint(100.0, (99.0, 101.0)),
+        HistoryPoint(102.0),
+        HistoryPoint(98.0),
+    ]
+    assert HistorySource(history, session="s3").points(key, "current") == [HistoryPoint(102.0)]
+    verdict = compare(source, key, [100.0, 101.0], tolerance=0.05, higher_is_better=True,
+                      current_session="current")  # fmt: skip
+    assert verdict.outcome == "not enough history"
     history.close()
