@@ -13,7 +13,7 @@ import typer
 
 from pytest_madengine.cli.driver import ExitCode
 from pytest_madengine.cli.output import console, fail
-from pytest_madengine.core.options import writable_file
+from pytest_madengine.core.options import appendable_perf_csv, writable_file
 from pytest_madengine.errors import MadError, UsageProblem
 
 report_app = typer.Typer(
@@ -31,6 +31,14 @@ def _writable(output: Path, option: str) -> None:
     written (the same check as the plugin's output options)."""
     try:
         writable_file(output, option)
+    except UsageProblem as exc:
+        raise fail(str(exc), ExitCode.INVALID_ARGS) from None
+
+
+def _appendable(perf_csv: Path, option: str) -> None:
+    """As _writable, for a perf.csv that rows are appended to (see appendable_perf_csv)."""
+    try:
+        appendable_perf_csv(perf_csv, option)
     except UsageProblem as exc:
         raise fail(str(exc), ExitCode.INVALID_ARGS) from None
 
@@ -249,7 +257,7 @@ def update_perf(
         raise fail(str(exc), ExitCode.INVALID_ARGS) from None
     except MadError as exc:
         raise fail(str(exc), ExitCode.FAILURE) from None
-    _writable(perf_csv, "--perf-csv")
+    _appendable(perf_csv, "--perf-csv")
     problem = PerfCsv(perf_csv, label="--perf-csv", grow=True).append(rows)
     if problem:
         raise fail(problem, ExitCode.FAILURE)

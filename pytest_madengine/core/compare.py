@@ -50,25 +50,34 @@ class ComparisonSource(Protocol):
 # ---- a perf.csv ----
 
 
+def _usable(value: float) -> bool:
+    """A verdict is about ratios: its values are positive, finite numbers."""
+    return value > 0 and value != float("inf")
+
+
+def usable_point(median: float, samples: Sequence[float]) -> HistoryPoint | None:
+    """The point a verdict can use: None when the median is no usable value; its
+    samples only when all are (any source: a perf.csv, a history another tool wrote)."""
+    if not _usable(median):
+        return None
+    return HistoryPoint(median, tuple(samples) if all(map(_usable, samples)) else ())
+
+
 def _samples(text: str) -> tuple[float, ...]:
-    """perf_super.csv's `samples` (space-separated values); () when not all are usable."""
+    """perf_super.csv's `samples` (space-separated values); () when one is no number."""
     try:
-        values = tuple(float(word) for word in text.split())
+        return tuple(float(word) for word in text.split())
     except ValueError:
         return ()
-    return values if all(value > 0 for value in values) else ()
 
 
 def _point(row: Mapping[str, str]) -> HistoryPoint | None:
-    """A row's point: its performance (and samples), None when it is no positive number
-    (a verdict is about ratios)."""
+    """A row's point: its performance (and samples), None when it is no usable value."""
     try:
         median = float(row["performance"])
     except ValueError:
         return None
-    if not median > 0 or median == float("inf"):
-        return None
-    return HistoryPoint(median, _samples(row.get("samples", "")))
+    return usable_point(median, _samples(row.get("samples", "")))
 
 
 def _key_of(row: Mapping[str, str]) -> ResultKey:
@@ -134,14 +143,18 @@ class HistorySource:
     def points(self, key: ResultKey, current_session: str) -> list[HistoryPoint]:
         try:
             if self.session is None:
-                return list(self.history.points(key, limit=self.last,
-                                                exclude_session=current_session))  # fmt: skip
-            found = self.history.session_points(key, self.session)
+                found = self.history.points(key, limit=self.last, exclude_session=current_session)
+            else:
+                found = self.history.session_points(key, self.session)
         except Exception as exc:  # a database that went away: the verdict says so
             raise MadError(f"the results history failed: {type(exc).__name__}: {exc}") from None
-        # One session's repetitions are its points; a history's sessions are (each with
-        # its samples, so that the verdict sees the spread within and between them).
-        return [HistoryPoint(value) for point in found
+        # A value no verdict can use (0 from a broken run, another writer's NaN) is no
+        # point, as in a perf.csv.
+        usable = [p for p in (usable_point(p.median, p.samples) for p in found) if p]
+        if self.session is None:  # a history's sessions are its points, with their samples
+            return usable
+        # One session's repetitions are its points.
+        return [HistoryPoint(value) for point in usable
                 for value in (point.samples or (point.median,))]  # fmt: skip
 
 
@@ -163,7 +176,7 @@ def _history_source(text: str, history_url: str | None) -> HistorySource:
     matched = _LAST.fullmatch(text)
     if matched is not None:
         count = matched["count"].strip()
-        if not count.isdigit() or int(count) < 1:
+        if not (count.isascii() and count.isdigit()) or int(count) < 1:  # int() takes no "²"
             raise UsageProblem(
                 f"{OPTION} {text}: N in history:N must be a whole number from 1, got {count!r}"
             )

@@ -16,9 +16,12 @@ still finds the database locked is retried. No pytest here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,11 +37,18 @@ from pytest_madengine.core.history_url import default_history_url
 from pytest_madengine.core.records import Status, TestRecord
 from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
 from pytest_madengine.errors import MadError
-from pytest_madengine.masking import mask_text
+from pytest_madengine.masking import MASK, mask_text
 
 SQLITE_BUSY_MS = 30_000  # a writer waits this long for another's transaction
 CONNECT_TIMEOUT_S = 10  # a server that does not answer
 WRITE_ATTEMPTS = 5  # "database is locked" past the busy timeout: tried again
+# Each attempt at a read or write ends within this: a server that stopped answering
+# (a stopped process, a network that drops without a reset) is waited on no longer.
+# Above SQLite's busy timeout, so that a writer waiting on another is not cut short.
+DEADLINE_S = 60.0
+# URLs whose database did not answer within the deadline, and the line to say: every
+# History of the process on one (the verdicts', the controller's) asks it no more.
+_SILENT: dict[str, str] = {}
 T = TypeVar("T")
 
 
@@ -96,18 +106,37 @@ RESULTS = sa.Table(
 )
 
 
+# Query parameters that carry a secret: libpq's `password` and `sslpassword`, and the
+# like of other drivers. Their values are masked wherever the URL is shown.
+_SECRET_PARAMETER = re.compile(r"pass|secret|token", re.IGNORECASE)
+_SECRET_IN_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*")
+_HIDDEN = "maskedbypytestmadengine"  # stands for a masked value while SQLAlchemy renders
+
+
 def masked_url(url: str) -> str:
-    """The URL as it may be shown: its password masked (a URL that does not parse is
-    shown with whatever sits between `:` and `@` masked)."""
+    """The URL as it may be shown: its password and the values of its query's secret
+    parameters masked (a URL that does not parse is shown with whatever sits between
+    `:` and the last `@` masked)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except HistoryError:
         head, at, tail = url.rpartition("@")
-        if not at:
-            return url
-        scheme, _, login = head.partition("://")
-        user = login.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{tail}"
+        if at:
+            scheme, _, login = head.partition("://")
+            url = f"{scheme}://{login.split(':', 1)[0]}:{MASK}@{tail}"
+        return _SECRET_IN_QUERY.sub(rf"\g<1>{MASK}", url)
+    hidden = {name: _HIDDEN for name in parsed.query if _SECRET_PARAMETER.search(name)}
+    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace(_HIDDEN, MASK)
+
+
+def url_secrets(parsed: URL) -> list[str]:
+    """The URL's password and its query's secret values, for masking messages."""
+    found = [parsed.password or ""]
+    for name, value in parsed.query.items():
+        if _SECRET_PARAMETER.search(name):
+            found += [value] if isinstance(value, str) else list(value)
+    return [secret for secret in found if secret]
 
 
 def make_url(url: str) -> URL:
@@ -117,6 +146,8 @@ def make_url(url: str) -> URL:
         parsed = sa.engine.make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise HistoryError(f"not a database URL ({type(exc).__name__})") from None
+    if parsed.host and "@" in parsed.host:  # the rest of a password was read as the host
+        raise HistoryError("not a database URL (write an '@' of the password as %40)")
     if parsed.drivername == "postgresql" and not _importable("psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -182,13 +213,20 @@ def _samples_of(text: str | None) -> tuple[float, ...]:
 class History:
     """The results history at a SQLAlchemy URL; its tables are made when missing."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, deadline_s: float = DEADLINE_S) -> None:
         self.url = masked_url(url)  # what messages show
+        self.deadline_s = deadline_s
+        self._key = url  # in _SILENT
         try:
             parsed = make_url(url)
         except HistoryError as exc:
             raise HistoryError(f"{self.url}: {exc}") from None
-        self._secret = parsed.password
+        self._secrets = url_secrets(parsed)
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            # Each connection has a database of its own: the tables made were gone.
+            raise HistoryError(
+                f"{self.url}: an in-memory database keeps nothing; give a file or a server's URL"
+            )
         try:
             self._engine = _engine(parsed)
             self._retrying(lambda: _metadata.create_all(self._engine), creating=True)
@@ -206,7 +244,7 @@ class History:
         return default_history_url(output_dir)
 
     def _error(self, doing: str, exc: BaseException) -> HistoryError:
-        line = mask_text(_first_line(exc), [self._secret or ""])
+        line = mask_text(_first_line(exc), self._secrets)
         return HistoryError(f"{self.url}: {doing}: {line}")
 
     def _retrying(self, work: Callable[[], T], creating: bool = False) -> T:
@@ -214,7 +252,7 @@ class History:
         two processes made the tables at once (the second finds them made)."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                return work()
+                return self._within_deadline(work)
             except (OperationalError, IntegrityError, sa.exc.ProgrammingError) as exc:
                 text = str(exc.orig).lower()
                 racing = creating and ("exist" in text or "duplicate" in text)
@@ -222,6 +260,33 @@ class History:
                     raise
                 time.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _within_deadline(self, work: Callable[[], T]) -> T:
+        """`work`'s outcome, on a thread of its own that is waited on `deadline_s` at
+        most: the driver has no deadline for a server that stops answering mid-query.
+        Past it, TimeoutError now and for every later call on the URL, of any History
+        (the thread is left to the socket: a daemon, it does not hold the process at
+        its exit)."""
+        if self._key in _SILENT:
+            raise TimeoutError(_SILENT[self._key])
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, work()))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=run, name="mad-history", daemon=True)
+        worker.start()
+        worker.join(self.deadline_s)
+        if not outcome:
+            _SILENT[self._key] = f"no answer within {self.deadline_s:g} s"
+            raise TimeoutError(_SILENT[self._key])
+        done, value = outcome[0]
+        if not done:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def append(self, stamp: SessionStamp, results: Sequence[HistoryResult]) -> None:
         """The session and its results, in one transaction. A session already there
@@ -234,8 +299,9 @@ class History:
                 ).first()
                 if known is None:
                     connection.execute(sa.insert(SESSIONS).values(
-                        session=stamp.session, time=_utc(stamp.time), host=stamp.host,
-                        git_commit=stamp.git_commit,
+                        session=stamp.session, time=_utc(stamp.time),
+                        host=_fit(SESSIONS.c.host, stamp.host),
+                        git_commit=_fit(SESSIONS.c.git_commit, stamp.git_commit),
                     ))  # fmt: skip
                 if results:
                     connection.execute(sa.insert(RESULTS), [_row(stamp, r) for r in results])
@@ -274,9 +340,12 @@ class History:
         return [_point(values) for values in _by_session(rows)]
 
     def _read(self, work: Callable[[Connection], T]) -> T:
-        try:
+        def read() -> T:
             with self._engine.connect() as connection:
                 return work(connection)
+
+        try:
+            return self._within_deadline(read)
         except Exception as exc:  # as in __init__: whatever the driver raised, one line
             raise self._error("cannot read", exc) from None
 
@@ -291,15 +360,24 @@ def _utc(moment: datetime) -> datetime:
     return moment
 
 
+def _fit(column: sa.Column[Any], value: str) -> str:
+    """`value` as its column can keep it on any database: without NUL characters and
+    cut to the column's length. PostgreSQL refuses either (a model's metric word, a
+    host's name), and with it every result of the session, where SQLite keeps them.
+    Made alike when written and when asked, a key finds what it wrote."""
+    value = value.replace("\x00", "")
+    length = getattr(column.type, "length", None)
+    return value[:length] if length else value
+
+
 def _row(stamp: SessionStamp, result: HistoryResult) -> dict[str, Any]:
-    key = result.key
     value = result.value if result.value is not None and math.isfinite(result.value) else None
-    return {
-        "session": stamp.session, "model": key.model, "args": key.args,
-        "docker_file": key.docker_file, "gpu_architecture": key.gpu_architecture,
-        "metric": key.metric, "host": result.host, "value": value,
-        "samples": _samples_json(result.samples), "status": result.status,
+    texts = {
+        "session": stamp.session, "host": result.host, "status": result.status,
+        **dataclasses.asdict(result.key),
     }  # fmt: skip
+    fitted = {name: _fit(RESULTS.c[name], text) for name, text in texts.items()}
+    return {**fitted, "value": value, "samples": _samples_json(result.samples)}
 
 
 def _key_query(key: ResultKey) -> sa.Select[Any]:
@@ -308,11 +386,10 @@ def _key_query(key: ResultKey) -> sa.Select[Any]:
         sa.select(RESULTS.c.session, RESULTS.c.value, RESULTS.c.samples)
         .join(SESSIONS, SESSIONS.c.session == RESULTS.c.session)
         .where(
-            RESULTS.c.model == key.model,
-            RESULTS.c.args == key.args,
-            RESULTS.c.docker_file == key.docker_file,
-            RESULTS.c.gpu_architecture == key.gpu_architecture,
-            RESULTS.c.metric == key.metric,
+            *(
+                RESULTS.c[name] == _fit(RESULTS.c[name], text)
+                for name, text in dataclasses.asdict(key).items()
+            ),
             RESULTS.c.status == Status.SUCCESS.value,
             RESULTS.c.value.is_not(None),
         )

@@ -9,6 +9,22 @@ HISTORY_FILE = "history.sqlite"  # the default history, in the output directory
 HISTORY_OFF = frozenset({"none", "off"})  # --mad-history none: the session keeps no history
 
 
+def names_history_file(text: str) -> bool:
+    """Whether --mad-history's text is an SQLite file's path (not none, not a URL): in
+    the ini file, such a path is relative to it."""
+    text = text.strip()
+    return bool(text) and "://" not in text and text.lower() not in HISTORY_OFF
+
+
+def names_compare_file(text: str) -> bool:
+    """Whether --mad-compare's text is a perf.csv's path for certain (it ends in .csv or
+    has a `/`), not history[:N] or a session id: in the ini file, relative to it."""
+    text = text.strip()
+    if text == "history" or text.startswith("history:"):
+        return False
+    return text.lower().endswith(".csv") or "/" in text
+
+
 def default_history_url(output_dir: Path) -> str:
     """The history when none is named: an SQLite file in the output directory."""
     return f"sqlite:///{(output_dir / HISTORY_FILE).resolve()}"

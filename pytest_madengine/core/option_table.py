@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pytest_madengine.core.history_url import names_compare_file, names_history_file
 
 DEFAULT_TOLERANCE = "5%"
 DEFAULT_MANIFEST_OUTPUT = "build_manifest.json"  # madengine's name
@@ -46,6 +48,8 @@ class OptionSpec:
     ini: str | None = None  # the ini key, read when the command line does not give it
     ini_help: str = ""
     ini_is_path: bool = False  # an ini value is relative to the ini file
+    # For a value that is a path or something else (a URL, a keyword): whether it is one.
+    ini_path_if: Callable[[str], bool] | None = None
     madengine: tuple[str, ...] = ()  # the `madengine` command's flags for it, long first
     madengine_help: str | None = None
     phase: Phase = Phase.RUN
@@ -127,6 +131,7 @@ class RawOptions:
     compare: str | None = _row(
         None, "--mad-compare", metavar="SOURCE", ini="mad_compare",
         ini_help="history to judge every result against, as for --mad-compare",
+        ini_path_if=names_compare_file,
         help="judge every result against its history, with the measured noise:"
         " 'history' or 'history:N' (the last N sessions of the results history), a"
         " session id of it, or a perf.csv (each earlier row a point); a regression fails"
@@ -147,7 +152,7 @@ class RawOptions:
     )  # fmt: skip
     history: str | None = _row(
         None, "--mad-history", metavar="URL|FILE|none", ini="mad_history",
-        ini_help="results history, as for --mad-history",
+        ini_help="results history, as for --mad-history", ini_path_if=names_history_file,
         help="the results history every session appends to: a SQLAlchemy URL"
         " (postgresql+psycopg://user:password@host/db), an SQLite file, or none"
         " (ini: mad_history; default: history.sqlite in --mad-output)",
@@ -214,7 +219,7 @@ class RawOptions:
         ini_help="seconds between pings of every host, as --mad-heartbeat",
         help="ping every host this often, also while idle: a host that stops answering is"
         " offline (no test is placed on it) until it answers again (default 10; 0: off;"
-        " ini: mad_heartbeat)",
+        " else 0.1 to 86400; ini: mad_heartbeat)",
     )  # fmt: skip
     deploy: str | None = _row(
         None, "--mad-deploy", metavar="NAME",

@@ -30,12 +30,18 @@ from pytest_madengine.core.option_table import (
     DEFAULT_TOLERANCE,
     RawOptions,
 )
-from pytest_madengine.core.results import Baseline, load_baseline, parse_tolerance
+from pytest_madengine.core.results import (
+    Baseline,
+    load_baseline,
+    not_a_perf_csv,
+    parse_tolerance,
+)
 from pytest_madengine.core.tree.tags import parse_tag, split_tags
 from pytest_madengine.credentials import Credentials, load_credentials
 from pytest_madengine.data import default_cache_dir
 from pytest_madengine.errors import MadError, UsageProblem, read_json
 from pytest_madengine.resources.gpus import GpuInventory, inventory
+from pytest_madengine.resources.health import HEARTBEAT_RANGE_S
 from pytest_madengine.resources.placement import STRATEGIES
 from pytest_madengine.tools import ToolBox, load_toolbox
 
@@ -143,6 +149,16 @@ def _concurrency(text: str | int | None) -> int | None:
         raise UsageProblem(
             f"--mad-concurrency: expected a whole number from 1, or auto, got {text!r}"
         ) from None
+
+
+def appendable_perf_csv(path: Path, option: str) -> Path:
+    """A perf.csv to append rows to: writable, and (when there) a perf.csv, not a file
+    that appending would rewrite under our header (models.json given by mistake)."""
+    writable_file(path, option)
+    problem = not_a_perf_csv(path)
+    if problem:
+        raise UsageProblem(f"{option} {path}: {problem}; nothing written")
+    return path
 
 
 def writable_file(path: Path, option: str) -> Path:
@@ -359,7 +375,9 @@ def _outputs(raw: RawOptions) -> dict[str, Any]:
     """The files and directories the session writes, each checked now, in this order."""
     return {
         "output_dir": writable_dir(_path(raw, raw.output or DEFAULT_OUTPUT), "--mad-output"),
-        "perf_csv": writable_file(_path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"),
+        "perf_csv": appendable_perf_csv(
+            _path(raw, raw.perf_csv or DEFAULT_PERF_CSV), "--mad-perf-csv"
+        ),
         "summary": (
             writable_file(_path(raw, raw.summary), "--mad-summary") if raw.summary else None
         ),
@@ -398,13 +416,18 @@ def _compare(raw: RawOptions, outputs: Mapping[str, Any]) -> ComparisonSource | 
 
 
 def _heartbeat(text: str | float | None) -> float:
-    """--mad-heartbeat: seconds, 0 (off) or more."""
+    """--mad-heartbeat: 0 (off), or seconds within HEARTBEAT_RANGE_S: a thread cannot
+    wait much longer than the upper end, and below the lower the hosts are pinged round
+    after round, as fast as they answer."""
     try:
         value = float(str(text).strip()) if text not in (None, "") else 10.0
     except ValueError:
         value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise UsageProblem(f"--mad-heartbeat: expected seconds, 0 or more, got {text!r}")
+    low, high = HEARTBEAT_RANGE_S
+    if value != 0 and not low <= value <= high:
+        raise UsageProblem(
+            f"--mad-heartbeat: expected 0 (off) or seconds from {low:g} to {high:g}, got {text!r}"
+        )
     return value
 
 

@@ -421,6 +421,32 @@ class _Prefix(io.RawIOBase):
         super().close()
 
 
+# Why rows are not appended to a file: appending would rewrite it under our header
+# (see reporting/perf_csv.py), and a file that is no perf.csv would lose its content.
+NOT_A_PERF_CSV = "not a perf.csv (its first line names no 'model' column)"
+
+
+def names_perf_columns(header: Iterable[str]) -> bool:
+    """Whether a header line is a perf.csv's (ours, madengine's): it names `model`."""
+    return "model" in {name.lstrip("\ufeff").strip() for name in header}
+
+
+def not_a_perf_csv(path: Path) -> str | None:
+    """NOT_A_PERF_CSV for a regular file whose first line (read bounded) names no
+    `model` column; None for a perf.csv, and for a file missing or empty (one to start)
+    or no regular file (writing it says what is wrong)."""
+    try:
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            first = handle.readline(MAX_LINE_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    if not first.strip():
+        return None
+    return None if names_perf_columns(next(csv.reader([first]), [])) else NOT_A_PERF_CSV
+
+
 def success_rows(path: Path, option: str, upto: int | None = None) -> Iterator[dict[str, str]]:
     """The SUCCESS rows with a performance of a perf.csv (ours or madengine's), cells
     stripped, streamed from its first `upto` bytes (all for None). ResultError naming

@@ -49,7 +49,7 @@ def _ini_value(config: pytest.Config, spec: OptionSpec) -> Any:
         return value
     if not value:
         return None
-    if spec.ini_is_path:
+    if spec.ini_is_path or (spec.ini_path_if is not None and spec.ini_path_if(value)):
         base = config.inipath.parent if config.inipath else config.rootpath
         return str(base / value)
     return value

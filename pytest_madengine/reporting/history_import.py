@@ -73,7 +73,8 @@ def _rows(path: Path, option: str) -> Iterator[tuple[str, dict[str, str]]]:
     with io.TextIOWrapper(
         io.BufferedReader(raw), encoding="utf-8-sig", errors="replace", newline=""
     ) as handle:
-        reader = csv.reader(handle)
+        # Strict: an unclosed quote is an error, not the rest of the file in one cell.
+        reader = csv.reader(handle, strict=True)
         header = [name.strip() for name in next(reader, [])]
         missing = [name for name in REQUIRED_COLUMNS if name not in header]
         if missing:

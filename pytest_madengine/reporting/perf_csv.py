@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TextIO, TypedDict
 
 from pytest_madengine.core.records import TestRecord
+from pytest_madengine.core.results import NOT_A_PERF_CSV, names_perf_columns
 from pytest_madengine.resources.locks import SharedLock
 from pytest_madengine.units import exact_number, human_size
 
@@ -95,6 +96,10 @@ def _widen(path: Path, header: list[str]) -> None:
         partial.unlink(missing_ok=True)
 
 
+class NotAPerfCsv(Exception):
+    """The file there is no perf.csv: rows are not appended to it (nor is it rewritten)."""
+
+
 _LOCKS: dict[Path, SharedLock] = {}
 _LOCKS_LOCK = threading.Lock()
 
@@ -155,7 +160,7 @@ class PerfCsv:
             return None
         try:
             self._append(self.path, rows)
-        except (OSError, csv.Error) as exc:
+        except (OSError, csv.Error, NotAPerfCsv) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             problem = f"{self.label} {self.path}: cannot write ({why})"
             if self.fallback is None:
@@ -230,6 +235,8 @@ class PerfCsv:
             lead = "" if existing is None or _ends_with_newline(path) else "\n"
         if existing is None:
             return wanted, _header_line(wanted)
+        if "model" in wanted and not names_perf_columns(existing):
+            raise NotAPerfCsv(NOT_A_PERF_CSV)  # rewriting it under our header loses it
         missing = [column for column in wanted if column not in existing]
         if missing:
             _widen(path, existing + missing)

@@ -66,7 +66,7 @@ def parse_gpu_ids(spec: str, origin: str = "--mad-gpus", ids_only: bool = False)
     text = spec.strip()
     if not text:
         return ()
-    if text.isdigit() and not ids_only:
+    if text.isascii() and text.isdigit() and not ids_only:  # int() takes no "²"
         if int(text) > MAX_GPUS:
             raise MadError(f"{origin} {spec!r}: at most {MAX_GPUS} GPUs per host")
         return tuple(range(int(text)))

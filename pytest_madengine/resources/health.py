@@ -29,6 +29,10 @@ PING_THREADS = 8  # hosts pinged at once in a round
 STOP_JOIN_S = 0.5  # how long closing waits for the heartbeat's thread (a daemon)
 TRANSITIONS_KEPT = 100  # per host, the latest (a day of a flapping host stays bounded)
 TABLE_TRANSITIONS = 6  # the latest, in the terminal's table
+# --mad-heartbeat's interval, when not 0 (off): at least a tenth of a second (less pings
+# round after round, as fast as the hosts answer) and at most a day (a thread's wait
+# overflows past about 292 years; a day already means "hardly ever").
+HEARTBEAT_RANGE_S = (0.1, 86_400.0)
 
 
 @dataclass(frozen=True)

@@ -437,8 +437,10 @@ def test_a_bad_heartbeat_or_placement_is_a_usage_error_before_any_test(
 ) -> None:
     write_tree(pytester.path, [entry("alpha")])
     for option, said in [
-        ("--mad-heartbeat=-1", "--mad-heartbeat: expected seconds, 0 or more, got '-1'"),
-        ("--mad-heartbeat=often", "--mad-heartbeat: expected seconds, 0 or more, got 'often'"),
+        ("--mad-heartbeat=-1", "--mad-heartbeat: expected 0 (off) or seconds from 0.1 to 86400,"
+         " got '-1'"),
+        ("--mad-heartbeat=often", "--mad-heartbeat: expected 0 (off) or seconds from 0.1 to"
+         " 86400, got 'often'"),
         ("--mad-placement=nearest", "--mad-placement: expected one of least-loaded, round-robin,"
          " capability, latency, affinity, got 'nearest'"),
     ]:  # fmt: skip

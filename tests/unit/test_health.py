@@ -102,20 +102,25 @@ def test_a_ping_that_keeps_no_deadline_is_offline_without_waiting_for_it() -> No
         heartbeat.stop()
 
 
-@pytest.mark.parametrize(("given", "parsed"), [(None, 10.0), ("0", 0.0), (" 0.5 ", 0.5)])
+@pytest.mark.parametrize(
+    ("given", "parsed"),
+    [(None, 10.0), ("0", 0.0), (" 0.5 ", 0.5), ("0.1", 0.1), ("86400", 86400.0)],
+)
 def test_heartbeat_is_seconds(tmp_path: Path, given: str | None, parsed: float) -> None:
     (tmp_path / "models.json").write_text("[]")
     raw = RawOptions(root=str(tmp_path), tags=("all",), heartbeat=given, base_dir=tmp_path)
     assert parse_options(raw).heartbeat == parsed
 
 
-@pytest.mark.parametrize("given", ["-1", "soon", "nan", "inf"])
+@pytest.mark.parametrize("given", ["-1", "soon", "nan", "inf", "1e10", "86401", "1e-9", "0.05"])
 def test_a_bad_heartbeat_is_a_usage_error(tmp_path: Path, given: str) -> None:
     (tmp_path / "models.json").write_text("[]")
     raw = RawOptions(root=str(tmp_path), tags=("all",), heartbeat=given, base_dir=tmp_path)
     with pytest.raises(UsageProblem) as problem:
         parse_options(raw)
-    assert str(problem.value) == f"--mad-heartbeat: expected seconds, 0 or more, got {given!r}"
+    assert str(problem.value) == (
+        f"--mad-heartbeat: expected 0 (off) or seconds from 0.1 to 86400, got {given!r}"
+    )
 
 
 def test_a_round_that_ends_after_the_heartbeat_stopped_tells_nothing() -> None:

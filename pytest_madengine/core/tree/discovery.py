@@ -166,6 +166,20 @@ def _as_tuple(value: Any, field_name: str) -> tuple[str, ...]:
     raise ValueError(f"field '{field_name}' must be a list of strings, got {value!r}")
 
 
+def _check_labels(entry: Mapping[str, Any]) -> None:
+    """Our `host_labels` and `host_affinity`: lists of host labels (placement reads them
+    from the entry). A string was taken letter by letter, a number failed every test
+    with a traceback: each is a collection error naming the field."""
+    for field_name in ("host_labels", "host_affinity"):
+        value = entry.get(field_name)
+        if value is None or value == []:
+            continue
+        if not isinstance(value, list) or not all(
+            isinstance(label, str) and label.strip() for label in value
+        ):
+            raise ValueError(f"field '{field_name}' must be a list of host labels, got {value!r}")
+
+
 def _as_int(value: Any, field_name: str, default: int) -> int:
     if value is None or value == "":
         return default
@@ -296,6 +310,7 @@ def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:
     if isinstance(args, list):
         args = " ".join(str(arg) for arg in args)
     _words(str(args or ""), "field 'args'")
+    _check_labels(entry)
     return Model(
         name=name if source.directory is None else f"{source.directory}/{name}",
         dockerfile=_rebase(source.directory, entry["dockerfile"]),
