@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_madengine.core.record_log import RecordLog
 from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.data import DataProgress
 from pytest_madengine.errors import MadError
@@ -73,7 +74,8 @@ class MadReporter:
             PERF_SUPER_COLUMNS,
             "perf_super.csv",
         )
-        self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
+        # (node id, record) of every test, compressed: read back at the end.
+        self.records = RecordLog()
         self.data_notes: list[tuple[str, bool]] = []  # (line, whether a warning)
         self.builds: list[BuildRecord] = []
         # Lines for the terminal summary (written at sessionfinish, which runs before it).
@@ -137,7 +139,7 @@ class MadReporter:
             self._say(problem)
         for lost in record.retried_after:
             self._say(f"{lost}; {record.name} placed again")
-        self.records.append((report.nodeid, record))
+        self.records.append(report.nodeid, record)
         self._tell_data(report, record)
         try:
             self.config.hook.pytest_mad_record(record=record, config=self.config)
@@ -182,7 +184,7 @@ class MadReporter:
                 terminalreporter.write_line(line, yellow=warn)
         if self.records:
             terminalreporter.section("madengine results")
-            for line in results_table([record for _, record in self.records]):
+            for line in results_table(self.records.records()):
                 terminalreporter.write_line(line)
         if self.builds:
             terminalreporter.section("madengine builds")
@@ -241,7 +243,8 @@ class MadReporter:
             self.state.session_id, datetime.now(timezone.utc), machine,
             self.state.options.git_commit,
         )  # fmt: skip
-        results = [result for _, record in self.records for result in results_of(record, machine)]
+        records = self.records.records()
+        results = [result for record in records for result in results_of(record, machine)]
         try:
             self.history.append(stamp, results)
         except HistoryError as exc:
@@ -266,7 +269,7 @@ class MadReporter:
             self.notes.append(f"no HTML report: {options.perf_csv} has no results")
             return
         try:
-            verdicts = verdict_rows([record for _, record in self.records])
+            verdicts = verdict_rows(self.records.records())
             write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance,
                          verdicts=verdicts, hosts=self._hosts())  # fmt: skip
         except MadError as exc:
