@@ -212,3 +212,16 @@ def test_the_record_log_gives_back_every_record_equal_and_in_order() -> None:
     records = [record for _, record in arrived]
     assert results_table(log.records()) == results_table(records)
     assert summary_document(log, "sid") == summary_document(arrived, "sid")
+
+
+def test_junit_values_many_tests_share_are_one_text_and_any_backend_value_is_kept() -> None:
+    # Texts made apart, as each test's run makes its own.
+    first, second = (
+        TestRecord(name, Status.SUCCESS, FACTS,
+                   rows=(ResultRow(name, Status.SUCCESS, 1.0, "".join(["f", "ps"])),),
+                   host="".join(["node", "-1"]), properties={"job": 17})  # type: ignore[dict-item]
+        for name in ("a", "b")
+    )  # fmt: skip
+    one, other = dict(first.junit_properties()), dict(second.junit_properties())
+    assert one["metric"] is other["metric"] and one["image_built"] is other["image_built"]
+    assert one["host"] is other["host"] == "node-1" and one["job"] == 17
