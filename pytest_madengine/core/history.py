@@ -1,12 +1,14 @@
 """The results history: every session's results in one database, for verdicts against
 comparable earlier sessions (core/verdicts.py) and for teams that share results.
 
-SQLite by default (a file beside the session's output, no server), any SQLAlchemy URL
-otherwise (PostgreSQL for a team). Two tables: one row per session (its id, time, the
-controller's host and the MAD tree's commit), one row per result (the key that makes two
-results comparable, the host that ran it, the value, the repetitions' samples as JSON
-text, the status). Only the controller of a session appends (xdist workers never do),
-once, at the end, in one transaction: a session is in the history whole or not at all.
+SQLite by default (a file beside the session's output, no server; written through the
+standard library's sqlite3, core/history_sqlite.py), any SQLAlchemy URL otherwise
+(PostgreSQL for a team; core/history_sql.py, which alone imports SQLAlchemy). Two
+tables: one row per session (its id, time, the controller's host and the MAD tree's
+commit), one row per result (the key that makes two results comparable, the host that
+ran it, the value, the repetitions' samples as JSON text, the status). Only the
+controller of a session appends (xdist workers never do), once, at the end, in one
+transaction: a session is in the history whole or not at all.
 
 Concurrent writers (two sessions at once, each with `-n 4`) lose nothing: SQLite runs in
 WAL mode with a busy timeout, a write transaction takes the write lock at its start
@@ -19,31 +21,20 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
-
-from pytest_madengine.core.history_url import default_history_url
-from pytest_madengine.core.records import Status, TestRecord
+from pytest_madengine.core.history_store import HistoryError as HistoryError  # re-exported
+from pytest_madengine.core.history_store import Store
+from pytest_madengine.core.history_url import default_history_url, sqlite_file
+from pytest_madengine.core.records import TestRecord
 from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
-from pytest_madengine.errors import MadError
 from pytest_madengine.masking import mask_text
 
-SQLITE_BUSY_MS = 30_000  # a writer waits this long for another's transaction
-CONNECT_TIMEOUT_S = 10  # a server that does not answer
-WRITE_ATTEMPTS = 5  # "database is locked" past the busy timeout: tried again
 T = TypeVar("T")
-
-
-class HistoryError(MadError):
-    """The history cannot be opened, read or written; one line, no password in it."""
 
 
 @dataclass(frozen=True)
@@ -67,38 +58,23 @@ class HistoryResult:
     status: str  # SUCCESS, FAILURE, SKIPPED
 
 
-_metadata = sa.MetaData()
-SESSIONS = sa.Table(
-    "mad_history_sessions",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # insertion order
-    sa.Column("session", sa.String(200), nullable=False, unique=True),
-    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("host", sa.String(255), nullable=False, default=""),
-    sa.Column("git_commit", sa.String(64), nullable=False, default=""),
-)
-RESULTS = sa.Table(
-    "mad_history_results",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("session", sa.String(200), nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("args", sa.Text, nullable=False, default=""),
-    sa.Column("docker_file", sa.Text, nullable=False, default=""),
-    sa.Column("gpu_architecture", sa.String(100), nullable=False, default=""),
-    sa.Column("metric", sa.String(200), nullable=False, default=""),
-    sa.Column("host", sa.String(255), nullable=False, default=""),
-    sa.Column("value", sa.Float, nullable=True),
-    sa.Column("samples", sa.Text, nullable=False, default="[]"),  # JSON list of numbers
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Index("mad_history_results_by_key", "model", "metric", "gpu_architecture"),
-    sa.Index("mad_history_results_by_session", "session"),
-)
+def __getattr__(name: str) -> Any:
+    """The SQLAlchemy tables and URL parser, imported when asked for (tests read the
+    history through them)."""
+    if name in ("SESSIONS", "RESULTS", "make_url"):
+        from pytest_madengine.core import history_sql
+
+        return getattr(history_sql, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def masked_url(url: str) -> str:
     """The URL as it may be shown: its password masked (a URL that does not parse is
-    shown with whatever sits between `:` and `@` masked)."""
+    shown with whatever sits between `:` and `@` masked). A plain SQLite file's has none."""
+    if sqlite_file(url) is not None:
+        return url
+    from pytest_madengine.core.history_sql import make_url
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except HistoryError:
@@ -108,56 +84,6 @@ def masked_url(url: str) -> str:
         scheme, _, login = head.partition("://")
         user = login.split(":", 1)[0]
         return f"{scheme}://{user}:***@{tail}"
-
-
-def make_url(url: str) -> URL:
-    """The parsed URL; a bare `postgresql://` uses psycopg 3 when psycopg2 is missing
-    (the `history-postgres` extra installs psycopg 3)."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise HistoryError(f"not a database URL ({type(exc).__name__})") from None
-    if parsed.drivername == "postgresql" and not _importable("psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Autocommit at the driver: SQLAlchemy's `begin` below emits BEGIN itself.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _engine(url: URL) -> Engine:
-    if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        sa.event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    connect_args: dict[str, Any] = {}
-    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-
-
-def _locked(exc: SQLAlchemyError) -> bool:
-    return isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -180,25 +106,35 @@ def _samples_of(text: str | None) -> tuple[float, ...]:
 
 
 class History:
-    """The results history at a SQLAlchemy URL; its tables are made when missing."""
+    """The results history at a database URL; its tables are made when missing."""
 
     def __init__(self, url: str) -> None:
         self.url = masked_url(url)  # what messages show
+        self._secret: str | None = None
+        try:
+            self._store = self._open(url)
+        except HistoryError:
+            raise
+        # Any error, not only the driver's: a driver's own error escapes SQLAlchemy's
+        # wrapping when its module was imported twice (pytester's in-process runs drop
+        # the modules a session imported), and a URL must still fail in one line.
+        except Exception as exc:
+            raise self._error("cannot open", exc) from None
+
+    def _open(self, url: str) -> Store:
+        path = sqlite_file(url)
+        if path is not None:
+            from pytest_madengine.core.history_sqlite import SqliteStore
+
+            return SqliteStore(path)
+        from pytest_madengine.core.history_sql import SqlAlchemyStore, make_url
+
         try:
             parsed = make_url(url)
         except HistoryError as exc:
             raise HistoryError(f"{self.url}: {exc}") from None
         self._secret = parsed.password
-        try:
-            self._engine = _engine(parsed)
-            self._retrying(lambda: _metadata.create_all(self._engine), creating=True)
-        except HistoryError:
-            raise
-        # Any error, not only SQLAlchemy's: a driver's own error escapes SQLAlchemy's
-        # wrapping when its module was imported twice (pytester's in-process runs drop
-        # the modules a session imported), and a URL must still fail in one line.
-        except Exception as exc:
-            raise self._error("cannot open", exc) from None
+        return SqlAlchemyStore(parsed)
 
     @staticmethod
     def default_url(output_dir: Path) -> str:
@@ -209,79 +145,46 @@ class History:
         line = mask_text(_first_line(exc), [self._secret or ""])
         return HistoryError(f"{self.url}: {doing}: {line}")
 
-    def _retrying(self, work: Callable[[], T], creating: bool = False) -> T:
-        """`work`, tried again while SQLite says locked (past its busy timeout), or when
-        two processes made the tables at once (the second finds them made)."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                return work()
-            except (OperationalError, IntegrityError, sa.exc.ProgrammingError) as exc:
-                text = str(exc.orig).lower()
-                racing = creating and ("exist" in text or "duplicate" in text)
-                if attempt + 1 == WRITE_ATTEMPTS or not (_locked(exc) or racing):
-                    raise
-                time.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    def append(self, stamp: SessionStamp, results: Sequence[HistoryResult]) -> None:
+    def append(self, stamp: SessionStamp, results: Iterable[HistoryResult]) -> None:
         """The session and its results, in one transaction. A session already there
         (an import done twice) gets the results added, its stamp kept."""
-
-        def write() -> None:
-            with self._engine.begin() as connection:
-                known = connection.execute(
-                    sa.select(SESSIONS.c.id).where(SESSIONS.c.session == stamp.session)
-                ).first()
-                if known is None:
-                    connection.execute(sa.insert(SESSIONS).values(
-                        session=stamp.session, time=_utc(stamp.time), host=stamp.host,
-                        git_commit=stamp.git_commit,
-                    ))  # fmt: skip
-                if results:
-                    connection.execute(sa.insert(RESULTS), [_row(stamp, r) for r in results])
-
+        session = {"session": stamp.session, "time": _utc(stamp.time), "host": stamp.host,
+                   "git_commit": stamp.git_commit}  # fmt: skip
         try:
-            self._retrying(write)
+            self._store.append(session, (_row(stamp, result) for result in results))
         except Exception as exc:  # as in __init__: whatever the driver raised, one line
             raise self._error("cannot append", exc) from None
 
     def has_session(self, session: str) -> bool:
-        query = sa.select(SESSIONS.c.id).where(SESSIONS.c.session == session)
-        return self._read(lambda connection: connection.execute(query).first() is not None)
+        return self._read(lambda: self._store.has_session(session))
 
     def sessions(self) -> list[str]:
         """Every session's id, oldest first."""
-        query = sa.select(SESSIONS.c.session).order_by(SESSIONS.c.time, SESSIONS.c.id)
-        return self._read(lambda connection: list(connection.execute(query).scalars()))
+        return self._read(self._store.sessions)
 
     def points(
         self, key: ResultKey, *, limit: int | None = None, exclude_session: str | None = None
     ) -> list[HistoryPoint]:
         """One point per earlier session with a SUCCESS value for `key`, oldest first:
         the newest `limit` of them (all when None), without `exclude_session`."""
-        query = _key_query(key)
-        if exclude_session is not None:
-            query = query.where(RESULTS.c.session != exclude_session)
-        rows = self._read(lambda connection: list(connection.execute(query)))
+        rows = self._read(lambda: self._store.key_rows(key, exclude_session=exclude_session))
         grouped = _by_session(rows)
         chosen = grouped if limit is None else grouped[-limit:] if limit > 0 else []
         return [_point(values) for values in chosen]
 
     def session_points(self, key: ResultKey, session: str) -> list[HistoryPoint]:
         """The point of `session` for `key` (empty when it has no SUCCESS value)."""
-        query = _key_query(key).where(RESULTS.c.session == session)
-        rows = self._read(lambda connection: list(connection.execute(query)))
+        rows = self._read(lambda: self._store.key_rows(key, session=session))
         return [_point(values) for values in _by_session(rows)]
 
-    def _read(self, work: Callable[[Connection], T]) -> T:
+    def _read(self, work: Callable[[], T]) -> T:
         try:
-            with self._engine.connect() as connection:
-                return work(connection)
+            return work()
         except Exception as exc:  # as in __init__: whatever the driver raised, one line
             raise self._error("cannot read", exc) from None
 
     def close(self) -> None:
-        self._engine.dispose()
+        self._store.close()
 
 
 def _utc(moment: datetime) -> datetime:
@@ -300,24 +203,6 @@ def _row(stamp: SessionStamp, result: HistoryResult) -> dict[str, Any]:
         "metric": key.metric, "host": result.host, "value": value,
         "samples": _samples_json(result.samples), "status": result.status,
     }  # fmt: skip
-
-
-def _key_query(key: ResultKey) -> sa.Select[Any]:
-    """The SUCCESS values of `key`, oldest session first (then as appended)."""
-    return (
-        sa.select(RESULTS.c.session, RESULTS.c.value, RESULTS.c.samples)
-        .join(SESSIONS, SESSIONS.c.session == RESULTS.c.session)
-        .where(
-            RESULTS.c.model == key.model,
-            RESULTS.c.args == key.args,
-            RESULTS.c.docker_file == key.docker_file,
-            RESULTS.c.gpu_architecture == key.gpu_architecture,
-            RESULTS.c.metric == key.metric,
-            RESULTS.c.status == Status.SUCCESS.value,
-            RESULTS.c.value.is_not(None),
-        )
-        .order_by(SESSIONS.c.time, SESSIONS.c.id, RESULTS.c.id)
-    )
 
 
 def _by_session(rows: Iterable[Any]) -> list[list[tuple[float, tuple[float, ...]]]]:

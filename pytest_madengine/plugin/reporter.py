@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_madengine.core.history_url import sqlite_file
 from pytest_madengine.core.record_log import RecordLog
 from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.data import DataProgress
@@ -36,7 +37,8 @@ from pytest_madengine.reporting.perf_csv import (
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
 from pytest_madengine.resources.health import Transition, host_table
 
-HISTORY_MODULE = "pytest_madengine.core.history"
+HISTORY_SQLITE_MODULE = "pytest_madengine.core.history_sqlite"  # the stdlib sqlite3 store
+HISTORY_SQL_MODULE = "pytest_madengine.core.history_sql"  # SQLAlchemy's store
 
 if TYPE_CHECKING:
     from pytest_madengine.core.history import History
@@ -104,12 +106,15 @@ class MadReporter:
         return mask_all(runtime.health.report(), self.state.options.credentials.redact)
 
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        """Tests are about to run: SQLAlchemy, which the default history needs only at
-        the end, is imported meanwhile on a thread, while the tests wait for their
-        containers (at the end it took 0.4 s of every session's wall)."""
-        wanted = self.history is None and self.state.options.history_url is not None
-        if wanted and session.items and not session.config.option.collectonly:
-            threading.Thread(target=importlib.import_module, args=(HISTORY_MODULE,),
+        """Tests are about to run: the history's store, which is opened only at the end,
+        is imported meanwhile on a thread, while the tests wait for their containers
+        (SQLAlchemy, for a URL other than a plain SQLite file, took 0.4 s at the end)."""
+        url = self.state.options.history_url
+        if self.history is None and url is not None and session.items \
+                and not session.config.option.collectonly:  # fmt: skip
+            plain = sqlite_file(url) is not None
+            module = HISTORY_SQLITE_MODULE if plain else HISTORY_SQL_MODULE
+            threading.Thread(target=importlib.import_module, args=(module,),
                              name="mad-history-import", daemon=True).start()  # fmt: skip
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -226,11 +231,11 @@ class MadReporter:
     def _append_history(self) -> None:
         """The session's results into the history, in one transaction (also after
         Ctrl-C: what finished is kept); a database that fails then is a note."""
-        from pytest_madengine.core.history import History, HistoryError, SessionStamp, results_of
-
         url = self.state.options.history_url
         if url is None or not self.records:
             return
+        from pytest_madengine.core.history import History, HistoryError, SessionStamp, results_of
+
         if self.history is None:  # the default history: opened now, closed by us
             try:
                 self.history = History(url)
