@@ -40,6 +40,30 @@ def _shared(text: str) -> str:
     return sys.intern(text) if type(text) is str else text
 
 
+# JUnit properties whose values come from a small set (flags, hosts, metrics, images):
+# one (name, value) pair each, shared by every test that has it, as pytest keeps every
+# test's pairs (item, reports) to the end. At most SHARED_PAIRS of them are kept.
+_BOUNDED = frozenset({
+    "status", "metric", "image", "docker_sha", "image_built", "image_pulled",
+    "build_duration", "gpus", "host", "test_duration", "data_name", "data_provider",
+    "data_source", "data_size", "data_download_duration", "data_fetched",
+})  # fmt: skip
+SHARED_PAIRS = 4096
+_pairs: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _shared_pairs(properties: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    shared = []
+    for pair in properties:
+        if pair[0] in _BOUNDED:
+            known = _pairs.get(pair)
+            if known is None and len(_pairs) < SHARED_PAIRS:
+                known = _pairs.setdefault(pair, pair)
+            pair = known or pair
+        shared.append(pair)
+    return shared
+
+
 class Status(str, enum.Enum):
     """A result's status, spelled as perf.csv spells it."""
 
@@ -142,7 +166,7 @@ class DataFacts:
         ]  # fmt: skip
         if self.problem:
             properties.append(("data_problem", self.problem))
-        return properties
+        return _shared_pairs(properties)
 
 
 class Record(Protocol):
@@ -288,7 +312,7 @@ class TestRecord(RecordBase):
             properties.append(("baseline_note", "; ".join(notes)))
         if self.retried_after:
             properties.append(("retried_after", "; ".join(self.retried_after)))
-        return properties
+        return _shared_pairs(properties)
 
 
 @dataclass(frozen=True)

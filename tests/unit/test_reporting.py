@@ -225,3 +225,6 @@ def test_junit_values_many_tests_share_are_one_text_and_any_backend_value_is_kep
     one, other = dict(first.junit_properties()), dict(second.junit_properties())
     assert one["metric"] is other["metric"] and one["image_built"] is other["image_built"]
     assert one["host"] is other["host"] == "node-1" and one["job"] == 17
+    # pytest keeps every test's (name, value) pairs too: those are shared alike.
+    pairs = [{pair[0]: pair for pair in record.junit_properties()} for record in (first, second)]
+    assert pairs[0]["metric"] is pairs[1]["metric"] and pairs[0]["host"] is pairs[1]["host"]
