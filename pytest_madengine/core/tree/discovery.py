@@ -33,7 +33,7 @@ DEFAULT_N_GPUS = 1
 PARAMETER_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Model:
     """One models.json entry, with paths made relative to the MAD root."""
 
