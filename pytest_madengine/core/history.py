@@ -1,12 +1,14 @@
 """The results history: every session's results in one database, for verdicts against
 comparable earlier sessions (core/verdicts.py) and for teams that share results.
 
-SQLite by default (a file beside the session's output, no server), any SQLAlchemy URL
-otherwise (PostgreSQL for a team). Two tables: one row per session (its id, time, the
-controller's host and the MAD tree's commit), one row per result (the key that makes two
-results comparable, the host that ran it, the value, the repetitions' samples as JSON
-text, the status). Only the controller of a session appends (xdist workers never do),
-once, at the end, in one transaction: a session is in the history whole or not at all.
+SQLite by default (a file beside the session's output, no server; written through the
+standard library's sqlite3, core/history_sqlite.py), any SQLAlchemy URL otherwise
+(PostgreSQL for a team; core/history_sql.py, which alone imports SQLAlchemy). Two
+tables: one row per session (its id, time, the controller's host and the MAD tree's
+commit), one row per result (the key that makes two results comparable, the host that
+ran it, the value, the repetitions' samples as JSON text, the status). Only the
+controller of a session appends (xdist workers never do), once, at the end, in one
+transaction: a session is in the history whole or not at all.
 
 Concurrent writers (two sessions at once, each with `-n 4`) lose nothing: SQLite runs in
 WAL mode with a busy timeout, a write transaction takes the write lock at its start
@@ -19,41 +21,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import statistics
-import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
-
-from pytest_madengine.core.history_url import default_history_url
-from pytest_madengine.core.records import Status, TestRecord
+from pytest_madengine.core.history_store import DEADLINE_S, Store, fit
+from pytest_madengine.core.history_store import HistoryError as HistoryError  # re-exported
+from pytest_madengine.core.history_url import default_history_url, sqlite_file
+from pytest_madengine.core.records import TestRecord
 from pytest_madengine.core.verdicts import HistoryPoint, ResultKey
-from pytest_madengine.errors import MadError
-from pytest_madengine.masking import MASK, mask_text
+from pytest_madengine.masking import mask_text
 
-SQLITE_BUSY_MS = 30_000  # a writer waits this long for another's transaction
-CONNECT_TIMEOUT_S = 10  # a server that does not answer
-WRITE_ATTEMPTS = 5  # "database is locked" past the busy timeout: tried again
-# Each attempt at a read or write ends within this: a server that stopped answering
-# (a stopped process, a network that drops without a reset) is waited on no longer.
-# Above SQLite's busy timeout, so that a writer waiting on another is not cut short.
-DEADLINE_S = 60.0
-# URLs whose database did not answer within the deadline, and the line to say: every
-# History of the process on one (the verdicts', the controller's) asks it no more.
-_SILENT: dict[str, str] = {}
 T = TypeVar("T")
-
-
-class HistoryError(MadError):
-    """The history cannot be opened, read or written; one line, no password in it."""
 
 
 @dataclass(frozen=True)
@@ -77,118 +59,24 @@ class HistoryResult:
     status: str  # SUCCESS, FAILURE, SKIPPED
 
 
-_metadata = sa.MetaData()
-SESSIONS = sa.Table(
-    "mad_history_sessions",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # insertion order
-    sa.Column("session", sa.String(200), nullable=False, unique=True),
-    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("host", sa.String(255), nullable=False, default=""),
-    sa.Column("git_commit", sa.String(64), nullable=False, default=""),
-)
-RESULTS = sa.Table(
-    "mad_history_results",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("session", sa.String(200), nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("args", sa.Text, nullable=False, default=""),
-    sa.Column("docker_file", sa.Text, nullable=False, default=""),
-    sa.Column("gpu_architecture", sa.String(100), nullable=False, default=""),
-    sa.Column("metric", sa.String(200), nullable=False, default=""),
-    sa.Column("host", sa.String(255), nullable=False, default=""),
-    sa.Column("value", sa.Float, nullable=True),
-    sa.Column("samples", sa.Text, nullable=False, default="[]"),  # JSON list of numbers
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Index("mad_history_results_by_key", "model", "metric", "gpu_architecture"),
-    sa.Index("mad_history_results_by_session", "session"),
-)
+def __getattr__(name: str) -> Any:
+    """The SQLAlchemy tables and URL parser, imported when asked for (tests read the
+    history through them)."""
+    if name in ("SESSIONS", "RESULTS", "make_url"):
+        from pytest_madengine.core import history_sql
 
-
-# Query parameters that carry a secret: libpq's `password` and `sslpassword`, and the
-# like of other drivers. Their values are masked wherever the URL is shown.
-_SECRET_PARAMETER = re.compile(r"pass|secret|token", re.IGNORECASE)
-_SECRET_IN_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*")
-_HIDDEN = "maskedbypytestmadengine"  # stands for a masked value while SQLAlchemy renders
+        return getattr(history_sql, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def masked_url(url: str) -> str:
-    """The URL as it may be shown: its password and the values of its query's secret
-    parameters masked (a URL that does not parse is shown with whatever sits between
-    `:` and the last `@` masked)."""
-    try:
-        parsed = make_url(url)
-    except HistoryError:
-        head, at, tail = url.rpartition("@")
-        if at:
-            scheme, _, login = head.partition("://")
-            url = f"{scheme}://{login.split(':', 1)[0]}:{MASK}@{tail}"
-        return _SECRET_IN_QUERY.sub(rf"\g<1>{MASK}", url)
-    hidden = {name: _HIDDEN for name in parsed.query if _SECRET_PARAMETER.search(name)}
-    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
-    return shown.replace(_HIDDEN, MASK)
+    """The URL as it may be shown: its password and its query's secret values masked
+    (core/history_sql.py). A plain SQLite file's has none."""
+    if sqlite_file(url) is not None:
+        return url
+    from pytest_madengine.core import history_sql
 
-
-def url_secrets(parsed: URL) -> list[str]:
-    """The URL's password and its query's secret values, for masking messages."""
-    found = [parsed.password or ""]
-    for name, value in parsed.query.items():
-        if _SECRET_PARAMETER.search(name):
-            found += [value] if isinstance(value, str) else list(value)
-    return [secret for secret in found if secret]
-
-
-def make_url(url: str) -> URL:
-    """The parsed URL; a bare `postgresql://` uses psycopg 3 when psycopg2 is missing
-    (the `history-postgres` extra installs psycopg 3)."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise HistoryError(f"not a database URL ({type(exc).__name__})") from None
-    if parsed.host and "@" in parsed.host:  # the rest of a password was read as the host
-        raise HistoryError("not a database URL (write an '@' of the password as %40)")
-    if parsed.drivername == "postgresql" and not _importable("psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Autocommit at the driver: SQLAlchemy's `begin` below emits BEGIN itself.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _engine(url: URL) -> Engine:
-    if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        sa.event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    connect_args: dict[str, Any] = {}
-    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-
-
-def _locked(exc: SQLAlchemyError) -> bool:
-    return isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower()
+    return history_sql.masked_url(url)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -211,12 +99,29 @@ def _samples_of(text: str | None) -> tuple[float, ...]:
 
 
 class History:
-    """The results history at a SQLAlchemy URL; its tables are made when missing."""
+    """The results history at a database URL; its tables are made when missing."""
 
     def __init__(self, url: str, deadline_s: float = DEADLINE_S) -> None:
         self.url = masked_url(url)  # what messages show
-        self.deadline_s = deadline_s
-        self._key = url  # in _SILENT
+        self._secrets: list[str] = []
+        try:
+            self._store = self._open(url, deadline_s)
+        except HistoryError:
+            raise
+        # Any error, not only the driver's: a driver's own error escapes SQLAlchemy's
+        # wrapping when its module was imported twice (pytester's in-process runs drop
+        # the modules a session imported), and a URL must still fail in one line.
+        except Exception as exc:
+            raise self._error("cannot open", exc) from None
+
+    def _open(self, url: str, deadline_s: float) -> Store:
+        path = sqlite_file(url)
+        if path is not None:
+            from pytest_madengine.core.history_sqlite import SqliteStore
+
+            return SqliteStore(path)
+        from pytest_madengine.core.history_sql import SqlAlchemyStore, make_url, url_secrets
+
         try:
             parsed = make_url(url)
         except HistoryError as exc:
@@ -227,16 +132,7 @@ class History:
             raise HistoryError(
                 f"{self.url}: an in-memory database keeps nothing; give a file or a server's URL"
             )
-        try:
-            self._engine = _engine(parsed)
-            self._retrying(lambda: _metadata.create_all(self._engine), creating=True)
-        except HistoryError:
-            raise
-        # Any error, not only SQLAlchemy's: a driver's own error escapes SQLAlchemy's
-        # wrapping when its module was imported twice (pytester's in-process runs drop
-        # the modules a session imported), and a URL must still fail in one line.
-        except Exception as exc:
-            raise self._error("cannot open", exc) from None
+        return SqlAlchemyStore(parsed, url, deadline_s)
 
     @staticmethod
     def default_url(output_dir: Path) -> str:
@@ -247,110 +143,49 @@ class History:
         line = mask_text(_first_line(exc), self._secrets)
         return HistoryError(f"{self.url}: {doing}: {line}")
 
-    def _retrying(self, work: Callable[[], T], creating: bool = False) -> T:
-        """`work`, tried again while SQLite says locked (past its busy timeout), or when
-        two processes made the tables at once (the second finds them made)."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                return self._within_deadline(work)
-            except (OperationalError, IntegrityError, sa.exc.ProgrammingError) as exc:
-                text = str(exc.orig).lower()
-                racing = creating and ("exist" in text or "duplicate" in text)
-                if attempt + 1 == WRITE_ATTEMPTS or not (_locked(exc) or racing):
-                    raise
-                time.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    def _within_deadline(self, work: Callable[[], T]) -> T:
-        """`work`'s outcome, on a thread of its own that is waited on `deadline_s` at
-        most: the driver has no deadline for a server that stops answering mid-query.
-        Past it, TimeoutError now and for every later call on the URL, of any History
-        (the thread is left to the socket: a daemon, it does not hold the process at
-        its exit)."""
-        if self._key in _SILENT:
-            raise TimeoutError(_SILENT[self._key])
-        outcome: list[Any] = []
-
-        def run() -> None:
-            try:
-                outcome.append((True, work()))
-            except BaseException as exc:  # handed to the caller's thread
-                outcome.append((False, exc))
-
-        worker = threading.Thread(target=run, name="mad-history", daemon=True)
-        worker.start()
-        worker.join(self.deadline_s)
-        if not outcome:
-            _SILENT[self._key] = f"no answer within {self.deadline_s:g} s"
-            raise TimeoutError(_SILENT[self._key])
-        done, value = outcome[0]
-        if not done:
-            raise value
-        return value  # type: ignore[no-any-return]
-
-    def append(self, stamp: SessionStamp, results: Sequence[HistoryResult]) -> None:
+    def append(self, stamp: SessionStamp, results: Iterable[HistoryResult]) -> None:
         """The session and its results, in one transaction. A session already there
         (an import done twice) gets the results added, its stamp kept."""
-
-        def write() -> None:
-            with self._engine.begin() as connection:
-                known = connection.execute(
-                    sa.select(SESSIONS.c.id).where(SESSIONS.c.session == stamp.session)
-                ).first()
-                if known is None:
-                    connection.execute(sa.insert(SESSIONS).values(
-                        session=stamp.session, time=_utc(stamp.time),
-                        host=_fit(SESSIONS.c.host, stamp.host),
-                        git_commit=_fit(SESSIONS.c.git_commit, stamp.git_commit),
-                    ))  # fmt: skip
-                if results:
-                    connection.execute(sa.insert(RESULTS), [_row(stamp, r) for r in results])
-
+        session = {"session": fit("session", stamp.session), "time": _utc(stamp.time),
+                   "host": fit("host", stamp.host),
+                   "git_commit": fit("git_commit", stamp.git_commit)}  # fmt: skip
         try:
-            self._retrying(write)
+            self._store.append(session, (_row(stamp, result) for result in results))
         except Exception as exc:  # as in __init__: whatever the driver raised, one line
             raise self._error("cannot append", exc) from None
 
     def has_session(self, session: str) -> bool:
-        query = sa.select(SESSIONS.c.id).where(SESSIONS.c.session == session)
-        return self._read(lambda connection: connection.execute(query).first() is not None)
+        return self._read(lambda: self._store.has_session(session))
 
     def sessions(self) -> list[str]:
         """Every session's id, oldest first."""
-        query = sa.select(SESSIONS.c.session).order_by(SESSIONS.c.time, SESSIONS.c.id)
-        return self._read(lambda connection: list(connection.execute(query).scalars()))
+        return self._read(self._store.sessions)
 
     def points(
         self, key: ResultKey, *, limit: int | None = None, exclude_session: str | None = None
     ) -> list[HistoryPoint]:
         """One point per earlier session with a SUCCESS value for `key`, oldest first:
         the newest `limit` of them (all when None), without `exclude_session`."""
-        query = _key_query(key)
-        if exclude_session is not None:
-            query = query.where(RESULTS.c.session != exclude_session)
-        rows = self._read(lambda connection: list(connection.execute(query)))
+        fitted = _fitted(key)
+        rows = self._read(lambda: self._store.key_rows(fitted, exclude_session=exclude_session))
         grouped = _by_session(rows)
         chosen = grouped if limit is None else grouped[-limit:] if limit > 0 else []
         return [_point(values) for values in chosen]
 
     def session_points(self, key: ResultKey, session: str) -> list[HistoryPoint]:
         """The point of `session` for `key` (empty when it has no SUCCESS value)."""
-        query = _key_query(key).where(RESULTS.c.session == session)
-        rows = self._read(lambda connection: list(connection.execute(query)))
+        fitted = _fitted(key)
+        rows = self._read(lambda: self._store.key_rows(fitted, session=session))
         return [_point(values) for values in _by_session(rows)]
 
-    def _read(self, work: Callable[[Connection], T]) -> T:
-        def read() -> T:
-            with self._engine.connect() as connection:
-                return work(connection)
-
+    def _read(self, work: Callable[[], T]) -> T:
         try:
-            return self._within_deadline(read)
+            return work()
         except Exception as exc:  # as in __init__: whatever the driver raised, one line
             raise self._error("cannot read", exc) from None
 
     def close(self) -> None:
-        self._engine.dispose()
+        self._store.close()
 
 
 def _utc(moment: datetime) -> datetime:
@@ -360,14 +195,9 @@ def _utc(moment: datetime) -> datetime:
     return moment
 
 
-def _fit(column: sa.Column[Any], value: str) -> str:
-    """`value` as its column can keep it on any database: without NUL characters and
-    cut to the column's length. PostgreSQL refuses either (a model's metric word, a
-    host's name), and with it every result of the session, where SQLite keeps them.
-    Made alike when written and when asked, a key finds what it wrote."""
-    value = value.replace("\x00", "")
-    length = getattr(column.type, "length", None)
-    return value[:length] if length else value
+def _fitted(key: ResultKey) -> ResultKey:
+    """The key as its columns keep it (see history_store.fit): asked as it was written."""
+    return ResultKey(**{name: fit(name, text) for name, text in dataclasses.asdict(key).items()})
 
 
 def _row(stamp: SessionStamp, result: HistoryResult) -> dict[str, Any]:
@@ -376,25 +206,8 @@ def _row(stamp: SessionStamp, result: HistoryResult) -> dict[str, Any]:
         "session": stamp.session, "host": result.host, "status": result.status,
         **dataclasses.asdict(result.key),
     }  # fmt: skip
-    fitted = {name: _fit(RESULTS.c[name], text) for name, text in texts.items()}
+    fitted = {name: fit(name, text) for name, text in texts.items()}
     return {**fitted, "value": value, "samples": _samples_json(result.samples)}
-
-
-def _key_query(key: ResultKey) -> sa.Select[Any]:
-    """The SUCCESS values of `key`, oldest session first (then as appended)."""
-    return (
-        sa.select(RESULTS.c.session, RESULTS.c.value, RESULTS.c.samples)
-        .join(SESSIONS, SESSIONS.c.session == RESULTS.c.session)
-        .where(
-            *(
-                RESULTS.c[name] == _fit(RESULTS.c[name], text)
-                for name, text in dataclasses.asdict(key).items()
-            ),
-            RESULTS.c.status == Status.SUCCESS.value,
-            RESULTS.c.value.is_not(None),
-        )
-        .order_by(SESSIONS.c.time, SESSIONS.c.id, RESULTS.c.id)
-    )
 
 
 def _by_session(rows: Iterable[Any]) -> list[list[tuple[float, tuple[float, ...]]]]:

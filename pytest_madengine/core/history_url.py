@@ -44,3 +44,19 @@ def resolve_history_url(text: str | None, base_dir: Path, output_dir: Path) -> s
         return text
     path = Path(text)
     return f"sqlite:///{(path if path.is_absolute() else base_dir / path).resolve()}"
+
+
+SQLITE_FILE_PREFIX = "sqlite:///"
+_NOT_PLAIN = frozenset("%?#@")  # quoting, options: SQLAlchemy parses those
+
+
+def sqlite_file(url: str) -> str | None:
+    """The path of a plain SQLite file URL (`sqlite:///<path>`, as SQLAlchemy reads it):
+    the standard library's sqlite3 opens it. None for any other URL, an in-memory one
+    or one with quoting or options: SQLAlchemy opens those."""
+    if not url.startswith(SQLITE_FILE_PREFIX):
+        return None
+    path = url[len(SQLITE_FILE_PREFIX) :]
+    if not path or path == ":memory:" or _NOT_PLAIN.intersection(path):
+        return None
+    return path

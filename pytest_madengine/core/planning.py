@@ -71,7 +71,7 @@ def affinity_labels(model: Model) -> tuple[str, ...]:
     return tuple(wanted)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedTest:
     selected: Selected
     dockerfile: Dockerfile | None

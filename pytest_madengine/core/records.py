@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -25,6 +26,42 @@ from pytest_madengine.units import exact_number
 
 Redact = Callable[[str], str]
 R = TypeVar("R", bound="RecordBase")
+
+
+def _flag(value: object) -> str:
+    return "true" if value else "false"
+
+
+def _shared(text: str) -> str:
+    """One copy of a JUnit property's value that many tests share (a metric, a host, an
+    image, `0.00`): pytest's JUnit XML keeps every test's values to the session's end,
+    and a fleet's 10,000 tests held ~8 copies each of the same few texts."""
+    # A third party's backend may give a property that is no str: pytest str()s it.
+    return sys.intern(text) if type(text) is str else text
+
+
+# JUnit properties whose values come from a small set (flags, hosts, metrics, images):
+# one (name, value) pair each, shared by every test that has it, as pytest keeps every
+# test's pairs (item, reports) to the end. At most SHARED_PAIRS of them are kept.
+_BOUNDED = frozenset({
+    "status", "metric", "image", "docker_sha", "image_built", "image_pulled",
+    "build_duration", "gpus", "host", "test_duration", "data_name", "data_provider",
+    "data_source", "data_size", "data_download_duration", "data_fetched",
+})  # fmt: skip
+SHARED_PAIRS = 4096
+_pairs: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _shared_pairs(properties: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    shared = []
+    for pair in properties:
+        if pair[0] in _BOUNDED:
+            known = _pairs.get(pair)
+            if known is None and len(_pairs) < SHARED_PAIRS:
+                known = _pairs.setdefault(pair, pair)
+            pair = known or pair
+        shared.append(pair)
+    return shared
 
 
 class Status(str, enum.Enum):
@@ -119,17 +156,17 @@ class DataFacts:
 
     def junit_properties(self) -> list[tuple[str, str]]:
         properties = [
-            ("data_name", self.name),
-            ("data_provider", self.provider),
-            ("data_source", self.source),
-            ("data_size", "" if self.size_bytes is None else str(self.size_bytes)),
+            ("data_name", _shared(self.name)),
+            ("data_provider", _shared(self.provider)),
+            ("data_source", _shared(self.source)),
+            ("data_size", "" if self.size_bytes is None else _shared(str(self.size_bytes))),
             ("data_download_duration",
-             "" if self.download_s is None else f"{self.download_s:.3f}"),
-            ("data_fetched", str(self.fetched).lower()),
+             "" if self.download_s is None else _shared(f"{self.download_s:.3f}")),
+            ("data_fetched", _flag(self.fetched)),
         ]  # fmt: skip
         if self.problem:
             properties.append(("data_problem", self.problem))
-        return properties
+        return _shared_pairs(properties)
 
 
 class Record(Protocol):
@@ -240,25 +277,25 @@ class TestRecord(RecordBase):
         properties = [
             ("status", self.status.value),
             ("performance", "" if main is None else main.shown_performance),
-            ("metric", main.metric if main else ""),
-            ("image", image.name if image else ""),
-            ("docker_sha", image.docker_sha if image else ""),
-            ("image_built", str(bool(image and image.built)).lower()),
-            ("image_pulled", str(bool(image and image.pulled)).lower()),
-            ("build_duration", f"{image.build_duration if image else 0.0:.2f}"),
-            ("gpus", ",".join(str(index) for index in self.gpus)),
+            ("metric", _shared(main.metric) if main else ""),
+            ("image", _shared(image.name) if image else ""),
+            ("docker_sha", _shared(image.docker_sha) if image else ""),
+            ("image_built", _flag(image and image.built)),
+            ("image_pulled", _flag(image and image.pulled)),
+            ("build_duration", _shared(f"{image.build_duration if image else 0.0:.2f}")),
+            ("gpus", _shared(",".join(str(index) for index in self.gpus))),
         ]
         if self.host is not None:
-            properties.append(("host", self.host))
+            properties.append(("host", _shared(self.host)))
         if self.duration is not None:
             properties += [
-                ("test_duration", f"{self.duration:.2f}"),
+                ("test_duration", _shared(f"{self.duration:.2f}")),
                 ("started_at", f"{self.started_at:.3f}"),
                 ("ended_at", f"{self.ended_at:.3f}"),
             ]
         if self.log_path:
             properties.append(("log_path", self.log_path))
-        properties += sorted(self.properties.items())
+        properties += sorted((name, _shared(value)) for name, value in self.properties.items())
         if self.data is not None:
             properties += self.data.junit_properties()
         if main is not None:
@@ -275,7 +312,7 @@ class TestRecord(RecordBase):
             properties.append(("baseline_note", "; ".join(notes)))
         if self.retried_after:
             properties.append(("retried_after", "; ".join(self.retried_after)))
-        return properties
+        return _shared_pairs(properties)
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,9 @@ def _shown(config: pytest.Config, source: Path) -> str:
 class MadItem(pytest.Function):
     """One selected model (with its tag parameters) as a test."""
 
+    __slots__ = ("_structured_id",)  # see `id`
+    _structured_id: Any
+
     def __init__(self, *, planned: PlannedTest, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.planned = planned
@@ -201,13 +204,20 @@ class MadItem(pytest.Function):
         but a name and params to the cache, and --lf reruns everything. pytest has no
         public parser (its NodeId is private). Before 9.2 node ids are plain strings on
         both sides and nothing asks for `id` (pytest's own is missing too, as here): our
-        floor, 8.0, does without it (scripts/lowest-lane)."""
+        floor, 8.0, does without it (scripts/lowest-lane). Parsed once: each of the
+        item's reports keeps the id it is given (one parsed per report was ~0.5 KB per
+        test of a fleet's session); kept in a slot, which costs the item's dict nothing."""
+        try:
+            return self._structured_id
+        except AttributeError:
+            pass
         own = super().id
         try:
             from _pytest.nodeid import coerce_node_id
         except ImportError:  # a pytest that moved it: its own id, as a plain item has
             return own
-        return coerce_node_id(str(own))
+        self._structured_id = coerce_node_id(str(own))
+        return self._structured_id
 
 
 def _build_body(target: BuildTarget) -> Callable[..., None]:

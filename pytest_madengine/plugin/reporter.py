@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_madengine.core.history_url import sqlite_file
+from pytest_madengine.core.record_log import RecordLog
 from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.data import DataProgress
 from pytest_madengine.errors import MadError
@@ -35,7 +37,8 @@ from pytest_madengine.reporting.perf_csv import (
 from pytest_madengine.reporting.summary import build_table, results_table, summary_document
 from pytest_madengine.resources.health import Transition, host_table
 
-HISTORY_MODULE = "pytest_madengine.core.history"
+HISTORY_SQLITE_MODULE = "pytest_madengine.core.history_sqlite"  # the stdlib sqlite3 store
+HISTORY_SQL_MODULE = "pytest_madengine.core.history_sql"  # SQLAlchemy's store
 
 if TYPE_CHECKING:
     from pytest_madengine.core.history import History
@@ -73,7 +76,8 @@ class MadReporter:
             PERF_SUPER_COLUMNS,
             "perf_super.csv",
         )
-        self.records: list[tuple[str, TestRecord]] = []  # (node id, record)
+        # (node id, record) of every test, compressed: read back at the end.
+        self.records = RecordLog()
         self.data_notes: list[tuple[str, bool]] = []  # (line, whether a warning)
         self.builds: list[BuildRecord] = []
         # Lines for the terminal summary (written at sessionfinish, which runs before it).
@@ -102,12 +106,15 @@ class MadReporter:
         return mask_all(runtime.health.report(), self.state.options.credentials.redact)
 
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        """Tests are about to run: SQLAlchemy, which the default history needs only at
-        the end, is imported meanwhile on a thread, while the tests wait for their
-        containers (at the end it took 0.4 s of every session's wall)."""
-        wanted = self.history is None and self.state.options.history_url is not None
-        if wanted and session.items and not session.config.option.collectonly:
-            threading.Thread(target=importlib.import_module, args=(HISTORY_MODULE,),
+        """Tests are about to run: the history's store, which is opened only at the end,
+        is imported meanwhile on a thread, while the tests wait for their containers
+        (SQLAlchemy, for a URL other than a plain SQLite file, took 0.4 s at the end)."""
+        url = self.state.options.history_url
+        if self.history is None and url is not None and session.items \
+                and not session.config.option.collectonly:  # fmt: skip
+            plain = sqlite_file(url) is not None
+            module = HISTORY_SQLITE_MODULE if plain else HISTORY_SQL_MODULE
+            threading.Thread(target=importlib.import_module, args=(module,),
                              name="mad-history-import", daemon=True).start()  # fmt: skip
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -137,7 +144,7 @@ class MadReporter:
             self._say(problem)
         for lost in record.retried_after:
             self._say(f"{lost}; {record.name} placed again")
-        self.records.append((report.nodeid, record))
+        self.records.append(report.nodeid, record)
         self._tell_data(report, record)
         try:
             self.config.hook.pytest_mad_record(record=record, config=self.config)
@@ -182,7 +189,7 @@ class MadReporter:
                 terminalreporter.write_line(line, yellow=warn)
         if self.records:
             terminalreporter.section("madengine results")
-            for line in results_table([record for _, record in self.records]):
+            for line in results_table(self.records.records()):
                 terminalreporter.write_line(line)
         if self.builds:
             terminalreporter.section("madengine builds")
@@ -226,11 +233,11 @@ class MadReporter:
     def _append_history(self) -> None:
         """The session's results into the history, in one transaction (also after
         Ctrl-C: what finished is kept); a database that fails then is a note."""
-        from pytest_madengine.core.history import History, HistoryError, SessionStamp, results_of
-
         url = self.state.options.history_url
         if url is None or not self.records:
             return
+        from pytest_madengine.core.history import History, HistoryError, SessionStamp, results_of
+
         if self.history is None:  # the default history: opened now, closed by us
             try:
                 self.history = History(url)
@@ -243,7 +250,8 @@ class MadReporter:
             self.state.session_id, datetime.now(timezone.utc), machine,
             self.state.options.git_commit,
         )  # fmt: skip
-        results = [result for _, record in self.records for result in results_of(record, machine)]
+        records = self.records.records()
+        results = [result for record in records for result in results_of(record, machine)]
         try:
             self.history.append(stamp, results)
         except HistoryError as exc:
@@ -268,7 +276,7 @@ class MadReporter:
             self.notes.append(f"no HTML report: {options.perf_csv} has no results")
             return
         try:
-            verdicts = verdict_rows([record for _, record in self.records])
+            verdicts = verdict_rows(self.records.records())
             write_report(path, [options.perf_csv], options.baseline.by_model(), options.tolerance,
                          verdicts=verdicts, hosts=self._hosts())  # fmt: skip
         except MadError as exc:

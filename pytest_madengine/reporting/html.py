@@ -19,7 +19,7 @@ import itertools
 import math
 import os
 from array import array
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -207,7 +207,7 @@ class VerdictRow:
         return {"regression": "regression", "improvement": "improvement"}.get(self.outcome, "")
 
 
-def verdict_rows(records: Sequence[TestRecord]) -> tuple[VerdictRow, ...]:
+def verdict_rows(records: Iterable[TestRecord]) -> tuple[VerdictRow, ...]:
     """A row per judged result of the session's records, in their order."""
     rows = []
     for record in records:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pytest_madengine.core.records import BuildRecord, ResultRow, Status, TestRecord
@@ -34,42 +34,68 @@ def _series(row: ResultRow) -> str:
     return f"{line[:-1]}|{line[-1]}"
 
 
-def build_counts(records: Sequence[TestRecord]) -> tuple[int, int]:
-    """(images built, images reused) over the session: each image counted once."""
-    built: set[str] = set()
-    seen: set[str] = set()
-    for record in records:
+class ImageCounts:
+    """Images built and reused over the session, each image counted once."""
+
+    def __init__(self) -> None:
+        self._built: set[str] = set()
+        self._seen: set[str] = set()
+
+    def add(self, record: TestRecord) -> None:
         if record.image is None:
-            continue
-        seen.add(record.image.name)
+            return
+        self._seen.add(record.image.name)
         if record.image.built:
-            built.add(record.image.name)
-    return len(built), len(seen - built)
+            self._built.add(record.image.name)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(built, reused)"""
+        return len(self._built), len(self._seen - self._built)
 
 
-def _judged(records: Sequence[TestRecord]) -> bool:
-    return any(row.comparison for record in records for row in record.rows)
-
-
-def table_rows(records: Sequence[TestRecord]) -> list[tuple[str, ...]]:
-    """A row per result; with a verdict column when any result has a verdict."""
-    rows: list[tuple[str, ...]] = []
-    verdicts = _judged(records)
+def build_counts(records: Iterable[TestRecord]) -> tuple[int, int]:
+    """(images built, images reused) over the session: each image counted once."""
+    images = ImageCounts()
     for record in records:
-        duration = record.duration
-        for row in record.rows:
-            cells: tuple[str, ...] = (
-                row.name,
-                row.status.value,
-                row.shown_performance,
-                row.metric,
-                _versus_baseline(row),
-                "" if duration is None else f"{duration:.1f}s",
-            )
-            if verdicts:
-                cells += (_series(row), row.comparison.line if row.comparison else "")
-            rows.append(cells)
-    return rows
+        images.add(record)
+    return images.counts
+
+
+def _record_rows(record: TestRecord) -> Iterator[tuple[str, ...]]:
+    """A row per result of the record, with its series and verdict cells."""
+    duration = record.duration
+    for row in record.rows:
+        yield (
+            row.name,
+            row.status.value,
+            row.shown_performance,
+            row.metric,
+            _versus_baseline(row),
+            "" if duration is None else f"{duration:.1f}s",
+            _series(row),
+            row.comparison.line if row.comparison else "",
+        )
+
+
+def table_rows(records: Iterable[TestRecord]) -> list[tuple[str, ...]]:
+    """A row per result; with a verdict column when any result has a verdict."""
+    return _table(records, ImageCounts())[0]
+
+
+def _table(
+    records: Iterable[TestRecord], images: ImageCounts
+) -> tuple[list[tuple[str, ...]], bool]:
+    """The rows and whether any result was judged, in one pass over the records (which
+    may be read back one at a time: plugin/reporter.py keeps them compressed)."""
+    rows: list[tuple[str, ...]] = []
+    judged = False
+    for record in records:
+        images.add(record)
+        judged = judged or any(row.comparison for row in record.rows)
+        rows.extend(_record_rows(record))
+    width = len(COLUMNS) + (len(VERDICT_COLUMNS) if judged else 0)
+    return [cells[:width] for cells in rows], judged
 
 
 def _versus_baseline(row: ResultRow) -> str:
@@ -85,58 +111,65 @@ def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
             for row in rows]  # fmt: skip
 
 
-def results_table(records: Sequence[TestRecord]) -> list[str]:
+def results_table(records: Iterable[TestRecord]) -> list[str]:
     """Aligned lines: a header, a row per result, and how many images were built."""
-    header = (*COLUMNS, *VERDICT_COLUMNS) if _judged(records) else COLUMNS
-    lines = _aligned([header, *table_rows(records)])
-    built, reused = build_counts(records)
+    images = ImageCounts()
+    rows, judged = _table(records, images)
+    header = (*COLUMNS, *VERDICT_COLUMNS) if judged else COLUMNS
+    lines = _aligned([header, *rows])
+    built, reused = images.counts
     lines.append(f"images: {built} built, {reused} reused")
     return lines
 
 
+def _result_entry(row: ResultRow) -> dict[str, Any]:
+    return {
+        "model": row.name,
+        "status": row.status.value,
+        # A number, or a text value as written (a CPU list such as 0-1).
+        "performance": row.performance if row.performance is not None else row.text,
+        "metric": row.metric,
+        "relative_change": row.relative_change,
+        "reason": row.reason,
+        "baseline_note": row.baseline_note,
+        # --mad-repeat: the repetitions' values (performance is their median).
+        "samples": list(row.samples),
+        **{key: value for key, value in row.spread().items() if key != "samples"},
+        # --mad-compare: outcome, line, the history's medians and the current one.
+        "verdict": dataclasses.asdict(row.comparison) if row.comparison else None,
+    }
+
+
 def summary_document(
-    tests: Sequence[tuple[str, TestRecord]],
+    tests: Iterable[tuple[str, TestRecord]],
     session_id: str,
     hosts: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The --mad-summary JSON: counts, builds, every test's record, every result row and
-    the hosts' status with its transitions (`hosts`: empty without a heartbeat)."""
-    records = [record for _, record in tests]
-    statuses = [row.status for record in records for row in record.rows]
-    built, reused = build_counts(records)
+    the hosts' status with its transitions (`hosts`: empty without a heartbeat). One
+    pass over `tests`."""
+    images = ImageCounts()
+    counts = dict.fromkeys((status.value for status in Status), 0)
+    entries, results = [], []
+    for nodeid, record in tests:
+        images.add(record)
+        entries.append({
+            "nodeid": nodeid,
+            "status": record.status.value,
+            "properties": dict(record.junit_properties()),
+            "record": record.to_dict(),
+        })  # fmt: skip
+        for row in record.rows:
+            counts[row.status.value] += 1
+            results.append(_result_entry(row))
+    built, reused = images.counts
     return {
         "session_id": session_id,
-        "counts": {status.value: statuses.count(status) for status in Status},
+        "counts": counts,
         "images": {"built": built, "reused": reused},
         "hosts": [dict(host) for host in hosts],
-        "tests": [
-            {
-                "nodeid": nodeid,
-                "status": record.status.value,
-                "properties": dict(record.junit_properties()),
-                "record": record.to_dict(),
-            }
-            for nodeid, record in tests
-        ],
-        "results": [
-            {
-                "model": row.name,
-                "status": row.status.value,
-                # A number, or a text value as written (a CPU list such as 0-1).
-                "performance": row.performance if row.performance is not None else row.text,
-                "metric": row.metric,
-                "relative_change": row.relative_change,
-                "reason": row.reason,
-                "baseline_note": row.baseline_note,
-                # --mad-repeat: the repetitions' values (performance is their median).
-                "samples": list(row.samples),
-                **{key: value for key, value in row.spread().items() if key != "samples"},
-                # --mad-compare: outcome, line, the history's medians and the current one.
-                "verdict": dataclasses.asdict(row.comparison) if row.comparison else None,
-            }
-            for record in records
-            for row in record.rows
-        ],
+        "tests": entries,
+        "results": results,
     }
 
 

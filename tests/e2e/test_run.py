@@ -286,3 +286,18 @@ def test_the_controller_keeps_no_record_dict_on_a_report_once_it_is_written(
     result.stdout.fnmatch_lines(["dummy*SUCCESS*7*", "reports keeping a record: 0"])
     assert [row["performance"] for row in read_perf(pytester.path / "perf.csv")] == ["7"]
     assert junit_properties(pytester.path / "r.xml")["dummy"]["performance"] == "7"
+
+
+# Fails the parameter set b=1, passes the others.
+FAILS_B1 = '#!/bin/sh\ncase " $* " in *" --b 1 "*) exit 1 ;; esac\necho "performance: 5 fps"\n'
+
+
+def test_last_failed_reruns_only_the_failed_parameter_set(pytester: pytest.Pytester) -> None:
+    """pytest >= 9.2 reads `p[b=1]` back from its cache as a name and params: our items'
+    structured ids (plugin/collection.py) must say the same, or --lf reruns all."""
+    models = [entry("p", scripts="scripts/dummy/half.sh", parametrize=[{"b": 1}, {"b": 2}])]
+    unique_tree(pytester, models, scripts(half=FAILS_B1))
+    first = pytester.runpytest_subprocess("-rA", "--mad-tags", "dummies", timeout=300)
+    first.assert_outcomes(passed=1, failed=1)
+    again = pytester.runpytest_subprocess("-rA", "--mad-tags", "dummies", "--lf", timeout=300)
+    again.assert_outcomes(failed=1)  # b=2 passed before: not run again

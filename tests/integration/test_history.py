@@ -5,6 +5,8 @@ that does not open says so in one line without its password."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,10 +27,12 @@ WRITERS = 4
 SESSIONS_EACH = 10
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-sqlalchemy", "postgresql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+    if request.param == "sqlite":  # a plain file: the standard library's sqlite3
         return f"sqlite:///{tmp_path / 'history.sqlite'}"
+    if request.param == "sqlite-sqlalchemy":  # a driver named: SQLAlchemy
+        return f"sqlite+pysqlite:///{tmp_path / 'history.sqlite'}"
     return str(request.getfixturevalue("postgres_url"))
 
 
@@ -112,6 +116,49 @@ def test_writers_at_once_lose_nothing(url: str) -> None:
     )
     assert len(history.points(OTHER)) == WRITERS * SESSIONS_EACH
     history.close()
+
+
+@pytest.mark.parametrize("first", ["sqlite", "sqlite+pysqlite"])
+def test_either_sqlite_store_reads_what_the_other_wrote(tmp_path: Path, first: str) -> None:
+    """A plain SQLite file is written through the standard library, an SQLite URL with a
+    driver or options through SQLAlchemy: one file, one schema, whichever wrote it."""
+    path = tmp_path / "h" / "history.sqlite"
+    second = "sqlite+pysqlite" if first == "sqlite" else "sqlite"
+    writer = History(f"{first}:///{path}")
+    writer.append(stamp("b", 2), [result(20.0, samples=(19.0, 21.0))])
+    writer.append(stamp("a", 1), [result(10.0), result(None, status="FAILURE")])
+    writer.close()
+    reader = History(f"{second}:///{path}")
+    reader.append(stamp("c", 3), [result(30.0)])
+    assert reader.sessions() == ["a", "b", "c"]
+    assert reader.points(KEY) == [HistoryPoint(10.0), HistoryPoint(20.0, (19.0, 21.0)),
+                                  HistoryPoint(30.0)]  # fmt: skip
+    reader.close()
+    again = History(f"{first}:///{path}")
+    assert again.sessions() == ["a", "b", "c"] and again.has_session("c")
+    again.close()
+
+
+def test_the_default_history_needs_no_sqlalchemy(tmp_path: Path) -> None:
+    """A plain SQLite file is opened, appended to and read without importing SQLAlchemy
+    (~15 MB of a fleet session's peak memory)."""
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    script = f"""
+import sys
+from datetime import datetime, timezone
+from pytest_madengine.core.history import History, HistoryResult, SessionStamp
+from pytest_madengine.core.verdicts import ResultKey
+history = History({url!r})
+key = ResultKey("m", "", "d", "gfx942", "fps")
+history.append(SessionStamp("s", datetime.now(timezone.utc), "h", ""),
+               [HistoryResult(key, "h", 1.0, (), "SUCCESS")])
+assert [point.median for point in history.points(key)] == [1.0]
+history.close()
+print(sorted(name for name in sys.modules if name.startswith("sqlalchemy")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.history import History, masked_url
-from pytest_madengine.core.history_url import resolve_history_url
+from pytest_madengine.core.history import History, make_url, masked_url
+from pytest_madengine.core.history_url import resolve_history_url, sqlite_file
 
 BASE, OUTPUT = Path("/work/here"), Path("/work/here/mad_output")
 
@@ -45,3 +45,24 @@ def test_the_default_is_beside_the_output() -> None:
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert masked_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:////work/here/mad_output/history.sqlite", "/work/here/mad_output/history.sqlite"),
+        ("sqlite:///rel/h.db", "rel/h.db"),
+        ("sqlite:////work/a b/h.db", "/work/a b/h.db"),
+        # SQLAlchemy reads these: quoting, options, a driver, memory, a server.
+        ("sqlite:////work/a%20b/h.db", None),
+        ("sqlite:////work/h.db?timeout=5", None),
+        ("sqlite+pysqlite:////work/h.db", None),
+        ("sqlite:///:memory:", None),
+        ("sqlite://", None),
+        ("postgresql://mad:pw@db/mad", None),
+    ],
+)
+def test_a_plain_sqlite_file_is_opened_without_sqlalchemy(url: str, path: str | None) -> None:
+    assert sqlite_file(url) == path
+    if path is not None:  # shown as SQLAlchemy shows it: it holds no password
+        assert masked_url(url) == make_url(url).render_as_string(hide_password=True) == url

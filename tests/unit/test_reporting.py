@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.core.records import ImageFacts, ModelFacts, ResultRow, Status, TestRecord
+from pytest_madengine.core.record_log import BLOCK, RecordLog
+from pytest_madengine.core.records import (
+    Comparison,
+    DataFacts,
+    ImageFacts,
+    ModelFacts,
+    ResultRow,
+    Status,
+    TestRecord,
+)
 from pytest_madengine.reporting import perf_csv
 from pytest_madengine.reporting.perf_csv import PERF_COLUMNS, PerfCsv, perf_rows
 from pytest_madengine.reporting.summary import build_counts, results_table, summary_document
@@ -196,3 +205,53 @@ def test_a_writer_opens_the_file_once_while_the_path_names_it(
     ours.close()
     monkeypatch.undo()
     assert [row["model"] for row in csv.DictReader(path.open(newline=""))] == ["d"]
+
+
+FULL = TestRecord(
+    "d[batch=8]", Status.FAILURE,
+    ModelFacts("d", 2, "--batch 8", ("perf", "nightly"), "docker/d.Dockerfile", "ci-d", "fp16",
+               "gfx942", "imagenet", "s3", "abc123", "torchrun"),
+    "missed: fps < 50", "tail of the log\nsecond line",
+    rows=(
+        ResultRow("d_a", Status.FAILURE, 42.5, "fps", float("inf"), "missed", {"k": "v"},
+                  perf_model="d_a", baseline_note="no baseline", samples=(41.0, 42.5, 44.0),
+                  comparison=Comparison("regression", "-12% (-15..-9)", (48.0, 49.5), 42.5)),
+        ResultRow("d_b", Status.SUCCESS, None, "cpus", text="0-1", perf_model="d_b"),
+    ),
+    image=ImageFacts("ci-d", "sha256:3", "rocm/pytorch", built=True, build_duration=3.5,
+                     log_path="/logs/build.log"),
+    backend="slurm", host="node-7", gpus=(0, 1), started_at=1.5, ended_at=9.25,
+    log_path="/logs/d.log", retried_after=("node-3 lost",), properties={"job": "17"},
+    data=DataFacts("imagenet", "s3", "s3://b/i", 1024, 0.5, True, "checksum differs"),
+)  # fmt: skip
+
+
+def test_the_record_log_gives_back_every_record_equal_and_in_order() -> None:
+    """The reporter keeps the session's records compressed: what it reads back at the
+    end must be what arrived, every field of it, also past a block and read twice."""
+    arrived = [(f"models.json::m{i}", RECORDS[i % 3]) for i in range(BLOCK + 5)]
+    arrived.insert(7, ("models.json::d[batch=8]", FULL))
+    log = RecordLog()
+    for nodeid, record in arrived:
+        log.append(nodeid, record)
+    assert len(log) == len(arrived)
+    assert list(log) == arrived and list(log) == arrived
+    records = [record for _, record in arrived]
+    assert results_table(log.records()) == results_table(records)
+    assert summary_document(log, "sid") == summary_document(arrived, "sid")
+
+
+def test_junit_values_many_tests_share_are_one_text_and_any_backend_value_is_kept() -> None:
+    # Texts made apart, as each test's run makes its own.
+    first, second = (
+        TestRecord(name, Status.SUCCESS, FACTS,
+                   rows=(ResultRow(name, Status.SUCCESS, 1.0, "".join(["f", "ps"])),),
+                   host="".join(["node", "-1"]), properties={"job": 17})  # type: ignore[dict-item]
+        for name in ("a", "b")
+    )  # fmt: skip
+    one, other = dict(first.junit_properties()), dict(second.junit_properties())
+    assert one["metric"] is other["metric"] and one["image_built"] is other["image_built"]
+    assert one["host"] is other["host"] == "node-1" and one["job"] == 17
+    # pytest keeps every test's (name, value) pairs too: those are shared alike.
+    pairs = [{pair[0]: pair for pair in record.junit_properties()} for record in (first, second)]
+    assert pairs[0]["metric"] is pairs[1]["metric"] and pairs[0]["host"] is pairs[1]["host"]

@@ -11,6 +11,7 @@ import functools
 import posixpath
 import re
 import runpy
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ DEFAULT_N_GPUS = 1
 PARAMETER_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Model:
     """One models.json entry, with paths made relative to the MAD root."""
 
@@ -159,10 +160,11 @@ def _as_tuple(value: Any, field_name: str) -> tuple[str, ...]:
     """A list field that MAD trees also write as a comma-separated string."""
     if value is None or value == "":
         return ()
+    # One copy of each text: a big tree's models repeat the same few tags.
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        return tuple(sys.intern(part.strip()) for part in value.split(",") if part.strip())
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
+        return tuple(sys.intern(item) for item in value)
     raise ValueError(f"field '{field_name}' must be a list of strings, got {value!r}")
 
 
@@ -286,10 +288,11 @@ def _optional_str(entry: Mapping[str, Any], key: str) -> str | None:
 
 
 def _rebase(directory: str | None, path: str) -> str:
-    """Entries of scripts/<dir>/ name paths relative to that directory."""
+    """Entries of scripts/<dir>/ name paths relative to that directory (one copy of
+    each: a big tree's models share a few Dockerfiles and script folders)."""
     if directory is None:
-        return posixpath.normpath(path)
-    return posixpath.normpath(posixpath.join("scripts", directory, path))
+        return sys.intern(posixpath.normpath(path))
+    return sys.intern(posixpath.normpath(posixpath.join("scripts", directory, path)))
 
 
 def model_from_entry(entry: Mapping[str, Any], source: Source) -> Model:

@@ -29,7 +29,7 @@ class TagRequest:
         return self.target in (ALL, "") or self.target == name or self.target in model.tags
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Selected:
     """A model chosen by a tag, with the parameters that tag adds to its args."""
 
