@@ -67,7 +67,6 @@ from pytest_madengine.data import (
     resolve_data,
 )
 from pytest_madengine.errors import HostLost, MadError, Stopped
-from pytest_madengine.masking import mask_all
 from pytest_madengine.resources.hosts import Host
 from pytest_madengine.resources.placement import Placement
 from pytest_madengine.units import human_size
@@ -201,12 +200,6 @@ def data_note(data_name: str, mount: DataMount) -> str:
 def subject_of(test: PlannedTest, options: Options) -> Subject:
     """What every record of the test says, whatever becomes of its run."""
     return Subject(test.name, model_facts(test, options), options.deploy)
-
-
-def redact_record(record: TestRecord, redact: Callable[[str], str]) -> TestRecord:
-    """The record with every text in it masked: what a model, an engine or a registry
-    wrote, and what the user gave (args, tag parameters)."""
-    return mask_all(record, redact)
 
 
 class TestRunner:
@@ -376,7 +369,9 @@ class TestRunner:
         record = self._run(test, test_id, placement, sink, on_exit, made, on_started)
         if record.log_path:
             self.options.credentials.redact_file(Path(record.log_path))
-        return redact_record(record, self.options.credentials.redact)
+        # Every text masked: what a model, an engine or a registry wrote, and what the
+        # user gave (args, tag parameters).
+        return self.options.credentials.mask_all(record)
 
     def _spec(
         self,

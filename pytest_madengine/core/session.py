@@ -157,6 +157,7 @@ class Session:
         self.options = mad.options
         self.session_id = setup.session_id
         self._closed = False
+        self._fits: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str | None] = {}
         self.backend: Backend = create_backend(self.options.deploy, setup)
         try:
             if self.options.build_only:
@@ -231,12 +232,16 @@ class Session:
                 remove_session_dir(directory)
 
     def fits(self, test: PlannedTest, host: Host) -> str | None:
+        """Why the host cannot run the test, or None; worked out once per host and kind
+        of model (a placement asks it of every host, for each of a fleet's tests)."""
         model = test.model
-        vendor = self.options.gpu_vendor
-        return host_unfit_reason(
-            model, vendor, host.vendor, host.architecture, host.labels,
-            ignore_skip_gpu_arch=self.options.disable_skip_gpu_arch,
-        )  # fmt: skip
+        key = (host.name, tuple(model.skip_gpu_arch), tuple(model.entry.get("host_labels") or ()))
+        if key not in self._fits:
+            self._fits[key] = host_unfit_reason(
+                model, self.options.gpu_vendor, host.vendor, host.architecture, host.labels,
+                ignore_skip_gpu_arch=self.options.disable_skip_gpu_arch,
+            )  # fmt: skip
+        return self._fits[key]
 
     @property
     def concurrency(self) -> int:

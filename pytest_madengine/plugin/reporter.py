@@ -20,7 +20,6 @@ from pytest_madengine.core.record_log import RecordLog
 from pytest_madengine.core.records import BuildRecord, TestRecord
 from pytest_madengine.data import DataProgress
 from pytest_madengine.errors import MadError
-from pytest_madengine.masking import mask_all
 from pytest_madengine.plugin.state import PluginState
 from pytest_madengine.reporting.build_manifest import (
     build_summary,
@@ -103,7 +102,7 @@ class MadReporter:
         runtime = self.state.runtime
         if runtime is None or runtime.heartbeat is None:
             return []
-        return mask_all(runtime.health.report(), self.state.options.credentials.redact)
+        return self.state.options.credentials.mask_all(runtime.health.report())
 
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         """Tests are about to run: the history's store, which is opened only at the end,
@@ -122,14 +121,14 @@ class MadReporter:
         build = getattr(report, BUILD_ATTRIBUTE, None)
         # Every record is masked once more as it arrives: whatever made it (a worker, a
         # backend, a user's hook), no report written from it holds a secret.
-        redact = self.state.options.credentials.redact
+        credentials = self.state.options.credentials
         if build:
-            self.builds.append(mask_all(BuildRecord.from_dict(build), redact))
+            self.builds.append(credentials.mask_all(BuildRecord.from_dict(build)))
             return
         data = getattr(report, RECORD_ATTRIBUTE, None)
         if not data:
             return
-        record = mask_all(TestRecord.from_dict(data), redact)
+        record = credentials.mask_all(TestRecord.from_dict(data))
         rows = perf_rows(
             record,
             machine=self.machine,

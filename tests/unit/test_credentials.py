@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_madengine import credentials as credentials_module
 from pytest_madengine.core.records import ModelFacts, ResultRow, Status, TestRecord
 from pytest_madengine.credentials import MASK, GitLogin, load_credentials
 from pytest_madengine.errors import MadError
@@ -181,3 +182,19 @@ def test_mask_all_masks_a_secret_however_deep_and_copies_only_what_changed() -> 
 def test_mask_all_gives_a_record_without_secrets_back_as_it_is() -> None:
     record = _record("exit code 1", {"node": "n1"})
     assert mask_all(record, functools.partial(mask_text, secrets=["other"])) is record
+
+
+def test_a_session_without_secrets_does_not_walk_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each record is masked by the run and again by the reporter: with no secret to
+    mask, neither walks it (a fleet's thousands of records)."""
+    record = _record("exit code 1", {"url": "https://u:s3cret@h"})
+    (tmp_path / "credential.json").write_text(json.dumps({"git": {"password": "s3cret"}}))
+    assert load_credentials(tmp_path, environ={}).mask_all(record).facts.args == f"--token {MASK}"
+
+    def walked(value: object, redact: object) -> object:
+        raise AssertionError("a record was walked with nothing to mask")
+
+    monkeypatch.setattr(credentials_module, "mask_all", walked)
+    assert load_credentials(tmp_path / "none", environ={}).mask_all(record) is record
