@@ -111,7 +111,10 @@ def _lock(path: Path) -> SharedLock:
     with _LOCKS_LOCK:
         if target not in _LOCKS:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _LOCKS[target] = SharedLock(str(target.with_name(f".{target.name}.lock")))
+            # Kept open between appends (a row per test must not cost an open and a
+            # close); PerfCsv.close closes it, a later append opens it again.
+            lock_file = str(target.with_name(f".{target.name}.lock"))
+            _LOCKS[target] = SharedLock(lock_file, keep_open=True)
         return _LOCKS[target]
 
 
@@ -177,8 +180,9 @@ class PerfCsv:
     def _append(self, path: Path, rows: list[Mapping[str, object]]) -> None:
         wanted = self._wanted(rows)
         with self._lock(path):
-            header, lead = self._header(path, wanted)
-            handle = self._handle(path)
+            header, lead, as_left = self._header(path, wanted)
+            handle = self._handles.get(path) if as_left else None
+            handle = handle or self._handle(path)
             try:
                 handle.write(lead)
                 writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
@@ -192,7 +196,8 @@ class PerfCsv:
 
     def _handle(self, path: Path) -> TextIO:
         """The open handle of the file the path names now (called under the lock, after
-        `_header`, which may have put a widened file in its place)."""
+        `_header`, which may have put a widened file in its place), when the file is not
+        as this writer left it."""
         handle = self._handles.get(path)
         if handle is not None:
             try:
@@ -214,34 +219,38 @@ class PerfCsv:
                 handle.close()
 
     def close(self) -> None:
-        """Closes the files' handles (a later append opens them again)."""
+        """Closes the files' handles and their locks' (a later append opens them again)."""
         for path in list(self._handles):
             self._drop_handle(path)
+        for lock in self._locks.values():
+            lock.close()
 
-    def _header(self, path: Path, wanted: list[str]) -> tuple[list[str], str]:
-        """The header to write under, and what goes before our rows (a newline the last
-        row lacks). Called under the lock. The file is read only when it is not as this
-        writer left it: another session (or tool) may have written or widened it."""
+    def _header(self, path: Path, wanted: list[str]) -> tuple[list[str], str, bool]:
+        """The header to write under, what goes before our rows (a newline the last row
+        lacks), and whether the file is as this writer left it. Called under the lock.
+        The file is read only when it is not: another session (or tool) may have written
+        or widened it."""
         known = self._written.get(path)
         try:
             now: _Identity | None = _identity(path.stat())
         except FileNotFoundError:
             now = None
-        if known is not None and now == known.identity:
+        as_left = known is not None and now == known.identity
+        if known is not None and as_left:
             existing: list[str] | None = known.header
             lead = ""  # our own last row ended with its newline
         else:
             existing = _existing_header(path) if now is not None else None
             lead = "" if existing is None or _ends_with_newline(path) else "\n"
         if existing is None:
-            return wanted, _header_line(wanted)
+            return wanted, _header_line(wanted), False
         if "model" in wanted and not names_perf_columns(existing):
             raise NotAPerfCsv(NOT_A_PERF_CSV)  # rewriting it under our header loses it
         missing = [column for column in wanted if column not in existing]
         if missing:
             _widen(path, existing + missing)
             lead = ""  # the rewritten file's rows all end with their newline
-        return existing + missing, lead
+        return existing + missing, lead, as_left and not missing
 
 
 # (device, inode, size, mtime in ns): a file this writer left is still as it left it.
