@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from pytest_madengine.core.records import TestRecord
 
@@ -17,9 +18,9 @@ BLOCK = 256  # records compressed together: similar lines compress well together
 _SEPARATORS = (",", ":")
 
 
-def _line(nodeid: str, record: TestRecord) -> str:
+def _line(nodeid: str, data: Mapping[str, Any]) -> str:
     # Non-finite values (a NaN performance) are kept: json writes and reads them back.
-    return json.dumps([nodeid, record.to_dict()], separators=_SEPARATORS)
+    return json.dumps([nodeid, data], separators=_SEPARATORS)
 
 
 def _entry(line: str) -> tuple[str, TestRecord]:
@@ -35,8 +36,11 @@ class RecordLog:
         self._open: list[str] = []  # the lines of the block not compressed yet
         self._count = 0
 
-    def append(self, nodeid: str, record: TestRecord) -> None:
-        self._open.append(_line(nodeid, record))
+    def append(self, nodeid: str, record: TestRecord | Mapping[str, Any]) -> None:
+        """Keeps the record; given as TestRecord.to_dict made it (as a report carries
+        it), it is not made again."""
+        data = record.to_dict() if isinstance(record, TestRecord) else record
+        self._open.append(_line(nodeid, data))
         self._count += 1
         if len(self._open) >= BLOCK:
             self._blocks.append(zlib.compress("\n".join(self._open).encode(), 1))

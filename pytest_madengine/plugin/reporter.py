@@ -128,7 +128,10 @@ class MadReporter:
         data = getattr(report, RECORD_ATTRIBUTE, None)
         if not data:
             return
-        record = credentials.mask_all(TestRecord.from_dict(data))
+        arrived = TestRecord.from_dict(data)
+        record = credentials.mask_all(arrived)
+        if record is not arrived:  # a secret was masked: the dict is made again
+            data = record.to_dict()
         rows = perf_rows(
             record,
             machine=self.machine,
@@ -143,7 +146,7 @@ class MadReporter:
             self._say(problem)
         for lost in record.retried_after:
             self._say(f"{lost}; {record.name} placed again")
-        self.records.append(report.nodeid, record)
+        self.records.append(report.nodeid, data)  # the dict the report carried, masked
         self._tell_data(report, record)
         try:
             self.config.hook.pytest_mad_record(record=record, config=self.config)
