@@ -7,8 +7,10 @@ the first item runs. One placement loop takes them in that order and places each
 alone waits for free GPUs: a lease given back wakes it when it can use it); a placed
 test goes to a pool of worker threads that run and record it, at most N at once (a
 backend's `RunHandle.wait` blocks for the container's whole run, so a running test
-holds a worker). A test whose host was lost goes back to the placement loop, ahead of
-the tests behind it. When an item's turn comes, it waits for its own record and judges
+holds a worker). A run says when its GPUs are given back: from then on it no longer
+counts against N, and the next test starts beside it while it reads its results back
+and removes its container. A test whose host was lost goes back to the placement loop,
+ahead of the tests behind it. When an item's turn comes, it waits for its own record and judges
 it as a serial session would, so reports, perf.csv rows and JUnit come in item order
 whatever order the containers ended in.
 """
@@ -16,7 +18,6 @@ whatever order the containers ended in.
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 from collections import deque
@@ -42,8 +43,9 @@ class PlaceAgain:
     lost: tuple[str, ...]
 
 
-# A placed test's run on a worker: (its output sink) -> its record, or PlaceAgain.
-RunPlaced = Callable[[OutputSink | None], "TestRecord | PlaceAgain"]
+# A placed test's run on a worker: (its output sink, what it calls once its GPUs are
+# given back, if before its end) -> its record, or PlaceAgain.
+RunPlaced = Callable[[OutputSink | None, Callable[[], None]], "TestRecord | PlaceAgain"]
 # How the placement loop places a test: (test, test id, hosts lost so far) -> its run;
 # it blocks until the test has its GPUs (a test that will not run: a run that only
 # returns its record).
@@ -52,6 +54,12 @@ PlaceTest = Callable[[PlannedTest, str, tuple[str, ...]], RunPlaced]
 RunTest = Callable[[PlannedTest, str, OutputSink | None], TestRecord]
 # The output sink of one test (so that concurrent tests' lines do not mix), or None.
 SinkFor = Callable[[PlannedTest, str], OutputSink | None]
+# How many tests in line `in_line` gives at most: beyond a few dozen, containers made
+# ahead on one thread would not be ready before their GPUs are.
+MAX_LOOKAHEAD = 64
+# Workers beyond N for runs that gave their GPUs back and still read their results
+# back: as many as N (a wave of tests ending together), up to this many.
+MAX_WRAP_UP_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,10 @@ def _placed_at_once(run: RunTest) -> PlaceTest:
     """Placing that is part of the run itself: every test is placed at once."""
 
     def place(test: PlannedTest, test_id: str, lost: tuple[str, ...]) -> RunPlaced:
-        return functools.partial(run, test, test_id)
+        def run_placed(sink: OutputSink | None, freed: Callable[[], None]) -> TestRecord:
+            return run(test, test_id, sink)
+
+        return run_placed
 
     return place
 
@@ -94,7 +105,12 @@ class RunsAhead:
                 raise ValueError("a run or a place function is needed")
             place = _placed_at_once(run)
         self._place = place
+        # The tests in line given by `in_line` so far: the first `_told` of the queue.
+        self._lookahead = min(threads, MAX_LOOKAHEAD)
+        self._told = 0
         self._limit = threads
+        wrap_up = 0 if self._placed_ahead == 0 else min(threads, MAX_WRAP_UP_WORKERS)
+        self._max_workers = threads + self._placed_ahead + wrap_up
         self._sink_for = sink_for
         self._queue: deque[_Queued] = deque()
         self._records: dict[str, Future[TestRecord]] = {}
@@ -102,7 +118,8 @@ class RunsAhead:
         self._room = threading.Condition(self._lock)  # the placement loop waits here
         self._work = threading.Condition(self._lock)  # idle workers wait here
         self._jobs: deque[tuple[_Queued, RunPlaced]] = deque()
-        self._in_flight = 0  # tests placed (or being placed) and not done
+        self._in_flight = 0  # tests placed (or being placed) holding their GPUs
+        self._running = 0  # tests on a worker holding their GPUs: at most `threads`
         self._free_workers = 0
         self._workers: list[threading.Thread] = []
         self._placer: threading.Thread | None = None
@@ -144,11 +161,22 @@ class RunsAhead:
             on_wait()
         return record.result()
 
+    def in_line(self) -> list[tuple[PlannedTest, str]]:
+        """The tests (test, id) next in line behind the one being placed, not given
+        before, up to a few dozen: while that one waits for GPUs they wait too, and
+        their containers can be made meanwhile."""
+        with self._lock:
+            window = min(len(self._queue), self._lookahead)
+            line = [(self._queue[index].test, self._queue[index].test_id)
+                    for index in range(self._told, window)]  # fmt: skip
+            self._told = max(self._told, window)
+            return line
+
     def _next_to_place(self) -> _Queued | None:
         """The next test in order; None when there is nothing to place (the loop ends; a
-        later submit starts another). While every worker is busy one more test is placed:
-        it waits for its GPUs meanwhile (and gets its container made on them), so that
-        it starts the moment they are given back."""
+        later submit starts another). While every worker is busy one more test is
+        placed: it waits for its GPUs meanwhile (and gets its container made on them),
+        so that it starts the moment they are given back."""
         with self._lock:
             most = self._limit + self._placed_ahead
             while self._queue and not self._stopping and self._in_flight >= most:
@@ -157,6 +185,7 @@ class RunsAhead:
                 self._placer = None
                 return None
             self._in_flight += 1
+            self._told = max(0, self._told - 1)
             return self._queue.popleft()
 
     def _place_loop(self) -> None:
@@ -172,14 +201,15 @@ class RunsAhead:
             self._hand_over(queued, run)
 
     def _hand_over(self, queued: _Queued, run: RunPlaced) -> None:
-        """To a free worker, or a new one up to `threads`; else the first worker to end
-        its test takes it (there is at most one such test: see _next_to_place)."""
+        """To a free worker, or a new one (up to `threads`, the one placed ahead and
+        those of runs reading their results back); else the first worker to end its
+        test takes it."""
         with self._lock:
             self._jobs.append((queued, run))
             if self._free_workers >= len(self._jobs):
                 self._work.notify()
                 return
-            if len(self._workers) >= self._limit:
+            if len(self._workers) >= self._max_workers:
                 return
             self._free_workers += 1
             worker = threading.Thread(target=self._worker, daemon=True,
@@ -188,30 +218,44 @@ class RunsAhead:
         worker.start()
 
     def _done(self) -> None:
+        """A test placed gave its GPUs back, or will never hold any."""
         with self._lock:
             self._in_flight -= 1
             self._room.notify()
 
+    def _freed(self) -> None:
+        """A test on a worker gave its GPUs back: another may start."""
+        with self._lock:
+            self._in_flight -= 1
+            self._running -= 1
+            self._room.notify()
+            self._work.notify()
+
     def _worker(self) -> None:
         while True:
             with self._lock:
-                while not self._jobs and not self._stopping:
+                # After a stop, what was handed over runs at once (its run ends its lease).
+                while not self._stopping and not (self._jobs and self._running < self._limit):
                     self._work.wait()
                 if not self._jobs:  # stopping, and nothing handed over is left
                     self._workers.remove(threading.current_thread())
                     return
                 queued, run = self._jobs.popleft()
                 self._free_workers -= 1
-            self._run(queued, run)
-            with self._lock:
-                self._free_workers += 1
-            self._done()
+                self._running += 1
+            freed = _Once(self._freed)
+            try:
+                self._run(queued, run, freed)
+            finally:
+                with self._lock:
+                    self._free_workers += 1
+                freed()
 
-    def _run(self, queued: _Queued, run: RunPlaced) -> None:
+    def _run(self, queued: _Queued, run: RunPlaced, freed: Callable[[], None]) -> None:
         sink = None
         try:
             sink = self._sink_for(queued.test, queued.test_id) if self._sink_for else None
-            record = run(sink)
+            record = run(sink, freed)
         except BaseException as exc:  # handed to the item, which raises it
             queued.record.set_exception(exc)
             return
@@ -229,6 +273,7 @@ class RunsAhead:
         with self._lock:
             if not self._stopping:
                 self._queue.appendleft(_Queued(queued.test, queued.test_id, queued.record, lost))
+                self._told += 1  # (it was given when it first waited)
                 self._start_placer()
                 return
         queued.record.set_exception(Stopped(f"{queued.test_id}: the session is stopping"))
@@ -252,6 +297,20 @@ class RunsAhead:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Once:
+    """Calls the function the first time it is called, and never again."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            function, self._function = self._function, None
+        if function is not None:
+            function()
 
 
 class PrefixedLines:

@@ -173,12 +173,14 @@ class Session:
             self.backend.close()
             raise
         self._ahead: RunsAhead | None = None
-        # Containers made ahead (see _place): tests waiting for GPUs, in the order they
-        # came; the GPUs claimed for one; its container.
+        # Containers made ahead (see _place): tests waiting for GPUs with none claimed
+        # yet, in the order they came; the GPUs claimed for one; its container; the
+        # tests running whose GPUs no test claimed yet.
         self._ahead_lock = threading.Lock()
         self._waiting: dict[str, PlannedTest] = {}
         self._claims: dict[str, Placement] = {}
         self._made: dict[str, Future[MadeAhead | None]] = {}
+        self._unclaimed_runs: dict[str, Placement] = {}
         self._maker: ThreadPoolExecutor | None = None
         self._stopping = False
         # A backend that cannot make containers ahead claims no GPUs for them.
@@ -284,7 +286,7 @@ class Session:
         """Places and runs the test on this thread, placing it again on a lost host."""
         lost: tuple[str, ...] = ()
         while True:
-            outcome = self._place_step(test, test_id, lost)(on_output)
+            outcome = self._place_step(test, test_id, lost)(on_output, _nothing)
             if not isinstance(outcome, PlaceAgain):
                 return outcome
             lost = outcome.lost
@@ -292,9 +294,11 @@ class Session:
     def _place_step(self, test: PlannedTest, test_id: str, lost: tuple[str, ...]) -> RunPlaced:
         """Places the test (waiting for its GPUs): what then runs it. A test that will
         not run (skipped, no host can take it) is a run that only gives its record."""
-        subject = subject_of(test, self.options)
         if test.skip_reason:
+            self._drop_made(test_id)  # it was expected, and will not run
+            subject = subject_of(test, self.options)
             return functools.partial(_given, records.skipped(subject, test.skip_reason))
+        subject = subject_of(test, self.options)
         try:
             placement, made = self._place(test, test_id)
         except NoHost as exc:
@@ -316,10 +320,12 @@ class Session:
         made: MadeAhead | None,
         lost: tuple[str, ...],
         on_output: OutputSink | None,
+        freed: Callable[[], None],
     ) -> TestRecord | PlaceAgain:
-        """Runs the placed test; PlaceAgain when its host was lost and a retry is left."""
+        """Runs the placed test; PlaceAgain when its host was lost and a retry is left.
+        `freed` is called once its GPUs are given back."""
         try:
-            on_exit = functools.partial(self.pool.release, placement)
+            on_exit = functools.partial(self._ended, placement, freed)
             on_started = functools.partial(self._started, placement)
             record = self.runner.run(test, test_id, placement, on_output, on_exit, made,
                                      on_started)  # fmt: skip
@@ -334,13 +340,13 @@ class Session:
             redact = self.options.credentials.redact
             return records.failed(subject, reason, RunFacts(retried_after=lost), redact=redact)
         finally:
-            self.pool.release(placement)
+            self._ended(placement, freed)
         return dataclasses.replace(record, retried_after=lost)
 
-    # Containers made ahead. While a test waits for GPUs (a thread of --mad-concurrency,
-    # or the test after the running one), its container is made on the GPUs it is
-    # expected to get: those of a test that just started, claimed so that no other test
-    # of this process takes them first. When its GPUs are free it only has to start.
+    # Containers made ahead. While a test waits for GPUs (the tests next in line, or the
+    # test after the running one), its container is made on the GPUs it is expected to
+    # get: those of a running test, claimed so that no other test of this process takes
+    # them first. When its GPUs are free it only has to start.
 
     def _place(self, test: PlannedTest, test_id: str) -> tuple[Placement, MadeAhead | None]:
         """The test's placement, and its container when one was made for it."""
@@ -353,16 +359,24 @@ class Session:
                 return self._claims.get(test_id)
 
         def others() -> set[tuple[str, int]]:
+            """The GPUs other tests claimed, left to them while this test has GPUs of
+            its own to wait for (else it could wait for ever behind tests in line after
+            it, which claimed every GPU that frees)."""
             with self._ahead_lock:
-                return {(claim.host.name, gpu.index) for holder, claim in self._claims.items()
-                        if holder != test_id for gpu in claim.gpus}  # fmt: skip
+                own = self._claims.get(test_id)
+                if own is None:
+                    return set()
+                theirs = {(claim.host.name, gpu.index) for holder, claim in self._claims.items()
+                          if holder != test_id for gpu in claim.gpus}  # fmt: skip
+            return set() if own.host.name in self.pool.down() else theirs
 
         n_gpus, affinity = test.model.n_gpus, affinity_labels(test.model)
         try:
             placement = self.pool.try_acquire(n_gpus, test_id, fits, claimed(), others(), affinity)
-            if placement is None:
-                with self._ahead_lock:
-                    self._waiting.setdefault(test_id, test)
+            if placement is None:  # it waits, and so do the tests in line behind it
+                ahead = self._ahead if self._makes_ahead else None
+                line = ahead.in_line() if ahead is not None else []
+                self._expect([(test, test_id), *line])
                 placement = self.pool.acquire(
                     n_gpus, test_id, fits, prefer=claimed, avoid=others, affinity=affinity
                 )
@@ -371,25 +385,68 @@ class Session:
             raise
         return placement, self._take_made(test_id, placement)
 
+    def _makes_ahead_on(self, placement: Placement) -> bool:
+        return (
+            self._makes_ahead
+            and bool(placement.gpus)
+            and not placement.host.scheduled
+            # a claim would pin the next test to this host
+            and self.pool.strategy != "round-robin"
+        )
+
+    def _expect(self, tests: Iterable[tuple[PlannedTest, str]]) -> None:
+        """The tests (test, id) will wait for GPUs, in this order: each gets the GPUs of
+        a running test no other test claimed yet, when one fits it, or else the next
+        such GPUs (see _started)."""
+        if not self._makes_ahead:
+            return
+        with self._ahead_lock:
+            for test, test_id in tests:
+                if self._stopping or test.skip_reason:
+                    continue
+                if test_id in self._claims or test_id in self._waiting:
+                    continue
+                for holder, running in self._unclaimed_runs.items():
+                    if self._could_take(test, running):
+                        del self._unclaimed_runs[holder]
+                        self._claim(test, test_id, running)
+                        break
+                else:
+                    self._waiting[test_id] = test
+
     def _started(self, placement: Placement) -> None:
         """A test's container started on the placement: the first test waiting for such
-        GPUs gets its container made for them (on one thread, one at a time)."""
-        if placement.host.scheduled or not placement.gpus or not self._makes_ahead:
-            return
-        if self.pool.strategy == "round-robin":  # a claim would pin the next test here
+        GPUs gets its container made for them (on one thread, one at a time); with none,
+        the GPUs are left for the next test to come."""
+        if not self._makes_ahead_on(placement):
             return
         with self._ahead_lock:
             if self._stopping:
                 return
             for test_id, test in self._waiting.items():
-                if test_id in self._claims or not self._could_take(test, placement):
-                    continue
-                claim = Placement(placement.host, placement.gpus, test_id)
-                self._claims[test_id] = claim
-                if self._maker is None:
-                    self._maker = ThreadPoolExecutor(1, thread_name_prefix="mad-make")
-                self._made[test_id] = self._maker.submit(self._make, test, claim)
-                return
+                if self._could_take(test, placement):
+                    self._claim(test, test_id, placement)
+                    return
+            self._unclaimed_runs[placement.holder] = placement
+
+    def _claim(self, test: PlannedTest, test_id: str, running: Placement) -> None:
+        """(Under the lock.) The GPUs of the running placement are the test's next, and
+        its container is made on them."""
+        self._waiting.pop(test_id, None)
+        claim = Placement(running.host, running.gpus, test_id)
+        self._claims[test_id] = claim
+        if self._maker is None:
+            self._maker = ThreadPoolExecutor(1, thread_name_prefix="mad-make")
+        self._made[test_id] = self._maker.submit(self._make, test, claim)
+
+    def _ended(self, placement: Placement, freed: Callable[[], None]) -> None:
+        """The test's container ended: its GPUs are given back (and the test counts no
+        more against the concurrency)."""
+        if self._makes_ahead:
+            with self._ahead_lock:
+                self._unclaimed_runs.pop(placement.holder, None)
+        self.pool.release(placement)
+        freed()
 
     def _could_take(self, test: PlannedTest, placement: Placement) -> bool:
         host, n_gpus = placement.host, test.model.n_gpus
@@ -427,7 +484,8 @@ class Session:
             self._waiting.pop(test_id, None)
             claim = self._claims.pop(test_id, None)
             pending = self._made.pop(test_id, None)
-        self.pool.wake()
+        if claim is not None:
+            self.pool.wake()
         return claim, pending
 
     def build(
@@ -453,6 +511,8 @@ class Session:
             pending = list(self._made.values())
             self._made.clear()
             self._claims.clear()
+            self._waiting.clear()
+            self._unclaimed_runs.clear()
         for made in pending:
             _discard(made)
         if self._ahead is not None:
@@ -477,9 +537,15 @@ class Session:
                 self.pool.close()  # a release after this opens its files again
 
 
-def _given(record: TestRecord, on_output: OutputSink | None) -> TestRecord:
+def _given(
+    record: TestRecord, on_output: OutputSink | None, freed: Callable[[], None]
+) -> TestRecord:
     """The run of a test that does not run: its record."""
     return record
+
+
+def _nothing() -> None:
+    """What a test run on the caller's thread calls when its GPUs are given back."""
 
 
 def _discard(pending: Future[MadeAhead | None]) -> None:

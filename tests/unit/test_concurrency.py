@@ -111,6 +111,9 @@ def test_stop_ends_queued_tests_with_stopped_and_starts_nothing_more() -> None:
     gate = Gate()
     ahead = RunsAhead(gate, threads=1)
     ahead.submit(queued("a", "b", "c"))
+    deadline = time.monotonic() + 10
+    while not gate.started and time.monotonic() < deadline:
+        time.sleep(0.005)
     threading.Timer(0.2, gate.release.set).start()
     ahead.stop(join_s=10)
     assert ahead.result("a") == "record of a"  # it was running: it ran to its end
@@ -327,7 +330,7 @@ def test_a_test_whose_host_was_lost_is_placed_again_ahead_of_those_behind_it() -
     def place(test: Any, test_id: str, lost: tuple[str, ...]) -> Any:
         placed.append((test_id, lost))
 
-        def run(sink: Any) -> Any:
+        def run(sink: Any, freed: Any) -> Any:
             if test_id == "a" and not lost:
                 return PlaceAgain(("host-1: lost",))
             return f"record of {test_id} after {lost}"
@@ -347,7 +350,7 @@ def test_tests_are_placed_in_the_order_given_and_never_more_than_the_threads_at_
 
     def place(test: Any, test_id: str, lost: tuple[str, ...]) -> Any:
         placed.append(test_id)
-        return lambda sink: gate(test, test_id, sink)
+        return lambda sink, freed: gate(test, test_id, sink)
 
     ahead = RunsAhead(None, threads=2, place=place)
     ahead.submit(queued(*"abcdef"))

@@ -1,0 +1,260 @@
+"""Containers made ahead, and the next test started the moment GPUs are given back.
+
+While tests run, those next in line get their containers made on the GPUs the running
+ones will give back, so that when their turn comes they only have to start; and a test
+whose command ended gives its GPUs (and its share of --mad-concurrency) back at once,
+so the next one starts while it still reads its results back. The backend here keeps
+a journal of what it was asked, and its runs end only when the test says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_madengine.backends import MODEL_LABEL, ImageFacts, RunOutcome
+from pytest_madengine.core import session as session_module
+from pytest_madengine.core.options import RawOptions, parse_options
+from pytest_madengine.core.records import Status
+from pytest_madengine.core.session import Session
+from pytest_madengine.resources.gpus import Gpu, GpuInventory
+from pytest_madengine.resources.hosts import Host
+from tests.conftest import entry, write_tree
+
+WAIT_S = 20
+
+
+class StagedRuns:
+    """A backend of `gpus` GPUs on one host that can make containers ahead. A run's
+    command ends when its model's `exit` event is set; its results are read back when
+    its `wrap_up` event is set (set by default)."""
+
+    name = "staged"
+
+    def __init__(self, gpus: int) -> None:
+        inventory = GpuInventory(
+            tuple(Gpu(i, "AMD", "gfx942") for i in range(gpus)), "declared", virtual=True
+        )
+        self.host = Host("staged", "tcp://staged.invalid:2376", inventory)
+        self.lock = threading.Lock()
+        self.journal: list[str] = []
+        self.exit: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+        self.wrap_up: defaultdict[str, threading.Event] = defaultdict(_set_event)
+
+    def note(self, what: str) -> None:
+        with self.lock:
+            self.journal.append(what)
+
+    def seen(self, what: str) -> bool:
+        with self.lock:
+            return what in self.journal
+
+    def wait_for(self, what: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not self.seen(what):
+            assert time.monotonic() < deadline, f"never saw {what!r}: {self.journal}"
+            time.sleep(0.005)
+
+    def hosts(self) -> tuple[Host, ...]:
+        return (self.host,)
+
+    def hosts_down(self) -> dict[str, str]:
+        return {}
+
+    def shared_state(self) -> dict[str, str]:
+        return {}
+
+    def prepare(self, request: Any, host: Host, on_output: Any = None) -> ImageFacts:
+        return ImageFacts(request.name, "sha256:staged")
+
+    def create(self, spec: Any, host: Host) -> StagedContainer:
+        model = spec.labels[MODEL_LABEL]
+        self.note(f"create {model}")
+        return StagedContainer(self, model, spec)
+
+    def start(self, spec: Any, host: Host, on_output: Any) -> StagedRun:
+        return self.create(spec, host).start(on_output)
+
+    def sweep(self, session_id: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        for event in [*self.exit.values(), *self.wrap_up.values()]:
+            event.set()
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+class StagedContainer:
+    def __init__(self, backend: StagedRuns, model: str, spec: Any) -> None:
+        self.backend, self.model, self.spec = backend, model, spec
+
+    def start(self, on_output: Any) -> StagedRun:
+        self.backend.note(f"start {self.model}")
+        return StagedRun(self.backend, self.model, self.spec)
+
+    def discard(self) -> None:
+        self.backend.note(f"discard {self.model}")
+
+
+class StagedRun:
+    def __init__(self, backend: StagedRuns, model: str, spec: Any) -> None:
+        self.backend, self.model, self.spec = backend, model, spec
+        self.started = time.time()
+
+    def wait_exit(self) -> bool:
+        self.backend.exit[self.model].wait(WAIT_S)
+        self.backend.note(f"exit {self.model}")
+        return True
+
+    def wait(self) -> RunOutcome:
+        self.wait_exit()
+        self.backend.wrap_up[self.model].wait(WAIT_S)
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.spec.log_path.write_bytes(b"performance: 1 samples_per_second\n")
+        self.backend.note(f"end {self.model}")
+        return RunOutcome(0, False, self.spec.log_path, self.started, time.time(), "staged")
+
+    def cancel(self) -> None:
+        self.backend.exit[self.model].set()
+
+
+@pytest.fixture
+def staged(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def with_gpus(gpus: int) -> StagedRuns:
+        backend = StagedRuns(gpus)
+        monkeypatch.setattr(session_module, "create_backend", lambda name, setup: backend)
+        return backend
+
+    return with_gpus
+
+
+def session_of(tmp_path: Path, models: int, concurrency: str) -> Any:
+    root = write_tree(tmp_path / "mad", [entry(f"m{i}") for i in range(1, models + 1)])
+    options = parse_options(
+        RawOptions(root=str(root), tags=("dummies",), concurrency=concurrency, base_dir=tmp_path)
+    )
+    return Session.open(options)
+
+
+def test_the_tests_next_in_line_get_their_containers_made_while_the_first_ones_run(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(2)
+    with session_of(tmp_path, 4, "2") as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        backend.wait_for("start m1")
+        backend.wait_for("start m2")
+        # m3 and m4 wait for GPUs: their containers are made on those of m1 and m2.
+        backend.wait_for("create m3")
+        backend.wait_for("create m4")
+        assert not backend.seen("exit m1") and not backend.seen("start m3")
+        backend.exit["m1"].set()
+        backend.exit["m2"].set()
+        backend.wait_for("start m3")
+        backend.wait_for("start m4")
+        backend.exit["m3"].set()
+        backend.exit["m4"].set()
+        records = [session.run(test, test.name) for test in tests]
+    assert [record.status for record in records] == [Status.SUCCESS] * 4
+    # Each container was made once, and none was thrown away.
+    assert sorted(line for line in backend.journal if line.startswith("create")) == [
+        "create m1", "create m2", "create m3", "create m4"
+    ]  # fmt: skip
+    assert not [line for line in backend.journal if line.startswith("discard")]
+
+
+def test_a_test_handed_over_after_the_running_one_started_still_gets_its_container_ahead(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(1)
+    with session_of(tmp_path, 2, "1") as session:
+        first, second = session.mad.plan.tests
+        session.run_ahead([(first, first.name)])
+        backend.wait_for("start m1")
+        # As pytest hands over the next item: once the one before it already runs.
+        session.run_ahead([(second, second.name)])
+        backend.wait_for("create m2")
+        assert not backend.seen("exit m1")
+        backend.exit["m1"].set()
+        backend.exit["m2"].set()
+        records = [session.run(test, test.name) for test in (first, second)]
+    assert [record.status for record in records] == [Status.SUCCESS] * 2
+    assert backend.journal.count("create m2") == 1
+
+
+def test_the_next_test_starts_when_the_gpus_are_given_back_not_when_the_last_one_is_done(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(1)
+    backend.wrap_up["m1"].clear()  # m1 reads its results back until told
+    with session_of(tmp_path, 2, "1") as session:
+        first, second = session.mad.plan.tests
+        session.run_ahead([(first, first.name), (second, second.name)])
+        backend.exit["m1"].set()
+        backend.wait_for("start m2")
+        assert not backend.seen("end m1")
+        backend.wrap_up["m1"].set()
+        backend.exit["m2"].set()
+        records = [session.run(test, test.name) for test in (first, second)]
+    assert [record.status for record in records] == [Status.SUCCESS] * 2
+    journal = backend.journal
+    assert journal.index("exit m1") < journal.index("start m2") < journal.index("end m1")
+
+
+def test_tests_holding_gpus_never_outnumber_the_concurrency_while_others_wrap_up(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(4)
+    for name in ("m1", "m2"):
+        backend.wrap_up[name].clear()
+    with session_of(tmp_path, 4, "2") as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        backend.wait_for("start m2")
+        time.sleep(0.2)  # 4 GPUs are free, yet only 2 tests may run at once
+        assert not backend.seen("start m3")
+        backend.exit["m1"].set()
+        backend.exit["m2"].set()
+        backend.wait_for("start m3")
+        backend.wait_for("start m4")
+        assert not backend.seen("end m1") and not backend.seen("end m2")
+        for name in ("m1", "m2", "m3", "m4"):
+            backend.wrap_up[name].set()
+            backend.exit[name].set()
+        records = [session.run(test, test.name) for test in tests]
+    assert [record.status for record in records] == [Status.SUCCESS] * 4
+
+
+def test_a_test_that_no_claim_fits_is_not_held_back_by_the_claims_of_those_behind_it(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(2)
+    models = [entry("m1"), entry("m2"), entry("m3", n_gpus=2), entry("m4"), entry("m5")]
+    root = write_tree(tmp_path / "mad", models)
+    options = parse_options(
+        RawOptions(root=str(root), tags=("dummies",), concurrency="2", base_dir=tmp_path)
+    )
+    with Session.open(options) as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        # m3 wants both GPUs: the single GPUs of m1 and m2 go to m4 and m5 behind it.
+        backend.wait_for("create m4")
+        backend.wait_for("create m5")
+        backend.exit["m1"].set()
+        backend.exit["m2"].set()
+        backend.wait_for("start m3")  # it takes the GPUs m4 and m5 had claimed
+        for name in ("m3", "m4", "m5"):
+            backend.exit[name].set()
+        records = [session.run(test, test.name) for test in tests]
+    assert [record.status for record in records] == [Status.SUCCESS] * 5
