@@ -229,7 +229,8 @@ class RunsAhead:
             self._in_flight -= 1
             self._running -= 1
             self._room.notify()
-            self._work.notify()
+            if self._jobs:  # one held back by the bound can start now
+                self._work.notify()
 
     def _worker(self) -> None:
         while True:
