@@ -205,17 +205,21 @@ class RunsAhead:
         those of runs reading their results back); else the first worker to end its
         test takes it."""
         with self._lock:
-            self._jobs.append((queued, run))
-            if self._free_workers >= len(self._jobs):
-                self._work.notify()
-                return
-            if len(self._workers) >= self._max_workers:
-                return
-            self._free_workers += 1
-            worker = threading.Thread(target=self._worker, daemon=True,
-                                      name=f"mad-run-{len(self._workers) + 1}")  # fmt: skip
-            self._workers.append(worker)
-        worker.start()
+            stopped = self._stopping
+            worker = None
+            if not stopped:
+                self._jobs.append((queued, run))
+                if self._free_workers < len(self._jobs) and len(self._workers) < self._max_workers:
+                    self._free_workers += 1
+                    worker = threading.Thread(target=self._worker, daemon=True,
+                                              name=f"mad-run-{len(self._workers) + 1}")  # fmt: skip
+                    self._workers.append(worker)
+                else:
+                    self._work.notify()
+        if stopped:  # placed as the session stopped: no worker is left to take it, and
+            self._run(queued, run, _Once(self._done))  # its run ends its lease at once
+        elif worker is not None:
+            worker.start()
 
     def _done(self) -> None:
         """A test placed gave its GPUs back, or will never hold any."""
@@ -240,6 +244,7 @@ class RunsAhead:
                     self._work.wait()
                 if not self._jobs:  # stopping, and nothing handed over is left
                     self._workers.remove(threading.current_thread())
+                    self._free_workers -= 1
                     return
                 queued, run = self._jobs.popleft()
                 self._free_workers -= 1

@@ -17,7 +17,7 @@ import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -178,13 +178,15 @@ class Session:
         # tests running whose GPUs no test claimed yet.
         self._ahead_lock = threading.Lock()
         self._waiting: dict[str, PlannedTest] = {}
-        self._claims: dict[str, Placement] = {}
+        self._claims: dict[str, tuple[PlannedTest, Placement]] = {}
         self._made: dict[str, Future[MadeAhead | None]] = {}
         self._unclaimed_runs: dict[str, Placement] = {}
+        self._placing: set[str] = set()  # tests some thread places now
         self._maker: ThreadPoolExecutor | None = None
         self._stopping = False
-        # A backend that cannot make containers ahead claims no GPUs for them.
-        self._makes_ahead = isinstance(self.backend, CreatesAhead)
+        # A backend that cannot make containers ahead claims no GPUs for them (nor is a
+        # kept container made ahead: its name is taken when it starts).
+        self._makes_ahead = isinstance(self.backend, CreatesAhead) and not self.options.keep_alive
         self.runner = TestRunner(
             self.options, self.backend, session_id=self.session_id,
             controller=setup.controller or process_identity(),
@@ -356,21 +358,21 @@ class Session:
 
         def claimed() -> Placement | None:
             with self._ahead_lock:
-                return self._claims.get(test_id)
+                own = self._claims.get(test_id)
+            return None if own is None else own[1]
 
         def others() -> set[tuple[str, int]]:
-            """The GPUs other tests claimed, left to them while this test has GPUs of
-            its own to wait for (else it could wait for ever behind tests in line after
-            it, which claimed every GPU that frees)."""
+            """The GPUs claimed by the other tests being placed now (by another thread).
+            Those of tests in line behind this one are not left to them: they wait for
+            this one anyway, and a GPU that frees must not idle meanwhile."""
             with self._ahead_lock:
-                own = self._claims.get(test_id)
-                if own is None:
-                    return set()
-                theirs = {(claim.host.name, gpu.index) for holder, claim in self._claims.items()
-                          if holder != test_id for gpu in claim.gpus}  # fmt: skip
-            return set() if own.host.name in self.pool.down() else theirs
+                return {(claim.host.name, gpu.index) for holder, (_, claim) in self._claims.items()
+                        if holder != test_id and holder in self._placing
+                        for gpu in claim.gpus}  # fmt: skip
 
         n_gpus, affinity = test.model.n_gpus, affinity_labels(test.model)
+        with self._ahead_lock:
+            self._placing.add(test_id)
         try:
             placement = self.pool.try_acquire(n_gpus, test_id, fits, claimed(), others(), affinity)
             if placement is None:  # it waits, and so do the tests in line behind it
@@ -383,6 +385,9 @@ class Session:
         except BaseException:
             self._drop_made(test_id)
             raise
+        finally:
+            with self._ahead_lock:
+                self._placing.discard(test_id)
         return placement, self._take_made(test_id, placement)
 
     def _makes_ahead_on(self, placement: Placement) -> bool:
@@ -402,7 +407,8 @@ class Session:
             return
         with self._ahead_lock:
             for test, test_id in tests:
-                if self._stopping or test.skip_reason:
+                # A test with data fetches it in its turn: its container is not made ahead.
+                if self._stopping or test.skip_reason or test.model.data:
                     continue
                 if test_id in self._claims or test_id in self._waiting:
                     continue
@@ -434,7 +440,7 @@ class Session:
         its container is made on them."""
         self._waiting.pop(test_id, None)
         claim = Placement(running.host, running.gpus, test_id)
-        self._claims[test_id] = claim
+        self._claims[test_id] = (test, claim)
         if self._maker is None:
             self._maker = ThreadPoolExecutor(1, thread_name_prefix="mad-make")
         self._made[test_id] = self._maker.submit(self._make, test, claim)
@@ -457,20 +463,56 @@ class Session:
         made = self.runner.make_ahead(test, claim.holder, claim)
         if made is None:  # the GPUs are not held back for nothing
             with self._ahead_lock:
-                self._claims.pop(claim.holder, None)
+                current = self._claims.get(claim.holder)
+                if current is not None and current[1] is claim:  # not claimed anew since
+                    del self._claims[claim.holder]
             self.pool.wake()
         return made
 
     def _take_made(self, test_id: str, placement: Placement) -> MadeAhead | None:
         """The container made for the test, when it was made for this placement (else
-        it is removed: the test took other GPUs after all)."""
+        it is removed: the test took other GPUs after all). A test in line that had
+        claimed the GPUs it took gets its claim instead, or waits for others."""
         claim, pending = self._forget(test_id)
+        self._rehome_claims(placement, None if claim is None or claim.same_gpus(placement)
+                            else claim)  # fmt: skip
         if pending is None:
             return None
         if claim is None or not claim.same_gpus(placement):
             _discard(pending)
             return None
-        return pending.result()  # a create still under way ends within the engine's deadline
+        if pending.cancel():  # not begun: the run makes it, not waiting behind other makes
+            return None
+        try:
+            return pending.result()  # a create under way ends within the engine's deadline
+        except CancelledError:  # the session stops
+            return None
+
+    def _rehome_claims(self, placement: Placement, unused: Placement | None) -> None:
+        """The tests that had claimed GPUs of the placement lose them (their containers
+        made there are removed): the first of them takes the claim the placed test did
+        not use (`unused`) when it fits it, the others wait for GPUs again, first."""
+        if not self._makes_ahead:
+            return
+        taken = {gpu.index for gpu in placement.gpus}
+        with self._ahead_lock:
+            robbed = [
+                holder for holder, (_, claim) in self._claims.items()
+                if claim.host.name == placement.host.name
+                and taken.intersection(gpu.index for gpu in claim.gpus)
+            ]  # fmt: skip
+            if not robbed:
+                return
+            pending = [self._made.pop(holder, None) for holder in robbed]
+            tests = [(holder, self._claims.pop(holder)[0]) for holder in robbed]
+            first_holder, first_test = tests[0]
+            if unused is not None and not self._stopping and self._could_take(first_test, unused):
+                self._claim(first_test, first_holder, unused)
+                tests = tests[1:]
+            self._waiting = {**dict(tests), **self._waiting}
+        for made in pending:
+            if made is not None:
+                _discard(made)
 
     def _drop_made(self, test_id: str) -> None:
         _, pending = self._forget(test_id)
@@ -482,11 +524,12 @@ class Session:
         whoever waits for GPUs may now take those it had claimed."""
         with self._ahead_lock:
             self._waiting.pop(test_id, None)
-            claim = self._claims.pop(test_id, None)
+            claimed = self._claims.pop(test_id, None)
             pending = self._made.pop(test_id, None)
-        if claim is not None:
-            self.pool.wake()
-        return claim, pending
+        if claimed is None:
+            return None, pending
+        self.pool.wake()
+        return claimed[1], pending
 
     def build(
         self, target: BuildTarget, on_progress: PushProgressSink | None = None
@@ -556,4 +599,5 @@ def _discard(pending: Future[MadeAhead | None]) -> None:
         if made is not None:
             made.container.discard()
 
+    pending.cancel()  # a make not begun is not made at all
     pending.add_done_callback(discard)

@@ -362,3 +362,25 @@ def test_tests_are_placed_in_the_order_given_and_never_more_than_the_threads_at_
     gate.release.set()
     assert [ahead.result(name) for name in "abcdef"] == [f"record of {n}" for n in "abcdef"]
     assert placed == list("abcdef") and gate.most == 2
+
+
+def test_a_test_placed_as_the_session_stops_still_ends_and_gives_its_record() -> None:
+    placing_b, go = threading.Event(), threading.Event()
+
+    def place(test: Any, test_id: str, lost: tuple[str, ...]) -> Any:
+        if test_id == "b":  # b gets its GPUs only once the session was told to stop
+            placing_b.set()
+            go.wait(10)
+        return lambda sink, freed: f"record of {test_id}"
+
+    ahead = RunsAhead(None, threads=1, place=place)
+    ahead.submit(queued("a", "b"))
+    assert ahead.result("a") == "record of a"  # its worker is idle now
+    assert placing_b.wait(10)
+    ahead.stop(join_s=0.5)  # the idle worker ends
+    go.set()
+    outcome: list[Any] = []
+    waiter = threading.Thread(target=lambda: outcome.append(ahead.result("b")), daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert outcome == ["record of b"]  # its run ran (a real one ends its lease at once)

@@ -45,6 +45,7 @@ class StagedRuns:
         self.journal: list[str] = []
         self.exit: defaultdict[str, threading.Event] = defaultdict(threading.Event)
         self.wrap_up: defaultdict[str, threading.Event] = defaultdict(_set_event)
+        self.starts_after: dict[str, str] = {}  # model -> the model that starts first
 
     def note(self, what: str) -> None:
         with self.lock:
@@ -54,10 +55,13 @@ class StagedRuns:
         with self.lock:
             return what in self.journal
 
-    def wait_for(self, what: str) -> None:
+    def wait_for(self, what: str, times: int = 1) -> None:
         deadline = time.monotonic() + WAIT_S
-        while not self.seen(what):
-            assert time.monotonic() < deadline, f"never saw {what!r}: {self.journal}"
+        while True:
+            with self.lock:
+                if self.journal.count(what) >= times:
+                    return
+            assert time.monotonic() < deadline, f"never saw {what!r} x{times}: {self.journal}"
             time.sleep(0.005)
 
     def hosts(self) -> tuple[Host, ...]:
@@ -99,6 +103,8 @@ class StagedContainer:
         self.backend, self.model, self.spec = backend, model, spec
 
     def start(self, on_output: Any) -> StagedRun:
+        if self.model in self.backend.starts_after:
+            self.backend.wait_for(f"start {self.backend.starts_after[self.model]}")
         self.backend.note(f"start {self.model}")
         return StagedRun(self.backend, self.model, self.spec)
 
@@ -150,6 +156,7 @@ def test_the_tests_next_in_line_get_their_containers_made_while_the_first_ones_r
     tmp_path: Path, staged: Any
 ) -> None:
     backend = staged(2)
+    backend.starts_after["m2"] = "m1"  # so m3 claims m1's GPU, and m4 m2's
     with session_of(tmp_path, 4, "2") as session:
         tests = session.mad.plan.tests
         session.run_ahead([(test, test.name) for test in tests])
@@ -160,8 +167,8 @@ def test_the_tests_next_in_line_get_their_containers_made_while_the_first_ones_r
         backend.wait_for("create m4")
         assert not backend.seen("exit m1") and not backend.seen("start m3")
         backend.exit["m1"].set()
-        backend.exit["m2"].set()
         backend.wait_for("start m3")
+        backend.exit["m2"].set()
         backend.wait_for("start m4")
         backend.exit["m3"].set()
         backend.exit["m4"].set()
@@ -258,3 +265,30 @@ def test_a_test_that_no_claim_fits_is_not_held_back_by_the_claims_of_those_behin
             backend.exit[name].set()
         records = [session.run(test, test.name) for test in tests]
     assert [record.status for record in records] == [Status.SUCCESS] * 5
+
+
+def test_a_gpu_given_back_goes_to_the_next_test_even_when_one_behind_it_claimed_it(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(2)
+    backend.starts_after["m2"] = "m1"  # so m3 claims m1's GPU, and m4 m2's
+    with session_of(tmp_path, 4, "2") as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        for seen in ("start m1", "start m2", "create m3", "create m4"):
+            backend.wait_for(seen)
+        # m2's GPU frees first: m3 starts there, while m1 still runs.
+        backend.exit["m2"].set()
+        backend.wait_for("start m3")
+        assert not backend.seen("exit m1")
+        # m4's container, made on the GPU m3 took, is removed, and made again on m1's
+        # GPU while m1 still runs; m4 starts in it once m1 ends.
+        backend.wait_for("discard m4")
+        backend.wait_for("create m4", times=2)
+        backend.exit["m1"].set()
+        backend.wait_for("start m4")
+        assert backend.journal.count("create m4") == 2
+        backend.exit["m3"].set()
+        backend.exit["m4"].set()
+        records = [session.run(test, test.name) for test in tests]
+    assert [record.status for record in records] == [Status.SUCCESS] * 4
