@@ -172,6 +172,42 @@ class RunsAhead:
             self._told = max(self._told, window)
             return line
 
+    def take_from_line(self, test_id: str) -> _Queued | None:
+        """The test, taken out of the line to run now (its GPUs and its container are
+        ready for it while the one being placed still waits for others); None when it is
+        no longer in line, or the session stops. Hand it to `run_placed`, or back to
+        `put_back`."""
+        with self._lock:
+            if self._stopping:
+                return None
+            for index in range(min(len(self._queue), self._told + 1)):
+                if self._queue[index].test_id == test_id:
+                    queued = self._queue[index]
+                    del self._queue[index]
+                    if index < self._told:
+                        self._told -= 1
+                    self._in_flight += 1
+                    return queued
+            return None
+
+    def put_back(self, queued: _Queued) -> None:
+        """A test taken out of line that could not run after all: first in line again."""
+        with self._lock:
+            self._in_flight -= 1
+            if not self._stopping:
+                self._queue.appendleft(queued)
+                self._told += 1
+                self._room.notify()
+                self._start_placer()
+                return
+        queued.record.set_exception(Stopped(f"{queued.test_id}: the session is stopping"))
+
+    def run_placed(self, queued: _Queued, run: RunPlaced) -> None:
+        """Runs a test taken out of line, placed by the caller, on a worker."""
+        if not queued.record.running():
+            queued.record.set_running_or_notify_cancel()
+        self._hand_over(queued, run)
+
     def _next_to_place(self) -> _Queued | None:
         """The next test in order; None when there is nothing to place (the loop ends; a
         later submit starts another). While every worker is busy one more test is

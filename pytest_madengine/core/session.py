@@ -178,7 +178,9 @@ class Session:
         # tests running whose GPUs no test claimed yet.
         self._ahead_lock = threading.Lock()
         self._waiting: dict[str, PlannedTest] = {}
-        self._claims: dict[str, tuple[PlannedTest, Placement]] = {}
+        # test id -> (the test, the GPUs it claimed, the test running on them)
+        self._claims: dict[str, tuple[PlannedTest, Placement, str]] = {}
+        self._running: set[str] = set()  # tests whose containers run, to be claimed
         self._made: dict[str, Future[MadeAhead | None]] = {}
         self._unclaimed_runs: dict[str, Placement] = {}
         self._placing: set[str] = set()  # tests some thread places now
@@ -362,13 +364,22 @@ class Session:
             return None if own is None else own[1]
 
         def others() -> set[tuple[str, int]]:
-            """The GPUs claimed by the other tests being placed now (by another thread).
-            Those of tests in line behind this one are not left to them: they wait for
-            this one anyway, and a GPU that frees must not idle meanwhile."""
+            """The GPUs other tests claimed, left to them while this test's own claim
+            may still come (its run goes on, its host answers): a test in line whose
+            claimed GPUs free first starts out of line meanwhile (see _ended), so none
+            idles. Without such a claim, it takes whatever frees first."""
             with self._ahead_lock:
-                return {(claim.host.name, gpu.index) for holder, (_, claim) in self._claims.items()
-                        if holder != test_id and holder in self._placing
-                        for gpu in claim.gpus}  # fmt: skip
+                own = self._claims.get(test_id)
+                if own is None or own[2] not in self._running:
+                    return set()
+                theirs = {(claim.host.name, gpu.index)
+                          for holder, (_, claim, _) in self._claims.items()
+                          if holder != test_id for gpu in claim.gpus}  # fmt: skip
+            host = own[1].host.name
+            health = self.pool.health
+            if host in self.pool.down() or (health is not None and health.unusable(host)):
+                return set()
+            return theirs
 
         n_gpus, affinity = test.model.n_gpus, affinity_labels(test.model)
         with self._ahead_lock:
@@ -429,6 +440,7 @@ class Session:
         with self._ahead_lock:
             if self._stopping:
                 return
+            self._running.add(placement.holder)
             for test_id, test in self._waiting.items():
                 if self._could_take(test, placement):
                     self._claim(test, test_id, placement)
@@ -440,7 +452,7 @@ class Session:
         its container is made on them."""
         self._waiting.pop(test_id, None)
         claim = Placement(running.host, running.gpus, test_id)
-        self._claims[test_id] = (test, claim)
+        self._claims[test_id] = (test, claim, running.holder)
         if self._maker is None:
             self._maker = ThreadPoolExecutor(1, thread_name_prefix="mad-make")
         self._made[test_id] = self._maker.submit(self._make, test, claim)
@@ -448,11 +460,55 @@ class Session:
     def _ended(self, placement: Placement, freed: Callable[[], None]) -> None:
         """The test's container ended: its GPUs are given back (and the test counts no
         more against the concurrency)."""
-        if self._makes_ahead:
-            with self._ahead_lock:
-                self._unclaimed_runs.pop(placement.holder, None)
+        if not self._makes_ahead:
+            self.pool.release(placement)
+            freed()
+            return
+        with self._ahead_lock:
+            self._unclaimed_runs.pop(placement.holder, None)
+            was_running = placement.holder in self._running
+            self._running.discard(placement.holder)
         self.pool.release(placement)
         freed()
+        if was_running:
+            self._start_claimant(placement)
+
+    def _start_claimant(self, ended: Placement) -> None:
+        """The test in line that claimed the GPUs of the ended run starts on them now,
+        out of line, when its container is ready and the test being placed waits for
+        GPUs it claimed itself (reports still come in item order). A test being placed
+        without such a claim takes whatever frees first: no test in line passes it."""
+        with self._ahead_lock:
+            if not self._placing or any(
+                holder not in self._claims or self._claims[holder][2] not in self._running
+                for holder in self._placing
+            ):
+                return
+            found = [(holder, test, claim) for holder, (test, claim, source) in self._claims.items()
+                     if source == ended.holder and holder not in self._placing]  # fmt: skip
+            pending = self._made.get(found[0][0]) if found else None
+        ahead = self._ahead
+        if not found or pending is None or ahead is None or not _made_now(pending):
+            return
+        test_id, test, claim = found[0]
+        queued = ahead.take_from_line(test_id)
+        if queued is None:  # being placed in its turn: it takes its claim then
+            return
+        try:
+            affinity = affinity_labels(test.model)
+            placement = self.pool.try_acquire(test.model.n_gpus, test_id,
+                                              functools.partial(self.fits, test), claim, (),
+                                              affinity)  # fmt: skip
+        except Exception:
+            placement = None
+        if placement is None or not placement.same_gpus(claim):
+            if placement is not None:
+                self.pool.release(placement)
+            ahead.put_back(queued)
+            return
+        made = self._take_made(test_id, placement)
+        run = functools.partial(self._run_placed, test, test_id, placement, made, queued.lost)
+        ahead.run_placed(queued, run)
 
     def _could_take(self, test: PlannedTest, placement: Placement) -> bool:
         host, n_gpus = placement.host, test.model.n_gpus
@@ -491,13 +547,14 @@ class Session:
     def _rehome_claims(self, placement: Placement, unused: Placement | None) -> None:
         """The tests that had claimed GPUs of the placement lose them (their containers
         made there are removed): the first of them takes the claim the placed test did
-        not use (`unused`) when it fits it, the others wait for GPUs again, first."""
+        not use (`unused`: the placement of the test running there) when it fits it,
+        the others wait for GPUs again, first."""
         if not self._makes_ahead:
             return
         taken = {gpu.index for gpu in placement.gpus}
         with self._ahead_lock:
             robbed = [
-                holder for holder, (_, claim) in self._claims.items()
+                holder for holder, (_, claim, _) in self._claims.items()
                 if claim.host.name == placement.host.name
                 and taken.intersection(gpu.index for gpu in claim.gpus)
             ]  # fmt: skip
@@ -520,8 +577,9 @@ class Session:
             _discard(pending)
 
     def _forget(self, test_id: str) -> tuple[Placement | None, Future[MadeAhead | None] | None]:
-        """The test waits no more: (its claim, its container being made), each or None;
-        whoever waits for GPUs may now take those it had claimed."""
+        """The test waits no more: (its claim, as the placement of the test running on
+        those GPUs; its container being made), each or None; whoever waits for GPUs may
+        now take those it had claimed."""
         with self._ahead_lock:
             self._waiting.pop(test_id, None)
             claimed = self._claims.pop(test_id, None)
@@ -529,7 +587,9 @@ class Session:
         if claimed is None:
             return None, pending
         self.pool.wake()
-        return claimed[1], pending
+        # The claim names the test running on its GPUs, for whoever gets it next.
+        _, claim, running = claimed
+        return Placement(claim.host, claim.gpus, running), pending
 
     def build(
         self, target: BuildTarget, on_progress: PushProgressSink | None = None
@@ -556,6 +616,7 @@ class Session:
             self._claims.clear()
             self._waiting.clear()
             self._unclaimed_runs.clear()
+            self._running.clear()
         for made in pending:
             _discard(made)
         if self._ahead is not None:
@@ -589,6 +650,16 @@ def _given(
 
 def _nothing() -> None:
     """What a test run on the caller's thread calls when its GPUs are given back."""
+
+
+def _made_now(pending: Future[MadeAhead | None]) -> bool:
+    """Whether the container is made (not being made, nor failed to be)."""
+    return (
+        pending.done()
+        and not pending.cancelled()
+        and pending.exception() is None
+        and pending.result() is not None
+    )
 
 
 def _discard(pending: Future[MadeAhead | None]) -> None:

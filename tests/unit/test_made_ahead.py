@@ -260,14 +260,18 @@ def test_a_test_that_no_claim_fits_is_not_held_back_by_the_claims_of_those_behin
         backend.wait_for("create m5")
         backend.exit["m1"].set()
         backend.exit["m2"].set()
-        backend.wait_for("start m3")  # it takes the GPUs m4 and m5 had claimed
+        backend.wait_for("start m3")  # neither passes it: it takes the GPUs they claimed
+        # Their containers, made on those GPUs, are removed; they wait for GPUs again.
+        backend.wait_for("discard m4")
+        backend.wait_for("discard m5")
+        assert not backend.seen("start m4") and not backend.seen("start m5")
         for name in ("m3", "m4", "m5"):
             backend.exit[name].set()
         records = [session.run(test, test.name) for test in tests]
     assert [record.status for record in records] == [Status.SUCCESS] * 5
 
 
-def test_a_gpu_given_back_goes_to_the_next_test_even_when_one_behind_it_claimed_it(
+def test_a_gpu_given_back_never_idles_the_test_in_line_that_claimed_it_starts_there(
     tmp_path: Path, staged: Any
 ) -> None:
     backend = staged(2)
@@ -277,18 +281,17 @@ def test_a_gpu_given_back_goes_to_the_next_test_even_when_one_behind_it_claimed_
         session.run_ahead([(test, test.name) for test in tests])
         for seen in ("start m1", "start m2", "create m3", "create m4"):
             backend.wait_for(seen)
-        # m2's GPU frees first: m3 starts there, while m1 still runs.
+        # m2's GPU frees first: m4 starts there, out of line, while m3 waits for m1's.
         backend.exit["m2"].set()
-        backend.wait_for("start m3")
-        assert not backend.seen("exit m1")
-        # m4's container, made on the GPU m3 took, is removed, and made again on m1's
-        # GPU while m1 still runs; m4 starts in it once m1 ends.
-        backend.wait_for("discard m4")
-        backend.wait_for("create m4", times=2)
-        backend.exit["m1"].set()
         backend.wait_for("start m4")
-        assert backend.journal.count("create m4") == 2
+        assert not backend.seen("start m3")
+        backend.exit["m1"].set()
+        backend.wait_for("start m3")
         backend.exit["m3"].set()
         backend.exit["m4"].set()
         records = [session.run(test, test.name) for test in tests]
+    assert [record.name for record in records] == ["m1", "m2", "m3", "m4"]
     assert [record.status for record in records] == [Status.SUCCESS] * 4
+    # Each started in the container made for it ahead.
+    assert backend.journal.count("create m3") == backend.journal.count("create m4") == 1
+    assert not [line for line in backend.journal if line.startswith("discard")]
