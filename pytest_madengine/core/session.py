@@ -184,6 +184,7 @@ class Session:
         self._made: dict[str, Future[MadeAhead | None]] = {}
         self._unclaimed_runs: dict[str, Placement] = {}
         self._placing: set[str] = set()  # tests some thread places now
+        self._unwatched: list[tuple[str, Future[MadeAhead | None]]] = []
         self._maker: ThreadPoolExecutor | None = None
         self._stopping = False
         # A backend that cannot make containers ahead claims no GPUs for them (nor is a
@@ -430,6 +431,7 @@ class Session:
                         break
                 else:
                     self._waiting[test_id] = test
+        self._watch_made()
 
     def _started(self, placement: Placement) -> None:
         """A test's container started on the placement: the first test waiting for such
@@ -444,8 +446,10 @@ class Session:
             for test_id, test in self._waiting.items():
                 if self._could_take(test, placement):
                     self._claim(test, test_id, placement)
-                    return
-            self._unclaimed_runs[placement.holder] = placement
+                    break
+            else:
+                self._unclaimed_runs[placement.holder] = placement
+        self._watch_made()
 
     def _claim(self, test: PlannedTest, test_id: str, running: Placement) -> None:
         """(Under the lock.) The GPUs of the running placement are the test's next, and
@@ -455,7 +459,17 @@ class Session:
         self._claims[test_id] = (test, claim, running.holder)
         if self._maker is None:
             self._maker = ThreadPoolExecutor(1, thread_name_prefix="mad-make")
-        self._made[test_id] = self._maker.submit(self._make, test, claim)
+        made = self._maker.submit(self._make, test, claim)
+        self._made[test_id] = made
+        self._unwatched.append((test_id, made))
+
+    def _watch_made(self) -> None:
+        """(Not under the lock: a callback on a future made already runs at once.) The
+        containers claimed since are watched: see _made_ready."""
+        with self._ahead_lock:
+            unwatched, self._unwatched = self._unwatched, []
+        for test_id, made in unwatched:
+            made.add_done_callback(functools.partial(self._made_ready, test_id))
 
     def _ended(self, placement: Placement, freed: Callable[[], None]) -> None:
         """The test's container ended: its GPUs are given back (and the test counts no
@@ -471,21 +485,34 @@ class Session:
         self.pool.release(placement)
         freed()
         if was_running:
-            self._start_claimant(placement)
+            self._start_claimant(placement.holder)
 
-    def _start_claimant(self, ended: Placement) -> None:
+    def _made_ready(self, test_id: str, made: Future[MadeAhead | None]) -> None:
+        """A container made ahead is ready: when the run whose GPUs it was made for
+        ended meanwhile, its test starts now (see _start_claimant)."""
+        with self._ahead_lock:
+            claimed = self._claims.get(test_id)
+            if (
+                claimed is None
+                or claimed[2] in self._running
+                or self._made.get(test_id) is not made
+            ):
+                return
+        self._start_claimant(claimed[2])
+
+    def _start_claimant(self, ended: str) -> None:
         """The test in line that claimed the GPUs of the ended run starts on them now,
         out of line, when its container is ready and the test being placed waits for
         GPUs it claimed itself (reports still come in item order). A test being placed
         without such a claim takes whatever frees first: no test in line passes it."""
         with self._ahead_lock:
-            if not self._placing or any(
+            if self._stopping or not self._placing or any(
                 holder not in self._claims or self._claims[holder][2] not in self._running
                 for holder in self._placing
             ):
                 return
             found = [(holder, test, claim) for holder, (test, claim, source) in self._claims.items()
-                     if source == ended.holder and holder not in self._placing]  # fmt: skip
+                     if source == ended and holder not in self._placing]  # fmt: skip
             pending = self._made.get(found[0][0]) if found else None
         ahead = self._ahead
         if not found or pending is None or ahead is None or not _made_now(pending):
@@ -567,6 +594,7 @@ class Session:
                 self._claim(first_test, first_holder, unused)
                 tests = tests[1:]
             self._waiting = {**dict(tests), **self._waiting}
+        self._watch_made()
         for made in pending:
             if made is not None:
                 _discard(made)

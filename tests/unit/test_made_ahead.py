@@ -46,6 +46,7 @@ class StagedRuns:
         self.exit: defaultdict[str, threading.Event] = defaultdict(threading.Event)
         self.wrap_up: defaultdict[str, threading.Event] = defaultdict(_set_event)
         self.starts_after: dict[str, str] = {}  # model -> the model that starts first
+        self.create_gates: dict[str, threading.Event] = {}  # a create waits for its gate
 
     def note(self, what: str) -> None:
         with self.lock:
@@ -78,6 +79,8 @@ class StagedRuns:
 
     def create(self, spec: Any, host: Host) -> StagedContainer:
         model = spec.labels[MODEL_LABEL]
+        if model in self.create_gates:
+            self.create_gates[model].wait(WAIT_S)
         self.note(f"create {model}")
         return StagedContainer(self, model, spec)
 
@@ -295,3 +298,26 @@ def test_a_gpu_given_back_never_idles_the_test_in_line_that_claimed_it_starts_th
     # Each started in the container made for it ahead.
     assert backend.journal.count("create m3") == backend.journal.count("create m4") == 1
     assert not [line for line in backend.journal if line.startswith("discard")]
+
+
+def test_a_container_made_after_its_gpus_were_given_back_starts_at_once(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(2)
+    backend.starts_after["m2"] = "m1"  # m3 claims m1's GPU, m4 m2's
+    backend.create_gates["m4"] = threading.Event()  # m4's container is slow to make
+    with session_of(tmp_path, 4, "2") as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        backend.wait_for("create m3")
+        backend.exit["m2"].set()
+        backend.wait_for("end m2")
+        assert not backend.seen("start m4")  # its container is still being made
+        backend.create_gates["m4"].set()
+        backend.wait_for("start m4")  # on m2's GPU, while m3 waits for m1's
+        assert not backend.seen("exit m1")
+        for name in ("m1", "m3", "m4"):
+            backend.exit[name].set()
+        records = [session.run(test, test.name) for test in tests]
+    assert [record.status for record in records] == [Status.SUCCESS] * 4
+    assert backend.journal.count("create m4") == 1
