@@ -506,9 +506,13 @@ class Session:
         GPUs it claimed itself (reports still come in item order). A test being placed
         without such a claim takes whatever frees first: no test in line passes it."""
         with self._ahead_lock:
-            if self._stopping or not self._placing or any(
-                holder not in self._claims or self._claims[holder][2] not in self._running
-                for holder in self._placing
+            if (
+                self._stopping
+                or not self._placing
+                or any(
+                    holder not in self._claims or self._claims[holder][2] not in self._running
+                    for holder in self._placing
+                )
             ):
                 return
             found = [(holder, test, claim) for holder, (test, claim, source) in self._claims.items()
