@@ -147,12 +147,23 @@ def staged(monkeypatch: pytest.MonkeyPatch) -> Any:
     return with_gpus
 
 
-def session_of(tmp_path: Path, models: int, concurrency: str) -> Any:
-    root = write_tree(tmp_path / "mad", [entry(f"m{i}") for i in range(1, models + 1)])
+def session_of(tmp_path: Path, models: int | list[Any], concurrency: str) -> Any:
+    """A session of models m1, m2... (or of these entries) at this concurrency."""
+    if isinstance(models, int):
+        models = [entry(f"m{i}") for i in range(1, models + 1)]
+    root = write_tree(tmp_path / "mad", models)
     options = parse_options(
         RawOptions(root=str(root), tags=("dummies",), concurrency=concurrency, base_dir=tmp_path)
     )
     return Session.open(options)
+
+
+def statuses_at_the_end(backend: StagedRuns, session: Session, tests: Any) -> list[Status]:
+    """Every run may end now: the statuses of the tests' records, in item order."""
+    for test in tests:
+        backend.exit[test.name].set()
+        backend.wrap_up[test.name].set()
+    return [session.run(test, test.name).status for test in tests]
 
 
 def test_the_tests_next_in_line_get_their_containers_made_while_the_first_ones_run(
@@ -173,10 +184,8 @@ def test_the_tests_next_in_line_get_their_containers_made_while_the_first_ones_r
         backend.wait_for("start m3")
         backend.exit["m2"].set()
         backend.wait_for("start m4")
-        backend.exit["m3"].set()
-        backend.exit["m4"].set()
-        records = [session.run(test, test.name) for test in tests]
-    assert [record.status for record in records] == [Status.SUCCESS] * 4
+        statuses = statuses_at_the_end(backend, session, tests)
+    assert statuses == [Status.SUCCESS] * 4
     # Each container was made once, and none was thrown away.
     assert sorted(line for line in backend.journal if line.startswith("create")) == [
         "create m1", "create m2", "create m3", "create m4"
@@ -196,10 +205,8 @@ def test_a_test_handed_over_after_the_running_one_started_still_gets_its_contain
         session.run_ahead([(second, second.name)])
         backend.wait_for("create m2")
         assert not backend.seen("exit m1")
-        backend.exit["m1"].set()
-        backend.exit["m2"].set()
-        records = [session.run(test, test.name) for test in (first, second)]
-    assert [record.status for record in records] == [Status.SUCCESS] * 2
+        statuses = statuses_at_the_end(backend, session, (first, second))
+    assert statuses == [Status.SUCCESS] * 2
     assert backend.journal.count("create m2") == 1
 
 
@@ -215,9 +222,8 @@ def test_the_next_test_starts_when_the_gpus_are_given_back_not_when_the_last_one
         backend.wait_for("start m2")
         assert not backend.seen("end m1")
         backend.wrap_up["m1"].set()
-        backend.exit["m2"].set()
-        records = [session.run(test, test.name) for test in (first, second)]
-    assert [record.status for record in records] == [Status.SUCCESS] * 2
+        statuses = statuses_at_the_end(backend, session, (first, second))
+    assert statuses == [Status.SUCCESS] * 2
     journal = backend.journal
     assert journal.index("exit m1") < journal.index("start m2") < journal.index("end m1")
 
@@ -239,11 +245,8 @@ def test_tests_holding_gpus_never_outnumber_the_concurrency_while_others_wrap_up
         backend.wait_for("start m3")
         backend.wait_for("start m4")
         assert not backend.seen("end m1") and not backend.seen("end m2")
-        for name in ("m1", "m2", "m3", "m4"):
-            backend.wrap_up[name].set()
-            backend.exit[name].set()
-        records = [session.run(test, test.name) for test in tests]
-    assert [record.status for record in records] == [Status.SUCCESS] * 4
+        statuses = statuses_at_the_end(backend, session, tests)
+    assert statuses == [Status.SUCCESS] * 4
 
 
 def test_a_test_that_no_claim_fits_is_not_held_back_by_the_claims_of_those_behind_it(
@@ -251,11 +254,7 @@ def test_a_test_that_no_claim_fits_is_not_held_back_by_the_claims_of_those_behin
 ) -> None:
     backend = staged(2)
     models = [entry("m1"), entry("m2"), entry("m3", n_gpus=2), entry("m4"), entry("m5")]
-    root = write_tree(tmp_path / "mad", models)
-    options = parse_options(
-        RawOptions(root=str(root), tags=("dummies",), concurrency="2", base_dir=tmp_path)
-    )
-    with Session.open(options) as session:
+    with session_of(tmp_path, models, "2") as session:
         tests = session.mad.plan.tests
         session.run_ahead([(test, test.name) for test in tests])
         # m3 wants both GPUs: the single GPUs of m1 and m2 go to m4 and m5 behind it.
@@ -268,10 +267,8 @@ def test_a_test_that_no_claim_fits_is_not_held_back_by_the_claims_of_those_behin
         backend.wait_for("discard m4")
         backend.wait_for("discard m5")
         assert not backend.seen("start m4") and not backend.seen("start m5")
-        for name in ("m3", "m4", "m5"):
-            backend.exit[name].set()
-        records = [session.run(test, test.name) for test in tests]
-    assert [record.status for record in records] == [Status.SUCCESS] * 5
+        statuses = statuses_at_the_end(backend, session, tests)
+    assert statuses == [Status.SUCCESS] * 5
 
 
 def test_a_gpu_given_back_never_idles_the_test_in_line_that_claimed_it_starts_there(
@@ -316,8 +313,6 @@ def test_a_container_made_after_its_gpus_were_given_back_starts_at_once(
         backend.create_gates["m4"].set()
         backend.wait_for("start m4")  # on m2's GPU, while m3 waits for m1's
         assert not backend.seen("exit m1")
-        for name in ("m1", "m3", "m4"):
-            backend.exit[name].set()
-        records = [session.run(test, test.name) for test in tests]
-    assert [record.status for record in records] == [Status.SUCCESS] * 4
+        statuses = statuses_at_the_end(backend, session, tests)
+    assert statuses == [Status.SUCCESS] * 4
     assert backend.journal.count("create m4") == 1
