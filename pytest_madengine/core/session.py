@@ -369,18 +369,12 @@ class Session:
             may still come (its run goes on, its host answers): a test in line whose
             claimed GPUs free first starts out of line meanwhile (see _ended), so none
             idles. Without such a claim, it takes whatever frees first."""
-            with self._ahead_lock:
-                own = self._claims.get(test_id)
-                if own is None or own[2] not in self._running:
-                    return set()
-                theirs = {(claim.host.name, gpu.index)
-                          for holder, (_, claim, _) in self._claims.items()
-                          if holder != test_id for gpu in claim.gpus}  # fmt: skip
-            host = own[1].host.name
-            health = self.pool.health
-            if host in self.pool.down() or (health is not None and health.unusable(host)):
+            if not self._live_claims([test_id]):
                 return set()
-            return theirs
+            with self._ahead_lock:
+                return {(claim.host.name, gpu.index)
+                        for holder, (_, claim, _) in self._claims.items()
+                        if holder != test_id for gpu in claim.gpus}  # fmt: skip
 
         n_gpus, affinity = test.model.n_gpus, affinity_labels(test.model)
         with self._ahead_lock:
@@ -391,6 +385,7 @@ class Session:
                 ahead = self._ahead if self._makes_ahead else None
                 line = ahead.in_line() if ahead is not None else []
                 self._expect([(test, test_id), *line])
+                self._start_claimants_of_ended_runs()
                 placement = self.pool.acquire(
                     n_gpus, test_id, fits, prefer=claimed, avoid=others, affinity=affinity
                 )
@@ -487,6 +482,29 @@ class Session:
         if was_running:
             self._start_claimant(placement.holder)
 
+    def _live_claims(self, holders: list[str]) -> bool:
+        """Whether each of these tests has a claim that may still come: the run on its
+        GPUs goes on, and their host is neither down nor offline."""
+        with self._ahead_lock:
+            claims = [self._claims.get(holder) for holder in holders]
+            if any(claimed is None or claimed[2] not in self._running for claimed in claims):
+                return False
+        hosts = {claimed[1].host.name for claimed in claims if claimed is not None}
+        down, health = self.pool.down(), self.pool.health
+        return not any(
+            host in down or (health is not None and health.unusable(host)) for host in hosts
+        )
+
+    def _start_claimants_of_ended_runs(self) -> None:
+        """Tests in line whose claimed GPUs were given back while no test was being
+        placed (none could pass one then) start now, as at the end of those runs."""
+        with self._ahead_lock:
+            ended = {
+                source for _, _, source in self._claims.values() if source not in self._running
+            }
+        for source in ended:
+            self._start_claimant(source)
+
     def _made_ready(self, test_id: str, made: Future[MadeAhead | None]) -> None:
         """A container made ahead is ready: when the run whose GPUs it was made for
         ended meanwhile, its test starts now (see _start_claimant)."""
@@ -506,15 +524,10 @@ class Session:
         GPUs it claimed itself (reports still come in item order). A test being placed
         without such a claim takes whatever frees first: no test in line passes it."""
         with self._ahead_lock:
-            if (
-                self._stopping
-                or not self._placing
-                or any(
-                    holder not in self._claims or self._claims[holder][2] not in self._running
-                    for holder in self._placing
-                )
-            ):
-                return
+            placing = list(self._placing)
+        if self._stopping or not placing or not self._live_claims(placing):
+            return
+        with self._ahead_lock:
             found = [(holder, test, claim) for holder, (test, claim, source) in self._claims.items()
                      if source == ended and holder not in self._placing]  # fmt: skip
             pending = self._made.get(found[0][0]) if found else None
@@ -635,10 +648,11 @@ class Session:
     def stop(self) -> None:
         """Starts no more tests and ends the running ones (their records say so): for
         Ctrl-C, -x, or the end of a session whose later items will not run."""
+        with self._ahead_lock:  # first: no test starts out of line once runs are ended
+            self._stopping = True
         self.pool.stop()
         self.runner.stop()
         with self._ahead_lock:
-            self._stopping = True
             maker, self._maker = self._maker, None
         if maker is not None:  # a create under way ends; then nothing is made any more
             maker.shutdown(wait=True, cancel_futures=True)

@@ -19,10 +19,12 @@ import pytest
 
 from pytest_madengine.backends import MODEL_LABEL, ImageFacts, RunOutcome
 from pytest_madengine.core import session as session_module
+from pytest_madengine.core.concurrency import RunsAhead
 from pytest_madengine.core.options import RawOptions, parse_options
 from pytest_madengine.core.records import Status
 from pytest_madengine.core.session import Session
 from pytest_madengine.resources.gpus import Gpu, GpuInventory
+from pytest_madengine.resources.health import HostHealth, Ping
 from pytest_madengine.resources.hosts import Host
 from tests.conftest import entry, write_tree
 
@@ -36,11 +38,15 @@ class StagedRuns:
 
     name = "staged"
 
-    def __init__(self, gpus: int) -> None:
+    def __init__(self, gpus: int, hosts: int = 1) -> None:
         inventory = GpuInventory(
             tuple(Gpu(i, "AMD", "gfx942") for i in range(gpus)), "declared", virtual=True
         )
         self.host = Host("staged", "tcp://staged.invalid:2376", inventory)
+        self.others = tuple(
+            Host(f"staged{n}", f"tcp://staged{n}.invalid:2376", inventory)
+            for n in range(2, hosts + 1)
+        )
         self.lock = threading.Lock()
         self.journal: list[str] = []
         self.exit: defaultdict[str, threading.Event] = defaultdict(threading.Event)
@@ -66,7 +72,7 @@ class StagedRuns:
             time.sleep(0.005)
 
     def hosts(self) -> tuple[Host, ...]:
-        return (self.host,)
+        return (self.host, *self.others)
 
     def hosts_down(self) -> dict[str, str]:
         return {}
@@ -139,8 +145,8 @@ class StagedRun:
 
 @pytest.fixture
 def staged(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def with_gpus(gpus: int) -> StagedRuns:
-        backend = StagedRuns(gpus)
+    def with_gpus(gpus: int, hosts: int = 1) -> StagedRuns:
+        backend = StagedRuns(gpus, hosts)
         monkeypatch.setattr(session_module, "create_backend", lambda name, setup: backend)
         return backend
 
@@ -316,3 +322,54 @@ def test_a_container_made_after_its_gpus_were_given_back_starts_at_once(
         statuses = statuses_at_the_end(backend, session, tests)
     assert statuses == [Status.SUCCESS] * 4
     assert backend.journal.count("create m4") == 1
+
+
+def test_a_test_whose_claim_is_on_a_host_gone_offline_takes_the_gpu_that_frees_first(
+    tmp_path: Path, staged: Any
+) -> None:
+    backend = staged(1, hosts=2)
+    backend.starts_after["m2"] = "m1"  # m3 claims m1's GPU (host staged), m4 m2's (staged2)
+    with session_of(tmp_path, 4, "2") as session:
+        health = HostHealth(session.pool.hosts)
+        for host in session.pool.hosts:
+            health.observe(host.name, Ping.answered(0.001), busy=False)
+        session.pool.health = health
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        for seen in ("start m1", "start m2", "create m3", "create m4"):
+            backend.wait_for(seen)
+        health.observe("staged", Ping.offline("no answer"), busy=False)  # m1 runs on
+        backend.exit["m2"].set()
+        backend.wait_for("start m3")  # on staged2: m4 behind it does not pass it
+        assert not backend.seen("start m4")
+        health.observe("staged", Ping.answered(0.001), busy=False)
+        session.pool.wake()
+        statuses = statuses_at_the_end(backend, session, tests)
+    assert statuses == [Status.SUCCESS] * 4
+
+
+def test_a_run_ending_while_no_test_is_being_placed_still_starts_its_claimant(
+    tmp_path: Path, staged: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = staged(3)
+    backend.starts_after.update({"m2": "m1", "m3": "m2"})  # m4, m5, m6 claim m1, m2, m3
+    hand_over = RunsAhead._hand_over
+
+    def m3_ends_meanwhile(self: RunsAhead, queued: Any, run: Any) -> None:
+        if queued.test_id == "m4":  # after placing m4, before placing m5
+            backend.exit["m3"].set()
+            backend.wait_for("end m3")
+        hand_over(self, queued, run)
+
+    monkeypatch.setattr(RunsAhead, "_hand_over", m3_ends_meanwhile)
+    with session_of(tmp_path, 7, "3") as session:
+        tests = session.mad.plan.tests
+        session.run_ahead([(test, test.name) for test in tests])
+        for seen in ("start m3", "create m4", "create m5", "create m6"):
+            backend.wait_for(seen)
+        backend.exit["m1"].set()
+        backend.wait_for("start m4")
+        backend.wait_for("start m6")  # on m3's GPU, while m5 waits for m2's
+        assert not backend.seen("exit m2")
+        statuses = statuses_at_the_end(backend, session, tests)
+    assert statuses == [Status.SUCCESS] * 7
